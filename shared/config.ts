@@ -1,0 +1,136 @@
+// Environment configuration of every process (edge, worker, local stack), validated with
+// zod at start. README's configuration table documents exactly these variables; a bad
+// value stops the process with an error that names the variable.
+import { z } from 'zod';
+
+export class ConfigError extends Error {
+  readonly code = 'config_invalid';
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) =>
+  z
+    .string()
+    .trim()
+    .regex(/^\d+$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().int().min(min).max(max));
+
+const bool = z
+  .string()
+  .trim()
+  .toLowerCase()
+  .pipe(z.enum(['1', '0', 'true', 'false', 'yes', 'no']))
+  .transform((v) => v === '1' || v === 'true' || v === 'yes');
+
+/** `file:PATH` or `s3://bucket/prefix`. */
+export const StateStoreUrl = z
+  .string()
+  .trim()
+  .transform((value, ctx) => {
+    if (value.startsWith('file:')) {
+      const path = value.slice('file:'.length);
+      if (path.length === 0) {
+        ctx.addIssue({ code: 'custom', message: 'file: needs a path, e.g. file:./data' });
+        return z.NEVER;
+      }
+      return { kind: 'file' as const, path };
+    }
+    const m = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:\/(.*))?$/.exec(value);
+    if (m) {
+      const prefix = (m[2] ?? '').replace(/\/+$/, '');
+      return { kind: 's3' as const, bucket: m[1]!, prefix };
+    }
+    ctx.addIssue({ code: 'custom', message: 'must be file:PATH or s3://bucket[/prefix]' });
+    return z.NEVER;
+  });
+export type StateStoreLocation = z.output<typeof StateStoreUrl>;
+
+/** `key:tenant,key:tenant` — keys are opaque bearer tokens, tenants name the owner of sessions. */
+export const ApiKeyList = z
+  .string()
+  .trim()
+  .transform((value, ctx) => {
+    const keys = new Map<string, string>();
+    for (const entry of value.split(',').map((e) => e.trim()).filter(Boolean)) {
+      const at = entry.lastIndexOf(':');
+      const key = entry.slice(0, at);
+      const tenant = entry.slice(at + 1);
+      if (at <= 0 || !/^[A-Za-z0-9_-]{1,64}$/.test(tenant) || key.length < 8) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `entry "${entry.slice(0, 6)}…" must be key:tenant (key at least 8 characters, tenant [A-Za-z0-9_-]{1,64})`,
+        });
+        return z.NEVER;
+      }
+      keys.set(key, tenant);
+    }
+    return keys;
+  });
+
+const common = {
+  REDIS_URL: z.string().trim().url().refine((u) => /^rediss?:\/\//.test(u), 'must start with redis:// or rediss://'),
+  /** Kept apart from REDIS_URL so the secret can come from a secret store (ElastiCache AUTH token). */
+  REDIS_PASSWORD: z.string().optional(),
+  /** Prefix of every Redis key (BullMQ queues, leases, streams, heads). */
+  REDIS_PREFIX: z.string().trim().regex(/^[A-Za-z0-9_-]{1,32}$/).default('ms'),
+  STATE_STORE: StateStoreUrl.prefault('file:./data'),
+  S3_ENDPOINT: z.string().trim().url().optional(),
+  S3_FORCE_PATH_STYLE: bool.default(false),
+  S3_REGION: z.string().trim().optional(),
+  MAX_QUEUE_DEPTH: int(1).default(256),
+  TURN_TIMEOUT_MS: int(1000, 3_600_000).default(120_000),
+  /** Output tokens a single turn may ask for. */
+  MAX_TOKENS_PER_TURN: int(1, 1_000_000).default(4096),
+  /** Input tokens a single turn may feed (the model's state does not grow; this bounds turn time). */
+  MAX_INPUT_TOKENS_PER_TURN: int(1, 10_000_000).default(65_536),
+  LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+};
+
+export const EdgeConfigSchema = z.object({
+  ...common,
+  PORT: int(0, 65535).default(8787),
+  HOST: z.string().trim().optional(),
+  API_KEYS: ApiKeyList.optional(),
+  /** Secrets Manager secret id holding API_KEYS' format (used by the Lambda edge). */
+  API_KEYS_SECRET_ID: z.string().trim().optional(),
+  MAX_REQUEST_BYTES: int(1024, 1 << 30).default(8 * 1024 * 1024),
+});
+export type EdgeConfig = z.output<typeof EdgeConfigSchema>;
+
+export const WorkerConfigSchema = z.object({
+  ...common,
+  /** Local directory or s3://bucket/prefix of a Hugging Face Mamba checkpoint. */
+  MODEL_DIR: z.string().trim().default('models/demo'),
+  /** Name clients use in the `model` field; defaults to the model directory's last component. */
+  MODEL_ID: z.string().trim().regex(/^[A-Za-z0-9._:/-]{1,128}$/).optional(),
+  /** Where s3:// models are downloaded and ONNX graphs are built. */
+  MODEL_CACHE_DIR: z.string().trim().default('.cache/mamba-serve'),
+  ENGINE: z.enum(['auto', 'ort', 'cuda']).default('auto'),
+  ORT_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda']).default('cpu'),
+  ORT_INTRA_OP_THREADS: int(0, 1024).default(0),
+  WORKER_CONCURRENCY: int(1, 1024).default(8),
+  /** Bytes of hot session states kept in the worker's LRU cache. */
+  STATE_CACHE_BYTES: int(0).default(1 << 30),
+  /** Seconds a worker gives in-flight turns on SIGTERM before releasing them. */
+  SHUTDOWN_GRACE_MS: int(0, 3_600_000).default(30_000),
+});
+export type WorkerConfig = z.output<typeof WorkerConfigSchema>;
+
+/** Parse `env` with `schema`; unknown variables are ignored, bad ones are one clear error. */
+export function parseEnv<S extends z.ZodType>(schema: S, env: Record<string, string | undefined>): z.output<S> {
+  // Empty strings count as unset, as in most shells' `VAR= cmd`.
+  const present = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
+  const result = schema.safeParse(present);
+  if (result.success) return result.data;
+  const lines = result.error.issues.map((issue) => {
+    const name = issue.path.join('.') || '(environment)';
+    const value = present[name as keyof typeof present];
+    const shown = value === undefined || /KEY|PASSWORD|SECRET/.test(name) ? '' : ` (got "${String(value).slice(0, 80)}")`;
+    return `  ${name}: ${issue.message}${shown}`;
+  });
+  throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+}

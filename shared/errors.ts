@@ -1,0 +1,62 @@
+// One table of every error the HTTP API can answer: a stable machine-readable code and
+// its status. The edge's error handler, the worker (which reports failures through the
+// queue by code) and the tests all read this table, so a code never changes meaning.
+
+export const ERROR_STATUS = {
+  invalid_request: 400, // body or query failed validation; `details` lists the zod issues
+  invalid_json: 400,
+  invalid_utf8: 400,
+  token_out_of_range: 400,
+  state_invalid: 400, // an imported .mstate is truncated, corrupt or fails its checksum
+  state_model_mismatch: 400, // an imported .mstate belongs to another model
+  unauthorized: 401,
+  session_not_found: 404,
+  version_not_found: 404,
+  model_not_found: 404,
+  route_not_found: 404,
+  session_busy: 409, // another turn holds the session
+  version_mismatch: 409, // if_version did not match the head
+  conversation_diverged: 409, // messages do not extend any stored version
+  session_exists: 409,
+  payload_too_large: 413,
+  queue_full: 429,
+  no_worker: 503,
+  unavailable: 503,
+  turn_timeout: 504,
+  turn_failed: 500,
+  internal_error: 500,
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_STATUS;
+
+export interface ErrorBody {
+  error: { code: ErrorCode; message: string; details?: unknown };
+}
+
+/** An error meant for the client: its code fixes the HTTP status. */
+export class ApiError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly details: unknown;
+  /** Seconds, for 429/503 answers. */
+  readonly retryAfterSeconds: number | undefined;
+
+  constructor(code: ErrorCode, message: string, opts: { details?: unknown; retryAfterSeconds?: number; cause?: unknown } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = 'ApiError';
+    this.code = code;
+    this.status = ERROR_STATUS[code];
+    this.details = opts.details;
+    this.retryAfterSeconds = opts.retryAfterSeconds;
+  }
+
+  toBody(): ErrorBody {
+    const error: ErrorBody['error'] = { code: this.code, message: this.message };
+    if (this.details !== undefined) error.details = this.details;
+    return { error };
+  }
+}
+
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && Object.hasOwn(ERROR_STATUS, value);
+}

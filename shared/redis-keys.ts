@@ -1,0 +1,41 @@
+// Every Redis key and queue name mamba-serve uses is built here, so edge, worker and the
+// queue-metrics publisher can never disagree on one.
+
+/** BullMQ forbids ':' in queue names and job ids; model ids may contain '/', ':' and '.'. */
+function safeName(value: string): string {
+  return value.replace(/[^A-Za-z0-9_-]/g, '_');
+}
+
+export class RedisKeys {
+  constructor(readonly prefix: string) {}
+
+  /** BullMQ's own key prefix (it appends `:{queue}:…`). */
+  get bullPrefix(): string {
+    return `${this.prefix}:bull`;
+  }
+
+  /** One queue of turns per model: a worker consumes the queue of the model it has loaded. */
+  turnQueue(modelId: string): string {
+    return `turns-${safeName(modelId)}`;
+  }
+
+  /** Lease (one writer per session): value "{fencingToken}:{owner}", with a TTL. */
+  sessionLease(tenant: string, session: string): string {
+    return `${this.prefix}:lease:${tenant}:${session}`;
+  }
+
+  /** Monotonic fencing counter of a session; survives leases. */
+  sessionFence(tenant: string, session: string): string {
+    return `${this.prefix}:fence:${tenant}:${session}`;
+  }
+
+  /** Redis Stream of one turn's tokens (worker XADDs, edge XREADs); expires after the turn. */
+  turnStream(turnId: string): string {
+    return `${this.prefix}:stream:${turnId}`;
+  }
+
+  /** Sorted set of live workers for a model, scored by last heartbeat (ms). */
+  workers(modelId: string): string {
+    return `${this.prefix}:workers:${safeName(modelId)}`;
+  }
+}
