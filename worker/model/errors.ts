@@ -9,6 +9,9 @@ export type ModelErrorCode =
   | 'tensor_shape' // a tensor has the wrong shape for the config
   | 'dtype_unsupported'
   | 'tokenizer_invalid'
+  | 'chat_template_invalid' // tokenizer_config.json's chat_template cannot be used turn by turn
+  | 'torch_checkpoint_invalid' // pytorch_model.bin is not a plain state_dict we can read safely
+  | 'model_download_failed' // fetching an s3:// model into the local cache failed
   | 'token_out_of_range';
 
 export class ModelError extends Error {
