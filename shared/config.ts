@@ -88,6 +88,16 @@ const common = {
   /** Input tokens a single turn may feed (the model's state does not grow; this bounds turn time). */
   MAX_INPUT_TOKENS_PER_TURN: int(1, 10_000_000).default(65_536),
   LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+  /** Session lease (one writer per session): expires this long after its holder stops renewing it. */
+  LEASE_TTL_MS: int(1000, 600_000).default(30_000),
+  /** A worker whose heartbeat is older than this counts as gone (readiness, 503 no_worker). */
+  WORKER_STALE_MS: int(1000, 600_000).default(15_000),
+  /** Attempts of a turn that fails transiently (store or Redis fault, worker crash), with backoff. */
+  TURN_ATTEMPTS: int(1, 20).default(3),
+  /** First retry delay; doubles each attempt. */
+  TURN_BACKOFF_MS: int(0, 600_000).default(1000),
+  /** How long a finished turn's result is kept: an Idempotency-Key replays it within this window. */
+  TURN_RETENTION_S: int(60, 30 * 86_400).default(86_400),
 };
 
 export const EdgeConfigSchema = z.object({
@@ -98,6 +108,12 @@ export const EdgeConfigSchema = z.object({
   /** Secrets Manager secret id holding API_KEYS' format (used by the Lambda edge). */
   API_KEYS_SECRET_ID: z.string().trim().optional(),
   MAX_REQUEST_BYTES: int(1024, 1 << 30).default(8 * 1024 * 1024),
+  /** Largest `.mstate` PUT /v1/sessions/{id}/state accepts (states are fixed-size per model). */
+  MAX_STATE_UPLOAD_BYTES: int(1024, 1 << 31).default(256 * 1024 * 1024),
+  /** Model of sessions created without one; when unset, the only model with a live worker. */
+  DEFAULT_MODEL: z.string().trim().regex(/^[A-Za-z0-9._:/-]{1,128}$/).optional(),
+  /** Retry-After (seconds) sent with 429 queue_full and 503 no_worker. */
+  RETRY_AFTER_S: int(1, 3600).default(2),
 });
 export type EdgeConfig = z.output<typeof EdgeConfigSchema>;
 
@@ -109,7 +125,8 @@ export const WorkerConfigSchema = z.object({
   MODEL_ID: z.string().trim().regex(/^[A-Za-z0-9._:/-]{1,128}$/).optional(),
   /** Where s3:// models are downloaded and ONNX graphs are built. */
   MODEL_CACHE_DIR: z.string().trim().default('.cache/mamba-serve'),
-  ENGINE: z.enum(['auto', 'ort', 'cuda']).default('auto'),
+  /** `reference` is the slow plain-JS engine: for tests with tiny models, never for serving. */
+  ENGINE: z.enum(['auto', 'ort', 'cuda', 'reference']).default('auto'),
   ORT_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda']).default('cpu'),
   ORT_INTRA_OP_THREADS: int(0, 1024).default(0),
   WORKER_CONCURRENCY: int(1, 1024).default(8),
@@ -117,6 +134,12 @@ export const WorkerConfigSchema = z.object({
   STATE_CACHE_BYTES: int(0).default(1 << 30),
   /** Seconds a worker gives in-flight turns on SIGTERM before releasing them. */
   SHUTDOWN_GRACE_MS: int(0, 3_600_000).default(30_000),
+  /** BullMQ job lock: a worker that stops renewing it (crash, blocked event loop) has its turn retried after this. */
+  QUEUE_LOCK_MS: int(1000, 600_000).default(30_000),
+  /** Prefill is fed in chunks of this many tokens, with a batched decode step between chunks. */
+  PREFILL_CHUNK_TOKENS: int(1, 1 << 20).default(256),
+  /** Names this worker in leases and the worker registry; defaults to host:pid. */
+  WORKER_ID: z.string().trim().regex(/^[A-Za-z0-9._-]{1,64}$/).optional(),
 });
 export type WorkerConfig = z.output<typeof WorkerConfigSchema>;
 

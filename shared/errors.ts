@@ -18,11 +18,13 @@ export const ERROR_STATUS = {
   version_mismatch: 409, // if_version did not match the head
   conversation_diverged: 409, // messages do not extend any stored version
   session_exists: 409,
+  model_mismatch: 409, // the session belongs to another model than the request names
   payload_too_large: 413,
   queue_full: 429,
   no_worker: 503,
   unavailable: 503,
   turn_timeout: 504,
+  shutting_down: 503, // the worker is stopping; the turn was released and will be retried elsewhere
   turn_failed: 500,
   internal_error: 500,
 } as const;

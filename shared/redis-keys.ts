@@ -34,6 +34,30 @@ export class RedisKeys {
     return `${this.prefix}:stream:${turnId}`;
   }
 
+  /**
+   * The turn that owns a session now (queued or running): value = turn id, TTL = the turn's
+   * deadline. The edge claims it with SET NX so a second concurrent turn answers 409 at once;
+   * the lease above is what actually serializes writers.
+   */
+  sessionTurn(tenant: string, session: string): string {
+    return `${this.prefix}:turn-of:${tenant}:${session}`;
+  }
+
+  /** A finished turn's result (JSON), written before the head advances so a retry can report it. */
+  turnResult(turnId: string): string {
+    return `${this.prefix}:turn-result:${turnId}`;
+  }
+
+  /** Hash model id → JSON of what a worker reported about the model it serves (fingerprint, layout). */
+  get models(): string {
+    return `${this.prefix}:models`;
+  }
+
+  /** Hash of cluster-wide metric series (counters and histogram buckets) that /metrics renders. */
+  get metrics(): string {
+    return `${this.prefix}:metrics`;
+  }
+
   /** Sorted set of live workers for a model, scored by last heartbeat (ms). */
   workers(modelId: string): string {
     return `${this.prefix}:workers:${safeName(modelId)}`;

@@ -1,0 +1,258 @@
+// Wire formats of the HTTP API: every request body the edge accepts and every JSON body it
+// answers, as zod schemas. Types are inferred from them; the edge validates requests with
+// them and the tests parse responses with them, so the contract lives in one place.
+import { z } from 'zod';
+
+/** Session ids may be chosen by clients; they are scoped to the tenant. */
+export const SessionId = z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, 'must match [A-Za-z0-9_-]{1,128}');
+export const ModelId = z.string().regex(/^[A-Za-z0-9._:/-]{1,128}$/, 'must match [A-Za-z0-9._:/-]{1,128}');
+export const VersionNumber = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+
+/**
+ * Text that reaches the tokenizer. JSON can carry lone UTF-16 surrogates ("\ud800") that no
+ * encoding of Unicode can represent; refuse them rather than feeding replacement characters.
+ */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+export const Text = z.string().refine((s) => !LONE_SURROGATE.test(s), 'contains a lone surrogate (not valid Unicode)');
+
+/** Small string → string map stored with the session and returned as given. */
+export const Metadata = z
+  .record(z.string().min(1).max(64), z.string().max(512))
+  .refine((m) => Object.keys(m).length <= 16, 'at most 16 keys');
+
+export const ChatRole = z.enum(['system', 'user', 'assistant', 'tool']);
+export type ChatRole = z.infer<typeof ChatRole>;
+
+/** A message as the worker absorbs it: one role, plain text. */
+export const Message = z.object({ role: ChatRole, content: Text });
+export type Message = z.infer<typeof Message>;
+
+// ---------------------------------------------------------------------------- sessions
+
+export const CreateSessionRequest = z.strictObject({
+  /** Client-chosen id; one is generated when absent. An existing id answers 409 session_exists. */
+  id: SessionId.optional(),
+  model: ModelId.optional(),
+  /** A system prompt absorbed into the state at creation (the session starts at version 1). */
+  system: Text.max(1_000_000).optional(),
+  /** Start from a copy of another session's state (default: its head). */
+  from: z.strictObject({ session_id: SessionId, version: VersionNumber.optional() }).optional(),
+  metadata: Metadata.optional(),
+});
+export type CreateSessionRequest = z.infer<typeof CreateSessionRequest>;
+
+export const ForkSessionRequest = z.strictObject({
+  version: VersionNumber.optional(),
+  id: SessionId.optional(),
+  metadata: Metadata.optional(),
+});
+export type ForkSessionRequest = z.infer<typeof ForkSessionRequest>;
+
+export const SessionCreated = z.object({
+  id: SessionId,
+  model: ModelId,
+  version: VersionNumber,
+  tokens_absorbed: z.number().int().nonnegative(),
+});
+export type SessionCreated = z.infer<typeof SessionCreated>;
+
+export const VersionInfo = z.object({
+  version: VersionNumber,
+  /** The version this one was derived from (null for a fresh or imported start). */
+  parent: VersionNumber.nullable(),
+  tokens_absorbed: z.number().int().nonnegative(),
+  /** Bytes of the stored `.mstate`; 0 for the empty state of a new session (nothing stored). */
+  state_bytes: z.number().int().nonnegative(),
+  created_at: z.string(),
+  /** How the version came to be. */
+  origin: z.enum(['created', 'turn', 'import', 'fork']),
+});
+export type VersionInfo = z.infer<typeof VersionInfo>;
+
+export const SessionInfo = z.object({
+  id: SessionId,
+  model: ModelId,
+  version: VersionNumber,
+  tokens_absorbed: z.number().int().nonnegative(),
+  state_bytes: z.number().int().nonnegative(),
+  created_at: z.string(),
+  updated_at: z.string(),
+  metadata: z.record(z.string(), z.string()),
+  versions: z.number().int().nonnegative(),
+});
+export type SessionInfo = z.infer<typeof SessionInfo>;
+
+export const VersionList = z.object({ session_id: SessionId, head: VersionNumber, data: z.array(VersionInfo) });
+export type VersionList = z.infer<typeof VersionList>;
+
+export const SessionDeleted = z.object({ id: SessionId, deleted: z.literal(true), versions_removed: z.number().int() });
+
+export const StateQuery = z.strictObject({ version: z.string().regex(/^\d{1,15}$/, 'must be a version number').transform(Number).optional() });
+
+export const StateImported = z.object({
+  id: SessionId,
+  version: VersionNumber,
+  tokens_absorbed: z.number().int().nonnegative(),
+  state_bytes: z.number().int().nonnegative(),
+});
+
+// ---------------------------------------------------------------------------- turns
+
+const MaxTokens = z.number().int().min(0).max(1_000_000);
+const Stop = z.union([Text.min(1).max(128), z.array(Text.min(1).max(128)).max(8)]);
+
+/**
+ * What to do when another turn already holds the session: `reject` answers 409
+ * session_busy at once; `queue` waits behind it (the turn still runs on the head it finds).
+ */
+export const OnBusy = z.enum(['reject', 'queue']);
+
+export const TurnRequest = z.strictObject({
+  /** A user message, or messages of any roles absorbed in order before the reply. */
+  input: z.union([Text.max(10_000_000), z.array(Message).min(1).max(4096)]),
+  max_tokens: MaxTokens.default(256),
+  temperature: z.number().min(0).max(2).default(1),
+  top_p: z.number().gt(0).max(1).default(1),
+  top_k: z.number().int().min(0).max(1_000_000).default(0),
+  seed: z.number().int().min(0).max(2 ** 32 - 1).optional(),
+  stop: Stop.optional(),
+  stream: z.boolean().default(false),
+  /** Run only if the session's head is this version (optimistic concurrency), else 409 version_mismatch. */
+  if_version: VersionNumber.optional(),
+  on_busy: OnBusy.default('reject'),
+});
+export type TurnRequest = z.infer<typeof TurnRequest>;
+
+export const FinishReason = z.enum(['stop', 'length']);
+export type FinishReason = z.infer<typeof FinishReason>;
+
+export const TurnUsage = z.object({
+  /** Tokens fed into the state this turn (the new input, rendered by the chat template). */
+  input_tokens: z.number().int().nonnegative(),
+  output_tokens: z.number().int().nonnegative(),
+  /** Tokens the state had already absorbed before the turn: reused, not recomputed. */
+  cached_tokens: z.number().int().nonnegative(),
+  /** Tokens the new version has absorbed in all. */
+  tokens_absorbed: z.number().int().nonnegative(),
+});
+export type TurnUsage = z.infer<typeof TurnUsage>;
+
+export const TurnResponse = z.object({
+  turn_id: z.string(),
+  session_id: SessionId,
+  /** The session's new head version: durable before this answer was sent. */
+  version: VersionNumber,
+  output: z.string(),
+  finish_reason: FinishReason,
+  usage: TurnUsage,
+});
+export type TurnResponse = z.infer<typeof TurnResponse>;
+
+// ---------------------------------------------------------------------------- OpenAI-compatible chat
+
+/** OpenAI's content may be a string or an array of parts; text parts are all we serve. */
+const ChatContent = z.union([
+  Text,
+  z.array(z.object({ type: z.literal('text'), text: Text })).min(1),
+]);
+
+export const ChatCompletionMessage = z.object({
+  // `developer` is OpenAI's newer name for `system`.
+  role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
+  content: ChatContent.nullable(),
+  name: z.string().max(64).optional(),
+  tool_call_id: z.string().optional(),
+});
+
+/** Unknown fields are ignored as OpenAI-compatible servers do; fields we cannot honour are refused. */
+export const ChatCompletionRequest = z.object({
+  model: ModelId.optional(),
+  messages: z.array(ChatCompletionMessage).min(1).max(4096),
+  max_tokens: MaxTokens.nullable().optional(),
+  max_completion_tokens: MaxTokens.nullable().optional(),
+  temperature: z.number().min(0).max(2).nullable().optional(),
+  top_p: z.number().gt(0).max(1).nullable().optional(),
+  top_k: z.number().int().min(0).nullable().optional(),
+  seed: z.number().int().min(0).max(2 ** 32 - 1).nullable().optional(),
+  stop: Stop.nullable().optional(),
+  n: z.literal(1, 'only n = 1 is supported').nullable().optional(),
+  stream: z.boolean().nullable().optional(),
+  stream_options: z.object({ include_usage: z.boolean().optional() }).nullable().optional(),
+  /** The session this conversation lives in (or the X-Session-Id header). Unknown ids are created. */
+  session_id: SessionId.optional(),
+  /**
+   * When `messages` do not extend the session's head: continue from the longest stored version
+   * they do extend (the head moves there; older versions stay listed) instead of 409.
+   * Also settable with the header `X-Session-Fork: true`.
+   */
+  fork: z.boolean().optional(),
+  on_busy: OnBusy.optional(),
+});
+export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;
+
+export const ChatUsage = z.object({
+  prompt_tokens: z.number().int(),
+  completion_tokens: z.number().int(),
+  total_tokens: z.number().int(),
+  prompt_tokens_details: z.object({ cached_tokens: z.number().int() }),
+});
+
+export const ChatCompletion = z.object({
+  id: z.string(),
+  object: z.literal('chat.completion'),
+  created: z.number().int(),
+  model: z.string(),
+  choices: z.array(
+    z.object({
+      index: z.number().int(),
+      message: z.object({ role: z.literal('assistant'), content: z.string() }),
+      finish_reason: FinishReason,
+      logprobs: z.null(),
+    }),
+  ),
+  usage: ChatUsage,
+  /** mamba-serve extension: the session and the version this answer produced (absent when stateless). */
+  session_id: SessionId.optional(),
+  session_version: VersionNumber.optional(),
+});
+export type ChatCompletion = z.infer<typeof ChatCompletion>;
+
+export const ChatCompletionChunk = z.object({
+  id: z.string(),
+  object: z.literal('chat.completion.chunk'),
+  created: z.number().int(),
+  model: z.string(),
+  choices: z.array(
+    z.object({
+      index: z.number().int(),
+      delta: z.object({ role: z.literal('assistant').optional(), content: z.string().optional() }),
+      finish_reason: FinishReason.nullable(),
+      logprobs: z.null(),
+    }),
+  ),
+  usage: ChatUsage.nullable().optional(),
+  session_id: SessionId.optional(),
+  session_version: VersionNumber.optional(),
+});
+export type ChatCompletionChunk = z.infer<typeof ChatCompletionChunk>;
+
+// ---------------------------------------------------------------------------- models, health
+
+export const ModelList = z.object({
+  object: z.literal('list'),
+  data: z.array(
+    z.object({
+      id: ModelId,
+      object: z.literal('model'),
+      created: z.number().int(),
+      owned_by: z.string(),
+      /** mamba-serve extensions: bytes of one session's state, workers alive for this model. */
+      state_bytes: z.number().int(),
+      workers: z.number().int(),
+    }),
+  ),
+});
+
+export const ErrorResponse = z.object({
+  error: z.object({ code: z.string(), message: z.string(), details: z.unknown().optional() }),
+});

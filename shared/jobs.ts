@@ -1,0 +1,79 @@
+// The payload of a `turn` job (edge → worker through BullMQ) and the result a worker returns.
+// Both sides parse them with these schemas, so a change here is a change of the contract.
+import { z } from 'zod';
+import { FinishReason, Message, ModelId, SessionId, TurnUsage, VersionNumber } from './api-schemas.ts';
+import { isErrorCode, type ErrorCode } from './errors.ts';
+import { TenantId } from './session-manifest.ts';
+
+/** Job ids are turn ids; BullMQ forbids ':' in them. */
+export const TurnId = z.string().regex(/^[A-Za-z0-9_-]{1,100}$/);
+
+export const SamplingSettings = z.object({
+  temperature: z.number().min(0).max(2),
+  top_p: z.number().gt(0).max(1),
+  top_k: z.number().int().min(0),
+  /** Always set: the edge derives one from the turn id when the client gives none, so a retried turn samples the same tokens. */
+  seed: z.number().int().min(0).max(2 ** 32 - 1),
+});
+export type SamplingSettings = z.infer<typeof SamplingSettings>;
+
+/** Which state the turn starts from. */
+export const TurnBase = z.discriminatedUnion('kind', [
+  /** The head the worker finds (optionally required to be `if_version`). */
+  z.object({ kind: z.literal('head'), if_version: VersionNumber.nullable() }),
+  /**
+   * A stored version the edge matched the conversation to. With `must_be_head` the turn fails
+   * (409) if the head moved meanwhile; without, the session branches from it (a chat `fork`).
+   */
+  z.object({ kind: z.literal('version'), version: VersionNumber, must_be_head: z.boolean() }),
+]);
+export type TurnBase = z.infer<typeof TurnBase>;
+
+export const TurnJob = z.object({
+  turn_id: TurnId,
+  tenant: TenantId,
+  /** null: a stateless chat completion (zero state, nothing stored). */
+  session: SessionId.nullable(),
+  model: ModelId,
+  /** `absorb` feeds the messages and generates nothing (a session created with a system prompt). */
+  kind: z.enum(['turn', 'absorb']),
+  base: TurnBase,
+  /** New messages to feed, in order, on top of the base state. */
+  messages: z.array(Message),
+  max_tokens: z.number().int().min(0),
+  sampling: SamplingSettings,
+  stop: z.array(z.string()),
+  /** Epoch ms after which the turn must not commit (the edge has answered 504 by then). */
+  deadline_ms: z.number().int(),
+  /** Whether the edge claimed the session's turn slot for this turn (the worker frees it at the end). */
+  owns_turn_slot: z.boolean(),
+  /** Epoch ms when the edge enqueued it: queue wait and turn latency are measured from here. */
+  enqueued_at: z.number().int(),
+});
+export type TurnJob = z.infer<typeof TurnJob>;
+
+export const TurnResult = z.object({
+  turn_id: TurnId,
+  session: SessionId.nullable(),
+  /** The new head (null for stateless turns). */
+  version: VersionNumber.nullable(),
+  base_version: VersionNumber.nullable(),
+  output: z.string(),
+  finish_reason: FinishReason,
+  usage: TurnUsage,
+});
+export type TurnResult = z.infer<typeof TurnResult>;
+
+/**
+ * A failed turn's reason as BullMQ stores it (`failedReason` is a string): "code: message",
+ * so an idempotent replay after the token stream expired still answers with the right code.
+ */
+export function encodeFailure(code: ErrorCode, message: string): string {
+  return `${code}: ${message}`;
+}
+
+export function decodeFailure(reason: string | undefined): { code: ErrorCode; message: string } {
+  const m = /^([a-z_]+): ([\s\S]*)$/.exec(reason ?? '');
+  if (m && isErrorCode(m[1])) return { code: m[1], message: m[2]! };
+  return { code: 'turn_failed', message: 'the turn failed' };
+}

@@ -1,0 +1,244 @@
+// Sessions in the state store: the layout, the manifest, and the commit that advances a head.
+//
+//   {prefix}/tenants/{tenant}/sessions/{session}/manifest.json
+//   {prefix}/tenants/{tenant}/sessions/{session}/v{version}.mstate     (immutable)
+//
+// A commit writes the new version's file with create-if-absent, then replaces the manifest
+// with If-Match on the ETag it read. A crash between the two leaves an unreferenced file and
+// the old head: readers never see a head whose state is missing or torn. The writer must
+// hold the session's lease; its fencing token is recorded in the manifest and a smaller one
+// is refused, so a writer that lost its lease cannot advance the head behind its successor.
+import { SessionManifest, headEntry, type ManifestVersion } from './session-manifest.ts';
+import { StorePreconditionError, type StateStore } from './state-store.ts';
+
+export interface ManifestRead {
+  readonly manifest: SessionManifest;
+  readonly etag: string;
+}
+
+/** A newer lease holder has written this session: the caller's lease is gone. */
+export class FencedOutError extends Error {
+  readonly code = 'fenced_out';
+  constructor(message: string) {
+    super(message);
+    this.name = 'FencedOutError';
+  }
+}
+
+/** The session's manifest changed under a commit (a concurrent writer): transient, retry from a fresh read. */
+export class CommitConflictError extends Error {
+  readonly code = 'commit_conflict';
+  constructor(message: string) {
+    super(message);
+    this.name = 'CommitConflictError';
+  }
+}
+
+export class SessionExistsError extends Error {
+  readonly code = 'session_exists';
+  constructor(session: string) {
+    super(`session ${session} already exists`);
+    this.name = 'SessionExistsError';
+  }
+}
+
+export class CorruptManifestError extends Error {
+  readonly code = 'manifest_corrupt';
+  constructor(key: string, why: string) {
+    super(`${key}: ${why}`);
+    this.name = 'CorruptManifestError';
+  }
+}
+
+export interface NewVersion {
+  readonly parent: number | null;
+  readonly tokens_absorbed: number;
+  readonly transcript_hash: string;
+  readonly origin: ManifestVersion['origin'];
+  readonly turn_id?: string;
+}
+
+export interface CommitArgs {
+  readonly tenant: string;
+  readonly session: string;
+  /** Fencing token of the caller's lease. */
+  readonly fence: number;
+  readonly state: Uint8Array;
+  readonly version: NewVersion;
+  /** Re-checked against every manifest read (e.g. "the head is still what the turn started from"); throws to abort. */
+  readonly precondition?: (manifest: SessionManifest) => void;
+  readonly now?: () => Date;
+}
+
+const encoder = new TextEncoder();
+
+export class SessionStore {
+  constructor(readonly objects: StateStore) {}
+
+  static sessionPrefix(tenant: string, session: string): string {
+    return `tenants/${tenant}/sessions/${session}/`;
+  }
+  static manifestKey(tenant: string, session: string): string {
+    return `${SessionStore.sessionPrefix(tenant, session)}manifest.json`;
+  }
+  static versionKey(tenant: string, session: string, version: number): string {
+    return `${SessionStore.sessionPrefix(tenant, session)}v${version}.mstate`;
+  }
+
+  async read(tenant: string, session: string): Promise<ManifestRead | null> {
+    const key = SessionStore.manifestKey(tenant, session);
+    const obj = await this.objects.get(key);
+    if (!obj) return null;
+    let json: unknown;
+    try {
+      json = JSON.parse(new TextDecoder().decode(obj.bytes));
+    } catch {
+      throw new CorruptManifestError(key, 'not JSON');
+    }
+    const parsed = SessionManifest.safeParse(json);
+    if (!parsed.success) throw new CorruptManifestError(key, parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
+    return { manifest: parsed.data, etag: obj.etag };
+  }
+
+  /**
+   * Create a session at version 0 (`initial` describes its state; no file is stored for it,
+   * the worker starts from a zero state). SessionExistsError if the id is taken.
+   */
+  async create(init: {
+    tenant: string;
+    session: string;
+    model: string;
+    metadata: Record<string, string>;
+    transcriptRoot: string;
+    now?: Date;
+  }): Promise<ManifestRead> {
+    const now = (init.now ?? new Date()).toISOString();
+    const manifest: SessionManifest = {
+      format: 1,
+      tenant: init.tenant,
+      session: init.session,
+      model: init.model,
+      created_at: now,
+      updated_at: now,
+      metadata: init.metadata,
+      transcript_root: init.transcriptRoot,
+      head: 0,
+      next_version: 1,
+      fence: 0,
+      versions: [
+        { version: 0, parent: null, tokens_absorbed: 0, state_bytes: 0, transcript_hash: init.transcriptRoot, created_at: now, origin: 'created' },
+      ],
+    };
+    const key = SessionStore.manifestKey(init.tenant, init.session);
+    // Files left by a deleted session whose deletion crashed midway would collide with the
+    // new session's version numbers; without a manifest they belong to no one.
+    if (!(await this.objects.get(key))) {
+      const leftovers = await this.objects.list(SessionStore.sessionPrefix(init.tenant, init.session));
+      if (leftovers.length > 0) await this.objects.delete(leftovers.filter((k) => k !== key));
+    }
+    try {
+      const etag = await this.objects.putIfAbsent(key, encoder.encode(JSON.stringify(manifest)));
+      return { manifest, etag };
+    } catch (e) {
+      if (e instanceof StorePreconditionError) throw new SessionExistsError(init.session);
+      throw e;
+    }
+  }
+
+  /** The `.mstate` bytes of a version, or null when it has no file (the empty state) or is gone. */
+  async readState(tenant: string, session: string, version: number): Promise<Uint8Array | null> {
+    const obj = await this.objects.get(SessionStore.versionKey(tenant, session, version));
+    return obj ? obj.bytes : null;
+  }
+
+  /** Store `state` as the next version and make it the head. */
+  async commitVersion(args: CommitArgs): Promise<ManifestRead & { entry: ManifestVersion }> {
+    const { tenant, session, fence } = args;
+    const manifestKey = SessionStore.manifestKey(tenant, session);
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const current = await this.read(tenant, session);
+      if (!current) throw new CommitConflictError(`session ${session} no longer exists`);
+      const m = current.manifest;
+      if (m.fence > fence) throw new FencedOutError(`session ${session} was written under lease ${m.fence}; ours is ${fence}`);
+      args.precondition?.(m);
+      const version = m.next_version;
+      const versionKey = SessionStore.versionKey(tenant, session, version);
+      try {
+        await this.objects.putIfAbsent(versionKey, args.state);
+      } catch (e) {
+        if (!(e instanceof StorePreconditionError)) throw e;
+        // A file for a version the manifest never took: a commit that crashed (or lost its
+        // lease) between its two writes. Record our fence first, so that writer can no
+        // longer advance the head with the ETag it holds, then clear its file and retry.
+        await this.objects.putIfMatch(manifestKey, encoder.encode(JSON.stringify({ ...m, fence })), current.etag).catch((err) => {
+          if (err instanceof StorePreconditionError) return; // changed under us: the next read sorts it out
+          throw err;
+        });
+        const again = await this.read(tenant, session);
+        if (again && again.manifest.fence <= fence && !again.manifest.versions.some((v) => v.version === version)) {
+          await this.objects.delete([versionKey]);
+        }
+        continue;
+      }
+      const now = (args.now?.() ?? new Date()).toISOString();
+      const entry: ManifestVersion = {
+        version,
+        parent: args.version.parent,
+        tokens_absorbed: args.version.tokens_absorbed,
+        state_bytes: args.state.byteLength,
+        transcript_hash: args.version.transcript_hash,
+        created_at: now,
+        origin: args.version.origin,
+        ...(args.version.turn_id ? { turn_id: args.version.turn_id } : {}),
+      };
+      const next: SessionManifest = {
+        ...m,
+        head: version,
+        next_version: version + 1,
+        fence,
+        updated_at: now,
+        versions: [...m.versions, entry],
+      };
+      try {
+        const etag = await this.objects.putIfMatch(manifestKey, encoder.encode(JSON.stringify(next)), current.etag);
+        return { manifest: next, etag, entry };
+      } catch (e) {
+        if (e instanceof StorePreconditionError) {
+          throw new CommitConflictError(`session ${session} changed while version ${version} was being committed`);
+        }
+        throw e;
+      }
+    }
+    throw new CommitConflictError(`session ${session}: could not commit after 3 attempts`);
+  }
+
+  /** Replace the manifest through `mutate` (metadata edits) under the same CAS. */
+  async updateManifest(tenant: string, session: string, mutate: (m: SessionManifest) => SessionManifest): Promise<ManifestRead | null> {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const current = await this.read(tenant, session);
+      if (!current) return null;
+      const next = SessionManifest.parse(mutate(current.manifest));
+      try {
+        const etag = await this.objects.putIfMatch(SessionStore.manifestKey(tenant, session), encoder.encode(JSON.stringify(next)), current.etag);
+        return { manifest: next, etag };
+      } catch (e) {
+        if (!(e instanceof StorePreconditionError)) throw e;
+      }
+    }
+    throw new CommitConflictError(`session ${session}: manifest kept changing`);
+  }
+
+  /**
+   * Remove a session: the manifest first (the session disappears at once), then every file.
+   * Returns how many version files were removed. The caller holds the session's lease.
+   */
+  async delete(tenant: string, session: string): Promise<number> {
+    const manifestKey = SessionStore.manifestKey(tenant, session);
+    await this.objects.delete([manifestKey]);
+    const keys = await this.objects.list(SessionStore.sessionPrefix(tenant, session));
+    await this.objects.delete(keys);
+    return keys.filter((k) => k.endsWith('.mstate')).length;
+  }
+}
+
+export { headEntry };

@@ -1,0 +1,165 @@
+// One contract, both stores: the filesystem and S3 (a real moto server) must agree on
+// conditional writes, listing with paging, deletion and the commit protocol built on them.
+import { mkdtemp, readdir, rm, writeFile, mkdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startMotoServer, type MotoServer } from '../test-support/moto-server.ts';
+import { SessionStore, FencedOutError, SessionExistsError, CommitConflictError } from './session-store.ts';
+import { FsStateStore } from './state-store-fs.ts';
+import { S3StateStore } from './state-store-s3.ts';
+import { StorePreconditionError, type StateStore } from './state-store.ts';
+import { EMPTY_TRANSCRIPT_ROOT, extendTranscript } from './transcript-hash.ts';
+
+const bytes = (s: string) => new TextEncoder().encode(s);
+const text = (b: Uint8Array) => new TextDecoder().decode(b);
+
+let moto: MotoServer;
+let fsRoot: string;
+let bucketCounter = 0;
+
+beforeAll(async () => {
+  moto = await startMotoServer();
+  fsRoot = await mkdtemp(join(tmpdir(), 'ms-store-'));
+});
+afterAll(async () => {
+  await moto?.stop();
+  await rm(fsRoot, { recursive: true, force: true });
+});
+
+const stores: Array<[string, () => Promise<StateStore>]> = [
+  ['fs', async () => new FsStateStore(await mkdtemp(join(fsRoot, 's-')))],
+  [
+    's3',
+    async () => {
+      const bucket = `bucket-${++bucketCounter}`;
+      await moto.createBucket(bucket);
+      return new S3StateStore({ bucket, prefix: 'pre/fix', endpoint: moto.endpoint, forcePathStyle: true, credentials: moto.credentials, listPageSize: 7 });
+    },
+  ],
+];
+
+describe.each(stores)('%s state store', (_name, make) => {
+  it('creates only when absent and replaces only on a matching ETag', async () => {
+    const store = await make();
+    expect(await store.get('a/b.json')).toBeNull();
+    const e1 = await store.putIfAbsent('a/b.json', bytes('one'));
+    await expect(store.putIfAbsent('a/b.json', bytes('two'))).rejects.toBeInstanceOf(StorePreconditionError);
+    expect(text((await store.get('a/b.json'))!.bytes)).toBe('one');
+    const got = await store.get('a/b.json');
+    expect(got!.etag).toBe(e1);
+    const e2 = await store.putIfMatch('a/b.json', bytes('three'), e1);
+    expect(e2).not.toBe(e1);
+    await expect(store.putIfMatch('a/b.json', bytes('four'), e1)).rejects.toBeInstanceOf(StorePreconditionError);
+    await expect(store.putIfMatch('a/missing.json', bytes('x'), e1)).rejects.toBeInstanceOf(StorePreconditionError);
+    expect(text((await store.get('a/b.json'))!.bytes)).toBe('three');
+    await store.close();
+  });
+
+  it('lists every key under a prefix across pages and deletes them', async () => {
+    const store = await make();
+    // 30 keys over pages of 7 (the S3 store is configured so): paging must be followed.
+    const keys = Array.from({ length: 30 }, (_, i) => `t/s/k${i}`);
+    await Promise.all(keys.map((k) => store.putIfAbsent(k, bytes(k))));
+    await store.putIfAbsent('t/other/x', bytes('x'));
+    const listed = await store.list('t/s/');
+    expect(listed.sort()).toEqual([...keys].sort());
+    await store.delete(listed);
+    expect(await store.list('t/s/')).toEqual([]);
+    expect(await store.list('t/')).toEqual(['t/other/x']);
+    await store.delete(['t/never-existed']);
+    await store.close();
+  });
+
+  it('refuses keys that could escape its root', async () => {
+    const store = await make();
+    await expect(store.get('../etc/passwd')).rejects.toThrow(/unsafe key/);
+    await expect(store.putIfAbsent('a//b', bytes('x'))).rejects.toThrow(/unsafe key/);
+    await store.close();
+  });
+
+  it('commits versions with fencing and never moves the head to a missing or foreign file', async () => {
+    const objects = await make();
+    const sessions = new SessionStore(objects);
+    await sessions.create({ tenant: 't1', session: 's1', model: 'm', metadata: { a: 'b' }, transcriptRoot: EMPTY_TRANSCRIPT_ROOT });
+    await expect(
+      sessions.create({ tenant: 't1', session: 's1', model: 'm', metadata: {}, transcriptRoot: EMPTY_TRANSCRIPT_ROOT }),
+    ).rejects.toBeInstanceOf(SessionExistsError);
+
+    const h1 = extendTranscript(EMPTY_TRANSCRIPT_ROOT, { role: 'user', content: 'hi' });
+    const c1 = await sessions.commitVersion({
+      tenant: 't1', session: 's1', fence: 3, state: bytes('state-1'),
+      version: { parent: 0, tokens_absorbed: 5, transcript_hash: h1, origin: 'turn', turn_id: 'turn-a' },
+    });
+    expect(c1.entry.version).toBe(1);
+    expect(c1.manifest.head).toBe(1);
+    expect(text((await sessions.readState('t1', 's1', 1))!)).toBe('state-1');
+
+    // A writer holding an older lease is refused, and nothing changes.
+    await expect(
+      sessions.commitVersion({ tenant: 't1', session: 's1', fence: 2, state: bytes('stale'), version: { parent: 1, tokens_absorbed: 9, transcript_hash: h1, origin: 'turn' } }),
+    ).rejects.toBeInstanceOf(FencedOutError);
+    expect((await sessions.read('t1', 's1'))!.manifest.head).toBe(1);
+    expect(await sessions.readState('t1', 's1', 2)).toBeNull();
+
+    // A crashed commit left v2's file without a manifest entry: the next commit takes v2 cleanly.
+    await objects.putIfAbsent(SessionStore.versionKey('t1', 's1', 2), bytes('orphan'));
+    const c2 = await sessions.commitVersion({
+      tenant: 't1', session: 's1', fence: 4, state: bytes('state-2'),
+      version: { parent: 1, tokens_absorbed: 7, transcript_hash: h1, origin: 'turn' },
+    });
+    expect(c2.entry.version).toBe(2);
+    expect(text((await sessions.readState('t1', 's1', 2))!)).toBe('state-2');
+
+    // A precondition re-checked at commit time aborts without writing.
+    await expect(
+      sessions.commitVersion({
+        tenant: 't1', session: 's1', fence: 4, state: bytes('x'),
+        version: { parent: 1, tokens_absorbed: 7, transcript_hash: h1, origin: 'turn' },
+        precondition: (m) => { if (m.head !== 1) throw new CommitConflictError('head moved'); },
+      }),
+    ).rejects.toThrow(/head moved/);
+    const after = (await sessions.read('t1', 's1'))!.manifest;
+    expect(after.head).toBe(2);
+    expect(after.versions.map((v) => v.version)).toEqual([0, 1, 2]);
+    expect(after.versions[1]!.turn_id).toBe('turn-a');
+
+    expect(await sessions.delete('t1', 's1')).toBe(2);
+    expect(await sessions.read('t1', 's1')).toBeNull();
+    expect(await objects.list(SessionStore.sessionPrefix('t1', 's1'))).toEqual([]);
+    await objects.close();
+  });
+
+  it('a session created over leftovers of a half-deleted one starts clean', async () => {
+    const objects = await make();
+    const sessions = new SessionStore(objects);
+    await objects.putIfAbsent(SessionStore.versionKey('t1', 'again', 1), bytes('old'));
+    await sessions.create({ tenant: 't1', session: 'again', model: 'm', metadata: {}, transcriptRoot: EMPTY_TRANSCRIPT_ROOT });
+    expect(await sessions.readState('t1', 'again', 1)).toBeNull();
+    await objects.close();
+  });
+});
+
+describe('fs state store durability', () => {
+  it('leaves no temp or lock files behind', async () => {
+    const root = await mkdtemp(join(fsRoot, 'clean-'));
+    const store = new FsStateStore(root);
+    const e = await store.putIfAbsent('x/y', bytes('1'));
+    await store.putIfMatch('x/y', bytes('2'), e);
+    await expect(store.putIfAbsent('x/y', bytes('3'))).rejects.toBeInstanceOf(StorePreconditionError);
+    expect(await readdir(join(root, 'x'))).toEqual(['y']);
+  });
+
+  it('breaks a stale lock left by a crashed writer', async () => {
+    const root = await mkdtemp(join(fsRoot, 'lock-'));
+    const store = new FsStateStore(root);
+    const e = await store.putIfAbsent('x/y', bytes('1'));
+    await mkdir(join(root, 'x'), { recursive: true });
+    await writeFile(join(root, 'x', '.y.lock'), '');
+    const { utimes } = await import('node:fs/promises');
+    const old = new Date(Date.now() - 60_000);
+    await utimes(join(root, 'x', '.y.lock'), old, old);
+    await store.putIfMatch('x/y', bytes('2'), e);
+    expect(text((await store.get('x/y'))!.bytes)).toBe('2');
+  });
+});

@@ -1,0 +1,49 @@
+// The object store under session states: a flat key space with the two conditional writes
+// the session store needs. Two implementations (state-store-fs.ts, state-store-s3.ts) keep
+// exactly these semantics; session-store.ts builds layout and manifests on top.
+
+export interface StoredObject {
+  readonly bytes: Uint8Array;
+  /** Opaque; changes whenever the object is replaced. */
+  readonly etag: string;
+}
+
+export interface StateStore {
+  /** Where the objects live, for logs (never contains credentials). */
+  readonly description: string;
+  get(key: string): Promise<StoredObject | null>;
+  /** Create `key` only if it does not exist (S3 If-None-Match: *); StorePreconditionError otherwise. */
+  putIfAbsent(key: string, bytes: Uint8Array): Promise<string>;
+  /** Replace `key` only if its ETag is still `etag` (S3 If-Match); StorePreconditionError otherwise. */
+  putIfMatch(key: string, bytes: Uint8Array, etag: string): Promise<string>;
+  /** Remove keys; missing ones are not an error. */
+  delete(keys: readonly string[]): Promise<void>;
+  /** Every key under `prefix` (which ends with '/'), in no particular order. */
+  list(prefix: string): Promise<string[]>;
+  close(): Promise<void>;
+}
+
+/** The conditional write lost: the object exists (putIfAbsent) or changed (putIfMatch). */
+export class StorePreconditionError extends Error {
+  readonly code = 'store_precondition_failed';
+  constructor(readonly key: string, message: string) {
+    super(message);
+    this.name = 'StorePreconditionError';
+  }
+}
+
+/** The store could not be reached or answered an unexpected error: transient, worth a retry. */
+export class StoreUnavailableError extends Error {
+  readonly code = 'store_unavailable';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'StoreUnavailableError';
+  }
+}
+
+/** Keys are built by session-store.ts only; refuse anything that could escape the store's root. */
+export function assertSafeKey(key: string): void {
+  if (!/^[A-Za-z0-9_.\/-]{1,900}$/.test(key) || key.split('/').some((part) => part === '..' || part === '.' || part === '') ) {
+    throw new Error(`state store: unsafe key "${key.slice(0, 100)}"`);
+  }
+}
