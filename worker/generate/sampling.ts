@@ -1,0 +1,146 @@
+// Picks the next token from one row of logits: greedy, or temperature + top-k + top-p
+// sampling with a seedable RNG (a seed makes a reply reproducible). Ids at or above the
+// tokenizer's vocabSize are the embedding's padding rows (50277 → 50280 for GPT-NeoX
+// vocabularies): they decode to nothing and are never picked.
+import { Rng } from '../../shared/rng.ts';
+
+export interface SamplingParams {
+  /** 0 = greedy (argmax, ties to the lowest id). */
+  temperature: number;
+  /** Nucleus: keep the smallest set of most likely tokens whose probability reaches topP (1 = off). */
+  topP: number;
+  /** Keep only the K most likely tokens (0 = off). */
+  topK: number;
+  seed?: number;
+}
+
+export class SamplingParamsError extends Error {
+  readonly code = 'invalid_request' as const;
+  constructor(message: string) {
+    super(message);
+    this.name = 'SamplingParamsError';
+  }
+}
+
+export function validateSamplingParams(p: SamplingParams): void {
+  if (!Number.isFinite(p.temperature) || p.temperature < 0) throw new SamplingParamsError(`temperature must be ≥ 0, got ${p.temperature}`);
+  if (!Number.isFinite(p.topP) || p.topP <= 0 || p.topP > 1) throw new SamplingParamsError(`top_p must be in (0, 1], got ${p.topP}`);
+  if (!Number.isInteger(p.topK) || p.topK < 0) throw new SamplingParamsError(`top_k must be a whole number ≥ 0, got ${p.topK}`);
+  if (p.seed !== undefined && (!Number.isInteger(p.seed) || p.seed < 0 || p.seed > 0xffffffff)) {
+    throw new SamplingParamsError(`seed must be a whole number in [0, 2^32), got ${p.seed}`);
+  }
+}
+
+export class Sampler {
+  private readonly rng: Rng;
+  // Scratch buffers reused across calls: sampling runs once per token per sequence.
+  private readonly cand: Int32Array;
+  private readonly probs: Float64Array;
+
+  constructor(
+    readonly params: SamplingParams,
+    readonly vocabSize: number,
+  ) {
+    validateSamplingParams(params);
+    if (!Number.isInteger(vocabSize) || vocabSize <= 0) throw new SamplingParamsError(`vocabSize must be a positive whole number, got ${vocabSize}`);
+    // Unseeded samplers still use our RNG (seeded from Math.random) so there is one code path.
+    this.rng = new Rng(params.seed ?? Math.floor(Math.random() * 0x100000000));
+    this.cand = new Int32Array(vocabSize);
+    this.probs = new Float64Array(vocabSize);
+  }
+
+  /** One token id from `logits` (one row; entries from vocabSize on are ignored). */
+  sample(logits: Float32Array): number {
+    const V = this.vocabSize;
+    if (logits.length < V) throw new SamplingParamsError(`logits row has ${logits.length} entries, fewer than the vocabulary's ${V}`);
+    if (this.params.temperature === 0) return argmax(logits, V);
+
+    // Unnormalized probabilities by id, relative to the most likely token.
+    const probs = this.probs;
+    let max = -Infinity;
+    for (let i = 0; i < V; i++) {
+      const v = logits[i]!;
+      if (Number.isNaN(v)) throw new Error(`logit ${i} is NaN`);
+      if (v > max) max = v;
+    }
+    if (max === -Infinity) throw new Error('every logit is -Infinity: nothing can be sampled');
+    if (max === Infinity) return argmax(logits, V);
+    const invT = 1 / this.params.temperature;
+    let total = 0;
+    let finite = 0;
+    for (let i = 0; i < V; i++) {
+      const p = Math.exp((logits[i]! - max) * invT);
+      probs[i] = p;
+      total += p;
+      if (p > 0) finite++; // a token whose probability underflows to 0 cannot be drawn anyway
+    }
+    const { topK, topP } = this.params;
+    if (!((topK > 0 && topK < finite) || topP < 1)) {
+      let u = this.rng.next() * total;
+      let last = 0;
+      for (let i = 0; i < V; i++) {
+        if (probs[i] === 0) continue;
+        last = i;
+        u -= probs[i]!;
+        if (u < 0) return i;
+      }
+      return last; // rounding left u a hair above zero
+    }
+
+    // Truncation keeps the most likely tokens (ties: lowest id first). Sorting all 50k ids
+    // costs ~10 ms a token, so sort only the likely head: the tokens above a probability
+    // floor, lowered until the head provably holds the top-k and the top-p mass.
+    const target = topP * total;
+    const need = topK > 0 ? Math.min(topK, finite) : 0;
+    const cand = this.cand;
+    let n = 0;
+    for (let floor = 1e-3; ; floor = floor > 1e-300 ? floor * 0.1 : 0) {
+      n = 0;
+      let mass = 0;
+      for (let i = 0; i < V; i++) {
+        const p = probs[i]!;
+        if (p >= floor && p > 0) {
+          cand[n++] = i;
+          mass += p;
+        }
+      }
+      if (floor === 0 || n >= finite || (n >= need && (topP >= 1 || mass >= target))) break;
+    }
+    const head = cand.subarray(0, n);
+    head.sort((a, b) => probs[b]! - probs[a]! || a - b);
+    let keep = need > 0 ? Math.min(need, n) : n;
+    if (topP < 1) {
+      // Smallest prefix whose mass reaches top_p of the whole distribution (at least one).
+      let acc = 0;
+      let j = 0;
+      while (j < keep) {
+        acc += probs[head[j]!]!;
+        j++;
+        if (acc >= target) break;
+      }
+      keep = j;
+    }
+    let sum = 0;
+    for (let j = 0; j < keep; j++) sum += probs[head[j]!]!;
+    let u = this.rng.next() * sum;
+    for (let j = 0; j < keep; j++) {
+      u -= probs[head[j]!]!;
+      if (u < 0) return head[j]!;
+    }
+    return head[keep - 1]!;
+  }
+}
+
+/** Index of the largest of the first `n` entries; the lowest index on ties. */
+export function argmax(logits: Float32Array, n: number): number {
+  let best = 0;
+  let bestValue = -Infinity;
+  for (let i = 0; i < n; i++) {
+    const v = logits[i]!;
+    if (v > bestValue) {
+      best = i;
+      bestValue = v;
+    }
+  }
+  return best;
+}
