@@ -3,7 +3,8 @@ import type { ModelInfo } from './engine.ts';
 import { stateBytesF32 } from './host-state.ts';
 
 /** What every engine reports about the checkpoint it loaded. */
-export async function modelInfoFromCheckpoint(ckpt: Checkpoint): Promise<ModelInfo> {
+/** `fingerprint` when already known (a cached build records it), else computed from the weights. */
+export async function modelInfoFromCheckpoint(ckpt: Checkpoint, fingerprint?: string): Promise<ModelInfo> {
   const c = ckpt.config;
   const layout = {
     num_layers: c.numLayers,
@@ -13,7 +14,7 @@ export async function modelInfoFromCheckpoint(ckpt: Checkpoint): Promise<ModelIn
   };
   return {
     config: c,
-    fingerprint: await ckpt.fingerprint(),
+    fingerprint: fingerprint ?? (await ckpt.fingerprint()),
     vocabRows: ckpt.vocabRows,
     layout,
     stateBytes: stateBytesF32({ layout }),

@@ -1,0 +1,281 @@
+// The ONNX graph of a Mamba model: one graph serves prefill (L tokens) and decode (L = 1),
+// so the weights are held once by one InferenceSession (onnxruntime-node cannot share
+// initializers between sessions).
+//
+// The two cases want different formulations, so the graph is one top-level If whose branches
+// each hold the whole model and read the same weights from the main graph (outer scope):
+// - decode (L = 1): a straight line of ops — conv as a K-tap weighted sum, one scan step.
+//   No control flow inside: every Scan/If invocation costs ORT ~0.15-0.2 ms of subgraph
+//   set-up, which per layer would be a large share of a decode step.
+// - prefill (L > 1): ONNX Conv for the causal depthwise conv, and a Scan over the sequence.
+//
+// Inputs:  tokens int64 [B, L]; logits_start int64 [1] (first position whose logits are
+//          returned: L-1 for "last only", 0 for all); conv_state [B, layers, K, D];
+//          ssm_state [B, layers, N, D]. The states are stored transposed from HF's layout
+//          ([D, K], [D, N]) so every broadcast runs along the contiguous D axis and decode
+//          needs no transposes; the engine converts on import/export only.
+// Outputs: logits [B, L - logits_start, V]; conv_state_out; ssm_state_out (same shapes).
+//
+// For L > 1 the selective scan is an ONNX Scan over the sequence whose body does one step
+// with the state laid out [B, N, D] (broadcasts run along the contiguous D axis, and y = C·h is a
+// MatMul). bench/ort-scan-formulations.ts measures this against the alternatives
+// (discretization precomputed for all L, chunked/unrolled bodies, nested scans); this one
+// won on this CPU because the per-iteration cost of Scan is small next to the elementwise
+// work, and the alternatives add memory traffic of [L, N, D] intermediates.
+import type { Checkpoint } from '../../model/checkpoint.ts';
+import { GraphBuilder, encodeModel, type ExternalRef } from './onnx-builder.ts';
+
+/** Where each weight lives in the external weights file, as the graph needs it. */
+export interface GraphWeights {
+  /** [V, d] token embeddings; also the head when tied. */
+  embeddings: ExternalRef;
+  /** [V, d] untied head, if any. */
+  lmHead?: ExternalRef;
+  normF: ExternalRef;
+  layers: LayerWeightRefs[];
+}
+
+export interface LayerWeightRefs {
+  norm: ExternalRef; // [d]
+  inProjXT: ExternalRef; // [d, D] (in_proj rows 0..D-1, transposed)
+  inProjZT: ExternalRef; // [d, D] (in_proj rows D..2D-1, transposed)
+  inProjXBias?: ExternalRef; // [D]
+  inProjZBias?: ExternalRef; // [D]
+  convW: ExternalRef; // [D, 1, K] for Conv (prefill)
+  convWKD: ExternalRef; // [K, D] the same weights for the single-step form
+  convBias?: ExternalRef; // [D]
+  xProjT: ExternalRef; // [D, R + 2N]
+  dtProjT: ExternalRef; // [R, D]
+  dtBias: ExternalRef; // [D]
+  negExpAT: ExternalRef; // [N, D] = -exp(A_log)^T
+  Dskip: ExternalRef; // [D]
+  outProjT: ExternalRef; // [D, d]
+  outProjBias?: ExternalRef; // [d]
+}
+
+export const GRAPH_INPUTS = { tokens: 'tokens', logitsStart: 'logits_start', conv: 'conv_state', ssm: 'ssm_state' } as const;
+export const GRAPH_OUTPUTS = { logits: 'logits', conv: 'conv_state_out', ssm: 'ssm_state_out' } as const;
+
+/** Bumped whenever the graph changes, so cached builds of an older graph are rebuilt. */
+export const GRAPH_VERSION = 3;
+
+type Mode = 'step' | 'seq';
+
+/** Names of the weights as initializers of the main graph, visible to both branches. */
+interface WeightNames {
+  embeddings: string;
+  head: string;
+  normF: string;
+  layers: {
+    norm: string;
+    inProjXT: string;
+    inProjZT: string;
+    inProjXBias?: string;
+    inProjZBias?: string;
+    convW: string;
+    convWKD: string;
+    convBias?: string;
+    xProjT: string;
+    dtProjT: string;
+    dtBias: string;
+    negExpAT: string;
+    Dskip: string;
+    outProjT: string;
+    outProjBias?: string;
+  }[];
+}
+
+interface Dims {
+  d: number;
+  D: number;
+  N: number;
+  K: number;
+  R: number;
+  V: number;
+  nL: number;
+  eps: number;
+}
+
+function registerWeights(g: GraphBuilder, weights: GraphWeights, dims: Dims): WeightNames {
+  const { d, D, N, K, R, V } = dims;
+  const w = (name: string, shape: number[], ref: ExternalRef) => g.externalFloat(name, shape, ref);
+  const opt = (name: string, shape: number[], ref: ExternalRef | undefined) => (ref ? w(name, shape, ref) : undefined);
+  const embeddings = w('embeddings', [V, d], weights.embeddings);
+  return {
+    embeddings,
+    // Gemm with transB reads the [V, d] matrix as stored, so a tied head needs no second copy.
+    head: weights.lmHead ? w('lm_head', [V, d], weights.lmHead) : embeddings,
+    normF: w('norm_f', [d], weights.normF),
+    layers: weights.layers.map((lw, i) => {
+      const p = `l${i}.`;
+      const names: WeightNames['layers'][number] = {
+        norm: w(`${p}norm`, [d], lw.norm),
+        inProjXT: w(`${p}in_proj_x_t`, [d, D], lw.inProjXT),
+        inProjZT: w(`${p}in_proj_z_t`, [d, D], lw.inProjZT),
+        convW: w(`${p}conv_w`, [D, 1, K], lw.convW),
+        convWKD: w(`${p}conv_w_kd`, [K, D], lw.convWKD),
+        xProjT: w(`${p}x_proj_t`, [D, R + 2 * N], lw.xProjT),
+        dtProjT: w(`${p}dt_proj_t`, [R, D], lw.dtProjT),
+        dtBias: w(`${p}dt_b`, [D], lw.dtBias),
+        negExpAT: w(`${p}neg_exp_a_t`, [N, D], lw.negExpAT),
+        Dskip: w(`${p}d_skip`, [D], lw.Dskip),
+        outProjT: w(`${p}out_proj_t`, [D, d], lw.outProjT),
+      };
+      const inX = opt(`${p}in_proj_x_b`, [D], lw.inProjXBias);
+      const inZ = opt(`${p}in_proj_z_b`, [D], lw.inProjZBias);
+      const convB = opt(`${p}conv_b`, [D], lw.convBias);
+      const outB = opt(`${p}out_proj_b`, [d], lw.outProjBias);
+      if (inX) names.inProjXBias = inX;
+      if (inZ) names.inProjZBias = inZ;
+      if (convB) names.convBias = convB;
+      if (outB) names.outProjBias = outB;
+      return names;
+    }),
+  };
+}
+
+/** The whole model as one branch of the top-level If; returns [logits, conv_out, ssm_out]. */
+function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): string[] {
+  const { d, D, N, K, R, V, nL } = dims;
+  const i64 = (...v: number[]) => g.constInt64(v);
+  const one = i64(1);
+  const BIG = i64(Number.MAX_SAFE_INTEGER);
+  const eps = g.constFloat([dims.eps], [], 'eps');
+  const two = g.constFloat([2], [], 'two');
+
+  // x / sqrt(mean(x^2) + eps) * w is the pattern ORT fuses into SimplifiedLayerNormalization.
+  const rmsNorm = (x: string, weight: string) => {
+    const ms = g.op('ReduceMean', [g.op('Pow', [x, two])], { axes: [-1], keepdims: 1 });
+    return g.op('Mul', [g.op('Div', [x, g.op('Sqrt', [g.op('Add', [ms, eps])])]), weight]);
+  };
+  const silu = (x: string) => g.op('Mul', [x, g.op('Sigmoid', [x])]);
+  const linear = (x: string, wT: string, bias?: string) => {
+    const y = g.op('MatMul', [x, wT]);
+    return bias ? g.op('Add', [y, bias]) : y;
+  };
+
+  let resid = g.op('Gather', [W.embeddings, GRAPH_INPUTS.tokens], { axis: 0 }); // [B, L, d]
+  const convOuts: string[] = [];
+  const ssmOuts: string[] = [];
+
+  W.layers.forEach((lw, i) => {
+    const layerIndex = g.constInt64([i], [], 'layer'); // a scalar index drops the layer axis
+    const h = rmsNorm(resid, lw.norm);
+    const x = linear(h, lw.inProjXT, lw.inProjXBias); // [B, L, D]
+    const z = linear(h, lw.inProjZT, lw.inProjZBias);
+
+    // Causal depthwise conv over [last K-1 inputs | new inputs] (time on axis 1): exactly L
+    // outputs, and the last K rows are the new conv state (the oldest input falls off).
+    const convState = g.op('Gather', [GRAPH_INPUTS.conv, layerIndex], { axis: 1 }); // [B, K, D]
+    const cat = g.op('Concat', [g.op('Slice', [convState, one, BIG, one]), x], { axis: 1 }); // [B, K-1+L, D]
+    let convOut: string;
+    if (mode === 'step') {
+      convOuts.push(g.op('Unsqueeze', [cat, one])); // L = 1: cat is exactly the new state
+      convOut = g.op('ReduceSum', [g.op('Mul', [cat, lw.convWKD]), one], { keepdims: 1 }); // [B, 1, D]
+      if (lw.convBias) convOut = g.op('Add', [convOut, lw.convBias]);
+    } else {
+      convOuts.push(g.op('Unsqueeze', [g.op('Slice', [cat, i64(-K), BIG, one]), one]));
+      const inputs = [g.op('Transpose', [cat], { perm: [0, 2, 1] }), lw.convW];
+      if (lw.convBias) inputs.push(lw.convBias);
+      const y = g.op('Conv', inputs, { group: D, kernel_shape: [K], pads: [0, 0], strides: [1], dilations: [1] });
+      convOut = g.op('Transpose', [y], { perm: [0, 2, 1] });
+    }
+    const xc = silu(convOut); // [B, L, D]
+
+    const xdbl = linear(xc, lw.xProjT); // [B, L, R+2N]
+    const [dtIn, Bm, Cm] = g.opN('Split', [xdbl, i64(R, N, N)], [g.fresh('dt_in'), g.fresh('B'), g.fresh('C')], { axis: -1 });
+    const dt = g.op('Softplus', [linear(dtIn!, lw.dtProjT, lw.dtBias)]); // [B, L, D]
+    const dtx = g.op('Mul', [dt, xc]);
+    const h0 = g.op('Gather', [GRAPH_INPUTS.ssm, layerIndex], { axis: 1 }); // [B, N, D]
+
+    // One step: h = exp(dt*A) * h + (dt*x) outer B ; y = C . h, with h laid out [B, N, D].
+    let yScan: string;
+    let hLast: string;
+    if (mode === 'step') {
+      const decay = g.op('Exp', [g.op('Mul', [dt, lw.negExpAT])]); // [B,1,D] x [N,D] -> [B,N,D]
+      const inject = g.op('Mul', [dtx, g.op('Transpose', [Bm!], { perm: [0, 2, 1] })]); // [B,1,D] x [B,N,1]
+      hLast = g.op('Add', [g.op('Mul', [decay, h0]), inject]);
+      yScan = g.op('MatMul', [Cm!, hLast]); // [B,1,N] x [B,N,D] -> [B,1,D]
+    } else {
+      const scope = `${g.fresh('sb')}_`;
+      const body = new GraphBuilder(`scan_body${i}`, scope);
+      const bh = body.input(`${scope}h`, 'float', ['batch', N, D]);
+      const bdt = body.input(`${scope}dt`, 'float', ['batch', D]);
+      const bdtx = body.input(`${scope}dtx`, 'float', ['batch', D]);
+      const bB = body.input(`${scope}b`, 'float', ['batch', N]);
+      const bC = body.input(`${scope}c`, 'float', ['batch', N]);
+      const bOne = body.constInt64([1]);
+      const bTwo = body.constInt64([2]);
+      const decay = body.op('Exp', [body.op('Mul', [body.op('Unsqueeze', [bdt, bOne]), lw.negExpAT])]);
+      const inject = body.op('Mul', [body.op('Unsqueeze', [bdtx, bOne]), body.op('Unsqueeze', [bB, bTwo])]);
+      const hNew = body.op('Add', [body.op('Mul', [decay, bh]), inject]);
+      body.op('Identity', [hNew], {}, `${scope}h_out`);
+      body.op('Squeeze', [body.op('MatMul', [body.op('Unsqueeze', [bC, bOne]), hNew]), bOne], {}, `${scope}y`);
+      body.output(`${scope}h_out`, 'float', ['batch', N, D]);
+      body.output(`${scope}y`, 'float', ['batch', D]);
+      [hLast, yScan] = g.opN('Scan', [h0, dt, dtx, Bm!, Cm!], [g.fresh('h_last'), g.fresh('y_scan')], {
+        num_scan_inputs: 4,
+        body: { graph: body.build() },
+        scan_input_axes: [1, 1, 1, 1],
+        scan_output_axes: [1],
+      }) as [string, string];
+    }
+    ssmOuts.push(g.op('Unsqueeze', [hLast, one]));
+
+    const y = g.op('Mul', [g.op('Add', [yScan, g.op('Mul', [xc, lw.Dskip])]), silu(z)]);
+    resid = g.op('Add', [resid, linear(y, lw.outProjT, lw.outProjBias)]);
+  });
+
+  const hf = rmsNorm(resid, W.normF);
+  let logits: string;
+  if (mode === 'step') {
+    const flat = g.op('Reshape', [hf, i64(-1, d)]);
+    logits = g.op('Reshape', [g.op('Gemm', [flat, W.head], { transB: 1 }), i64(-1, 1, V)]);
+  } else {
+    const picked = g.op('Slice', [hf, GRAPH_INPUTS.logitsStart, BIG, one]); // [B, L', d]
+    const flat = g.op('Reshape', [picked, i64(-1, d)]);
+    const shape = g.op('Concat', [g.op('Slice', [g.op('Shape', [picked]), i64(0), i64(2), i64(0)]), i64(V)], { axis: 0 });
+    logits = g.op('Reshape', [g.op('Gemm', [flat, W.head], { transB: 1 }), shape]);
+  }
+  const outputs = [logits, g.op('Concat', convOuts, { axis: 1 }), g.op('Concat', ssmOuts, { axis: 1 })];
+  g.output(outputs[0]!, 'float', ['batch', 'rows', V]);
+  g.output(outputs[1]!, 'float', ['batch', nL, K, D]);
+  g.output(outputs[2]!, 'float', ['batch', nL, N, D]);
+  return outputs;
+}
+
+export function buildMambaGraph(ckpt: Pick<Checkpoint, 'config' | 'vocabRows'>, weights: GraphWeights): Uint8Array {
+  const c = ckpt.config;
+  const dims: Dims = {
+    d: c.hiddenSize,
+    D: c.intermediateSize,
+    N: c.stateSize,
+    K: c.convKernel,
+    R: c.timeStepRank,
+    V: ckpt.vocabRows,
+    nL: c.numLayers,
+    eps: c.layerNormEpsilon,
+  };
+  const { D, N, K, V, nL } = dims;
+  const g = new GraphBuilder('mamba');
+  g.input(GRAPH_INPUTS.tokens, 'int64', ['batch', 'seq']);
+  g.input(GRAPH_INPUTS.logitsStart, 'int64', [1]);
+  g.input(GRAPH_INPUTS.conv, 'float', ['batch', nL, K, D]);
+  g.input(GRAPH_INPUTS.ssm, 'float', ['batch', nL, N, D]);
+  const W = registerWeights(g, weights, dims);
+
+  const seqLen = g.op('Slice', [g.op('Shape', [GRAPH_INPUTS.tokens]), g.constInt64([1]), g.constInt64([2]), g.constInt64([0])]);
+  const isStep = g.op('Squeeze', [g.op('Equal', [seqLen, g.constInt64([1])]), g.constInt64([0])]);
+  const decode = new GraphBuilder('decode', 'dec_');
+  emitModel(decode, 'step', W, dims);
+  const prefill = new GraphBuilder('prefill', 'pre_');
+  emitModel(prefill, 'seq', W, dims);
+  g.opN('If', [isStep], [GRAPH_OUTPUTS.logits, GRAPH_OUTPUTS.conv, GRAPH_OUTPUTS.ssm], {
+    then_branch: { graph: decode.build() },
+    else_branch: { graph: prefill.build() },
+  });
+  g.output(GRAPH_OUTPUTS.logits, 'float', ['batch', 'rows', V]);
+  g.output(GRAPH_OUTPUTS.conv, 'float', ['batch', nL, K, D]);
+  g.output(GRAPH_OUTPUTS.ssm, 'float', ['batch', nL, N, D]);
+  return encodeModel(g.build(), `Mamba ${nL}x${dims.d}, built by mamba-serve graph v${GRAPH_VERSION}`);
+}

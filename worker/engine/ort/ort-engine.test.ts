@@ -1,0 +1,219 @@
+// The ORT engine held to the plain reference: full prompt == step by step == resumed from
+// exported bytes == reference, on random checkpoints in every layout the loader accepts.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { StateFormatError } from '../../../shared/mstate.ts';
+import { openCheckpoint, type Checkpoint } from '../../model/checkpoint.ts';
+import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../../model/testing/random-checkpoint.ts';
+import { EngineError, type Engine, type Logits } from '../engine.ts';
+import { ReferenceEngine } from '../reference/reference-engine.ts';
+import { ensureGraphBuild } from './graph-cache.ts';
+import { OrtEngine } from './ort-engine.ts';
+
+const FP32_TOLERANCE = 1e-4;
+
+let root: string;
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'ms-ort-'));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  expect(a.length).toBe(b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+function tokensFor(n: number, vocab: number, seed: number): Int32Array {
+  return Int32Array.from({ length: n }, (_, i) => (i * 7919 + seed * 104729) % vocab);
+}
+
+async function stepLogits(engine: Engine, tokens: Int32Array): Promise<Float32Array> {
+  const state = await engine.newState();
+  const rows: Logits[] = [];
+  for (const t of tokens) rows.push(await engine.decode([{ state, token: t }]));
+  const V = engine.model.vocabRows;
+  const out = new Float32Array(tokens.length * V);
+  rows.forEach((r, i) => out.set(r.data, i * V));
+  return out;
+}
+
+const layouts: [string, RandomCheckpointOptions][] = [
+  ['HF naming, fp32, tied, conv bias', { seed: 1 }],
+  ['HF naming, biases everywhere, untied head', { seed: 2, bias: true, tied: false }],
+  ['state-spaces naming, no conv bias', { seed: 3, naming: 'state-spaces', convBias: false, vocabSize: 251 }],
+  ['bf16 weights, sharded', { seed: 4, dtype: 'BF16', shards: 3 }],
+  ['fp16 weights, odd sizes (d_conv 3, d_state 5, expand 1.5)', { seed: 5, dtype: 'F16', convKernel: 3, stateSize: 5, expand: 1.5, hiddenSize: 24, numLayers: 3 }],
+];
+
+describe.each(layouts)('ORT engine vs reference: %s', (name, options) => {
+  let ckpt: Checkpoint;
+  let ref: ReferenceEngine;
+  let ort: OrtEngine;
+  const L = 23;
+
+  beforeAll(async () => {
+    const dir = join(root, name.replace(/[^a-z0-9]+/gi, '-'));
+    await writeRandomCheckpoint(dir, options);
+    ckpt = await openCheckpoint(dir);
+    ref = await ReferenceEngine.load(ckpt);
+    ort = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 1 });
+  });
+  afterAll(async () => {
+    await ort?.close();
+    await ref?.close();
+  });
+
+  it('full-prompt logits of every position match the reference within 1e-4', async () => {
+    const tokens = tokensFor(L, ckpt.config.vocabSize, 1);
+    const expected = await ref.prefill(await ref.newState(), tokens, { allLogits: true });
+    const got = await ort.prefill(await ort.newState(), tokens, { allLogits: true });
+    expect(got.rows).toBe(L);
+    expect(maxAbsDiff(got.data, expected.data)).toBeLessThan(FP32_TOLERANCE);
+  });
+
+  it('step-by-step logits equal full-prompt logits', async () => {
+    const tokens = tokensFor(L, ckpt.config.vocabSize, 2);
+    const full = await ort.prefill(await ort.newState(), tokens, { allLogits: true });
+    const step = await stepLogits(ort, tokens);
+    expect(maxAbsDiff(step, full.data)).toBeLessThan(FP32_TOLERANCE);
+  });
+
+  it('a state exported after K tokens and imported into a fresh engine continues exactly', async () => {
+    const tokens = tokensFor(L, ckpt.config.vocabSize, 3);
+    const K = 9;
+    const first = await ort.newState();
+    await ort.prefill(first, tokens.subarray(0, K));
+    const bytes = await ort.exportState(first, { parentVersion: 4, transcriptHash: 'abc' });
+    const fresh = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 1 });
+    try {
+      const imported = await fresh.importState(bytes);
+      expect(imported.parentVersion).toBe(4);
+      expect(imported.transcriptHash).toBe('abc');
+      expect(imported.state.tokensAbsorbed).toBe(K);
+      const rest = await fresh.prefill(imported.state, tokens.subarray(K), { allLogits: true });
+      const whole = await ref.prefill(await ref.newState(), tokens, { allLogits: true });
+      const V = ckpt.vocabRows;
+      expect(maxAbsDiff(rest.data, whole.data.subarray(K * V))).toBeLessThan(FP32_TOLERANCE);
+    } finally {
+      await fresh.close();
+    }
+  });
+
+  it('a batched decode step equals each sequence decoded alone', async () => {
+    const histories = [3, 11, 1, 6].map((n, i) => tokensFor(n, ckpt.config.vocabSize, 10 + i));
+    const batchStates = [];
+    const soloStates = [];
+    for (const h of histories) {
+      const a = await ort.newState();
+      await ort.prefill(a, h);
+      batchStates.push(a);
+      soloStates.push(await ort.cloneState(a));
+    }
+    const V = ckpt.vocabRows;
+    // Three steps with the same batch (the engine reuses its batch buffers), then a changed batch.
+    for (let step = 0; step < 3; step++) {
+      const next = histories.map((_, i) => (step * 31 + i * 17) % ckpt.config.vocabSize);
+      const batched = await ort.decode(batchStates.map((state, i) => ({ state, token: next[i]! })));
+      for (let i = 0; i < histories.length; i++) {
+        const solo = await ort.decode([{ state: soloStates[i]!, token: next[i]! }]);
+        expect(maxAbsDiff(batched.data.subarray(i * V, (i + 1) * V), solo.data)).toBeLessThan(1e-5);
+      }
+    }
+    const sub = await ort.decode([{ state: batchStates[2]!, token: 5 }, { state: batchStates[0]!, token: 6 }]);
+    const solo2 = await ort.decode([{ state: soloStates[2]!, token: 5 }]);
+    const solo0 = await ort.decode([{ state: soloStates[0]!, token: 6 }]);
+    expect(maxAbsDiff(sub.data.subarray(0, V), solo2.data)).toBeLessThan(1e-5);
+    expect(maxAbsDiff(sub.data.subarray(V), solo0.data)).toBeLessThan(1e-5);
+  });
+});
+
+describe('ORT engine behaviour', () => {
+  let ckpt: Checkpoint;
+  let ort: OrtEngine;
+  const cacheDir = () => join(root, 'cache-behaviour');
+
+  beforeAll(async () => {
+    const dir = join(root, 'behaviour');
+    await writeRandomCheckpoint(dir, { seed: 7, hiddenSize: 64, numLayers: 2 });
+    ckpt = await openCheckpoint(dir);
+    ort = await OrtEngine.load(ckpt, { cacheDir: cacheDir(), intraOpThreads: 1, maxPrefillChunk: 16 });
+  });
+  afterAll(async () => {
+    await ort?.close();
+  });
+
+  it('reuses its graph build on restart and reports the checkpoint fingerprint', async () => {
+    const again = await ensureGraphBuild(ckpt, cacheDir());
+    expect(again.built).toBe(false);
+    expect(again.fingerprint).toBe(await ckpt.fingerprint());
+    expect(ort.model.fingerprint).toBe(await ckpt.fingerprint());
+  });
+
+  it('chunks long prompts without changing the result', async () => {
+    const tokens = tokensFor(50, ckpt.config.vocabSize, 9);
+    const whole = await OrtEngine.load(ckpt, { cacheDir: cacheDir(), intraOpThreads: 1, maxPrefillChunk: 4096 });
+    try {
+      const a = await ort.prefill(await ort.newState(), tokens, { allLogits: true });
+      const b = await whole.prefill(await whole.newState(), tokens, { allLogits: true });
+      expect(a.rows).toBe(50);
+      expect(maxAbsDiff(a.data, b.data)).toBeLessThan(1e-5);
+      const last = await ort.prefill(await ort.newState(), tokens);
+      expect(last.rows).toBe(1);
+      expect(maxAbsDiff(last.data, b.data.subarray(49 * ckpt.vocabRows))).toBeLessThan(1e-5);
+    } finally {
+      await whole.close();
+    }
+  });
+
+  it('refuses token ids outside the vocabulary without touching the state', async () => {
+    const state = await ort.newState();
+    await expect(ort.prefill(state, Int32Array.of(1, ckpt.vocabRows))).rejects.toMatchObject({ code: 'token_out_of_range' });
+    await expect(ort.decode([{ state, token: -1 }])).rejects.toBeInstanceOf(EngineError);
+    expect(state.tokensAbsorbed).toBe(0);
+  });
+
+  it('refuses a corrupt state and a state of another model', async () => {
+    const state = await ort.newState();
+    await ort.prefill(state, tokensFor(5, ckpt.config.vocabSize, 1));
+    const bytes = await ort.exportState(state, { parentVersion: null, transcriptHash: null });
+    const corrupt = bytes.slice();
+    corrupt[200] = corrupt[200]! ^ 0xff;
+    await expect(ort.importState(corrupt)).rejects.toMatchObject({ code: 'state_invalid' });
+    await expect(ort.importState(bytes.subarray(0, bytes.length - 10))).rejects.toBeInstanceOf(StateFormatError);
+
+    const otherDir = join(root, 'other');
+    await writeRandomCheckpoint(otherDir, { seed: 8, hiddenSize: 64, numLayers: 2 });
+    const other = await OrtEngine.load(await openCheckpoint(otherDir), { cacheDir: cacheDir(), intraOpThreads: 1 });
+    try {
+      await expect(other.importState(bytes)).rejects.toMatchObject({ code: 'state_model_mismatch' });
+    } finally {
+      await other.close();
+    }
+  });
+
+  it('refuses handles that were freed or belong to another engine', async () => {
+    const state = await ort.newState();
+    ort.freeState(state);
+    await expect(ort.prefill(state, Int32Array.of(1))).rejects.toMatchObject({ code: 'state_freed' });
+    const ref = await ReferenceEngine.load(ckpt);
+    await expect(ort.prefill(await ref.newState(), Int32Array.of(1))).rejects.toMatchObject({ code: 'state_foreign' });
+  });
+
+  it('keeps the event loop free while a prefill runs', async () => {
+    const tokens = tokensFor(2000, ckpt.config.vocabSize, 4);
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 5);
+    const started = performance.now();
+    await ort.prefill(await ort.newState(), tokens);
+    const elapsed = performance.now() - started;
+    clearInterval(timer);
+    // A blocked loop would tick about once; a free one about every 5 ms of the run.
+    expect(ticks).toBeGreaterThan(Math.min(10, elapsed / 20));
+  });
+});

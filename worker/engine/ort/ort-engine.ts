@@ -1,0 +1,194 @@
+// The portable engine: the checkpoint compiled to one ONNX graph (see mamba-graph.ts) and
+// run by onnxruntime-node on a worker thread (see ort-thread.mjs for why a thread). States
+// live on that thread; handles here are ids.
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import type { Checkpoint } from '../../model/checkpoint.ts';
+import {
+  checkTokens,
+  EngineError,
+  type DecodeStep,
+  type Engine,
+  type ExportMeta,
+  type ImportedState,
+  type Logits,
+  type ModelInfo,
+  type PrefillOptions,
+  type StateHandle,
+} from '../engine.ts';
+import { exportHostState, HostState, importHostState } from '../host-state.ts';
+import { modelInfoFromCheckpoint } from '../model-info.ts';
+import { ensureGraphBuild } from './graph-cache.ts';
+import { transposeLast2 } from './transpose.ts';
+
+export interface OrtEngineOptions {
+  /** Where graph builds are cached (MODEL_CACHE_DIR). */
+  readonly cacheDir: string;
+  readonly executionProvider?: 'cpu' | 'cuda';
+  /** Intra-op threads of ONNX Runtime; 0 = one per core. */
+  readonly intraOpThreads?: number;
+  /** Longest piece of a prompt run in one graph call (bounds activation memory). */
+  readonly maxPrefillChunk?: number;
+}
+
+class OrtState implements StateHandle {
+  readonly engine = 'ort' as const;
+  freed = false;
+  constructor(
+    readonly sid: number,
+    public tokensAbsorbed: number,
+  ) {}
+}
+
+interface Pending {
+  resolve(value: unknown): void;
+  reject(err: Error): void;
+}
+
+export class OrtEngine implements Engine {
+  readonly kind = 'ort' as const;
+  private nextRequest = 1;
+  private nextState = 1;
+  private readonly pending = new Map<number, Pending>();
+  private closed: Error | undefined;
+
+  private constructor(
+    readonly model: ModelInfo,
+    private readonly thread: Worker,
+  ) {
+    thread.on('message', (msg: { id: number; ok: boolean; result?: unknown; error?: string }) => {
+      const p = this.pending.get(msg.id);
+      if (!p) return;
+      this.pending.delete(msg.id);
+      if (this.pending.size === 0) this.thread.unref();
+      if (msg.ok) p.resolve(msg.result);
+      else p.reject(new Error(`onnxruntime: ${msg.error}`));
+    });
+    const fail = (err: Error) => {
+      this.closed ??= new EngineError('engine_closed', `ORT engine thread stopped: ${err.message}`);
+      for (const p of this.pending.values()) p.reject(this.closed);
+      this.pending.clear();
+    };
+    thread.on('error', fail);
+    thread.on('exit', (code) => fail(new Error(`exit code ${code}`)));
+  }
+
+  static async load(ckpt: Checkpoint, options: OrtEngineOptions): Promise<OrtEngine> {
+    const build = await ensureGraphBuild(ckpt, options.cacheDir);
+    const info = await modelInfoFromCheckpoint(ckpt, build.fingerprint);
+    const { num_layers: layers, intermediate_size: dInner, conv_kernel: dConv, state_size: dState } = info.layout;
+    const threads = options.intraOpThreads || availableParallelism();
+    const thread = new Worker(new URL('./ort-thread.mjs', import.meta.url), {
+      workerData: {
+        modelPath: build.modelPath,
+        layers,
+        dInner,
+        dConv,
+        dState,
+        convSize: layers * dInner * dConv,
+        ssmSize: layers * dInner * dState,
+        maxPrefillChunk: options.maxPrefillChunk ?? 2048,
+        sessionOptions: {
+          executionProviders: [options.executionProvider ?? 'cpu'],
+          intraOpNumThreads: threads,
+          interOpNumThreads: 1,
+          graphOptimizationLevel: 'all',
+          // Warnings about initializers the optimizer folded away are noise for a generated graph.
+          logSeverityLevel: 3,
+        },
+      },
+    });
+    const engine = new OrtEngine(info, thread);
+    try {
+      await engine.request(0, undefined);
+    } catch (err) {
+      await thread.terminate();
+      throw err;
+    }
+    return engine;
+  }
+
+  /** Send `op` (or, for id 0, wait for the thread's ready message). */
+  private request<T>(id: number, msg: Record<string, unknown> | undefined, transfer: ArrayBuffer[] = []): Promise<T> {
+    if (this.closed) return Promise.reject(this.closed);
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      this.thread.ref();
+      if (msg) this.thread.postMessage({ ...msg, id }, transfer);
+    });
+  }
+
+  private call<T>(msg: Record<string, unknown>, transfer: ArrayBuffer[] = []): Promise<T> {
+    return this.request<T>(this.nextRequest++, msg, transfer);
+  }
+
+  private live(state: StateHandle): OrtState {
+    if (!(state instanceof OrtState)) throw new EngineError('state_foreign', 'state handle was not made by the ort engine');
+    if (state.freed) throw new EngineError('state_freed', 'state handle was freed');
+    return state;
+  }
+
+  async newState(): Promise<StateHandle> {
+    const s = new OrtState(this.nextState++, 0);
+    await this.call({ op: 'new', sid: s.sid });
+    return s;
+  }
+
+  async cloneState(state: StateHandle): Promise<StateHandle> {
+    const src = this.live(state);
+    const dst = new OrtState(this.nextState++, src.tokensAbsorbed);
+    await this.call({ op: 'clone', src: src.sid, dst: dst.sid });
+    return dst;
+  }
+
+  freeState(state: StateHandle): void {
+    const s = this.live(state);
+    s.freed = true;
+    if (!this.closed) void this.call({ op: 'free', sid: s.sid }).catch(() => {});
+  }
+
+  async importState(bytes: Uint8Array): Promise<ImportedState> {
+    const imported = importHostState('ort', this.model, bytes);
+    const s = new OrtState(this.nextState++, imported.state.tokensAbsorbed);
+    // HF layout ([layers, D, K], [layers, D, N]) to the graph's ([layers, K, D], [layers, N, D]).
+    const { num_layers: nL, intermediate_size: D, conv_kernel: K, state_size: N } = this.model.layout;
+    const conv = transposeLast2(imported.state.conv, nL, D, K);
+    const ssm = transposeLast2(imported.state.ssm, nL, D, N);
+    await this.call({ op: 'set', sid: s.sid, conv, ssm }, [conv.buffer as ArrayBuffer, ssm.buffer as ArrayBuffer]);
+    return { state: s, parentVersion: imported.parentVersion, transcriptHash: imported.transcriptHash };
+  }
+
+  async exportState(state: StateHandle, meta: ExportMeta): Promise<Uint8Array> {
+    const s = this.live(state);
+    const { conv, ssm } = await this.call<{ conv: Float32Array; ssm: Float32Array }>({ op: 'get', sid: s.sid });
+    const { num_layers: nL, intermediate_size: D, conv_kernel: K, state_size: N } = this.model.layout;
+    const hf = new HostState('ort', transposeLast2(conv, nL, K, D), transposeLast2(ssm, nL, N, D), s.tokensAbsorbed);
+    return exportHostState(this.model, hf, meta);
+  }
+
+  async prefill(state: StateHandle, tokens: Int32Array, options: PrefillOptions = {}): Promise<Logits> {
+    const s = this.live(state);
+    checkTokens(tokens, this.model.vocabRows);
+    if (tokens.length === 0) return { rows: 0, vocab: this.model.vocabRows, data: new Float32Array(0) };
+    const { logits } = await this.call<{ logits: Float32Array }>({ op: 'prefill', sid: s.sid, tokens, allLogits: options.allLogits === true });
+    s.tokensAbsorbed += tokens.length;
+    return { rows: options.allLogits ? tokens.length : 1, vocab: this.model.vocabRows, data: logits };
+  }
+
+  async decode(steps: readonly DecodeStep[]): Promise<Logits> {
+    const states = steps.map((st) => this.live(st.state));
+    if (new Set(states).size !== states.length) throw new EngineError('state_foreign', 'a state appears twice in one decode batch');
+    const tokens = steps.map((st) => st.token);
+    checkTokens(tokens, this.model.vocabRows);
+    if (steps.length === 0) return { rows: 0, vocab: this.model.vocabRows, data: new Float32Array(0) };
+    const { logits } = await this.call<{ logits: Float32Array }>({ op: 'decode', sids: states.map((s) => s.sid), tokens });
+    for (const s of states) s.tokensAbsorbed += 1;
+    return { rows: steps.length, vocab: this.model.vocabRows, data: logits };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = new EngineError('engine_closed', 'engine is closed');
+    await this.thread.terminate();
+  }
+}
