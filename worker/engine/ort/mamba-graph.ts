@@ -10,11 +10,11 @@
 // - prefill (L > 1): ONNX Conv for the causal depthwise conv, and a Scan over the sequence.
 //
 // Inputs:  tokens int64 [B, L]; logits_start int64 [1] (first position whose logits are
-//          returned: L-1 for "last only", 0 for all); conv_state [B, layers, K, D];
-//          ssm_state [B, layers, N, D]. The states are stored transposed from HF's layout
+//          returned: L-1 for "last only", 0 for all); per layer i, conv_state_i [B, K, D]
+//          and ssm_state_i [B, N, D]. The states are stored transposed from HF's layout
 //          ([D, K], [D, N]) so every broadcast runs along the contiguous D axis and decode
 //          needs no transposes; the engine converts on import/export only.
-// Outputs: logits [B, L - logits_start, V]; conv_state_out; ssm_state_out (same shapes).
+// Outputs: logits [B, L - logits_start, V]; conv_state_out_i, ssm_state_out_i (same shapes).
 //
 // For L > 1 the selective scan is an ONNX Scan over the sequence whose body does one step
 // with the state laid out [B, N, D] (broadcasts run along the contiguous D axis, and y = C·h is a
@@ -53,11 +53,14 @@ export interface LayerWeightRefs {
   outProjBias?: ExternalRef; // [d]
 }
 
-export const GRAPH_INPUTS = { tokens: 'tokens', logitsStart: 'logits_start', conv: 'conv_state', ssm: 'ssm_state' } as const;
-export const GRAPH_OUTPUTS = { logits: 'logits', conv: 'conv_state_out', ssm: 'ssm_state_out' } as const;
+export const GRAPH_INPUTS = { tokens: 'tokens', logitsStart: 'logits_start' } as const;
+export const GRAPH_OUTPUTS = { logits: 'logits' } as const;
+/** States are fed and returned one tensor per layer: no Gather/Concat of a whole state per call. */
+export const stateInput = (kind: 'conv' | 'ssm', layer: number) => `${kind}_state_${layer}`;
+export const stateOutput = (kind: 'conv' | 'ssm', layer: number) => `${kind}_state_out_${layer}`;
 
 /** Bumped whenever the graph changes, so cached builds of an older graph are rebuilt. */
-export const GRAPH_VERSION = 3;
+export const GRAPH_VERSION = 4;
 
 type Mode = 'step' | 'seq';
 
@@ -149,6 +152,11 @@ function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): str
     return g.op('Mul', [g.op('Div', [x, g.op('Sqrt', [g.op('Add', [ms, eps])])]), weight]);
   };
   const silu = (x: string) => g.op('Mul', [x, g.op('Sigmoid', [x])]);
+  // softplus(v) = max(v, 0) + log(1 + exp(-|v|)): never overflows, and measured 3-4x faster
+  // than ORT's Softplus kernel, which is scalar.
+  const oneF = g.constFloat([1], [], 'one');
+  const softplus = (v: string) =>
+    g.op('Add', [g.op('Relu', [v]), g.op('Log', [g.op('Add', [g.op('Exp', [g.op('Neg', [g.op('Abs', [v])])]), oneF])])]);
   const linear = (x: string, wT: string, bias?: string) => {
     const y = g.op('MatMul', [x, wT]);
     return bias ? g.op('Add', [y, bias]) : y;
@@ -159,22 +167,21 @@ function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): str
   const ssmOuts: string[] = [];
 
   W.layers.forEach((lw, i) => {
-    const layerIndex = g.constInt64([i], [], 'layer'); // a scalar index drops the layer axis
     const h = rmsNorm(resid, lw.norm);
     const x = linear(h, lw.inProjXT, lw.inProjXBias); // [B, L, D]
     const z = linear(h, lw.inProjZT, lw.inProjZBias);
 
     // Causal depthwise conv over [last K-1 inputs | new inputs] (time on axis 1): exactly L
     // outputs, and the last K rows are the new conv state (the oldest input falls off).
-    const convState = g.op('Gather', [GRAPH_INPUTS.conv, layerIndex], { axis: 1 }); // [B, K, D]
+    const convState = stateInput('conv', i); // [B, K, D]
     const cat = g.op('Concat', [g.op('Slice', [convState, one, BIG, one]), x], { axis: 1 }); // [B, K-1+L, D]
     let convOut: string;
     if (mode === 'step') {
-      convOuts.push(g.op('Unsqueeze', [cat, one])); // L = 1: cat is exactly the new state
+      convOuts.push(cat); // L = 1: cat is exactly the new state
       convOut = g.op('ReduceSum', [g.op('Mul', [cat, lw.convWKD]), one], { keepdims: 1 }); // [B, 1, D]
       if (lw.convBias) convOut = g.op('Add', [convOut, lw.convBias]);
     } else {
-      convOuts.push(g.op('Unsqueeze', [g.op('Slice', [cat, i64(-K), BIG, one]), one]));
+      convOuts.push(g.op('Slice', [cat, i64(-K), BIG, one]));
       const inputs = [g.op('Transpose', [cat], { perm: [0, 2, 1] }), lw.convW];
       if (lw.convBias) inputs.push(lw.convBias);
       const y = g.op('Conv', inputs, { group: D, kernel_shape: [K], pads: [0, 0], strides: [1], dilations: [1] });
@@ -184,9 +191,9 @@ function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): str
 
     const xdbl = linear(xc, lw.xProjT); // [B, L, R+2N]
     const [dtIn, Bm, Cm] = g.opN('Split', [xdbl, i64(R, N, N)], [g.fresh('dt_in'), g.fresh('B'), g.fresh('C')], { axis: -1 });
-    const dt = g.op('Softplus', [linear(dtIn!, lw.dtProjT, lw.dtBias)]); // [B, L, D]
+    const dt = softplus(linear(dtIn!, lw.dtProjT, lw.dtBias)); // [B, L, D]
     const dtx = g.op('Mul', [dt, xc]);
-    const h0 = g.op('Gather', [GRAPH_INPUTS.ssm, layerIndex], { axis: 1 }); // [B, N, D]
+    const h0 = stateInput('ssm', i); // [B, N, D]
 
     // One step: h = exp(dt*A) * h + (dt*x) outer B ; y = C . h, with h laid out [B, N, D].
     let yScan: string;
@@ -220,7 +227,7 @@ function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): str
         scan_output_axes: [1],
       }) as [string, string];
     }
-    ssmOuts.push(g.op('Unsqueeze', [hLast, one]));
+    ssmOuts.push(hLast);
 
     const y = g.op('Mul', [g.op('Add', [yScan, g.op('Mul', [xc, lw.Dskip])]), silu(z)]);
     resid = g.op('Add', [resid, linear(y, lw.outProjT, lw.outProjBias)]);
@@ -237,11 +244,10 @@ function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): str
     const shape = g.op('Concat', [g.op('Slice', [g.op('Shape', [picked]), i64(0), i64(2), i64(0)]), i64(V)], { axis: 0 });
     logits = g.op('Reshape', [g.op('Gemm', [flat, W.head], { transB: 1 }), shape]);
   }
-  const outputs = [logits, g.op('Concat', convOuts, { axis: 1 }), g.op('Concat', ssmOuts, { axis: 1 })];
-  g.output(outputs[0]!, 'float', ['batch', 'rows', V]);
-  g.output(outputs[1]!, 'float', ['batch', nL, K, D]);
-  g.output(outputs[2]!, 'float', ['batch', nL, N, D]);
-  return outputs;
+  g.output(logits, 'float', ['batch', 'rows', V]);
+  for (const c of convOuts) g.output(c, 'float', ['batch', K, D]);
+  for (const h of ssmOuts) g.output(h, 'float', ['batch', N, D]);
+  return [logits, ...convOuts, ...ssmOuts];
 }
 
 export function buildMambaGraph(ckpt: Pick<Checkpoint, 'config' | 'vocabRows'>, weights: GraphWeights): Uint8Array {
@@ -260,8 +266,8 @@ export function buildMambaGraph(ckpt: Pick<Checkpoint, 'config' | 'vocabRows'>, 
   const g = new GraphBuilder('mamba');
   g.input(GRAPH_INPUTS.tokens, 'int64', ['batch', 'seq']);
   g.input(GRAPH_INPUTS.logitsStart, 'int64', [1]);
-  g.input(GRAPH_INPUTS.conv, 'float', ['batch', nL, K, D]);
-  g.input(GRAPH_INPUTS.ssm, 'float', ['batch', nL, N, D]);
+  for (let i = 0; i < nL; i++) g.input(stateInput('conv', i), 'float', ['batch', K, D]);
+  for (let i = 0; i < nL; i++) g.input(stateInput('ssm', i), 'float', ['batch', N, D]);
   const W = registerWeights(g, weights, dims);
 
   const seqLen = g.op('Slice', [g.op('Shape', [GRAPH_INPUTS.tokens]), g.constInt64([1]), g.constInt64([2]), g.constInt64([0])]);
@@ -270,12 +276,14 @@ export function buildMambaGraph(ckpt: Pick<Checkpoint, 'config' | 'vocabRows'>, 
   emitModel(decode, 'step', W, dims);
   const prefill = new GraphBuilder('prefill', 'pre_');
   emitModel(prefill, 'seq', W, dims);
-  g.opN('If', [isStep], [GRAPH_OUTPUTS.logits, GRAPH_OUTPUTS.conv, GRAPH_OUTPUTS.ssm], {
+  const convOuts = Array.from({ length: nL }, (_, i) => stateOutput('conv', i));
+  const ssmOuts = Array.from({ length: nL }, (_, i) => stateOutput('ssm', i));
+  g.opN('If', [isStep], [GRAPH_OUTPUTS.logits, ...convOuts, ...ssmOuts], {
     then_branch: { graph: decode.build() },
     else_branch: { graph: prefill.build() },
   });
   g.output(GRAPH_OUTPUTS.logits, 'float', ['batch', 'rows', V]);
-  g.output(GRAPH_OUTPUTS.conv, 'float', ['batch', nL, K, D]);
-  g.output(GRAPH_OUTPUTS.ssm, 'float', ['batch', nL, N, D]);
+  for (const c of convOuts) g.output(c, 'float', ['batch', K, D]);
+  for (const h of ssmOuts) g.output(h, 'float', ['batch', N, D]);
   return encodeModel(g.build(), `Mamba ${nL}x${dims.d}, built by mamba-serve graph v${GRAPH_VERSION}`);
 }

@@ -85,8 +85,6 @@ export class OrtEngine implements Engine {
         dInner,
         dConv,
         dState,
-        convSize: layers * dInner * dConv,
-        ssmSize: layers * dInner * dState,
         maxPrefillChunk: options.maxPrefillChunk ?? 2048,
         sessionOptions: {
           executionProviders: [options.executionProvider ?? 'cpu'],

@@ -8,20 +8,26 @@
 //
 // Plain JavaScript on purpose: a worker thread does not inherit the TypeScript loader of
 // every runner (tsx, vitest), and this file needs nothing but onnxruntime-node.
+//
+// A state is one array per layer and kind (conv [K, D], ssm [N, D]), matching the graph's
+// per-layer inputs and outputs, in the graph's layout (see mamba-graph.ts).
 import { parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 
-const { modelPath, convSize, ssmSize, layers, dInner, dConv, dState, sessionOptions, maxPrefillChunk } = workerData;
+const { modelPath, layers, dInner, dConv, dState, sessionOptions, maxPrefillChunk } = workerData;
+const convLayer = dConv * dInner;
+const ssmLayer = dState * dInner;
 
-/** @type {Map<number, {conv: Float32Array, ssm: Float32Array}>} */
+/** @typedef {{ conv: Float32Array[], ssm: Float32Array[] }} LayerState */
+/** @type {Map<number, LayerState>} */
 const states = new Map();
 
 /**
- * The last decode batch: its states are views into the batch's output buffers. Reusing them
- * as the next step's input when the batch is unchanged saves a gather copy per step; any
- * other operation first gives every member its own buffer again (detachBatch), so no state
- * keeps a whole batch's buffer alive.
- * @type {{ sids: number[], conv: Float32Array, ssm: Float32Array } | null}
+ * The last decode batch: its members' layer arrays are views into the batch's output
+ * tensors. Reusing those tensors as the next step's inputs when the batch is unchanged saves
+ * a gather copy per step; any other operation first gives every member its own arrays again
+ * (detachBatch), so no state keeps a whole batch's buffers alive.
+ * @type {{ sids: number[], conv: Float32Array[], ssm: Float32Array[] } | null}
  */
 let batch = null;
 
@@ -30,7 +36,7 @@ function detachBatch() {
   if (batch.sids.length > 1) {
     for (const sid of batch.sids) {
       const s = states.get(sid);
-      if (s) states.set(sid, { conv: s.conv.slice(), ssm: s.ssm.slice() });
+      if (s) states.set(sid, { conv: s.conv.map((a) => a.slice()), ssm: s.ssm.map((a) => a.slice()) });
     }
   }
   batch = null;
@@ -42,12 +48,33 @@ function state(sid) {
   return s;
 }
 
-function tensorsFor(B, L, tokens, logitsStart, conv, ssm) {
-  return {
+/** Per-layer views of one contiguous [layers, …] array. */
+function splitLayers(flat, size) {
+  return Array.from({ length: layers }, (_, i) => flat.subarray(i * size, (i + 1) * size));
+}
+
+function joinLayers(parts, size) {
+  const out = new Float32Array(layers * size);
+  parts.forEach((p, i) => out.set(p, i * size));
+  return out;
+}
+
+function feeds(B, L, tokens, logitsStart, conv, ssm) {
+  const f = {
     tokens: new ort.Tensor('int64', tokens, [B, L]),
     logits_start: new ort.Tensor('int64', BigInt64Array.of(BigInt(logitsStart)), [1]),
-    conv_state: new ort.Tensor('float32', conv, [B, layers, dConv, dInner]),
-    ssm_state: new ort.Tensor('float32', ssm, [B, layers, dState, dInner]),
+  };
+  for (let i = 0; i < layers; i++) {
+    f[`conv_state_${i}`] = new ort.Tensor('float32', conv[i], [B, dConv, dInner]);
+    f[`ssm_state_${i}`] = new ort.Tensor('float32', ssm[i], [B, dState, dInner]);
+  }
+  return f;
+}
+
+function outputs(out) {
+  return {
+    conv: Array.from({ length: layers }, (_, i) => out[`conv_state_out_${i}`].data),
+    ssm: Array.from({ length: layers }, (_, i) => out[`ssm_state_out_${i}`].data),
   };
 }
 
@@ -58,18 +85,16 @@ async function prefill({ sid, tokens, allLogits }) {
   const s = state(sid);
   const total = tokens.length;
   const rowsOut = [];
-  // Long prompts run in chunks carrying the state: memory stays bounded by the chunk size.
+  // Long prompts run in chunks carrying the state: activation memory stays bounded.
   for (let start = 0; start < total; start += maxPrefillChunk) {
     const end = Math.min(total, start + maxPrefillChunk);
     const L = end - start;
     const ids = BigInt64Array.from(tokens.subarray(start, end), (t) => BigInt(t));
-    const isLast = end === total;
-    const out = await session.run(tensorsFor(1, L, ids, allLogits ? 0 : L - 1, s.conv, s.ssm));
-    s.conv = out.conv_state_out.data;
-    s.ssm = out.ssm_state_out.data;
-    if (allLogits || isLast) rowsOut.push(out.logits.data.slice());
+    const out = await session.run(feeds(1, L, ids, allLogits ? 0 : L - 1, s.conv, s.ssm));
+    Object.assign(s, outputs(out));
+    // Copies (slice) are ours to transfer; ORT's output buffers are not.
+    if (allLogits || end === total) rowsOut.push(out.logits.data.slice());
   }
-  // Copies (slice) are ours to transfer; ORT's output buffers are not.
   const logits = rowsOut.length === 1 ? rowsOut[0] : concat(rowsOut);
   return { result: { logits }, transfer: [logits.buffer] };
 }
@@ -84,6 +109,14 @@ function concat(parts) {
   return out;
 }
 
+function gather(sids, kind, size) {
+  return Array.from({ length: layers }, (_, i) => {
+    const buf = new Float32Array(sids.length * size);
+    sids.forEach((sid, b) => buf.set(state(sid)[kind][i], b * size));
+    return buf;
+  });
+}
+
 async function decode({ sids, tokens }) {
   const B = sids.length;
   let conv;
@@ -92,50 +125,45 @@ async function decode({ sids, tokens }) {
     ({ conv, ssm } = batch);
   } else {
     detachBatch();
-    conv = new Float32Array(B * convSize);
-    ssm = new Float32Array(B * ssmSize);
-    sids.forEach((sid, b) => {
-      const s = state(sid);
-      conv.set(s.conv, b * convSize);
-      ssm.set(s.ssm, b * ssmSize);
-    });
+    conv = gather(sids, 'conv', convLayer);
+    ssm = gather(sids, 'ssm', ssmLayer);
   }
   const ids = BigInt64Array.from(tokens, (t) => BigInt(t));
-  const out = await session.run(tensorsFor(B, 1, ids, 0, conv, ssm));
-  const convOut = out.conv_state_out.data;
-  const ssmOut = out.ssm_state_out.data;
+  const raw = await session.run(feeds(B, 1, ids, 0, conv, ssm));
+  const out = outputs(raw);
   sids.forEach((sid, b) => {
     states.set(sid, {
-      conv: convOut.subarray(b * convSize, (b + 1) * convSize),
-      ssm: ssmOut.subarray(b * ssmSize, (b + 1) * ssmSize),
+      conv: out.conv.map((a) => a.subarray(b * convLayer, (b + 1) * convLayer)),
+      ssm: out.ssm.map((a) => a.subarray(b * ssmLayer, (b + 1) * ssmLayer)),
     });
   });
-  batch = { sids: [...sids], conv: convOut, ssm: ssmOut };
-  const logits = out.logits.data.slice();
+  batch = { sids: [...sids], conv: out.conv, ssm: out.ssm };
+  const logits = raw.logits.data.slice();
   return { result: { logits }, transfer: [logits.buffer] };
 }
 
 const handlers = {
   new({ sid }) {
-    states.set(sid, { conv: new Float32Array(convSize), ssm: new Float32Array(ssmSize) });
+    states.set(sid, { conv: splitLayers(new Float32Array(layers * convLayer), convLayer), ssm: splitLayers(new Float32Array(layers * ssmLayer), ssmLayer) });
     return { result: null };
   },
+  /** conv [layers, K, D] and ssm [layers, N, D], contiguous (the engine transposed them from HF layout). */
   set({ sid, conv, ssm }) {
-    if (conv.length !== convSize || ssm.length !== ssmSize) throw new Error('state arrays have the wrong size');
-    states.set(sid, { conv, ssm });
+    if (conv.length !== layers * convLayer || ssm.length !== layers * ssmLayer) throw new Error('state arrays have the wrong size');
+    states.set(sid, { conv: splitLayers(conv, convLayer), ssm: splitLayers(ssm, ssmLayer) });
     return { result: null };
   },
   get({ sid }) {
     detachBatch();
     const s = state(sid);
-    const conv = s.conv.slice();
-    const ssm = s.ssm.slice();
+    const conv = joinLayers(s.conv, convLayer);
+    const ssm = joinLayers(s.ssm, ssmLayer);
     return { result: { conv, ssm }, transfer: [conv.buffer, ssm.buffer] };
   },
   clone({ src, dst }) {
     detachBatch();
     const s = state(src);
-    states.set(dst, { conv: s.conv.slice(), ssm: s.ssm.slice() });
+    states.set(dst, { conv: s.conv.map((a) => a.slice()), ssm: s.ssm.map((a) => a.slice()) });
     return { result: null };
   },
   free({ sid }) {
