@@ -1,0 +1,198 @@
+// Which formulation of Mamba's selective scan in standard ONNX ops is fastest on this CPU?
+// One layer of mamba-130m's shape (d_inner 1536, d_state 16), L tokens, batch 1: every
+// variant computes y [B, L, D] and the final state from the same inputs; the outputs are
+// checked against each other before timing.
+//
+//   npx tsx bench/ort-scan-formulations.ts [--length 2048] [--threads 1]
+//
+// The engine uses "step-ND" (see worker/engine/ort/mamba-graph.ts).
+import { parseArgs } from 'node:util';
+import * as ort from 'onnxruntime-node';
+import { Rng } from '../shared/rng.ts';
+import { GraphBuilder, encodeModel } from '../worker/engine/ort/onnx-builder.ts';
+
+const { values: args } = parseArgs({
+  options: { length: { type: 'string', default: '2048' }, threads: { type: 'string', default: '1' }, repeats: { type: 'string', default: '3' } },
+});
+const D = 1536;
+const N = 16;
+const L = Number(args.length);
+const threads = Number(args.threads);
+const repeats = Number(args.repeats);
+const rng = new Rng(42);
+const A = Float32Array.from({ length: D * N }, (_, i) => -(1 + (i % N)) * (0.5 + rng.next())); // [D, N]
+const AT = new Float32Array(D * N); // [N, D]
+for (let dd = 0; dd < D; dd++) for (let n = 0; n < N; n++) AT[n * D + dd] = A[dd * N + n]!;
+
+interface Variant {
+  readonly name: string;
+  readonly idea: string;
+  build(g: GraphBuilder, io: { dt: string; dtx: string; Bm: string; Cm: string; h0: string }): void; // must produce 'y' and 'hL' ([B, D, N])
+}
+
+const scanAttrs = (n: number, body: GraphBuilder) => ({
+  num_scan_inputs: n,
+  body: { graph: body.build() },
+  scan_input_axes: Array.from({ length: n }, () => 1),
+  scan_output_axes: [1],
+});
+
+/** One step on h laid out [B, N, D]: 6 ops, broadcasts along contiguous D, y by MatMul. */
+function stepND(body: GraphBuilder, p: string, AT_: string, h: string, dt: string, dtx: string, b: string, c: string) {
+  const one = body.constInt64([1]);
+  const two = body.constInt64([2]);
+  const decay = body.op('Exp', [body.op('Mul', [body.op('Unsqueeze', [dt, one]), AT_])]);
+  const inject = body.op('Mul', [body.op('Unsqueeze', [dtx, one]), body.op('Unsqueeze', [b, two])]);
+  const hNew = body.op('Add', [body.op('Mul', [decay, h]), inject]);
+  body.op('Identity', [hNew], {}, `${p}h_out`);
+  body.op('Squeeze', [body.op('MatMul', [body.op('Unsqueeze', [c, one]), hNew]), one], {}, `${p}y`);
+}
+
+const variants: Variant[] = [
+  {
+    name: 'precomputed',
+    idea: 'exp(dt*A) and dt*B*x for all L first ([B,L,D,N] each), then a 4-op Scan body',
+    build(g, io) {
+      const Ac = g.constFloat(A, [D, N]);
+      const dA = g.op('Exp', [g.op('Mul', [g.op('Unsqueeze', [io.dt, g.constInt64([3])]), Ac])]);
+      const dBx = g.op('Mul', [g.op('Unsqueeze', [io.dtx, g.constInt64([3])]), g.op('Unsqueeze', [io.Bm, g.constInt64([2])])]);
+      const body = new GraphBuilder('b', 'b_');
+      const h = body.input('b_h', 'float');
+      const a = body.input('b_a', 'float');
+      const u = body.input('b_u', 'float');
+      const c = body.input('b_c', 'float');
+      const hn = body.op('Add', [body.op('Mul', [a, h]), u]);
+      body.op('Identity', [hn], {}, 'b_h_out');
+      body.op('ReduceSum', [body.op('Mul', [hn, body.op('Unsqueeze', [c, body.constInt64([1])])]), body.constInt64([2])], { keepdims: 0 }, 'b_y');
+      body.output('b_h_out', 'float');
+      body.output('b_y', 'float');
+      g.opN('Scan', [io.h0, dA, dBx, io.Cm], ['hL', 'y'], scanAttrs(3, body));
+    },
+  },
+  {
+    name: 'step-DN',
+    idea: 'discretize inside a Scan body, state in HF layout [B,D,N]',
+    build(g, io) {
+      const Ac = g.constFloat(A, [D, N]);
+      const body = new GraphBuilder('b', 'b_');
+      const h = body.input('b_h', 'float');
+      const dt = body.input('b_dt', 'float');
+      const dtx = body.input('b_dtx', 'float');
+      const b = body.input('b_b', 'float');
+      const c = body.input('b_c', 'float');
+      const one = body.constInt64([1]);
+      const two = body.constInt64([2]);
+      const decay = body.op('Exp', [body.op('Mul', [body.op('Unsqueeze', [dt, two]), Ac])]);
+      const inject = body.op('Mul', [body.op('Unsqueeze', [dtx, two]), body.op('Unsqueeze', [b, one])]);
+      const hn = body.op('Add', [body.op('Mul', [decay, h]), inject]);
+      body.op('Identity', [hn], {}, 'b_h_out');
+      body.op('ReduceSum', [body.op('Mul', [hn, body.op('Unsqueeze', [c, one])]), two], { keepdims: 0 }, 'b_y');
+      body.output('b_h_out', 'float');
+      body.output('b_y', 'float');
+      g.opN('Scan', [io.h0, io.dt, io.dtx, io.Bm, io.Cm], ['hL', 'y'], scanAttrs(4, body));
+    },
+  },
+  {
+    name: 'step-ND (used)',
+    idea: 'discretize inside a Scan body, state [B,N,D] (broadcast along contiguous D), y = C·h by MatMul',
+    build(g, io) {
+      const ATc = g.constFloat(AT, [N, D]);
+      const body = new GraphBuilder('b', 'b_');
+      const h = body.input('b_h', 'float');
+      const dt = body.input('b_dt', 'float');
+      const dtx = body.input('b_dtx', 'float');
+      const b = body.input('b_b', 'float');
+      const c = body.input('b_c', 'float');
+      stepND(body, 'b_', ATc, h, dt, dtx, b, c);
+      body.output('b_h_out', 'float');
+      body.output('b_y', 'float');
+      const h0t = g.op('Transpose', [io.h0], { perm: [0, 2, 1] });
+      const [hLt] = g.opN('Scan', [h0t, io.dt, io.dtx, io.Bm, io.Cm], ['hLt', 'y'], scanAttrs(4, body));
+      g.op('Transpose', [hLt!], { perm: [0, 2, 1] }, 'hL');
+    },
+  },
+  ...[8, 32].map(
+    (T): Variant => ({
+      name: `unrolled-${T}`,
+      idea: `Scan over chunks of ${T}; body discretizes the chunk at once then unrolls ${T} steps ([B,N,D])`,
+      build(g, io) {
+        const ATc = g.constFloat(AT, [N, D]);
+        const pad = (L % T === 0 ? 0 : T - (L % T));
+        // dt = 0 on padded steps leaves the state unchanged (decay 1, input 0).
+        const padded = (x: string, last: number) =>
+          g.op('Reshape', [pad ? g.op('Pad', [x, g.constInt64([0, 0, 0, 0, pad, 0])]) : x, g.constInt64([0, -1, T, last])]);
+        const body = new GraphBuilder('b', 'b_');
+        const h = body.input('b_h', 'float');
+        const dtc = body.input('b_dt', 'float');
+        const dtxc = body.input('b_dtx', 'float');
+        const bc = body.input('b_b', 'float');
+        const cc = body.input('b_c', 'float');
+        const one = body.constInt64([1]);
+        const two = body.constInt64([2]);
+        const three = body.constInt64([3]);
+        const a = body.op('Exp', [body.op('Mul', [body.op('Unsqueeze', [dtc, two]), ATc])]);
+        const u = body.op('Mul', [body.op('Unsqueeze', [dtxc, two]), body.op('Unsqueeze', [bc, three])]);
+        const as = body.opN('Split', [a], Array.from({ length: T }, (_, i) => `b_a${i}`), { axis: 1 });
+        const us = body.opN('Split', [u], Array.from({ length: T }, (_, i) => `b_u${i}`), { axis: 1 });
+        let cur = body.op('Unsqueeze', [h, one]);
+        const hs: string[] = [];
+        for (let t = 0; t < T; t++) {
+          cur = body.op('Add', [body.op('Mul', [as[t]!, cur]), us[t]!]);
+          hs.push(cur);
+        }
+        body.op('Squeeze', [cur, one], {}, 'b_h_out');
+        body.op('Squeeze', [body.op('MatMul', [body.op('Unsqueeze', [cc, two]), body.op('Concat', hs, { axis: 1 })]), two], {}, 'b_y');
+        body.output('b_h_out', 'float');
+        body.output('b_y', 'float');
+        const h0t = g.op('Transpose', [io.h0], { perm: [0, 2, 1] });
+        const [hLt, yc] = g.opN('Scan', [h0t, padded(io.dt, D), padded(io.dtx, D), padded(io.Bm, N), padded(io.Cm, N)], ['hLt', 'yc'], scanAttrs(4, body));
+        g.op('Transpose', [hLt!], { perm: [0, 2, 1] }, 'hL');
+        g.op('Slice', [g.op('Reshape', [yc!, g.constInt64([0, -1, D])]), g.constInt64([0]), g.constInt64([L]), g.constInt64([1])], {}, 'y');
+      },
+    }),
+  ),
+];
+
+function buildModel(v: Variant): Uint8Array {
+  const g = new GraphBuilder('scan');
+  const io = {
+    dt: g.input('dt', 'float', [1, L, D]),
+    dtx: g.input('dtx', 'float', [1, L, D]),
+    Bm: g.input('Bm', 'float', [1, L, N]),
+    Cm: g.input('Cm', 'float', [1, L, N]),
+    h0: g.input('h0', 'float', [1, D, N]),
+  };
+  v.build(g, io);
+  g.output('y', 'float');
+  g.output('hL', 'float');
+  return encodeModel(g.build());
+}
+
+const randn = (n: number, scale: number) => Float32Array.from({ length: n }, () => rng.normal() * scale);
+const feeds = {
+  dt: new ort.Tensor('float32', Float32Array.from({ length: L * D }, () => 0.001 + 0.1 * rng.next()), [1, L, D]),
+  dtx: new ort.Tensor('float32', randn(L * D, 0.1), [1, L, D]),
+  Bm: new ort.Tensor('float32', randn(L * N, 1), [1, L, N]),
+  Cm: new ort.Tensor('float32', randn(L * N, 1), [1, L, N]),
+  h0: new ort.Tensor('float32', randn(D * N, 1), [1, D, N]),
+};
+
+console.log(`selective scan, one layer: B=1, L=${L}, d_inner=${D}, d_state=${N}, ${threads} intra-op thread(s)\n`);
+console.log('| formulation | ms | tokens/s (one layer) | max |Δy| vs step-ND | idea |\n|---|---|---|---|---|');
+let referenceY: Float32Array | undefined;
+const results: { name: string; ms: number; y: Float32Array; idea: string }[] = [];
+for (const v of variants) {
+  const session = await ort.InferenceSession.create(buildModel(v), { intraOpNumThreads: threads, graphOptimizationLevel: 'all', logSeverityLevel: 3 });
+  let out = await session.run(feeds);
+  const started = performance.now();
+  for (let r = 0; r < repeats; r++) out = await session.run(feeds);
+  const ms = (performance.now() - started) / repeats;
+  results.push({ name: v.name, ms, y: out.y!.data as Float32Array, idea: v.idea });
+  if (v.name.startsWith('step-ND')) referenceY = out.y!.data as Float32Array;
+  await session.release();
+}
+for (const r of results) {
+  let diff = 0;
+  for (let i = 0; i < r.y.length; i++) diff = Math.max(diff, Math.abs(r.y[i]! - referenceY![i]!));
+  console.log(`| ${r.name} | ${r.ms.toFixed(0)} | ${((L * 1000) / r.ms).toFixed(0)} | ${diff.toExponential(1)} | ${r.idea} |`);
+}
