@@ -1,0 +1,79 @@
+// Deployment configuration (CDK context) and the contracts the stack shares with edge/:
+// no synthesis here, so these run in milliseconds.
+import { describe, expect, it } from 'vitest';
+import { MAX_WORKERS_LIMIT, parseStackConfig, StackConfigError, STACK_CONFIG_KEYS } from '../cdk/lib/config.ts';
+import { gpuInstanceShape } from '../cdk/lib/gpu-instances.ts';
+import { METRICS_NAMESPACE, QUEUE_METRIC, QUEUE_METRIC_DIMENSION } from '../cdk/lib/queue-metric-names.ts';
+import { QueueMetricsEnvSchema } from '../edge/queue-metrics-lambda.ts';
+import { QUEUE_METRIC_DIMENSIONS, QUEUE_METRIC_NAMES } from '../edge/queue-metrics.ts';
+
+describe('stack config', () => {
+  it('deploys with no context at all', () => {
+    const c = parseStackConfig({});
+    expect(c).toMatchObject({
+      region: 'us-east-1',
+      stackName: 'MambaServe',
+      modelId: 'demo',
+      instanceType: 'g5.xlarge',
+      minWorkers: 0,
+      maxWorkers: 2,
+      egress: 'nat',
+      bucketEncryption: 's3',
+      redisEngine: 'valkey',
+      redisReplicas: 1,
+      requireConditionalWrites: false,
+    });
+    expect(c.modelUri).toBeUndefined();
+    expect(c.gpu).toEqual({ gpus: 1, vcpus: 4, memoryGiB: 16, gpuMemoryGiB: 24 });
+  });
+
+  it('accepts `-c key=value` strings for numbers and booleans', () => {
+    const c = parseStackConfig({ minWorkers: '1', maxWorkers: '6', requireConditionalWrites: 'true', logRetentionDays: '90' });
+    expect(c).toMatchObject({ minWorkers: 1, maxWorkers: 6, requireConditionalWrites: true, logRetentionDays: 90 });
+    expect(parseStackConfig({ requireConditionalWrites: 'false' }).requireConditionalWrites).toBe(false);
+  });
+
+  it('names every bad key in one error', () => {
+    let error: unknown;
+    try {
+      parseStackConfig({ instanceType: 'm5.large', logRetentionDays: '10', egress: 'vpn', redisReplicas: '9' });
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(StackConfigError);
+    const message = (error as Error).message;
+    for (const key of ['instanceType', 'logRetentionDays', 'egress', 'redisReplicas']) expect(message).toContain(key);
+    expect(() => parseStackConfig({ minWorkers: '3', maxWorkers: '2' })).toThrow(/minWorkers: must not exceed maxWorkers \(2\)/);
+  });
+
+  it('rejects more workers than one step policy can address, and malformed values', () => {
+    expect(() => parseStackConfig({ maxWorkers: String(MAX_WORKERS_LIMIT + 1) })).toThrow(/maxWorkers/);
+    expect(() => parseStackConfig({ maxWorkers: '2.5' })).toThrow(/maxWorkers/);
+    expect(() => parseStackConfig({ modelUri: 'https://huggingface.co/state-spaces/mamba-130m' })).toThrow(/modelUri/);
+    expect(() => parseStackConfig({ alarmEmail: 'not-an-email' })).toThrow(/alarmEmail/);
+    expect(() => parseStackConfig({ requireConditionalWrites: 'yes please' })).toThrow(/requireConditionalWrites/);
+    expect(() => parseStackConfig({ region: 'moon-1' })).toThrow(/region/);
+  });
+
+  it('knows the GPUs of multi-GPU sizes, so workers and instances stay one per GPU', () => {
+    expect(gpuInstanceShape('g6.12xlarge')).toMatchObject({ gpus: 4, memoryGiB: 192 });
+    expect(gpuInstanceShape('g5.48xlarge')).toMatchObject({ gpus: 8 });
+    expect(gpuInstanceShape('g6e.xlarge')).toMatchObject({ gpus: 1, gpuMemoryGiB: 48 });
+    expect(gpuInstanceShape('p9.huge')).toBeUndefined();
+  });
+
+  it('lists its keys for the docs', () => {
+    expect(STACK_CONFIG_KEYS).toContain('scaleToZeroAfterMinutes');
+    expect(STACK_CONFIG_KEYS).not.toContain('gpu');
+  });
+});
+
+describe('contracts between the stack and the queue-metrics publisher', () => {
+  it('uses the metric names and dimensions the publisher writes', () => {
+    expect(QUEUE_METRIC).toEqual(QUEUE_METRIC_NAMES);
+    expect(QUEUE_METRIC_DIMENSION).toEqual(QUEUE_METRIC_DIMENSIONS);
+    expect(QueueMetricsEnvSchema.parse({ REDIS_URL: 'redis://h:1', MODEL_IDS: 'm', DEPLOYMENT: 'd' }).METRICS_NAMESPACE).toBe(
+      METRICS_NAMESPACE,
+    );
+  });
+});
