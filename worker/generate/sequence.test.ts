@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ByteTokenizer } from '../model/tokenizer-bytes.ts';
 import { Sampler } from './sampling.ts';
-import { SequenceDecoder, type StepResult } from './sequence.ts';
+import { SequenceDecoder, type SequenceLimits, type StepResult } from './sequence.ts';
 
 const END = 259;
 const tok = new ByteTokenizer(
@@ -23,7 +23,7 @@ function oneHot(id: number): Float32Array {
 }
 
 /** Drives a decoder greedily through `ids` (as an engine would produce them), returning every step. */
-function run(ids: readonly number[], limits: { maxTokens: number; stop: readonly string[] }): { steps: StepResult[]; d: SequenceDecoder } {
+function run(ids: readonly number[], limits: SequenceLimits): { steps: StepResult[]; d: SequenceDecoder } {
   const d = new SequenceDecoder(tok, new Sampler({ temperature: 0, topP: 1, topK: 0 }, tok.vocabSize), limits);
   const steps: StepResult[] = [];
   for (const id of ids) {
@@ -105,6 +105,12 @@ describe('SequenceDecoder', () => {
   it('skips non-stop special tokens in the text', () => {
     const { d } = run([104, 257, 105, END], { maxTokens: 100, stop: [] });
     expect(d.text).toBe('hi');
+  });
+
+  it('stops at extra stop ids given in the limits (a template end marker)', () => {
+    const { steps, d } = run([104, 257, 105], { maxTokens: 100, stop: [], stopTokenIds: [257] });
+    expect(steps.at(-1)).toEqual({ done: true, finishReason: 'stop', text: '' });
+    expect(d.text).toBe('h');
   });
 
   it('ignores empty stop strings and rejects a bad maxTokens', () => {

@@ -21,6 +21,8 @@ import type { Sampler } from './sampling.ts';
 export interface SequenceLimits {
   readonly maxTokens: number;
   readonly stop: readonly string[];
+  /** Extra ids that end the reply besides the tokenizer's (a chat template's end marker: ChatTemplate.stopTokenIds). */
+  readonly stopTokenIds?: readonly number[];
 }
 
 export type FinishReason = 'stop' | 'length';
@@ -46,7 +48,7 @@ export class SequenceDecoder {
   ) {
     if (!Number.isInteger(limits.maxTokens) || limits.maxTokens < 0) throw new RangeError(`maxTokens must be a whole number ≥ 0, got ${limits.maxTokens}`);
     this.detok = new StreamingDetokenizer(tokenizer);
-    this.stopIds = new Set(tokenizer.stopTokenIds);
+    this.stopIds = new Set([...tokenizer.stopTokenIds, ...(limits.stopTokenIds ?? [])]);
     this.stops = limits.stop.filter((s) => s.length > 0);
   }
 
