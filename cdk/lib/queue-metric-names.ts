@@ -1,6 +1,6 @@
 // Names of the queue metrics published by edge/queue-metrics.ts, as the scaling policy and
 // alarms see them. DESIGN.md lets cdk/ import only shared/ config types, so this mirrors
-// QUEUE_METRIC_NAMES there; infra-test/queue-metric-names.test.ts fails if the two drift.
+// QUEUE_METRIC_NAMES there; infra-test/config.test.ts fails if the two drift.
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import { Duration } from 'aws-cdk-lib';
 
