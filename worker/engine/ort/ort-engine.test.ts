@@ -48,6 +48,8 @@ const layouts: [string, RandomCheckpointOptions][] = [
   ['HF naming, biases everywhere, untied head', { seed: 2, bias: true, tied: false }],
   ['state-spaces naming, no conv bias', { seed: 3, naming: 'state-spaces', convBias: false, vocabSize: 251 }],
   ['bf16 weights, sharded', { seed: 4, dtype: 'BF16', shards: 3 }],
+  // dt pre-activations from -90 to 150: softplus' underflow, its v > 20 and v > 80 branches.
+  ['extreme dt (softplus far from 0)', { seed: 6, dtBias: [-90, -30, -3, 0.5, 25, 85, 150], weightScale: 0.3 }],
   ['fp16 weights, odd sizes (d_conv 3, d_state 5, expand 1.5)', { seed: 5, dtype: 'F16', convKernel: 3, stateSize: 5, expand: 1.5, hiddenSize: 24, numLayers: 3 }],
 ];
 

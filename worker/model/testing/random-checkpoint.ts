@@ -26,6 +26,8 @@ export interface RandomCheckpointOptions {
   seed?: number;
   /** Scale of the random projection weights (relative to 1/sqrt(fan_in)). */
   weightScale?: number;
+  /** dt_proj.bias values, cycled over channels, instead of Mamba's init (to reach softplus' extremes). */
+  dtBias?: readonly number[];
 }
 
 export interface RandomCheckpointInfo {
@@ -76,9 +78,9 @@ export async function writeRandomCheckpoint(dir: string, options: RandomCheckpoi
     add(
       `${p}mixer.dt_proj.bias`,
       [D],
-      Float32Array.from({ length: D }, () => {
+      Float32Array.from({ length: D }, (_, ch) => {
         const dt = Math.exp(Math.log(1e-3) + rng.next() * (Math.log(1e-1) - Math.log(1e-3)));
-        return dt + Math.log(-Math.expm1(-dt));
+        return options.dtBias ? options.dtBias[ch % options.dtBias.length]! : dt + Math.log(-Math.expm1(-dt));
       }),
     );
     add(`${p}mixer.out_proj.weight`, [d, D], normal(d * D, scale / Math.sqrt(D)));
