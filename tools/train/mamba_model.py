@@ -1,0 +1,194 @@
+"""The trainable Mamba: HF `MambaForCausalLM` math and tensor names, with a scan fast enough
+for a 2-core CPU and a recurrent state that can be carried across training chunks.
+
+Parameter names are exactly the HF ones (`backbone.layers.{i}.mixer.A_log`, ...), so the
+state_dict *is* the checkpoint. tools/train/test_scan.py holds this model to the plain
+reference in tools/reference/mamba_ref.py.
+
+Why the scan looks like this: on this CPU one elementwise op over a [B, L, d_inner, N]
+tensor (tens of MB) costs ~0.4 s of memory traffic, while a per-timestep op over
+[B, d_inner, N] (cache-resident) costs ~50 us. So we go over time sequentially, in
+chunks: per chunk the discretization (exp(dt*A), dt*B*x) and the readout (C.h) are
+vectorized over a cache-sized [T, B, d_inner, N] block, and only the recurrence
+h_t = a_t*h_{t-1} + b_t runs step by step, one fused op per step in a custom autograd
+function (no autograd graph per step, and its backward is the same one-op-per-step
+reverse scan). Log-space/cumsum forms would be vectorized too but overflow exp() in
+fp32 once dt*|A| summed over a chunk passes ~88.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class LinearScan(torch.autograd.Function):
+    """hs[t] = a[t] * hs[t-1] + b[t], hs[-1] = h0. a, b: [T, ...]; returns hs [T, ...]."""
+
+    @staticmethod
+    def forward(ctx, a, b, h0):
+        hs = torch.empty_like(b)
+        h = h0
+        for t in range(a.shape[0]):
+            torch.addcmul(b[t], a[t], h, out=hs[t])
+            h = hs[t]
+        ctx.save_for_backward(a, hs, h0)
+        return hs
+
+    @staticmethod
+    def backward(ctx, ghs):
+        a, hs, h0 = ctx.saved_tensors
+        ghs = ghs.contiguous()
+        gb = torch.empty_like(ghs)  # dL/db[t] = dL/dh[t] (total), built back to front
+        T = a.shape[0]
+        gb[T - 1] = ghs[T - 1]
+        for t in range(T - 2, -1, -1):
+            torch.addcmul(ghs[t], a[t + 1], gb[t + 1], out=gb[t])
+        h_prev = torch.cat([h0.unsqueeze(0), hs[:-1]], 0)
+        ga = gb * h_prev
+        gh0 = a[0] * gb[0]
+        return ga, gb, gh0
+
+
+class Mixer(nn.Module):
+    def __init__(self, d: int, d_inner: int, N: int, K: int, R: int, dt_min: float, dt_max: float,
+                 dt_init_floor: float = 1e-4):
+        super().__init__()
+        self.d_inner, self.N, self.K, self.R = d_inner, N, K, R
+        self.in_proj = nn.Linear(d, 2 * d_inner, bias=False)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, K, groups=d_inner, bias=True, padding=0)
+        self.x_proj = nn.Linear(d_inner, R + 2 * N, bias=False)
+        self.dt_proj = nn.Linear(R, d_inner, bias=True)
+        self.out_proj = nn.Linear(d_inner, d, bias=False)
+        # S4D-real init of A, as in the Mamba paper: A[:, n] = -(n+1)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        self.D = nn.Parameter(torch.ones(d_inner))
+        # dt initialised log-uniform in [dt_min, dt_max] through the inverse softplus of the bias;
+        # a small dt_min gives some channels a memory of thousands of tokens from the start.
+        nn.init.uniform_(self.dt_proj.weight, -R ** -0.5, R ** -0.5)
+        dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def forward(self, u, state, chunk: int):
+        """u: [B, L, d]; state: (conv [B, d_inner, K-1] raw inputs, ssm [B, d_inner, N]) or None."""
+        Bsz, L, _ = u.shape
+        x, z = self.in_proj(u).chunk(2, dim=-1)
+        x = x.transpose(1, 2)  # [B, d_inner, L]
+        conv_prev = state[0] if state is not None else x.new_zeros(Bsz, self.d_inner, self.K - 1)
+        xp = torch.cat([conv_prev, x], dim=2)  # left context = previous chunk's inputs (zeros at start)
+        new_conv = xp[:, :, -(self.K - 1):]
+        x = F.silu(self.conv1d(xp)).transpose(1, 2)  # [B, L, d_inner]
+        dt, Bm, Cm = self.x_proj(x).split([self.R, self.N, self.N], dim=-1)
+        dt = F.softplus(self.dt_proj(dt))  # threshold 20 like HF
+        A = -torch.exp(self.A_log)
+        h = state[1] if state is not None else x.new_zeros(Bsz, self.d_inner, self.N)
+        # time-major for the scan so hs[t] is contiguous
+        dt_t, x_t, B_t, C_t = (v.transpose(0, 1) for v in (dt, x, Bm, Cm))
+        ys = []
+        for s in range(0, L, chunk):
+            e = min(L, s + chunk)
+            dts = dt_t[s:e].unsqueeze(-1)  # [T, B, d_inner, 1]
+            a = torch.exp(dts * A)
+            b = (dts * x_t[s:e].unsqueeze(-1)) * B_t[s:e].unsqueeze(2)
+            hs = LinearScan.apply(a, b, h)
+            ys.append(torch.einsum("tbdn,tbn->tbd", hs, C_t[s:e]))
+            h = hs[-1]
+        y = torch.cat(ys, 0).transpose(0, 1) + x * self.D
+        y = y * F.silu(z)
+        return self.out_proj(y), (new_conv, h)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.norm = RMSNorm(cfg["hidden_size"], cfg["layer_norm_epsilon"])
+        self.mixer = Mixer(cfg["hidden_size"], cfg["intermediate_size"], cfg["state_size"],
+                           cfg["conv_kernel"], cfg["time_step_rank"], cfg["time_step_min"],
+                           cfg["time_step_max"], cfg["time_step_floor"])
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.embeddings = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg["num_hidden_layers"]))
+        self.norm_f = RMSNorm(cfg["hidden_size"], cfg["layer_norm_epsilon"])
+
+
+class MambaLM(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = Backbone(cfg)
+        nn.init.normal_(self.backbone.embeddings.weight, std=0.02)
+        # GPT-2 style: scale residual-branch outputs so the residual stream doesn't grow with depth
+        for blk in self.backbone.layers:
+            nn.init.kaiming_uniform_(blk.mixer.out_proj.weight, a=math.sqrt(5))
+            with torch.no_grad():
+                blk.mixer.out_proj.weight /= math.sqrt(cfg["num_hidden_layers"])
+
+    def forward(self, tokens, state=None, chunk: int = 32):
+        """tokens [B, L] -> logits [B, L, V], new state (list per layer). The lm_head is tied."""
+        h = self.backbone.embeddings(tokens)
+        new_state = []
+        for i, blk in enumerate(self.backbone.layers):
+            out, st = blk.mixer(blk.norm(h), None if state is None else state[i], chunk)
+            h = h + out
+            new_state.append(st)
+        h = self.backbone.norm_f(h)
+        return h @ self.backbone.embeddings.weight.T, new_state
+
+
+def hf_config(d: int, n_layer: int, N: int = 16, expand: int = 2, K: int = 4, vocab: int = 264,
+              dt_min: float = 1e-4, dt_max: float = 0.1) -> dict:
+    """An HF MambaConfig as `MambaConfig(...).to_dict()` would write it."""
+    return {
+        "architectures": ["MambaForCausalLM"],
+        "model_type": "mamba",
+        "vocab_size": vocab,
+        "pad_vocab_size_multiple": 8,
+        "hidden_size": d,
+        "intermediate_size": expand * d,
+        "state_size": N,
+        "num_hidden_layers": n_layer,
+        "layer_norm_epsilon": 1e-5,
+        "conv_kernel": K,
+        "expand": expand,
+        "time_step_rank": math.ceil(d / 16),
+        "time_step_scale": 1.0,
+        "time_step_min": dt_min,
+        "time_step_max": dt_max,
+        "time_step_init_scheme": "random",
+        "time_step_floor": 1e-4,
+        "use_bias": False,
+        "use_conv_bias": True,
+        "hidden_act": "silu",
+        "initializer_range": 0.1,
+        "residual_in_fp32": True,
+        "rescale_prenorm_residual": False,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "bos_token_id": None,
+        "eos_token_id": 259,
+        "pad_token_id": 259,
+        "torch_dtype": "float32",
+    }
+
+
+def hf_tensors(model: MambaLM, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """The checkpoint tensors: the state_dict as is (names already HF), lm_head omitted (tied)."""
+    return {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
