@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Trains the demo Mamba on CPU with truncated BPTT and exports it in the HF layout.
+
+    nice -n 19 /usr/bin/python3 tools/train/train.py --out tools/train/out/run1 --export models/demo
+
+(Debian's python3-torch installs for /usr/bin/python3, not for a pyenv python3 on PATH.)
+
+How it learns to remember far back cheaply: every batch lane is one synthetic session of
+`chunks x seq` tokens that starts from a zero state; it is fed `seq` tokens at a time and
+the recurrent state (conv + SSM) is carried, detached, into the next chunk, with one
+optimizer step per chunk. A question in chunk 4 is answered from a fact that entered the
+state in chunk 1 — the forward pass sees the whole distance, the gradient only the last
+chunk, which is enough to teach retention (the same decay parameters act in every chunk).
+The session length grows over training (the curriculum below), so short-range recall is
+learnt first, then kept over longer and longer spans.
+
+Resumable: a checkpoint (model, optimizer, position in the data) is written every few
+minutes and at the end; rerunning the same command continues from it. Data for episode i
+comes from random.Random(f"{seed}/{i}"), so a resumed run sees exactly the same data.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from chat_format import VOCAB_SIZE, encode_text  # noqa: E402
+from conversations import ProseSampler, training_session  # noqa: E402
+from export import export_model  # noqa: E402
+from mamba_model import MambaLM, hf_config  # noqa: E402
+from prose_source import load_austen  # noqa: E402
+from recall_eval import EVAL_BOOK, make_probes, score  # noqa: E402
+
+
+def curriculum(frac: float) -> int:
+    """Chunks per episode at this point of training: longer sessions as training goes on."""
+    if frac < 0.15:
+        return 1
+    if frac < 0.35:
+        return 2
+    if frac < 0.6:
+        return 4
+    return 8
+
+
+def episode(i: int, args, prose: ProseSampler, n_tokens: int):
+    """B lanes of n_tokens+1 tokens (and loss weights) for episode i; deterministic in (seed, i)."""
+    r = random.Random(f"{args.seed}/{i}")
+    xs, ws = [], []
+    for _ in range(args.batch):
+        if r.random() < args.prose_frac:  # plain prose keeps the model's English going
+            t = encode_text(prose.passage(r, n_tokens * 2))[:n_tokens + 1]
+            t += [32] * (n_tokens + 1 - len(t))
+            w = [1.0] * len(t)
+        else:
+            t, w = training_session(r, prose, n_tokens + 1)
+        xs.append(t)
+        ws.append(w)
+    return torch.tensor(xs), torch.tensor(ws)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(HERE, "out", "run"))
+    ap.add_argument("--export", help="write the final model directory here")
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--state", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=512, help="tokens per TBPTT chunk")
+    ap.add_argument("--steps", type=int, default=3000, help="optimizer steps (= chunks) in all")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--prose-frac", type=float, default=0.15)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ckpt-minutes", type=float, default=5)
+    ap.add_argument("--eval-minutes", type=float, default=20)
+    ap.add_argument("--max-minutes", type=float, default=0, help="stop (and export) after this much training time")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    ckpt_path = os.path.join(args.out, "checkpoint.pt")
+    log_path = os.path.join(args.out, "log.jsonl")
+    books = load_austen(os.path.join(HERE, "out", "data"))
+    prose = ProseSampler([t for k, t in sorted(books.items()) if k != EVAL_BOOK])
+    probes = [dict(p, distance_bucket=d) for d, p in
+              zip([d for d in (200, 1000, 3000) for _ in range(8)], make_probes((200, 1000, 3000), 8, seed=7))]
+
+    torch.manual_seed(args.seed)
+    cfg = hf_config(args.hidden, args.layers, N=args.state, vocab=VOCAB_SIZE)
+    model = MambaLM(cfg)
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "embeddings" not in n else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95))
+    pos = {"step": 0, "episode": 0, "tokens": 0, "seconds": 0.0}
+    if os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, map_location="cpu")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        pos = ck["pos"]
+        print(f"resumed at step {pos['step']} ({pos['tokens']} tokens, {pos['seconds'] / 60:.1f} min)", flush=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"params {n_params}  config {json.dumps(cfg)}", flush=True)
+
+    def save():
+        tmp = ckpt_path + ".tmp"
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "pos": pos, "config": cfg,
+                    "args": vars(args)}, tmp)
+        os.replace(tmp, ckpt_path)  # never a torn checkpoint, even if killed while writing
+
+    logf = open(log_path, "a")
+    t_start = time.time()
+    base_seconds = pos["seconds"]
+    last_ckpt = last_eval = time.time()
+    model.train()
+    while pos["step"] < args.steps:
+        k = curriculum(pos["step"] / args.steps)
+        x, w = episode(pos["episode"], args, prose, k * args.seq)
+        state = None
+        for c in range(k):
+            if pos["step"] >= args.steps:
+                break
+            s = c * args.seq
+            inp, tgt, wt = x[:, s:s + args.seq], x[:, s + 1:s + args.seq + 1], w[:, s + 1:s + args.seq + 1]
+            for g in opt.param_groups:
+                g["lr"] = lr_at(pos["step"], args.steps, args.lr, args.warmup)
+            logits, state = model(inp, state)
+            state = [(a.detach(), b.detach()) for a, b in state]
+            nll = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), tgt.reshape(-1), reduction="none")
+            loss = (nll * wt.reshape(-1)).sum() / wt.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            pos["step"] += 1
+            pos["tokens"] += inp.numel()
+            pos["seconds"] = base_seconds + time.time() - t_start
+            rec = {"step": pos["step"], "tokens": pos["tokens"], "minutes": round(pos["seconds"] / 60, 2),
+                   "loss": round(float(loss), 4), "nll": round(float(nll.mean()), 4),
+                   "lr": round(opt.param_groups[0]["lr"], 6), "grad_norm": round(float(gn), 3), "chunks": k}
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+            if pos["step"] % 10 == 0:
+                print(rec, flush=True)
+        pos["episode"] += 1
+        if time.time() - last_eval > args.eval_minutes * 60:
+            table = score(model, probes)
+            model.train()
+            rec = {"step": pos["step"], "minutes": round(pos["seconds"] / 60, 2),
+                   "recall": {str(d): ok / n for d, (ok, n) in table.items()}}
+            logf.write(json.dumps(rec) + "\n")
+            print(rec, flush=True)
+            last_eval = time.time()
+        if time.time() - last_ckpt > args.ckpt_minutes * 60:
+            save()
+            last_ckpt = time.time()
+        if args.max_minutes and pos["seconds"] > args.max_minutes * 60:
+            print("time budget reached", flush=True)
+            break
+    save()
+    if args.export:
+        export_model(model, args.export, {"steps": pos["step"], "tokens": pos["tokens"]})
+        print(f"exported to {args.export}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
