@@ -1,14 +1,16 @@
 // A Mamba checkpoint directory as users download it: config.json plus model.safetensors,
-// sharded safetensors (model.safetensors.index.json), in HF or state-spaces tensor naming.
+// sharded safetensors (model.safetensors.index.json), or PyTorch's pytorch_model.bin (original
+// state-spaces checkpoints), in HF or state-spaces tensor naming.
 // Opening reads only headers and validates every tensor's presence, dtype and shape against
 // the config; tensor data is read later, one tensor at a time.
 import { createHash } from 'node:crypto';
 import { open, readFile, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { toFloat32, type FloatDType } from '../../shared/dtype.ts';
 import { ModelError } from './errors.ts';
 import { parseMambaConfig, type MambaConfig } from './mamba-config.ts';
 import { readSafetensorsHeader, readTensorBytes, type SafetensorsEntry } from './safetensors.ts';
+import { readTorchCheckpoint } from './torch-checkpoint.ts';
 
 export type TensorEntry = SafetensorsEntry;
 
@@ -84,30 +86,38 @@ async function readJson(path: string, what: 'config_invalid' | 'safetensors_inva
   }
 }
 
-async function weightFiles(dir: string): Promise<string[]> {
+interface WeightFile {
+  readonly path: string;
+  readonly format: 'safetensors' | 'torch';
+}
+
+async function shardsOf(index: string, format: WeightFile['format']): Promise<WeightFile[]> {
+  const raw = (await readJson(index, 'safetensors_invalid')) as { weight_map?: Record<string, string> };
+  if (!raw || typeof raw.weight_map !== 'object' || raw.weight_map === null) {
+    throw new ModelError('safetensors_invalid', `${index}: missing weight_map`);
+  }
+  const shards = [...new Set(Object.values(raw.weight_map))];
+  for (const shard of shards) {
+    if (typeof shard !== 'string' || shard.includes('/') || shard.includes('\\')) {
+      throw new ModelError('safetensors_invalid', `${index}: bad shard name ${JSON.stringify(shard)}`);
+    }
+  }
+  const dir = dirname(index);
+  return shards.sort().map((s) => ({ path: join(dir, s), format }));
+}
+
+/** The weight files, safetensors preferred over PyTorch's pickle format when both exist. */
+async function weightFiles(dir: string): Promise<WeightFile[]> {
   const index = join(dir, 'model.safetensors.index.json');
-  if (await exists(index)) {
-    const raw = (await readJson(index, 'safetensors_invalid')) as { weight_map?: Record<string, string> };
-    if (!raw || typeof raw.weight_map !== 'object' || raw.weight_map === null) {
-      throw new ModelError('safetensors_invalid', `${index}: missing weight_map`);
-    }
-    const shards = [...new Set(Object.values(raw.weight_map))];
-    for (const shard of shards) {
-      if (typeof shard !== 'string' || shard.includes('/') || shard.includes('\\')) {
-        throw new ModelError('safetensors_invalid', `${index}: bad shard name ${JSON.stringify(shard)}`);
-      }
-    }
-    return shards.sort().map((s) => join(dir, s));
-  }
+  if (await exists(index)) return shardsOf(index, 'safetensors');
   const single = join(dir, 'model.safetensors');
-  if (await exists(single)) return [single];
-  if (await exists(join(dir, 'pytorch_model.bin'))) {
-    throw new ModelError(
-      'model_not_found',
-      `${dir}: only pytorch_model.bin found; convert it to safetensors (see README "Models") or use the -hf variant of the checkpoint`,
-    );
-  }
-  throw new ModelError('model_not_found', `${dir}: no model.safetensors or model.safetensors.index.json`);
+  if (await exists(single)) return [{ path: single, format: 'safetensors' }];
+  // Original state-spaces checkpoints: torch.save's zip format, read by a restricted unpickler.
+  const torchIndex = join(dir, 'pytorch_model.bin.index.json');
+  if (await exists(torchIndex)) return shardsOf(torchIndex, 'torch');
+  const torchSingle = join(dir, 'pytorch_model.bin');
+  if (await exists(torchSingle)) return [{ path: torchSingle, format: 'torch' }];
+  throw new ModelError('model_not_found', `${dir}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin`);
 }
 
 function expectedShapes(c: MambaConfig, vocabRows: number): Map<string, number[]> {
@@ -145,8 +155,8 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
   const config = parseMambaConfig(await readJson(configPath, 'config_invalid'), configPath);
 
   const tensors = new Map<string, TensorEntry>();
-  for (const file of await weightFiles(dir)) {
-    const { entries } = await readSafetensorsHeader(file);
+  for (const { path: file, format } of await weightFiles(dir)) {
+    const entries = format === 'safetensors' ? (await readSafetensorsHeader(file)).entries : await readTorchCheckpoint(file);
     for (const entry of entries) {
       const name = canonicalName(entry.name);
       if (tensors.has(name)) throw new ModelError('safetensors_invalid', `${file}: tensor "${entry.name}" appears twice`);
