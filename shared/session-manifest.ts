@@ -30,6 +30,11 @@ export const SessionManifest = z.object({
   tenant: TenantId,
   session: SessionId,
   model: ModelId,
+  /**
+   * Random per creation: a session deleted and created again under the same id is another
+   * incarnation, so a worker's cached state of the old one can never be taken for the new.
+   */
+  incarnation: z.string().regex(/^[0-9a-f]{16,64}$/),
   created_at: z.string(),
   updated_at: z.string(),
   metadata: z.record(z.string(), z.string()),

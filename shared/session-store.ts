@@ -8,6 +8,7 @@
 // the old head: readers never see a head whose state is missing or torn. The writer must
 // hold the session's lease; its fencing token is recorded in the manifest and a smaller one
 // is refused, so a writer that lost its lease cannot advance the head behind its successor.
+import { randomBytes } from 'node:crypto';
 import { SessionManifest, headEntry, type ManifestVersion } from './session-manifest.ts';
 import { StorePreconditionError, type StateStore } from './state-store.ts';
 
@@ -118,6 +119,7 @@ export class SessionStore {
       tenant: init.tenant,
       session: init.session,
       model: init.model,
+      incarnation: randomBytes(12).toString('hex'),
       created_at: now,
       updated_at: now,
       metadata: init.metadata,

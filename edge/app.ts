@@ -1,0 +1,47 @@
+// The edge's HTTP API as one Hono app, built from its dependencies. No I/O here and nothing
+// about the runtime: edge/node.ts serves it with @hono/node-server, edge/lambda.ts with Lambda
+// response streaming, and tests call app.request().
+import { Hono } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import { ApiError } from '../shared/errors.ts';
+import { authenticate, type EdgeEnv } from './auth.ts';
+import type { EdgeDeps } from './deps.ts';
+import { errorResponse, toApiError } from './http-errors.ts';
+import { healthRoutes } from './routes/health.ts';
+import { metricsRoutes } from './routes/metrics.ts';
+import { chatCompletionRoutes } from './routes/v1/chat/completions.ts';
+import { modelRoutes } from './routes/v1/models.ts';
+import { sessionRoutes } from './routes/v1/sessions.ts';
+import { sessionStateRoutes } from './routes/v1/sessions/state.ts';
+import { sessionTurnRoutes } from './routes/v1/sessions/turns.ts';
+import { SessionService } from './session-service.ts';
+import { TurnService } from './turn-service.ts';
+
+export function createApp(deps: EdgeDeps): Hono<EdgeEnv> {
+  const app = new Hono<EdgeEnv>();
+  const sessions = new SessionService(deps);
+  const turns = new TurnService(deps);
+
+  app.onError((err, c) => errorResponse(c, toApiError(err, deps.log)));
+  app.notFound((c) => errorResponse(c, new ApiError('route_not_found', `no route ${c.req.method} ${c.req.path}`)));
+
+  app.route('/', healthRoutes(deps));
+  app.route('/', metricsRoutes(deps));
+
+  const jsonLimit = bodyLimit({
+    maxSize: deps.config.MAX_REQUEST_BYTES,
+    onError: () => {
+      throw new ApiError('payload_too_large', `request body is larger than ${deps.config.MAX_REQUEST_BYTES} bytes`);
+    },
+  });
+  // State uploads have their own, larger limit (edge/routes/v1/sessions/state.ts).
+  app.use('/v1/*', (c, next) => (c.req.method === 'PUT' && c.req.path.endsWith('/state') ? next() : jsonLimit(c, next)));
+  app.use('/v1/*', authenticate(deps.apiKeys));
+
+  app.route('/v1/sessions', sessionRoutes(deps, sessions, turns));
+  app.route('/v1/sessions', sessionStateRoutes(deps, sessions));
+  app.route('/v1/sessions', sessionTurnRoutes(deps, sessions, turns));
+  app.route('/v1/chat', chatCompletionRoutes(deps, sessions, turns));
+  app.route('/v1/models', modelRoutes(deps));
+  return app;
+}

@@ -1,0 +1,25 @@
+// The edge's one error handler: every failure leaves as {"error": {"code", "message"}} with
+// the status of shared/errors.ts. Anything that is not an ApiError is a bug or an outage:
+// logged with its stack, answered 500 without internals.
+import type { Context } from 'hono';
+import { HTTPException } from 'hono/http-exception';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import { ApiError } from '../shared/errors.ts';
+import type { Logger } from '../shared/logger.ts';
+
+export function errorResponse(c: Context, error: ApiError): Response {
+  if (error.retryAfterSeconds !== undefined) c.header('Retry-After', String(error.retryAfterSeconds));
+  return c.json(error.toBody(), error.status as ContentfulStatusCode);
+}
+
+/** Map any thrown value to the ApiError the client sees. */
+export function toApiError(err: unknown, log: Logger): ApiError {
+  if (err instanceof ApiError) return err;
+  if (err instanceof HTTPException) {
+    if (err.status === 413) return new ApiError('payload_too_large', err.message || 'request body is too large');
+    if (err.status === 401) return new ApiError('unauthorized', err.message || 'unauthorized');
+    if (err.status >= 400 && err.status < 500) return new ApiError('invalid_request', err.message || 'bad request');
+  }
+  log.error('unhandled error', { error: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+  return new ApiError('internal_error', 'internal error');
+}

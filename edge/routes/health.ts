@@ -1,0 +1,25 @@
+// /healthz: the process answers. /readyz: Redis answers and a worker is alive for the model
+// (DEFAULT_MODEL, else any) — what a load balancer should route on.
+import { Hono } from 'hono';
+import { ApiError } from '../../shared/errors.ts';
+import type { EdgeDeps } from '../deps.ts';
+import { errorResponse } from '../http-errors.ts';
+
+export function healthRoutes(deps: EdgeDeps): Hono {
+  const app = new Hono();
+  app.get('/healthz', (c) => c.json({ ok: true }));
+  app.get('/readyz', async (c) => {
+    try {
+      await deps.redis.ping();
+    } catch {
+      return errorResponse(c, new ApiError('unavailable', 'Redis does not answer', { retryAfterSeconds: deps.config.RETRY_AFTER_S }));
+    }
+    const models = deps.config.DEFAULT_MODEL ? [deps.config.DEFAULT_MODEL] : (await deps.models.list()).map((m) => m.id);
+    const workers = Object.fromEntries(await Promise.all(models.map(async (m) => [m, await deps.models.liveWorkers(m)] as const)));
+    if (!Object.values(workers).some((n) => n > 0)) {
+      return errorResponse(c, new ApiError('no_worker', 'no worker is alive', { retryAfterSeconds: deps.config.RETRY_AFTER_S, details: { workers } }));
+    }
+    return c.json({ ok: true, workers });
+  });
+  return app;
+}

@@ -1,0 +1,158 @@
+// POST /v1/chat/completions, OpenAI-compatible. Without a session it is stateless (a fresh
+// state, nothing stored). With one (`session_id` in the body or the X-Session-Id header; an
+// unknown id is created), `messages` is the whole conversation as OpenAI clients send it: the
+// longest stored version it extends is reused and only the rest is fed; the reused tokens are
+// reported as `usage.prompt_tokens_details.cached_tokens`.
+import { Hono } from 'hono';
+import { z } from 'zod';
+import { ChatCompletionRequest, SessionId, type ChatCompletion, type ChatCompletionChunk, type Message } from '../../../../shared/api-schemas.ts';
+import { ApiError } from '../../../../shared/errors.ts';
+import type { TurnBase, TurnResult } from '../../../../shared/jobs.ts';
+import type { EdgeEnv } from '../../../auth.ts';
+import type { EdgeDeps } from '../../../deps.ts';
+import { toApiError } from '../../../http-errors.ts';
+import { readJsonBody, validationError } from '../../../request-body.ts';
+import type { SessionService } from '../../../session-service.ts';
+import { sseResponse } from '../../../sse.ts';
+import { checkMaxTokens, DEFAULT_MAX_TOKENS, idempotencyKey, stopList } from '../../../turn-params.ts';
+import type { TurnService } from '../../../turn-service.ts';
+
+type ChatMessageIn = ChatCompletionRequest['messages'][number];
+
+/** OpenAI message → the message a session absorbs: text parts joined, `developer` read as `system`. */
+function toMessage(m: ChatMessageIn): Message {
+  const content = m.content === null ? '' : typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join('');
+  return { role: m.role === 'developer' ? 'system' : m.role, content };
+}
+
+function usage(r: TurnResult) {
+  const prompt = r.usage.cached_tokens + r.usage.input_tokens;
+  return {
+    prompt_tokens: prompt,
+    completion_tokens: r.usage.output_tokens,
+    total_tokens: prompt + r.usage.output_tokens,
+    prompt_tokens_details: { cached_tokens: r.usage.cached_tokens },
+  };
+}
+
+const truthy = (v: string | undefined) => v !== undefined && /^(1|true|yes)$/i.test(v.trim());
+
+export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, turns: TurnService): Hono<EdgeEnv> {
+  const app = new Hono<EdgeEnv>();
+
+  app.post('/completions', async (c) => {
+    const tenant = c.get('tenant');
+    const body = await readJsonBody(c, ChatCompletionRequest);
+    const header = c.req.header('x-session-id');
+    if (header !== undefined) {
+      const parsed = SessionId.safeParse(header);
+      if (!parsed.success) throw validationError(new z.ZodError(parsed.error.issues.map((i) => ({ ...i, path: ['X-Session-Id'] }))), 'header');
+      if (body.session_id !== undefined && body.session_id !== header) {
+        throw new ApiError('invalid_request', 'session_id and the X-Session-Id header name different sessions');
+      }
+    }
+    const sessionId = body.session_id ?? header;
+    const fork = body.fork ?? truthy(c.req.header('x-session-fork'));
+    const maxTokens = checkMaxTokens(
+      body.max_completion_tokens ?? body.max_tokens ?? Math.min(DEFAULT_MAX_TOKENS, deps.config.MAX_TOKENS_PER_TURN),
+      deps.config,
+      body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens',
+    );
+    const messages = body.messages.map(toMessage);
+
+    let model: string;
+    let base: TurnBase = { kind: 'head', if_version: null };
+    let toFeed: Message[] = messages;
+    if (sessionId === undefined) {
+      model = await sessions.resolveModel(body.model);
+    } else {
+      const requested = body.model ?? undefined;
+      const existing = await deps.sessions.read(tenant, sessionId);
+      const found = existing ?? (await sessions.getOrCreate(tenant, sessionId, await sessions.resolveModel(requested))).found;
+      const m = found.manifest;
+      if (requested !== undefined && requested !== m.model) {
+        throw new ApiError('model_mismatch', `session ${sessionId} belongs to model ${m.model}, not ${requested}`);
+      }
+      model = m.model;
+      const match = sessions.matchConversation(m, messages);
+      if (!match || (!match.isHead && !fork)) {
+        throw new ApiError(
+          'conversation_diverged',
+          `messages do not extend session ${sessionId}'s head (version ${m.head})` +
+            (match ? `; they extend version ${match.version.version} (its first ${match.absorbed} messages)` : '') +
+            '. Send the whole conversation the session has seen, or ask to fork ("fork": true or X-Session-Fork: true) to continue from the longest stored prefix.',
+          { details: { head: m.head, ...(match ? { matched_version: match.version.version, matched_messages: match.absorbed } : {}) } },
+        );
+      }
+      base = { kind: 'version', version: match.version.version, must_be_head: match.isHead };
+      toFeed = messages.slice(match.absorbed);
+    }
+
+    const turn = await turns.submit({
+      tenant,
+      session: sessionId ?? null,
+      model,
+      kind: 'turn',
+      base,
+      messages: toFeed,
+      maxTokens,
+      sampling: { temperature: body.temperature ?? 1, top_p: body.top_p ?? 1, top_k: body.top_k ?? 0, seed: body.seed ?? undefined },
+      stop: stopList(body.stop),
+      onBusy: body.on_busy ?? 'reject',
+      idempotencyKey: idempotencyKey(c),
+    });
+    const id = `chatcmpl-${turn.turnId}`;
+    const created = Math.floor(Date.now() / 1000);
+    c.header('X-Turn-Id', turn.turnId);
+    if (sessionId !== undefined) c.header('X-Session-Id', sessionId);
+    const sessionFields = (r: TurnResult) =>
+      r.session !== null && r.version !== null ? { session_id: r.session, session_version: r.version } : {};
+
+    if (!body.stream) {
+      const r = await turns.result(turn, c.req.raw.signal);
+      if (r.version !== null) c.header('X-Session-Version', String(r.version));
+      const answer: ChatCompletion = {
+        id,
+        object: 'chat.completion',
+        created,
+        model,
+        choices: [{ index: 0, message: { role: 'assistant', content: r.output }, finish_reason: r.finish_reason, logprobs: null }],
+        usage: usage(r),
+        ...sessionFields(r),
+      };
+      return c.json(answer);
+    }
+
+    const chunk = (delta: ChatCompletionChunk['choices'][number]['delta'], finish: ChatCompletionChunk['choices'][number]['finish_reason']): ChatCompletionChunk => ({
+      id,
+      object: 'chat.completion.chunk',
+      created,
+      model,
+      choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }],
+    });
+    return sseResponse(
+      c,
+      async (sse) => {
+        await sse.send(chunk({ role: 'assistant', content: '' }, null));
+        for await (const out of turns.follow(turn, { signal: sse.signal })) {
+          if (out.type === 'text') {
+            await sse.send(chunk({ content: out.text }, null));
+            continue;
+          }
+          const r = out.result;
+          await sse.send({ ...chunk({}, r.finish_reason), ...sessionFields(r) });
+          if (body.stream_options?.include_usage) {
+            await sse.send({ id, object: 'chat.completion.chunk', created, model, choices: [], usage: usage(r), ...sessionFields(r) });
+          }
+          await sse.sendRaw('[DONE]');
+        }
+      },
+      async (sse, error) => {
+        // OpenAI streams an error as a data event with an `error` object; its clients raise it.
+        await sse.send(toApiError(error, deps.log).toBody());
+      },
+    );
+  });
+
+  return app;
+}

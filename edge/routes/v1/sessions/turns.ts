@@ -1,0 +1,71 @@
+// POST /v1/sessions/{id}/turns: the native turn. Input on top of the session's head, the reply
+// back as JSON, or as SSE `token` events then a `done` event whose data is the JSON answer.
+import { Hono } from 'hono';
+import { TurnRequest, type Message, type TurnResponse } from '../../../../shared/api-schemas.ts';
+import { ApiError } from '../../../../shared/errors.ts';
+import type { TurnResult } from '../../../../shared/jobs.ts';
+import type { EdgeEnv } from '../../../auth.ts';
+import type { EdgeDeps } from '../../../deps.ts';
+import { toApiError } from '../../../http-errors.ts';
+import { readJsonBody } from '../../../request-body.ts';
+import type { SessionService } from '../../../session-service.ts';
+import { sseResponse } from '../../../sse.ts';
+import { checkMaxTokens, idempotencyKey, stopList } from '../../../turn-params.ts';
+import type { TurnService } from '../../../turn-service.ts';
+import { sessionParam } from '../../../validators.ts';
+
+export function turnResponse(r: TurnResult): TurnResponse {
+  if (r.session === null || r.version === null) throw new Error('a session turn produced no version');
+  return { turn_id: r.turn_id, session_id: r.session, version: r.version, output: r.output, finish_reason: r.finish_reason, usage: r.usage };
+}
+
+export function sessionTurnRoutes(deps: EdgeDeps, sessions: SessionService, turns: TurnService): Hono<EdgeEnv> {
+  const app = new Hono<EdgeEnv>();
+
+  app.post('/:id/turns', sessionParam, async (c) => {
+    const tenant = c.get('tenant');
+    const id = c.req.valid('param').id;
+    const body = await readJsonBody(c, TurnRequest);
+    checkMaxTokens(body.max_tokens, deps.config, 'max_tokens');
+    const { manifest } = await sessions.get(tenant, id);
+    if (body.if_version !== undefined && body.if_version !== manifest.head) {
+      throw new ApiError('version_mismatch', `session ${id} is at version ${manifest.head}, not ${body.if_version}`, { details: { head: manifest.head } });
+    }
+    const messages: Message[] = typeof body.input === 'string' ? [{ role: 'user', content: body.input }] : body.input;
+    const turn = await turns.submit({
+      tenant,
+      session: id,
+      model: manifest.model,
+      kind: 'turn',
+      base: { kind: 'head', if_version: body.if_version ?? null },
+      messages,
+      maxTokens: body.max_tokens,
+      sampling: { temperature: body.temperature, top_p: body.top_p, top_k: body.top_k, seed: body.seed },
+      stop: stopList(body.stop),
+      onBusy: body.on_busy,
+      idempotencyKey: idempotencyKey(c),
+    });
+    c.header('X-Turn-Id', turn.turnId);
+    c.header('X-Session-Id', id);
+    if (!body.stream) {
+      const result = await turns.result(turn, c.req.raw.signal);
+      c.header('X-Session-Version', String(result.version));
+      return c.json(turnResponse(result));
+    }
+    const afterId = c.req.header('last-event-id');
+    return sseResponse(
+      c,
+      async (sse) => {
+        for await (const out of turns.follow(turn, { afterId, signal: sse.signal })) {
+          if (out.type === 'text') await sse.send({ text: out.text }, { event: 'token', id: out.id });
+          else await sse.send(turnResponse(out.result), { event: 'done', id: out.id });
+        }
+      },
+      async (sse, error) => {
+        await sse.send(toApiError(error, deps.log).toBody(), { event: 'error' });
+      },
+    );
+  });
+
+  return app;
+}

@@ -1,0 +1,201 @@
+// Turns from the edge's side: admission (worker alive, queue depth, the session's turn slot,
+// idempotency), enqueueing the job, and following its token stream to a result. Native turns,
+// chat completions and session creation with a system prompt all go through here.
+import { createHash, randomBytes } from 'node:crypto';
+import type { Message } from '../shared/api-schemas.ts';
+import { ApiError } from '../shared/errors.ts';
+import { decodeFailure, TurnResult, type TurnBase, type TurnJob } from '../shared/jobs.ts';
+import { readTurnStream } from '../shared/turn-stream.ts';
+import type { EdgeDeps } from './deps.ts';
+
+export interface TurnSubmission {
+  readonly tenant: string;
+  readonly session: string | null;
+  readonly model: string;
+  readonly kind: TurnJob['kind'];
+  readonly base: TurnBase;
+  readonly messages: readonly Message[];
+  readonly maxTokens: number;
+  readonly sampling: { temperature: number; top_p: number; top_k: number; seed?: number | undefined };
+  readonly stop: readonly string[];
+  readonly onBusy: 'reject' | 'queue';
+  readonly idempotencyKey?: string | undefined;
+}
+
+export interface SubmittedTurn {
+  readonly turnId: string;
+  readonly model: string;
+  readonly deadlineMs: number;
+  /** An Idempotency-Key named a turn that already exists: this is that turn. */
+  readonly replayed: boolean;
+}
+
+export type TurnOutput =
+  | { readonly type: 'text'; readonly text: string; readonly id: string }
+  | { readonly type: 'done'; readonly result: TurnResult; readonly id: string };
+
+/** How long past its deadline the edge still waits for a turn's final event (the worker stops committing at the deadline). */
+const DEADLINE_GRACE_MS = 2_000;
+
+export function turnIdFor(tenant: string, session: string | null, idempotencyKey: string | undefined): string {
+  if (!idempotencyKey) return `t_${randomBytes(16).toString('base64url')}`;
+  const digest = createHash('sha256').update(`${tenant}\0${session ?? ''}\0${idempotencyKey}`).digest('base64url');
+  return `k_${digest.slice(0, 40)}`;
+}
+
+/** A seed derived from the turn id: a retried attempt samples exactly the tokens the first one did. */
+export function seedFor(turnId: string): number {
+  return createHash('sha256').update(turnId).digest().readUInt32LE(0);
+}
+
+function compareStreamIds(a: string, b: string): number {
+  const [am = 0, as = 0] = a.split('-').map(Number);
+  const [bm = 0, bs = 0] = b.split('-').map(Number);
+  return am - bm || as - bs;
+}
+
+export class TurnService {
+  constructor(private readonly deps: EdgeDeps) {}
+
+  async submit(s: TurnSubmission): Promise<SubmittedTurn> {
+    const { config, queues, leases, models } = this.deps;
+    const turnId = turnIdFor(s.tenant, s.session, s.idempotencyKey);
+    if (s.idempotencyKey) {
+      const existing = await queues.getJob(s.model, turnId);
+      if (existing) return { turnId, model: s.model, deadlineMs: existing.data.deadline_ms, replayed: true };
+    }
+    if ((await models.liveWorkers(s.model)) === 0) {
+      throw new ApiError('no_worker', `no worker is serving model ${s.model} right now`, { retryAfterSeconds: config.RETRY_AFTER_S });
+    }
+    const depth = await queues.depth(s.model);
+    if (depth >= config.MAX_QUEUE_DEPTH) {
+      throw new ApiError('queue_full', `${depth} turns are waiting for model ${s.model} (limit ${config.MAX_QUEUE_DEPTH}); retry later`, {
+        retryAfterSeconds: config.RETRY_AFTER_S,
+      });
+    }
+    const now = Date.now();
+    const deadlineMs = now + config.TURN_TIMEOUT_MS;
+    let ownsSlot = false;
+    if (s.session !== null) {
+      const claim = await leases.claimTurn(s.tenant, s.session, turnId, config.TURN_TIMEOUT_MS + 5_000);
+      if (claim.claimed) ownsSlot = true;
+      else if (s.onBusy === 'reject') {
+        throw new ApiError('session_busy', `session ${s.session} is running another turn (${claim.holder}); retry when it ends, or send on_busy: "queue"`, {
+          details: { turn_id: claim.holder },
+        });
+      }
+    }
+    const job: TurnJob = {
+      turn_id: turnId,
+      tenant: s.tenant,
+      session: s.session,
+      model: s.model,
+      kind: s.kind,
+      base: s.base,
+      messages: [...s.messages],
+      max_tokens: s.maxTokens,
+      sampling: {
+        temperature: s.sampling.temperature,
+        top_p: s.sampling.top_p,
+        top_k: s.sampling.top_k,
+        seed: s.sampling.seed ?? seedFor(turnId),
+      },
+      stop: [...s.stop],
+      deadline_ms: deadlineMs,
+      owns_turn_slot: ownsSlot,
+      enqueued_at: now,
+    };
+    try {
+      await queues.of(s.model).add('turn', job, {
+        jobId: turnId,
+        attempts: config.TURN_ATTEMPTS,
+        backoff: { type: 'exponential', delay: config.TURN_BACKOFF_MS },
+        removeOnComplete: { age: config.TURN_RETENTION_S },
+        removeOnFail: { age: config.TURN_RETENTION_S },
+      });
+    } catch (e) {
+      if (ownsSlot && s.session !== null) await leases.releaseTurn(s.tenant, s.session, turnId).catch(() => {});
+      throw e;
+    }
+    return { turnId, model: s.model, deadlineMs, replayed: false };
+  }
+
+  /**
+   * The turn's reply as it is generated, then its result. Text is deduplicated across attempts:
+   * a retried attempt (same seed, same tokens) is only forwarded past what was already sent.
+   * `afterId` (an SSE Last-Event-ID) skips what the client already has.
+   */
+  async *follow(turn: SubmittedTurn, options: { afterId?: string | undefined; signal?: AbortSignal } = {}): AsyncGenerator<TurnOutput> {
+    const { redis, keys, queues } = this.deps;
+    const finished = await this.finishedResult(turn);
+    if (finished) {
+      if (finished.output) yield { type: 'text', text: finished.output, id: '0-1' };
+      yield { type: 'done', result: finished, id: '0-2' };
+      return;
+    }
+    let sent = '';
+    let attempt = -1;
+    let attemptText = '';
+    const visible = (id: string) => !options.afterId || compareStreamIds(id, options.afterId) > 0;
+    for await (const { id, event } of readTurnStream(redis, keys.turnStream(turn.turnId), {
+      deadlineMs: turn.deadlineMs + DEADLINE_GRACE_MS,
+      ...(options.signal ? { signal: options.signal } : {}),
+    })) {
+      if (event.type === 'start' || event.type === 'token') {
+        if (event.attempt !== attempt) {
+          attempt = event.attempt;
+          attemptText = '';
+        }
+      }
+      if (event.type === 'token') {
+        attemptText += event.text;
+        const consistent = attemptText.length <= sent.length ? sent.startsWith(attemptText) : attemptText.startsWith(sent);
+        if (!consistent) {
+          throw new ApiError('turn_failed', 'the turn was retried after a worker fault and the retry produced different text; its result is in the session, re-read it');
+        }
+        if (attemptText.length > sent.length) {
+          const delta = attemptText.slice(sent.length);
+          sent = attemptText;
+          if (visible(id)) yield { type: 'text', text: delta, id };
+        }
+      } else if (event.type === 'done') {
+        const rest = event.result.output.startsWith(sent) ? event.result.output.slice(sent.length) : '';
+        if (rest && visible(id)) yield { type: 'text', text: rest, id };
+        yield { type: 'done', result: event.result, id };
+        return;
+      } else if (event.type === 'error' && event.final) {
+        throw new ApiError(event.code, event.message);
+      }
+    }
+    if (options.signal?.aborted) return;
+    // The stream ended without a final event: the turn finished while we were not looking
+    // (its stream trimmed or expired), or it ran out of time.
+    const late = await this.finishedResult(turn);
+    if (late) {
+      yield { type: 'done', result: late, id: '0-2' };
+      return;
+    }
+    const job = await queues.getJob(turn.model, turn.turnId);
+    if (!job) throw new ApiError('turn_failed', `turn ${turn.turnId} is no longer known`);
+    throw new ApiError('turn_timeout', `the turn did not finish within ${this.deps.config.TURN_TIMEOUT_MS} ms`);
+  }
+
+  /** Gather the whole turn. */
+  async result(turn: SubmittedTurn, signal?: AbortSignal): Promise<TurnResult> {
+    for await (const out of this.follow(turn, signal ? { signal } : {})) if (out.type === 'done') return out.result;
+    throw new ApiError('turn_timeout', 'the client went away before the turn finished');
+  }
+
+  /** The stored result of a turn that has already completed or failed (idempotent replays, expired streams). */
+  private async finishedResult(turn: SubmittedTurn): Promise<TurnResult | undefined> {
+    const job = await this.deps.queues.getJob(turn.model, turn.turnId);
+    if (!job) return undefined;
+    const state = await job.getState();
+    if (state === 'completed') return TurnResult.parse(job.returnvalue);
+    if (state === 'failed') {
+      const { code, message } = decodeFailure(job.failedReason);
+      throw new ApiError(code, message);
+    }
+    return undefined;
+  }
+}

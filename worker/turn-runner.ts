@@ -1,0 +1,313 @@
+// One turn on the worker, start to durable finish:
+//   lease (one writer per session, fenced) → manifest → starting state (hot cache, store, or
+//   empty) → prefill the new messages → batched decode, tokens to the turn's Redis Stream →
+//   reply suffix → export + commit the new version (file, then head) → `done`.
+// Nothing is reported done before the version is durable and the head has advanced. Any
+// failure before that leaves the session at its last version; the state handle that was
+// being advanced is freed, never cached.
+import type { Redis } from 'ioredis';
+import type { Message } from '../shared/api-schemas.ts';
+import type { WorkerConfig } from '../shared/config.ts';
+import type { ErrorCode } from '../shared/errors.ts';
+import { TurnResult, type TurnJob } from '../shared/jobs.ts';
+import type { Logger } from '../shared/logger.ts';
+import { MetricsBatch, METRICS } from '../shared/metrics.ts';
+import { StateFormatError } from '../shared/mstate.ts';
+import type { RedisKeys } from '../shared/redis-keys.ts';
+import { findVersion, type ManifestVersion, type SessionManifest } from '../shared/session-manifest.ts';
+import { isLease, type SessionLease, type SessionLeases } from '../shared/session-lease.ts';
+import { CommitConflictError, FencedOutError, type SessionStore } from '../shared/session-store.ts';
+import { extendTranscript } from '../shared/transcript-hash.ts';
+import { TurnStreamWriter, type TurnEvent } from '../shared/turn-stream.ts';
+import { EngineError, type StateHandle } from './engine/engine.ts';
+import { Sampler } from './generate/sampling.ts';
+import { SequenceDecoder } from './generate/sequence.ts';
+import type { ChatMessage } from './model/chat-template.ts';
+import { WorkAborted, type BatchScheduler } from './scheduler/batch-scheduler.ts';
+import type { ServingModel } from './serving-model.ts';
+import { stateCacheKey, type StateCache } from './state-cache.ts';
+
+/** A turn that cannot succeed by retrying (bad input, conflict, timeout): reported with its code. */
+export class TurnRejected extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'TurnRejected';
+  }
+}
+
+/** The session's lease is held by another turn: try again shortly (not a failed attempt). */
+export class SessionLeaseBusy extends Error {
+  constructor(readonly holder: string) {
+    super(`session lease held by ${holder}`);
+    this.name = 'SessionLeaseBusy';
+  }
+}
+
+/** The worker is shutting down: the turn goes back to the queue untouched. */
+export class TurnReleased extends Error {
+  constructor() {
+    super('worker shutting down; turn released');
+    this.name = 'TurnReleased';
+  }
+}
+
+export interface TurnRunnerDeps {
+  readonly model: ServingModel;
+  readonly scheduler: BatchScheduler;
+  readonly cache: StateCache;
+  readonly sessions: SessionStore;
+  readonly leases: SessionLeases;
+  readonly redis: Redis;
+  readonly keys: RedisKeys;
+  readonly config: Pick<WorkerConfig, 'MAX_INPUT_TOKENS_PER_TURN' | 'MAX_TOKENS_PER_TURN' | 'TURN_RETENTION_S'>;
+  readonly workerId: string;
+  readonly log: Logger;
+}
+
+/** How long a turn's stream outlives its deadline (late readers, Last-Event-ID resumes). */
+const STREAM_LINGER_MS = 5 * 60_000;
+
+/** The chat template knows system, user and assistant; a tool result is read as a user message. */
+function templateMessage(m: Message): ChatMessage {
+  return { role: m.role === 'tool' ? 'user' : m.role, content: m.content };
+}
+
+interface StartingState {
+  readonly state: StateHandle;
+  readonly base: ManifestVersion | null;
+  readonly source: 'cache' | 'store' | 'empty';
+}
+
+export class TurnRunner {
+  constructor(private readonly deps: TurnRunnerDeps) {}
+
+  /**
+   * Run `job` (attempt `attempt`); `shutdown` aborts it for release back to the queue.
+   * Throws TurnRejected (final), SessionLeaseBusy (delay and retry), TurnReleased, or any
+   * other error (transient: BullMQ retries with backoff).
+   */
+  async run(job: TurnJob, attempt: number, shutdown: AbortSignal): Promise<TurnResult> {
+    const { deps } = this;
+    const stream = new TurnStreamWriter(deps.redis, deps.keys.turnStream(job.turn_id), Math.max(0, job.deadline_ms - Date.now()) + STREAM_LINGER_MS);
+    const startedAt = Date.now();
+    if (startedAt > job.deadline_ms) throw new TurnRejected('turn_timeout', 'the turn waited in the queue past its deadline');
+
+    let lease: SessionLease | undefined;
+    let stopKeepAlive = () => {};
+    const abort = new AbortController();
+    const onShutdown = () => abort.abort(new TurnReleased());
+    shutdown.addEventListener('abort', onShutdown);
+    const deadlineTimer = setTimeout(() => abort.abort(new TurnRejected('turn_timeout', 'the turn ran past its deadline')), job.deadline_ms - startedAt);
+    let owned: StateHandle | undefined;
+    try {
+      let manifest: SessionManifest | null = null;
+      if (job.session !== null) {
+        lease = await this.acquireLease(job);
+        stopKeepAlive = deps.leases.keepAlive(lease, (why) => abort.abort(new Error(`session lease lost (${why})`)));
+        manifest = (await deps.sessions.read(job.tenant, job.session))?.manifest ?? null;
+        if (!manifest) throw new TurnRejected('session_not_found', `session ${job.session} not found`);
+        if (manifest.model !== deps.model.id) throw new TurnRejected('model_mismatch', `session ${job.session} belongs to model ${manifest.model}`);
+        // A previous attempt committed and then died before reporting: report its result.
+        const committed = manifest.versions.find((v) => v.turn_id === job.turn_id);
+        if (committed) return await this.replayCommitted(job, committed, attempt, stream);
+      }
+
+      const start = await this.startingState(job, manifest);
+      owned = start.state;
+      const cachedTokens = start.state.tokensAbsorbed;
+      await stream.append({ type: 'start', attempt, base_version: start.base?.version ?? null, cached_tokens: cachedTokens });
+
+      const { template, tokenizer } = deps.model;
+      const inputIds = [...template.encodeMessages(job.messages.map(templateMessage)), ...(job.kind === 'turn' ? template.generationPromptIds : [])];
+      if (inputIds.length > deps.config.MAX_INPUT_TOKENS_PER_TURN) {
+        throw new TurnRejected('invalid_request', `the input is ${inputIds.length} tokens; this server takes at most ${deps.config.MAX_INPUT_TOKENS_PER_TURN} per turn`);
+      }
+      const maxTokens = Math.min(job.max_tokens, deps.config.MAX_TOKENS_PER_TURN);
+      const metrics = new MetricsBatch();
+      const labels = { model: deps.model.id };
+      metrics.observe(METRICS.queueWaitSeconds, labels, (startedAt - job.enqueued_at) / 1000);
+      metrics.inc(METRICS.stateLoads, { ...labels, source: start.source });
+
+      let output = '';
+      let finishReason: TurnResult['finish_reason'] = 'length';
+      let outputTokens = 0;
+      let firstTokenAt: number | undefined;
+      let streamWrites: Promise<unknown> = Promise.resolve();
+      const push = (event: TurnEvent) => {
+        // Stream writes are ordered but not awaited per token; a lost write costs the client a
+        // late token (the `done` event carries the whole output), never the turn.
+        streamWrites = streamWrites.then(() => stream.append(event)).catch((e) => deps.log.warn('stream write failed', { turn: job.turn_id, error: String(e) }));
+      };
+
+      let logits: Float32Array | undefined;
+      if (inputIds.length > 0) logits = await deps.scheduler.prefill(start.state, Int32Array.from(inputIds), abort.signal);
+      metrics.inc(METRICS.prefillTokens, labels, inputIds.length);
+      if (job.kind === 'turn') {
+        if (!logits) throw new Error('a turn always feeds its generation prompt');
+        const decoder = new SequenceDecoder(
+          tokenizer,
+          new Sampler({ temperature: job.sampling.temperature, topP: job.sampling.top_p, topK: job.sampling.top_k, seed: job.sampling.seed }, tokenizer.vocabSize),
+          { maxTokens, stop: [...template.stopStrings, ...job.stop], stopTokenIds: template.stopTokenIds },
+        );
+        const outcome = await deps.scheduler.decode(
+          start.state,
+          logits,
+          decoder,
+          (text) => {
+            firstTokenAt ??= Date.now();
+            push({ type: 'token', attempt, text });
+          },
+          abort.signal,
+        );
+        output = outcome.text;
+        finishReason = outcome.finishReason;
+        outputTokens = outcome.generatedTokens;
+        metrics.inc(METRICS.generatedTokens, labels, outputTokens).inc(METRICS.decodeSeconds, labels, outcome.seconds);
+        if (firstTokenAt !== undefined) metrics.observe(METRICS.ttftSeconds, labels, (firstTokenAt - job.enqueued_at) / 1000);
+        // Close the reply the way the template renders an assistant message, so the next turn starts clean.
+        if (template.replySuffixIds.length > 0) await deps.scheduler.prefill(start.state, Int32Array.from(template.replySuffixIds), abort.signal);
+      }
+      await streamWrites;
+      if (abort.signal.aborted) throw abort.signal.reason;
+
+      const usage = { input_tokens: inputIds.length, output_tokens: outputTokens, cached_tokens: cachedTokens, tokens_absorbed: start.state.tokensAbsorbed };
+      let result: TurnResult;
+      if (job.session === null || !manifest || !lease) {
+        result = { turn_id: job.turn_id, session: null, version: null, base_version: null, output, finish_reason: finishReason, usage };
+      } else {
+        const transcript = [...job.messages, ...(job.kind === 'turn' ? [{ role: 'assistant' as const, content: output }] : [])].reduce(
+          (h, m) => extendTranscript(h, m),
+          start.base!.transcript_hash,
+        );
+        const checkpointStart = performance.now();
+        const bytes = await deps.model.engine.exportState(start.state, { parentVersion: start.base!.version, transcriptHash: transcript });
+        if (Date.now() > job.deadline_ms) throw new TurnRejected('turn_timeout', 'the turn ran past its deadline before its state was stored');
+        const headAtStart = manifest.head;
+        const pending: TurnResult = {
+          turn_id: job.turn_id,
+          session: job.session,
+          version: manifest.next_version,
+          base_version: start.base!.version,
+          output,
+          finish_reason: finishReason,
+          usage,
+        };
+        // Written before the head advances, so an attempt that commits and then dies can still be reported by its retry.
+        await deps.redis.set(deps.keys.turnResult(job.turn_id), JSON.stringify(pending), 'EX', deps.config.TURN_RETENTION_S);
+        let committed;
+        try {
+          committed = await deps.sessions.commitVersion({
+            tenant: job.tenant,
+            session: job.session,
+            fence: lease.fence,
+            state: bytes,
+            version: { parent: start.base!.version, tokens_absorbed: start.state.tokensAbsorbed, transcript_hash: transcript, origin: 'turn', turn_id: job.turn_id },
+            precondition: (m) => {
+              if (m.head !== headAtStart) throw new CommitConflictError(`the head moved from ${headAtStart} to ${m.head} during the turn`);
+            },
+          });
+        } catch (e) {
+          if (e instanceof FencedOutError) throw new Error(`lost the session lease before committing: ${e.message}`);
+          throw e;
+        }
+        result = { ...pending, version: committed.entry.version };
+        if (result.version !== pending.version) {
+          await deps.redis.set(deps.keys.turnResult(job.turn_id), JSON.stringify(result), 'EX', deps.config.TURN_RETENTION_S);
+        }
+        metrics.observe(METRICS.checkpointSeconds, labels, (performance.now() - checkpointStart) / 1000).observe(METRICS.checkpointBytes, labels, bytes.byteLength);
+        deps.cache.put(stateCacheKey(job.tenant, job.session, manifest.incarnation, committed.entry.version), start.state);
+        owned = undefined;
+      }
+      await stream.append({ type: 'done', attempt, result });
+      metrics.inc(METRICS.turns, { ...labels, outcome: 'ok' }).observe(METRICS.turnSeconds, labels, (Date.now() - job.enqueued_at) / 1000);
+      await metrics.send(deps.redis, deps.keys).catch(() => {});
+      return result;
+    } catch (e) {
+      throw this.classify(e, abort.signal);
+    } finally {
+      clearTimeout(deadlineTimer);
+      shutdown.removeEventListener('abort', onShutdown);
+      stopKeepAlive();
+      if (owned) deps.model.engine.freeState(owned);
+      if (lease) await deps.leases.release(lease).catch(() => {});
+    }
+  }
+
+  /** The error as the consumer should treat it. */
+  private classify(e: unknown, signal: AbortSignal): unknown {
+    const reason = e instanceof WorkAborted ? e.reason : signal.aborted && !(e instanceof TurnRejected) ? signal.reason : e;
+    if (reason instanceof TurnRejected || reason instanceof TurnReleased || reason instanceof SessionLeaseBusy) return reason;
+    if (reason instanceof StateFormatError) return new TurnRejected(reason.code, reason.message);
+    if (reason instanceof EngineError && reason.code === 'token_out_of_range') return new TurnRejected('token_out_of_range', reason.message);
+    return reason;
+  }
+
+  private async acquireLease(job: TurnJob): Promise<SessionLease> {
+    const { leases, sessions, workerId } = this.deps;
+    const session = job.session!;
+    let got = await leases.tryAcquire(job.tenant, session, workerId);
+    if (!isLease(got)) throw new SessionLeaseBusy(got.held);
+    const current = await sessions.read(job.tenant, session);
+    if (current && current.manifest.fence >= got.fence) {
+      // Redis's fence counter is behind the store's (Redis lost data): lift it above.
+      await leases.release(got);
+      got = await leases.tryAcquire(job.tenant, session, workerId, current.manifest.fence);
+      if (!isLease(got)) throw new SessionLeaseBusy(got.held);
+    }
+    return got;
+  }
+
+  /** The state the turn starts from, owned by the caller. */
+  private async startingState(job: TurnJob, manifest: SessionManifest | null): Promise<StartingState> {
+    const { engine } = this.deps.model;
+    if (job.session === null || !manifest) return { state: await engine.newState(), base: null, source: 'empty' };
+    const base = this.baseVersion(job, manifest);
+    const key = stateCacheKey(job.tenant, job.session, manifest.incarnation, base.version);
+    const cached = this.deps.cache.take(key);
+    if (cached) return { state: cached, base, source: 'cache' };
+    if (base.state_bytes === 0) return { state: await engine.newState(), base, source: 'empty' };
+    const bytes = await this.deps.sessions.readState(job.tenant, job.session, base.version);
+    if (!bytes) throw new Error(`version ${base.version} of session ${job.session} is listed but its state is missing`);
+    const imported = await engine.importState(bytes);
+    return { state: imported.state, base, source: 'store' };
+  }
+
+  private baseVersion(job: TurnJob, m: SessionManifest): ManifestVersion {
+    const b = job.base;
+    if (b.kind === 'head') {
+      if (b.if_version !== null && b.if_version !== m.head) {
+        throw new TurnRejected('version_mismatch', `session ${m.session} is at version ${m.head}, not ${b.if_version}`);
+      }
+      return findVersion(m, m.head)!;
+    }
+    if (b.must_be_head && b.version !== m.head) {
+      throw new TurnRejected('conversation_diverged', `session ${m.session} moved on to version ${m.head} since the request was matched to version ${b.version}`);
+    }
+    const entry = findVersion(m, b.version);
+    if (!entry) throw new TurnRejected('version_not_found', `session ${m.session} has no version ${b.version}`);
+    return entry;
+  }
+
+  private async replayCommitted(job: TurnJob, committed: ManifestVersion, attempt: number, stream: TurnStreamWriter): Promise<TurnResult> {
+    const raw = await this.deps.redis.get(this.deps.keys.turnResult(job.turn_id));
+    const parsed = raw ? TurnResult.safeParse(JSON.parse(raw)) : undefined;
+    const result: TurnResult = parsed?.success
+      ? { ...parsed.data, version: committed.version }
+      : {
+          // The result record is gone (Redis lost it): the version is durable, its text is not known here.
+          turn_id: job.turn_id,
+          session: job.session,
+          version: committed.version,
+          base_version: committed.parent,
+          output: '',
+          finish_reason: 'stop',
+          usage: { input_tokens: 0, output_tokens: 0, cached_tokens: 0, tokens_absorbed: committed.tokens_absorbed },
+        };
+    await stream.append({ type: 'start', attempt, base_version: committed.parent, cached_tokens: result.usage.cached_tokens });
+    await stream.append({ type: 'done', attempt, result });
+    return result;
+  }
+}
