@@ -37,6 +37,7 @@ async function waitForRedis(url: string): Promise<void> {
   const deadline = Date.now() + 10_000;
   for (;;) {
     const client = new Redis(url, { password: PASSWORD, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    client.on('error', () => {}); // refused until the server is up; connect() reports it
     try {
       await client.connect();
       await client.ping();
