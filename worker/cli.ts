@@ -204,8 +204,14 @@ async function cmdLogits(args: string[], io: CliIo): Promise<void> {
     });
     rows = [...head, ...tail];
   }
-  // One JSON object; floats written as JSON numbers (exact float32 values, shortest form).
-  await write(io.stdout, `{"logits": [${rows.map((r) => `[${Array.from(r, (x) => (Number.isFinite(x) ? String(x) : 'null')).join(',')}]`).join(',')}]}\n`);
+  // One JSON object, written row by row (1000 positions of a 50k vocabulary would be a
+  // gigabyte as one string). Floats are JSON numbers: the exact float32 values.
+  await write(io.stdout, '{"logits": [');
+  for (let i = 0; i < rows.length; i++) {
+    const row = Array.from(rows[i]!, (x) => (Number.isFinite(x) ? String(x) : 'null')).join(',');
+    await write(io.stdout, `${i === 0 ? '' : ','}[${row}]`);
+  }
+  await write(io.stdout, ']}\n');
 }
 
 async function cmdInfo(args: string[], io: CliIo): Promise<void> {

@@ -31,11 +31,14 @@ export function validateSamplingParams(p: SamplingParams): void {
   }
 }
 
+// Scratch buffers shared by every Sampler: sample() is synchronous and never re-entered,
+// and a scheduler holds one Sampler per active sequence (hundreds × a 50k vocabulary would
+// otherwise keep ~0.6 MB each).
+let scratchCand = new Int32Array(0);
+let scratchProbs = new Float64Array(0);
+
 export class Sampler {
   private readonly rng: Rng;
-  // Scratch buffers reused across calls: sampling runs once per token per sequence.
-  private readonly cand: Int32Array;
-  private readonly probs: Float64Array;
 
   constructor(
     readonly params: SamplingParams,
@@ -45,8 +48,6 @@ export class Sampler {
     if (!Number.isInteger(vocabSize) || vocabSize <= 0) throw new SamplingParamsError(`vocabSize must be a positive whole number, got ${vocabSize}`);
     // Unseeded samplers still use our RNG (seeded from Math.random) so there is one code path.
     this.rng = new Rng(params.seed ?? Math.floor(Math.random() * 0x100000000));
-    this.cand = new Int32Array(vocabSize);
-    this.probs = new Float64Array(vocabSize);
   }
 
   /** One token id from `logits` (one row; entries from vocabSize on are ignored). */
@@ -56,7 +57,11 @@ export class Sampler {
     if (this.params.temperature === 0) return argmax(logits, V);
 
     // Unnormalized probabilities by id, relative to the most likely token.
-    const probs = this.probs;
+    if (scratchProbs.length < V) {
+      scratchProbs = new Float64Array(V);
+      scratchCand = new Int32Array(V);
+    }
+    const probs = scratchProbs;
     let max = -Infinity;
     for (let i = 0; i < V; i++) {
       const v = logits[i]!;
@@ -92,7 +97,7 @@ export class Sampler {
     // floor, lowered until the head provably holds the top-k and the top-p mass.
     const target = topP * total;
     const need = topK > 0 ? Math.min(topK, finite) : 0;
-    const cand = this.cand;
+    const cand = scratchCand;
     let n = 0;
     for (let floor = 1e-3; ; floor = floor > 1e-300 ? floor * 0.1 : 0) {
       n = 0;
