@@ -1,16 +1,11 @@
 // Deployment configuration (CDK context) and the contracts the stack shares with edge/:
 // no synthesis here, so these run in milliseconds.
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { buildApp, cdkJsonContext } from '../cdk/lib/build-app.ts';
 import { MAX_WORKERS_LIMIT, parseStackConfig, StackConfigError, STACK_CONFIG_KEYS } from '../cdk/lib/config.ts';
 import { gpuInstanceShape } from '../cdk/lib/gpu-instances.ts';
 import { METRICS_NAMESPACE, QUEUE_METRIC, QUEUE_METRIC_DIMENSION } from '../cdk/lib/queue-metric-names.ts';
 import { QueueMetricsEnvSchema } from '../edge/queue-metrics-lambda.ts';
 import { QUEUE_METRIC_DIMENSIONS, QUEUE_METRIC_NAMES } from '../edge/queue-metrics.ts';
-import { EDGE_ENTRY_USED, REAL_EDGE_ENTRY } from './synth.ts';
 
 describe('stack config', () => {
   it('deploys with no context at all', () => {
@@ -80,22 +75,5 @@ describe('contracts between the stack and the queue-metrics publisher', () => {
     expect(QueueMetricsEnvSchema.parse({ REDIS_URL: 'redis://h:1', MODEL_IDS: 'm', DEPLOYMENT: 'd' }).METRICS_NAMESPACE).toBe(
       METRICS_NAMESPACE,
     );
-  });
-});
-
-describe('the edge entry', () => {
-  it('defaults to edge/lambda.ts (the infra tests bundle a fixture only while it is missing)', () => {
-    if (EDGE_ENTRY_USED === REAL_EDGE_ENTRY) {
-      // The real entry exists; stack.test.ts bundles it.
-      expect(existsSync(REAL_EDGE_ENTRY)).toBe(true);
-      return;
-    }
-    const outdir = mkdtempSync(path.join(tmpdir(), 'mamba-serve-entry-'));
-    try {
-      // NodejsFunction checks its entry when constructed, before any bundling.
-      expect(() => buildApp({ outdir, nag: false, context: cdkJsonContext() })).toThrow(/edge[/\\]lambda\.ts/);
-    } finally {
-      rmSync(outdir, { recursive: true, force: true });
-    }
   });
 });

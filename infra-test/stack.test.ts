@@ -1,4 +1,6 @@
 // The default deployment (`npx cdk deploy` with no context), synthesized once for this file.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { Match } from 'aws-cdk-lib/assertions';
 import type { IConstruct } from 'constructs';
 import { Validations } from 'aws-cdk-lib';
@@ -6,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EdgeConfigSchema, parseEnv, WorkerConfigSchema } from '../shared/config.ts';
 import { QueueMetricsEnvSchema } from '../edge/queue-metrics-lambda.ts';
 import { asList, identityStatements, references, render, type Statement } from './cfn.ts';
-import { EDGE_ENTRY_USED, logicalIdOf, resourcesOfType, synthesize, type Synthesized } from './synth.ts';
+import { logicalIdOf, resourcesOfType, synthesize, type Synthesized } from './synth.ts';
 
 let s: Synthesized;
 beforeAll(() => {
@@ -81,13 +83,16 @@ describe('edge Lambda', () => {
     expect(references(url['TargetFunctionArn'], edgeFnId())).toBe(true);
   });
 
-  it('runs the Lambda entry in the VPC on the newest Node runtime, outliving a turn', () => {
+  it('bundles edge/lambda.ts and runs it in the VPC on the newest Node runtime, outliving a turn', () => {
     const fn = props(edgeFnId());
     expect(fn['Handler']).toBe('index.handler');
     expect(fn['Runtime']).toBe('nodejs24.x');
     expect(fn['VpcConfig']['SubnetIds']).toHaveLength(2);
     expect(fn['Timeout']).toBeGreaterThan(Number(env(edgeFnId())['TURN_TIMEOUT_MS']) / 1000);
-    expect(EDGE_ENTRY_USED).toMatch(/edge[/\\]lambda\.ts$|fixtures[/\\]edge-lambda\.ts$/);
+    // The asset's source map names the files esbuild bundled.
+    const assetDir = path.join(s.outdir, `asset.${(fn['Code']['S3Key'] as string).replace(/\.zip$/, '')}`);
+    const sources = (JSON.parse(readFileSync(path.join(assetDir, 'index.mjs.map'), 'utf8')) as { sources: string[] }).sources;
+    expect(sources.some((src) => /(^|\/)edge\/lambda\.ts$/.test(src))).toBe(true);
   });
 
   it('sets only edge config variables, valid by the edge schema, with no literal secret', () => {

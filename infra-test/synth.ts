@@ -2,25 +2,22 @@
 // AwsSolutions pack as a validation plugin) into a temporary directory. Synthesis bundles
 // both Lambdas with esbuild and stages the worker's Docker context, so each test file does
 // it once, in beforeAll.
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Template } from 'aws-cdk-lib/assertions';
 import type { App } from 'aws-cdk-lib';
-import { buildApp, cdkJsonContext, REPO_ROOT } from '../cdk/lib/build-app.ts';
+import { buildApp, cdkJsonContext } from '../cdk/lib/build-app.ts';
 import type { StackConfig, StackConfigInput } from '../cdk/lib/config.ts';
 import type { MambaServeStack } from '../cdk/lib/mamba-serve-stack.ts';
-
-/** The real edge entry; until its author lands it, a stand-in so the stack can be bundled. */
-export const REAL_EDGE_ENTRY = path.join(REPO_ROOT, 'edge', 'lambda.ts');
-export const FIXTURE_EDGE_ENTRY = path.join(REPO_ROOT, 'infra-test', 'fixtures', 'edge-lambda.ts');
-export const EDGE_ENTRY_USED = existsSync(REAL_EDGE_ENTRY) ? REAL_EDGE_ENTRY : FIXTURE_EDGE_ENTRY;
 
 export interface Synthesized {
   readonly app: App;
   readonly stack: MambaServeStack;
   readonly config: StackConfig;
   readonly template: Template;
+  /** The cloud assembly directory (bundled Lambda code, the staged Docker context). */
+  readonly outdir: string;
   /** The raw template JSON, as CloudFormation receives it. */
   readonly json: { Resources: Record<string, { Type: string; Properties?: Record<string, unknown>; DeletionPolicy?: string }> };
   cleanup(): void;
@@ -31,7 +28,6 @@ export function synthesize(context: Partial<StackConfigInput> = {}): Synthesized
   const { app, stack, config } = buildApp({
     outdir,
     context: { ...cdkJsonContext(), ...context },
-    ...(EDGE_ENTRY_USED === REAL_EDGE_ENTRY ? {} : { edgeEntry: FIXTURE_EDGE_ENTRY }),
   });
   // app.synth() runs the validation plugins (cdk-nag) and throws on any unacknowledged finding.
   const assembly = app.synth();
@@ -41,6 +37,7 @@ export function synthesize(context: Partial<StackConfigInput> = {}): Synthesized
     stack,
     config,
     template: Template.fromJSON(json),
+    outdir,
     json,
     cleanup: () => rmSync(outdir, { recursive: true, force: true }),
   };

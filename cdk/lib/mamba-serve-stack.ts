@@ -20,7 +20,7 @@ export interface MambaServeStackProps extends StackProps {
   readonly config: StackConfig;
   /** Repository root: package-lock.json, tsconfig.json and the worker's Docker build context. */
   readonly repoRoot: string;
-  /** The edge Lambda's entry; default `edge/lambda.ts` (tests may point at a fixture). */
+  /** The edge Lambda's entry; default `edge/lambda.ts` (another entry only to try the stack out). */
   readonly edgeEntry?: string;
   /** The queue-metrics Lambda's entry; default `edge/queue-metrics-lambda.ts`. */
   readonly queueMetricsEntry?: string;
