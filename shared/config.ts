@@ -109,7 +109,7 @@ export const EdgeConfigSchema = z.object({
   API_KEYS_SECRET_ID: z.string().trim().optional(),
   MAX_REQUEST_BYTES: int(1024, 1 << 30).default(8 * 1024 * 1024),
   /** Largest `.mstate` PUT /v1/sessions/{id}/state accepts (states are fixed-size per model). */
-  MAX_STATE_UPLOAD_BYTES: int(1024, 1 << 31).default(256 * 1024 * 1024),
+  MAX_STATE_UPLOAD_BYTES: int(1024, 2 ** 31).default(256 * 1024 * 1024),
   /** Model of sessions created without one; when unset, the only model with a live worker. */
   DEFAULT_MODEL: z.string().trim().regex(/^[A-Za-z0-9._:/-]{1,128}$/).optional(),
   /** Retry-After (seconds) sent with 429 queue_full and 503 no_worker. */
