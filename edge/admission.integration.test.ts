@@ -46,17 +46,17 @@ describe('admission', () => {
     const second = await post('/v1/sessions/s2/turns', { input: 'hi' });
     expect(second.status).toBe(429);
     expect(second.headers.get('retry-after')).toBe('3');
-    expect((await second.json()).error.code).toBe('queue_full');
+    expect(((await second.json()) as { error: { code: string } }).error.code).toBe('queue_full');
     const timedOut = await first;
     expect(timedOut.status).toBe(504);
-    expect((await timedOut.json()).error.code).toBe('turn_timeout');
+    expect(((await timedOut.json()) as { error: { code: string } }).error.code).toBe('turn_timeout');
 
     // Once its heartbeat is stale, no worker serves the model.
     await redis.zadd(new RedisKeys(serving.env['REDIS_PREFIX']!).workers('tiny'), Date.now() - 60_000, 'stuck-worker');
     const none = await post('/v1/sessions/s2/turns', { input: 'hi' });
     expect(none.status).toBe(503);
     expect(none.headers.get('retry-after')).toBe('3');
-    expect((await none.json()).error.code).toBe('no_worker');
+    expect(((await none.json()) as { error: { code: string } }).error.code).toBe('no_worker');
     expect((await fetch(`${serving.url}/readyz`)).status).toBe(503);
   });
 });

@@ -35,7 +35,7 @@ interface Reply {
   headers: Headers;
 }
 
-async function call(method: string, path: string, body?: unknown, opts: { key?: string | null; headers?: Record<string, string>; raw?: BodyInit } = {}): Promise<Reply> {
+async function call(method: string, path: string, body?: unknown, opts: { key?: string | null; headers?: Record<string, string>; raw?: string | Uint8Array } = {}): Promise<Reply> {
   const headers: Record<string, string> = { ...opts.headers };
   const key = opts.key === undefined ? KEY_A : opts.key;
   if (key) headers['authorization'] = `Bearer ${key}`;
@@ -155,7 +155,7 @@ describe('bad input: the right 4xx and nothing written', () => {
     });
     expectError(await put(foreign), 400, 'state_model_mismatch');
     const corrupt = bytes.slice();
-    corrupt[corrupt.length - 40] ^= 0xff;
+    corrupt[corrupt.length - 40] = corrupt[corrupt.length - 40]! ^ 0xff;
     expectError(await put(corrupt), 400, 'state_invalid');
     expectError(await put(bytes.slice(0, 100)), 400, 'state_invalid');
     // The edge answers as soon as Content-Length says too much, without reading the body; a
