@@ -70,11 +70,22 @@ def episode(i: int, args, prose: ProseSampler, n_tokens: int):
     return torch.tensor(xs), torch.tensor(ws)
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+def lr_at(step: int, frac: float, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def progress(pos: dict, args) -> float:
+    """How far through training we are, 0..1. With --max-minutes the schedule (curriculum and
+    learning rate) follows whichever runs out first, steps or time: the CPU is shared and
+    its speed varies several-fold, and a run cut off before its long-session phase and its
+    learning-rate decay would be wasted. Give --steps alone for a run that is reproducible
+    step for step."""
+    f = pos["step"] / args.steps
+    if args.max_minutes:
+        f = max(f, pos["seconds"] / (args.max_minutes * 60))
+    return f
 
 
 def main() -> int:
@@ -94,7 +105,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ckpt-minutes", type=float, default=5)
     ap.add_argument("--eval-minutes", type=float, default=20)
-    ap.add_argument("--max-minutes", type=float, default=0, help="stop (and export) after this much training time")
+    ap.add_argument("--max-minutes", type=float, default=0,
+                    help="time budget: the schedule ends at this much training time if the steps are not done by then")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -120,6 +132,11 @@ def main() -> int:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         pos = ck["pos"]
+        if os.path.exists(log_path):  # drop log lines from after the checkpoint: they will be redone
+            with open(log_path) as f:
+                keep = [ln for ln in f if json.loads(ln)["step"] <= pos["step"]]
+            with open(log_path, "w") as f:
+                f.writelines(keep)
         print(f"resumed at step {pos['step']} ({pos['tokens']} tokens, {pos['seconds'] / 60:.1f} min)", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params}  config {json.dumps(cfg)}", flush=True)
@@ -135,17 +152,17 @@ def main() -> int:
     base_seconds = pos["seconds"]
     last_ckpt = last_eval = time.time()
     model.train()
-    while pos["step"] < args.steps:
-        k = curriculum(pos["step"] / args.steps)
+    while progress(pos, args) < 1.0:
+        k = curriculum(progress(pos, args))
         x, w = episode(pos["episode"], args, prose, k * args.seq)
         state = None
         for c in range(k):
-            if pos["step"] >= args.steps:
+            if progress(pos, args) >= 1.0:
                 break
             s = c * args.seq
             inp, tgt, wt = x[:, s:s + args.seq], x[:, s + 1:s + args.seq + 1], w[:, s + 1:s + args.seq + 1]
             for g in opt.param_groups:
-                g["lr"] = lr_at(pos["step"], args.steps, args.lr, args.warmup)
+                g["lr"] = lr_at(pos["step"], progress(pos, args), args.lr, args.warmup)
             logits, state = model(inp, state)
             state = [(a.detach(), b.detach()) for a, b in state]
             nll = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), tgt.reshape(-1), reduction="none")
@@ -176,9 +193,6 @@ def main() -> int:
         if time.time() - last_ckpt > args.ckpt_minutes * 60:
             save()
             last_ckpt = time.time()
-        if args.max_minutes and pos["seconds"] > args.max_minutes * 60:
-            print("time budget reached", flush=True)
-            break
     save()
     if args.export:
         export_model(model, args.export, {"steps": pos["step"], "tokens": pos["tokens"]})
