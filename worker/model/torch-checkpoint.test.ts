@@ -103,6 +103,25 @@ describe('readTorchCheckpoint', () => {
     expect(d.entries.get('a')).toBe(7);
   });
 
+  it('reads Zip64 archives (sizes and offsets in Zip64 extras, directory found through the Zip64 record)', async () => {
+    const plain = await readTorchCheckpoint(join(FIX, 'torch-tiny/pytorch_model.bin'));
+    const file = join(FIX, 'torch-tiny-zip64/pytorch_model.bin');
+    const z64 = await readTorchCheckpoint(file);
+    const bytes = async (entries: typeof plain) => Promise.all(entries.map(async (e) => Buffer.from(await readTensorBytes(e)).toString('hex')));
+    expect(z64.map((e) => [e.name, e.shape, e.dtype])).toEqual(plain.map((e) => [e.name, e.shape, e.dtype]));
+    expect(await bytes(z64)).toEqual(await bytes(plain));
+    // Mark the classic end record's fields as "see Zip64" so only the Zip64 record locates the directory.
+    const buf = await readFile(file);
+    const eocd = buf.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06]));
+    buf.writeUInt16LE(0xffff, eocd + 8);
+    buf.writeUInt16LE(0xffff, eocd + 10);
+    buf.writeUInt32LE(0xffffffff, eocd + 12);
+    buf.writeUInt32LE(0xffffffff, eocd + 16);
+    const forced = join(root, 'forced-zip64.bin');
+    await writeFile(forced, buf);
+    expect(await bytes(await readTorchCheckpoint(forced))).toEqual(await bytes(plain));
+  });
+
   it('a truncated or corrupt archive is a clear error', async () => {
     const bin = await readFile(join(FIX, 'torch-tiny/pytorch_model.bin'));
     const cut = join(root, 'cut.bin');
