@@ -24,7 +24,7 @@ describe('stack config', () => {
       requireConditionalWrites: false,
     });
     expect(c.modelUri).toBeUndefined();
-    expect(c.gpu).toEqual({ gpus: 1, vcpus: 4, memoryGiB: 16, gpuMemoryGiB: 24 });
+    expect(c.gpu).toEqual({ gpus: 1, vcpus: 4, memoryGiB: 16, gpuMemoryGiB: 24, cudaArch: '86' });
   });
 
   it('accepts `-c key=value` strings for numbers and booleans', () => {
@@ -58,7 +58,8 @@ describe('stack config', () => {
   it('knows the GPUs of multi-GPU sizes, so workers and instances stay one per GPU', () => {
     expect(gpuInstanceShape('g6.12xlarge')).toMatchObject({ gpus: 4, memoryGiB: 192 });
     expect(gpuInstanceShape('g5.48xlarge')).toMatchObject({ gpus: 8 });
-    expect(gpuInstanceShape('g6e.xlarge')).toMatchObject({ gpus: 1, gpuMemoryGiB: 48 });
+    expect(gpuInstanceShape('g6e.xlarge')).toMatchObject({ gpus: 1, gpuMemoryGiB: 48, cudaArch: '89' });
+    expect(gpuInstanceShape('g4dn.xlarge')).toMatchObject({ cudaArch: '75' });
     expect(gpuInstanceShape('p9.huge')).toBeUndefined();
   });
 

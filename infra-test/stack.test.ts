@@ -150,6 +150,16 @@ describe('GPU workers', () => {
     });
   });
 
+  it('builds the worker image from worker/Dockerfile for the instance family\'s GPU', () => {
+    const assets = JSON.parse(readFileSync(path.join(s.outdir, `${s.stack.artifactId}.assets.json`), 'utf8')) as {
+      dockerImages: Record<string, { source: { dockerFile?: string; dockerBuildArgs?: Record<string, string>; platform?: string } }>;
+    };
+    const images = Object.values(assets.dockerImages).map((i) => i.source);
+    expect(images).toEqual([
+      expect.objectContaining({ dockerFile: 'worker/Dockerfile', dockerBuildArgs: { CUDA_ARCHS: '86' }, platform: 'linux/amd64' }),
+    ]);
+  });
+
   it('sets only worker config variables, valid by the worker schema; the Redis token is an ECS secret', () => {
     const container = workerContainer();
     const variables = Object.fromEntries((container['Environment'] as { Name: string; Value: unknown }[]).map((e) => [e.Name, e.Value]));

@@ -9,6 +9,8 @@ export interface GpuInstanceShape {
   readonly memoryGiB: number;
   /** GPU memory per GPU, GiB (for the docs and sanity checks on model size). */
   readonly gpuMemoryGiB: number;
+  /** CUDA compute capability without the dot (75 = sm_75): the worker image compiles for it. */
+  readonly cudaArch: string;
 }
 
 type SizeTable = Readonly<Record<string, readonly [gpus: number, vcpus: number, memoryGiB: number]>>;
@@ -27,11 +29,11 @@ const G6E: SizeTable = {
   '16xlarge': [1, 64, 512], '12xlarge': [4, 48, 384], '24xlarge': [4, 96, 768], '48xlarge': [8, 192, 1536],
 };
 
-const FAMILIES: Readonly<Record<string, { sizes: SizeTable; gpuMemoryGiB: number }>> = {
-  g4dn: { sizes: G4DN, gpuMemoryGiB: 16 },
-  g5: { sizes: G5_G6, gpuMemoryGiB: 24 },
-  g6: { sizes: G5_G6, gpuMemoryGiB: 24 },
-  g6e: { sizes: G6E, gpuMemoryGiB: 48 },
+const FAMILIES: Readonly<Record<string, { sizes: SizeTable; gpuMemoryGiB: number; cudaArch: string }>> = {
+  g4dn: { sizes: G4DN, gpuMemoryGiB: 16, cudaArch: '75' },
+  g5: { sizes: G5_G6, gpuMemoryGiB: 24, cudaArch: '86' },
+  g6: { sizes: G5_G6, gpuMemoryGiB: 24, cudaArch: '89' },
+  g6e: { sizes: G6E, gpuMemoryGiB: 48, cudaArch: '89' },
 };
 
 export const SUPPORTED_GPU_FAMILIES = Object.keys(FAMILIES);
@@ -43,5 +45,5 @@ export function gpuInstanceShape(instanceType: string): GpuInstanceShape | undef
   const row = entry === undefined || size === undefined ? undefined : entry.sizes[size];
   if (entry === undefined || row === undefined) return undefined;
   const [gpus, vcpus, memoryGiB] = row;
-  return { gpus, vcpus, memoryGiB, gpuMemoryGiB: entry.gpuMemoryGiB };
+  return { gpus, vcpus, memoryGiB, gpuMemoryGiB: entry.gpuMemoryGiB, cudaArch: entry.cudaArch };
 }

@@ -197,6 +197,8 @@ export class GpuWorkers extends Construct {
       image: ecs.ContainerImage.fromAsset(props.repoRoot, {
         file: path.join('worker', 'Dockerfile'),
         platform: Platform.LINUX_AMD64,
+        // Compile the native engine for this instance family's GPU only (a faster build).
+        buildArgs: { CUDA_ARCHS: props.gpu.cudaArch },
       }),
       gpuCount: 1,
       memoryReservationMiB,
