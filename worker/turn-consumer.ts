@@ -76,9 +76,8 @@ export class TurnConsumer {
       if (turn.owns_turn_slot && turn.session !== null) await o.leases.releaseTurn(turn.tenant, turn.session, turn.turn_id).catch(() => {});
     };
     try {
-      const result = await o.runner.run(turn, attempt, this.shutdown.signal);
-      await freeSlot();
-      return result;
+      // The runner frees the turn slot itself before it reports `done`.
+      return await o.runner.run(turn, attempt, this.shutdown.signal);
     } catch (e) {
       if (e instanceof SessionLeaseBusy) {
         // Another turn on this session is running: wait behind it without spending an attempt.
@@ -94,11 +93,9 @@ export class TurnConsumer {
       const message = e instanceof Error ? e.message : String(e);
       const final = job.attemptsMade + 1 >= maxAttempts;
       o.log.warn('turn attempt failed', { turn: turn.turn_id, attempt, final, error: e instanceof Error ? (e.stack ?? message) : message });
+      if (final) await freeSlot();
       await stream.append({ type: 'error', attempt, code: 'turn_failed', message: final ? 'the turn failed' : 'retrying after a fault', final }).catch(() => {});
-      if (final) {
-        await freeSlot();
-        await this.countOutcome('failed');
-      }
+      if (final) await this.countOutcome('failed');
       throw new Error(encodeFailure('turn_failed', 'the turn failed after retries'));
     }
   }
@@ -110,8 +107,8 @@ export class TurnConsumer {
     e: TurnRejected,
     freeSlot: () => Promise<void>,
   ): Promise<never> {
-    await stream.append({ type: 'error', attempt, code: e.code, message: e.message, final: true }).catch(() => {});
     await freeSlot();
+    await stream.append({ type: 'error', attempt, code: e.code, message: e.message, final: true }).catch(() => {});
     await this.countOutcome(e.code);
     throw new UnrecoverableError(encodeFailure(e.code, e.message));
   }

@@ -102,6 +102,14 @@ export class TurnRunner {
     shutdown.addEventListener('abort', onShutdown);
     const deadlineTimer = setTimeout(() => abort.abort(new TurnRejected('turn_timeout', 'the turn ran past its deadline')), job.deadline_ms - startedAt);
     let owned: StateHandle | undefined;
+    // The client may send its next turn the moment it sees `done`: lease and turn slot must be
+    // free by then, so they are let go before it is written (and again, harmlessly, in finally).
+    const releaseSession = async () => {
+      stopKeepAlive();
+      if (lease) await deps.leases.release(lease).catch(() => {});
+      lease = undefined;
+      if (job.owns_turn_slot && job.session !== null) await deps.leases.releaseTurn(job.tenant, job.session, job.turn_id).catch(() => {});
+    };
     try {
       let manifest: SessionManifest | null = null;
       if (job.session !== null) {
@@ -112,7 +120,7 @@ export class TurnRunner {
         if (manifest.model !== deps.model.id) throw new TurnRejected('model_mismatch', `session ${job.session} belongs to model ${manifest.model}`);
         // A previous attempt committed and then died before reporting: report its result.
         const committed = manifest.versions.find((v) => v.turn_id === job.turn_id);
-        if (committed) return await this.replayCommitted(job, committed, attempt, stream);
+        if (committed) return await this.replayCommitted(job, committed, attempt, stream, releaseSession);
       }
 
       const start = await this.startingState(job, manifest);
@@ -221,6 +229,7 @@ export class TurnRunner {
         deps.cache.put(stateCacheKey(job.tenant, job.session, manifest.incarnation, committed.entry.version), start.state);
         owned = undefined;
       }
+      await releaseSession();
       await stream.append({ type: 'done', attempt, result });
       metrics.inc(METRICS.turns, { ...labels, outcome: 'ok' }).observe(METRICS.turnSeconds, labels, (Date.now() - job.enqueued_at) / 1000);
       await metrics.send(deps.redis, deps.keys).catch(() => {});
@@ -291,7 +300,13 @@ export class TurnRunner {
     return entry;
   }
 
-  private async replayCommitted(job: TurnJob, committed: ManifestVersion, attempt: number, stream: TurnStreamWriter): Promise<TurnResult> {
+  private async replayCommitted(
+    job: TurnJob,
+    committed: ManifestVersion,
+    attempt: number,
+    stream: TurnStreamWriter,
+    releaseSession: () => Promise<void>,
+  ): Promise<TurnResult> {
     const raw = await this.deps.redis.get(this.deps.keys.turnResult(job.turn_id));
     const parsed = raw ? TurnResult.safeParse(JSON.parse(raw)) : undefined;
     const result: TurnResult = parsed?.success
@@ -307,6 +322,7 @@ export class TurnRunner {
           usage: { input_tokens: 0, output_tokens: 0, cached_tokens: 0, tokens_absorbed: committed.tokens_absorbed },
         };
     await stream.append({ type: 'start', attempt, base_version: committed.parent, cached_tokens: result.usage.cached_tokens });
+    await releaseSession();
     await stream.append({ type: 'done', attempt, result });
     return result;
   }
