@@ -137,6 +137,20 @@ export const TurnUsage = z.object({
 });
 export type TurnUsage = z.infer<typeof TurnUsage>;
 
+/** Where the worker spent the turn, in milliseconds (also sent as a Server-Timing header). */
+export const TurnTimings = z.object({
+  /** From the edge enqueueing the turn to a worker starting it. */
+  queue_ms: z.number().nonnegative(),
+  /** Getting the starting state: hot cache, the store, or a fresh zero state (`state_source`). */
+  load_ms: z.number().nonnegative(),
+  state_source: z.enum(['cache', 'store', 'empty']),
+  prefill_ms: z.number().nonnegative(),
+  decode_ms: z.number().nonnegative(),
+  /** Export + durable write of the new version + head advance. */
+  checkpoint_ms: z.number().nonnegative(),
+});
+export type TurnTimings = z.infer<typeof TurnTimings>;
+
 export const TurnResponse = z.object({
   turn_id: z.string(),
   session_id: SessionId,
@@ -145,6 +159,7 @@ export const TurnResponse = z.object({
   output: z.string(),
   finish_reason: FinishReason,
   usage: TurnUsage,
+  timings: TurnTimings.optional(),
 });
 export type TurnResponse = z.infer<typeof TurnResponse>;
 

@@ -1,7 +1,7 @@
 // The payload of a `turn` job (edge → worker through BullMQ) and the result a worker returns.
 // Both sides parse them with these schemas, so a change here is a change of the contract.
 import { z } from 'zod';
-import { FinishReason, Message, ModelId, SessionId, TurnUsage, VersionNumber } from './api-schemas.ts';
+import { FinishReason, Message, ModelId, SessionId, TurnTimings, TurnUsage, VersionNumber } from './api-schemas.ts';
 import { isErrorCode, type ErrorCode } from './errors.ts';
 import { TenantId } from './session-manifest.ts';
 
@@ -61,6 +61,7 @@ export const TurnResult = z.object({
   output: z.string(),
   finish_reason: FinishReason,
   usage: TurnUsage,
+  timings: TurnTimings.optional(),
 });
 export type TurnResult = z.infer<typeof TurnResult>;
 

@@ -4,6 +4,7 @@
 // on shutdown), frees the session's turn slot when a turn ends, and shuts down gracefully:
 // stop taking jobs, let in-flight turns finish within the grace period, then release the rest
 // back to the queue untouched.
+import { setMaxListeners } from 'node:events';
 import { DelayedError, UnrecoverableError, WaitingError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { WorkerConfig } from '../shared/config.ts';
@@ -33,7 +34,10 @@ export class TurnConsumer {
   private readonly shutdown = new AbortController();
   private readonly inFlight = new Set<Promise<unknown>>();
 
-  constructor(private readonly o: TurnConsumerOptions) {}
+  constructor(private readonly o: TurnConsumerOptions) {
+    // Every in-flight turn listens for shutdown: up to WORKER_CONCURRENCY listeners is expected.
+    setMaxListeners(o.config.WORKER_CONCURRENCY + 16, this.shutdown.signal);
+  }
 
   get activeTurns(): number {
     return this.inFlight.size;

@@ -123,7 +123,16 @@ export class TurnRunner {
         if (committed) return await this.replayCommitted(job, committed, attempt, stream, releaseSession);
       }
 
+      const loadStart = performance.now();
       const start = await this.startingState(job, manifest);
+      const timings = {
+        queue_ms: Math.max(0, startedAt - job.enqueued_at),
+        load_ms: performance.now() - loadStart,
+        state_source: start.source,
+        prefill_ms: 0,
+        decode_ms: 0,
+        checkpoint_ms: 0,
+      };
       owned = start.state;
       const cachedTokens = start.state.tokensAbsorbed;
       await stream.append({ type: 'start', attempt, base_version: start.base?.version ?? null, cached_tokens: cachedTokens });
@@ -151,7 +160,9 @@ export class TurnRunner {
       };
 
       let logits: Float32Array | undefined;
+      const prefillStart = performance.now();
       if (inputIds.length > 0) logits = await deps.scheduler.prefill(start.state, Int32Array.from(inputIds), abort.signal);
+      timings.prefill_ms = performance.now() - prefillStart;
       metrics.inc(METRICS.prefillTokens, labels, inputIds.length);
       if (job.kind === 'turn') {
         if (!logits) throw new Error('a turn always feeds its generation prompt');
@@ -170,6 +181,7 @@ export class TurnRunner {
           },
           abort.signal,
         );
+        timings.decode_ms = outcome.seconds * 1000;
         output = outcome.text;
         finishReason = outcome.finishReason;
         outputTokens = outcome.generatedTokens;
@@ -184,7 +196,7 @@ export class TurnRunner {
       const usage = { input_tokens: inputIds.length, output_tokens: outputTokens, cached_tokens: cachedTokens, tokens_absorbed: start.state.tokensAbsorbed };
       let result: TurnResult;
       if (job.session === null || !manifest || !lease) {
-        result = { turn_id: job.turn_id, session: null, version: null, base_version: null, output, finish_reason: finishReason, usage };
+        result = { turn_id: job.turn_id, session: null, version: null, base_version: null, output, finish_reason: finishReason, usage, timings };
       } else {
         const transcript = [...job.messages, ...(job.kind === 'turn' ? [{ role: 'assistant' as const, content: output }] : [])].reduce(
           (h, m) => extendTranscript(h, m),
@@ -202,6 +214,7 @@ export class TurnRunner {
           output,
           finish_reason: finishReason,
           usage,
+          timings,
         };
         // Written before the head advances, so an attempt that commits and then dies can still be reported by its retry.
         await deps.redis.set(deps.keys.turnResult(job.turn_id), JSON.stringify(pending), 'EX', deps.config.TURN_RETENTION_S);
@@ -221,7 +234,8 @@ export class TurnRunner {
           if (e instanceof FencedOutError) throw new Error(`lost the session lease before committing: ${e.message}`);
           throw e;
         }
-        result = { ...pending, version: committed.entry.version };
+        timings.checkpoint_ms = performance.now() - checkpointStart;
+        result = { ...pending, version: committed.entry.version, timings };
         if (result.version !== pending.version) {
           await deps.redis.set(deps.keys.turnResult(job.turn_id), JSON.stringify(result), 'EX', deps.config.TURN_RETENTION_S);
         }

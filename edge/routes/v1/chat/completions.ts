@@ -14,6 +14,7 @@ import { toApiError } from '../../../http-errors.ts';
 import { readJsonBody, validationError } from '../../../request-body.ts';
 import type { SessionService } from '../../../session-service.ts';
 import { sseResponse } from '../../../sse.ts';
+import { serverTiming } from '../sessions/turns.ts';
 import { checkMaxTokens, DEFAULT_MAX_TOKENS, idempotencyKey, stopList } from '../../../turn-params.ts';
 import type { TurnService } from '../../../turn-service.ts';
 
@@ -111,6 +112,8 @@ export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, t
     if (!body.stream) {
       const r = await turns.result(turn, c.req.raw.signal);
       if (r.version !== null) c.header('X-Session-Version', String(r.version));
+      const timing = serverTiming(r);
+      if (timing) c.header('Server-Timing', timing);
       const answer: ChatCompletion = {
         id,
         object: 'chat.completion',

@@ -16,7 +16,22 @@ import { sessionParam } from '../../../validators.ts';
 
 export function turnResponse(r: TurnResult): TurnResponse {
   if (r.session === null || r.version === null) throw new Error('a session turn produced no version');
-  return { turn_id: r.turn_id, session_id: r.session, version: r.version, output: r.output, finish_reason: r.finish_reason, usage: r.usage };
+  return {
+    turn_id: r.turn_id,
+    session_id: r.session,
+    version: r.version,
+    output: r.output,
+    finish_reason: r.finish_reason,
+    usage: r.usage,
+    ...(r.timings ? { timings: r.timings } : {}),
+  };
+}
+
+/** The worker's timings as a Server-Timing header (browsers' and proxies' standard place for them). */
+export function serverTiming(r: TurnResult): string | undefined {
+  const t = r.timings;
+  if (!t) return undefined;
+  return (['queue', 'load', 'prefill', 'decode', 'checkpoint'] as const).map((k) => `${k};dur=${t[`${k}_ms`].toFixed(1)}`).join(', ');
 }
 
 export function sessionTurnRoutes(deps: EdgeDeps, sessions: SessionService, turns: TurnService): Hono<EdgeEnv> {
@@ -50,6 +65,8 @@ export function sessionTurnRoutes(deps: EdgeDeps, sessions: SessionService, turn
     if (!body.stream) {
       const result = await turns.result(turn, c.req.raw.signal);
       c.header('X-Session-Version', String(result.version));
+      const timing = serverTiming(result);
+      if (timing) c.header('Server-Timing', timing);
       return c.json(turnResponse(result));
     }
     const afterId = c.req.header('last-event-id');

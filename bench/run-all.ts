@@ -1,0 +1,25 @@
+// `npm run bench`: every benchmark, one after another, each in its own process so one's
+// memory and threads do not disturb the next. Each prints its own figures; each is also
+// runnable alone (npx tsx bench/<name>.ts). GPU benchmarks run only where a GPU is
+// (npm run bench:gpu).
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+
+const BENCHMARKS = [
+  'bench/engine-cpu.ts', // the ORT engine alone (lead)
+  'bench/serving-overhead.ts',
+  'bench/serving-throughput.ts',
+  'bench/resume-cost.ts',
+];
+
+let failed = 0;
+for (const script of BENCHMARKS) {
+  if (!existsSync(script)) continue;
+  console.log(`\n=== ${script} ===`);
+  const run = spawnSync(process.execPath, ['--import', 'tsx', script], { stdio: 'inherit' });
+  if (run.status !== 0) {
+    failed++;
+    console.log(`!!! ${script} failed (${run.signal ?? run.status})`);
+  }
+}
+process.exit(failed === 0 ? 0 : 1);

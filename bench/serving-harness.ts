@@ -1,0 +1,95 @@
+// What the serving benchmarks share: a private redis-server, the edge on loopback and one
+// in-process worker (ORT engine unless --engine says otherwise), a generated random model,
+// percentiles, and a small client of the native API.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { TurnResponse } from '../shared/api-schemas.ts';
+import { startRedisServer, type RedisServer } from '../stack/redis-server.ts';
+import { startTestServing, type TestServing } from '../test-support/serving.ts';
+import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../worker/model/testing/random-checkpoint.ts';
+
+export interface BenchStack {
+  readonly serving: TestServing;
+  readonly url: string;
+  stop(): Promise<void>;
+}
+
+/** A byte-level random model in .cache/bench (generated once). */
+export async function benchModel(name: string, options: RandomCheckpointOptions): Promise<string> {
+  const dir = join('.cache', 'bench', name);
+  if (!existsSync(join(dir, 'config.json'))) await writeRandomCheckpoint(dir, { vocabSize: 256, seed: 11, ...options });
+  return dir;
+}
+
+export async function startBenchStack(modelDir: string, env: Record<string, string> = {}): Promise<BenchStack> {
+  const redis: RedisServer = await startRedisServer();
+  const serving = await startTestServing({
+    redisUrl: redis.url,
+    modelDir,
+    env: { ENGINE: process.env['ENGINE'] ?? 'ort', MODEL_CACHE_DIR: '.cache/bench', LOG_LEVEL: 'error', ...env },
+  });
+  return {
+    serving,
+    url: serving.url,
+    async stop() {
+      await serving.stop();
+      await redis.stop();
+    },
+  };
+}
+
+export async function createSession(url: string, id?: string): Promise<string> {
+  const res = await fetch(`${url}/v1/sessions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(id ? { id } : {}) });
+  if (res.status !== 201) throw new Error(`create session: ${res.status} ${await res.text()}`);
+  return ((await res.json()) as { id: string }).id;
+}
+
+export async function turn(url: string, session: string, body: Record<string, unknown>): Promise<TurnResponse> {
+  const res = await fetch(`${url}/v1/sessions/${session}/turns`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  if (res.status !== 200) throw new Error(`turn: ${res.status} ${await res.text()}`);
+  return TurnResponse.parse(await res.json());
+}
+
+/** A streamed turn: milliseconds to the first token event and to the final event, and the result. */
+export async function streamedTurn(url: string, session: string, body: Record<string, unknown>): Promise<{ ttftMs: number; totalMs: number; result: TurnResponse }> {
+  const t0 = performance.now();
+  const res = await fetch(`${url}/v1/sessions/${session}/turns`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ ...body, stream: true }),
+  });
+  if (res.status !== 200 || !res.body) throw new Error(`turn: ${res.status} ${await res.text()}`);
+  const decoder = new TextDecoder();
+  let buffer = '';
+  let ttftMs: number | undefined;
+  for await (const chunk of res.body) {
+    buffer += decoder.decode(chunk as Uint8Array, { stream: true });
+    let end;
+    while ((end = buffer.indexOf('\n\n')) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const event = /^event: (.*)$/m.exec(block)?.[1];
+      const data = /^data: (.*)$/m.exec(block)?.[1] ?? '';
+      if (event === 'token') ttftMs ??= performance.now() - t0;
+      if (event === 'error') throw new Error(`turn failed: ${data}`);
+      if (event === 'done') {
+        const totalMs = performance.now() - t0;
+        return { ttftMs: ttftMs ?? totalMs, totalMs, result: TurnResponse.parse(JSON.parse(data)) };
+      }
+    }
+  }
+  throw new Error('stream ended without a done event');
+}
+
+export function percentile(values: readonly number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  if (sorted.length === 0) return NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i]!;
+}
+
+export const fmt = (ms: number) => `${ms.toFixed(1)} ms`;
+
+export function row(label: string, values: readonly number[]): string {
+  return `  ${label.padEnd(44)} p50 ${fmt(percentile(values, 50)).padStart(10)}   p99 ${fmt(percentile(values, 99)).padStart(10)}`;
+}
