@@ -110,7 +110,7 @@ export const EdgeConfigSchema = z.object({
   MAX_REQUEST_BYTES: int(1024, 1 << 30).default(8 * 1024 * 1024),
   /** Largest `.mstate` PUT /v1/sessions/{id}/state accepts (states are fixed-size per model). */
   MAX_STATE_UPLOAD_BYTES: int(1024, 2 ** 31).default(256 * 1024 * 1024),
-  /** Model of sessions created without one; when unset, the only model with a live worker. */
+  /** Model of sessions created without one; when unset, the only model any worker has registered. */
   DEFAULT_MODEL: z.string().trim().regex(/^[A-Za-z0-9._:/-]{1,128}$/).optional(),
   /** Retry-After (seconds) sent with 429 queue_full and 503 no_worker. */
   RETRY_AFTER_S: int(1, 3600).default(2),
@@ -132,13 +132,13 @@ export const WorkerConfigSchema = z.object({
   WORKER_CONCURRENCY: int(1, 1024).default(8),
   /** Bytes of hot session states kept in the worker's LRU cache. */
   STATE_CACHE_BYTES: int(0).default(1 << 30),
-  /** Seconds a worker gives in-flight turns on SIGTERM before releasing them. */
+  /** Milliseconds a worker gives in-flight turns on SIGTERM before releasing them back to the queue. */
   SHUTDOWN_GRACE_MS: int(0, 3_600_000).default(30_000),
   /** BullMQ job lock: a worker that stops renewing it (crash, blocked event loop) has its turn retried after this. */
   QUEUE_LOCK_MS: int(1000, 600_000).default(30_000),
   /** Prefill is fed in chunks of this many tokens, with a batched decode step between chunks. */
   PREFILL_CHUNK_TOKENS: int(1, 1 << 20).default(256),
-  /** Names this worker in leases and the worker registry; defaults to host:pid. */
+  /** Names this worker in leases and the worker registry; defaults to {hostname}-{pid}. */
   WORKER_ID: z.string().trim().regex(/^[A-Za-z0-9._-]{1,64}$/).optional(),
 });
 export type WorkerConfig = z.output<typeof WorkerConfigSchema>;

@@ -203,6 +203,11 @@ export class SessionStore {
       };
       try {
         const etag = await this.objects.putIfMatch(manifestKey, encoder.encode(JSON.stringify(next)), current.etag);
+        // The replaced head may now expire under the deployment's retention rule (the new head never does).
+        const replaced = m.versions.find((v) => v.version === m.head);
+        if (replaced && replaced.state_bytes > 0) {
+          await this.objects.markSuperseded(SessionStore.versionKey(tenant, session, replaced.version)).catch(() => {});
+        }
         return { manifest: next, etag, entry };
       } catch (e) {
         if (e instanceof StorePreconditionError) {

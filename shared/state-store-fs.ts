@@ -106,6 +106,8 @@ export class FsStateStore implements StateStore {
     return out;
   }
 
+  async markSuperseded(): Promise<void> {}
+
   async close(): Promise<void> {}
 
   /** Write `bytes` to a hidden temp file beside `path` and fsync it. */

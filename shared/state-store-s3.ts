@@ -8,11 +8,15 @@ import {
   GetObjectCommand,
   ListObjectsV2Command,
   PutObjectCommand,
+  PutObjectTaggingCommand,
   S3Client,
   S3ServiceException,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import { assertSafeKey, StorePreconditionError, StoreUnavailableError, type StateStore, type StoredObject } from './state-store.ts';
+
+/** The tag a deployment's lifecycle rule expires (cdk/lib/state-bucket.ts, docs/deploy.md). */
+export const SUPERSEDED_TAG = 'mamba-serve:superseded';
 
 export interface S3StateStoreOptions {
   readonly bucket: string;
@@ -140,6 +144,20 @@ export class S3StateStore implements StateStore {
       token = out.IsTruncated ? out.NextContinuationToken : undefined;
     } while (token);
     return keys;
+  }
+
+  async markSuperseded(key: string): Promise<void> {
+    try {
+      await this.client.send(
+        new PutObjectTaggingCommand({
+          Bucket: this.options.bucket,
+          Key: this.fullKey(key),
+          Tagging: { TagSet: [{ Key: SUPERSEDED_TAG, Value: 'true' }] },
+        }),
+      );
+    } catch (e) {
+      throw this.wrap(e, `tag ${key}`);
+    }
   }
 
   async close(): Promise<void> {

@@ -20,6 +20,12 @@ export interface StateStore {
   delete(keys: readonly string[]): Promise<void>;
   /** Every key under `prefix` (which ends with '/'), in no particular order. */
   list(prefix: string): Promise<string[]>;
+  /**
+   * Mark an object as replaced by a newer one (S3: the tag `mamba-serve:superseded=true`, which
+   * the deployment's lifecycle rule expires after a retention period). Best effort; the
+   * filesystem store keeps everything.
+   */
+  markSuperseded(key: string): Promise<void>;
   close(): Promise<void>;
 }
 

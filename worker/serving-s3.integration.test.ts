@@ -1,7 +1,7 @@
 // The same serving path with the S3 state store (a real moto server speaking S3, path-style,
 // with conditional writes): versions land under the documented layout, and a fresh worker
 // resumes from them.
-import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
+import { GetObjectTaggingCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SessionCreated, TurnResponse } from '../shared/api-schemas.ts';
 import { startMotoServer, type MotoServer } from '../test-support/moto-server.ts';
@@ -61,6 +61,11 @@ describe('serving on S3', () => {
       'prod/v1/tenants/local/sessions/on-s3/v1.mstate',
       'prod/v1/tenants/local/sessions/on-s3/v2.mstate',
     ]);
+    // The replaced head is tagged for the deployment's retention rule; the head is not.
+    const tags = async (v: number) =>
+      (await client.send(new GetObjectTaggingCommand({ Bucket: 'states', Key: `prod/v1/tenants/local/sessions/on-s3/v${v}.mstate` }))).TagSet;
+    expect(await tags(1)).toEqual([{ Key: 'mamba-serve:superseded', Value: 'true' }]);
+    expect(await tags(2)).toEqual([]);
     client.destroy();
   });
 });
