@@ -283,6 +283,7 @@ describe.skipIf(!availability.ok)(title('cuda engine: graphs, 16-bit types, erro
   it('refuses what it must: full pool, foreign and freed states, bad tokens, another model\'s state', async () => {
     await withEngine(ckpt, { dtype: 'F32', maxSlots: 2 }, async (e) => {
       const a = await e.newState();
+      await e.prefill(a, Int32Array.of(5, 6, 7));
       await e.newState();
       await expect(e.newState()).rejects.toMatchObject({ name: 'EngineError', code: 'capacity' });
       e.freeState(a);
