@@ -1,0 +1,37 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeRandomCheckpoint } from '../model/testing/random-checkpoint.ts';
+import { createEngine } from './create-engine.ts';
+import { cudaAvailability } from './cuda/cuda-addon.ts';
+
+let root: string;
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'ms-create-'));
+  await writeRandomCheckpoint(join(root, 'model'), { seed: 3 });
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+describe('createEngine', () => {
+  const cuda = cudaAvailability();
+
+  it(`'auto' picks ${cuda.ok ? 'cuda' : 'ort'} on this machine`, async () => {
+    const { engine } = await createEngine({ modelDir: join(root, 'model'), cacheDir: join(root, 'cache'), intraOpThreads: 1 });
+    try {
+      expect(engine.kind).toBe(cuda.ok ? 'cuda' : 'ort');
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it.skipIf(cuda.ok)("'cuda' without a usable GPU says why", async () => {
+    await expect(createEngine({ modelDir: join(root, 'model'), engine: 'cuda' })).rejects.toMatchObject({ code: 'cuda_unavailable' });
+  });
+
+  it('a missing model directory is a model_not_found error', async () => {
+    await expect(createEngine({ modelDir: join(root, 'nope') })).rejects.toMatchObject({ code: 'model_not_found' });
+  });
+});
