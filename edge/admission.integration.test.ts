@@ -58,5 +58,13 @@ describe('admission', () => {
     expect(none.headers.get('retry-after')).toBe('3');
     expect(((await none.json()) as { error: { code: string } }).error.code).toBe('no_worker');
     expect((await fetch(`${serving.url}/readyz`)).status).toBe(503);
+    // A chat naming a new session creates nothing when no worker could answer it.
+    const chat = await fetch(`${serving.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-session-id': 'never-made' },
+      body: JSON.stringify({ messages: [{ role: 'user', content: 'hi' }] }),
+    });
+    expect(chat.status).toBe(503);
+    expect((await fetch(`${serving.url}/v1/sessions/never-made`)).status).toBe(404);
   });
 });

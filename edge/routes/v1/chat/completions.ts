@@ -69,7 +69,15 @@ export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, t
     } else {
       const requested = body.model ?? undefined;
       const existing = await deps.sessions.read(tenant, sessionId);
-      const found = existing ?? (await sessions.getOrCreate(tenant, sessionId, await sessions.resolveModel(requested))).found;
+      let found = existing;
+      if (!found) {
+        const newModel = await sessions.resolveModel(requested);
+        // Refuse before creating anything when no worker could run the turn.
+        if ((await deps.models.liveWorkers(newModel)) === 0) {
+          throw new ApiError('no_worker', `no worker is serving model ${newModel} right now`, { retryAfterSeconds: deps.config.RETRY_AFTER_S });
+        }
+        found = (await sessions.getOrCreate(tenant, sessionId, newModel)).found;
+      }
       const m = found.manifest;
       if (requested !== undefined && requested !== m.model) {
         throw new ApiError('model_mismatch', `session ${sessionId} belongs to model ${m.model}, not ${requested}`);
