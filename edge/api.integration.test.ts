@@ -293,7 +293,30 @@ describe('chat completions with a session', () => {
   });
 });
 
+function parseSse(text: string): Array<Record<string, string>> {
+  return text
+    .split('\n\n')
+    .filter(Boolean)
+    .map((block) => Object.fromEntries(block.split('\n').map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 2)])));
+}
+
 describe('streaming', () => {
+  it('resumes a stream after Last-Event-ID (same Idempotency-Key)', async () => {
+    const s = await newSession();
+    const send = (extra: Record<string, string>) =>
+      fetch(`${serving.url}/v1/sessions/${s.id}/turns`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${KEY_A}`, 'content-type': 'application/json', 'idempotency-key': 'resume-1', ...extra },
+        body: JSON.stringify({ input: 'resume me', max_tokens: 10, temperature: 0, stream: true }),
+      }).then((r) => r.text());
+    const all = parseSse(await send({}));
+    const tokens = all.filter((e) => e['event'] === 'token');
+    expect(tokens.length).toBeGreaterThan(3);
+    const rest = parseSse(await send({ 'last-event-id': tokens[2]!['id']! }));
+    expect(rest.map((e) => e['id'])).toEqual(all.slice(all.indexOf(tokens[2]!) + 1).map((e) => e['id']));
+    expect((await versions(s.id)).head).toBe(1);
+  });
+
   it('native SSE: token events, then done with the durable version', async () => {
     const s = await newSession();
     const res = await fetch(`${serving.url}/v1/sessions/${s.id}/turns`, {

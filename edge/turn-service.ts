@@ -128,8 +128,10 @@ export class TurnService {
   async *follow(turn: SubmittedTurn, options: { afterId?: string | undefined; signal?: AbortSignal } = {}): AsyncGenerator<TurnOutput> {
     const { redis, keys, queues } = this.deps;
     const finished = await this.finishedResult(turn);
-    if (finished) {
-      if (finished.output) yield { type: 'text', text: finished.output, id: '0-1' };
+    // A finished turn is replayed from its token stream while that exists (exact event ids, so
+    // Last-Event-ID works), else from the stored result.
+    if (finished && !(await redis.exists(keys.turnStream(turn.turnId)))) {
+      if (finished.output && !options.afterId) yield { type: 'text', text: finished.output, id: '0-1' };
       yield { type: 'done', result: finished, id: '0-2' };
       return;
     }
