@@ -170,16 +170,17 @@ export class SessionStore {
       } catch (e) {
         if (!(e instanceof StorePreconditionError)) throw e;
         // A file for a version the manifest never took: a commit that crashed (or lost its
-        // lease) between its two writes. Record our fence first, so that writer can no
-        // longer advance the head with the ETag it holds, then clear its file and retry.
-        await this.objects.putIfMatch(manifestKey, encoder.encode(JSON.stringify({ ...m, fence })), current.etag).catch((err) => {
-          if (err instanceof StorePreconditionError) return; // changed under us: the next read sorts it out
-          throw err;
-        });
-        const again = await this.read(tenant, session);
-        if (again && again.manifest.fence <= fence && !again.manifest.versions.some((v) => v.version === version)) {
-          await this.objects.delete([versionKey]);
-        }
+        // lease) between its two writes. Skip the number (versions are never reused, and the
+        // worker needs no delete permission) and record our fence in the same replace, so that
+        // writer can no longer advance the head with the ETag it holds. Its file is tagged for
+        // the retention rule like any replaced version.
+        await this.objects
+          .putIfMatch(manifestKey, encoder.encode(JSON.stringify({ ...m, fence, next_version: version + 1 })), current.etag)
+          .catch((err) => {
+            if (err instanceof StorePreconditionError) return; // changed under us: the next read sorts it out
+            throw err;
+          });
+        await this.objects.markSuperseded(versionKey).catch(() => {});
         continue;
       }
       const now = (args.now?.() ?? new Date()).toISOString();

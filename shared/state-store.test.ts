@@ -102,14 +102,16 @@ describe.each(stores)('%s state store', (_name, make) => {
     expect((await sessions.read('t1', 's1'))!.manifest.head).toBe(1);
     expect(await sessions.readState('t1', 's1', 2)).toBeNull();
 
-    // A crashed commit left v2's file without a manifest entry: the next commit takes v2 cleanly.
+    // A crashed commit left v2's file without a manifest entry: the next commit skips the
+    // number (never overwriting or deleting the stray file) and takes v3.
     await objects.putIfAbsent(SessionStore.versionKey('t1', 's1', 2), bytes('orphan'));
     const c2 = await sessions.commitVersion({
-      tenant: 't1', session: 's1', fence: 4, state: bytes('state-2'),
+      tenant: 't1', session: 's1', fence: 4, state: bytes('state-3'),
       version: { parent: 1, tokens_absorbed: 7, transcript_hash: h1, origin: 'turn' },
     });
-    expect(c2.entry.version).toBe(2);
-    expect(text((await sessions.readState('t1', 's1', 2))!)).toBe('state-2');
+    expect(c2.entry.version).toBe(3);
+    expect(text((await sessions.readState('t1', 's1', 3))!)).toBe('state-3');
+    expect(text((await sessions.readState('t1', 's1', 2))!)).toBe('orphan');
 
     // A precondition re-checked at commit time aborts without writing.
     await expect(
@@ -120,11 +122,11 @@ describe.each(stores)('%s state store', (_name, make) => {
       }),
     ).rejects.toThrow(/head moved/);
     const after = (await sessions.read('t1', 's1'))!.manifest;
-    expect(after.head).toBe(2);
-    expect(after.versions.map((v) => v.version)).toEqual([0, 1, 2]);
+    expect(after.head).toBe(3);
+    expect(after.versions.map((v) => v.version)).toEqual([0, 1, 3]);
     expect(after.versions[1]!.turn_id).toBe('turn-a');
 
-    expect(await sessions.delete('t1', 's1')).toBe(2);
+    expect(await sessions.delete('t1', 's1')).toBe(3);
     expect(await sessions.read('t1', 's1')).toBeNull();
     expect(await objects.list(SessionStore.sessionPrefix('t1', 's1'))).toEqual([]);
     await objects.close();
