@@ -39,8 +39,14 @@ export async function startTestServing(options: {
     LOG_LEVEL: 'error',
     ...options.env,
   };
-  const edgeConfig: EdgeConfig = parseEnv(EdgeConfigSchema, env);
-  const edge = await startNodeEdge(edgeConfig);
+  let edge: RunningEdge;
+  try {
+    const edgeConfig: EdgeConfig = parseEnv(EdgeConfigSchema, env);
+    edge = await startNodeEdge(edgeConfig);
+  } catch (e) {
+    await rm(dataDir, { recursive: true, force: true });
+    throw e;
+  }
   const workers: RunningWorker[] = [];
   const addWorker = async (extraEnv: Record<string, string> = {}) => {
     const config: WorkerConfig = parseEnv(WorkerConfigSchema, { ...env, WORKER_ID: `w${workers.length + 1}`, ...extraEnv });
