@@ -121,14 +121,18 @@ describe('worker faults', () => {
   const chat = (session: string, content: string, maxTokens: number) =>
     client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content }], max_tokens: maxTokens, temperature: 0 }, { headers: { 'X-Session-Id': session } });
 
-  async function attemptsOf(turnId: string): Promise<Set<number>> {
+  async function withRedis<T>(fn: (r: Redis) => Promise<T>): Promise<T> {
     const redis = new Redis(stack.redisUrl);
     try {
-      const entries = await redis.xrange(`ms:stream:${turnId}`, '-', '+');
-      return new Set(entries.map(([, fields]) => JSON.parse(fields[1]!).attempt as number));
+      return await fn(redis);
     } finally {
       redis.disconnect();
     }
+  }
+
+  async function attemptsOf(turnId: string): Promise<Set<number>> {
+    const entries = await withRedis((r) => r.xrange(`ms:stream:${turnId}`, '-', '+'));
+    return new Set(entries.map(([, fields]) => JSON.parse(fields[1]!).attempt as number));
   }
 
   async function tensors(session: string, version: number) {
@@ -189,10 +193,16 @@ describe('worker faults', () => {
       { headers: { 'X-Session-Id': 'sigterm', 'Idempotency-Key': 'sigterm-1' } },
     );
     while ((await attemptsOf(turnId)).size === 0) await new Promise((r) => setTimeout(r, 20));
-    // Whichever worker took it releases it on SIGTERM; the other (or a fresh one) finishes it.
-    await stack.worker.stop(30_000);
-    stack.worker = await stack.startWorker();
-    await spare.stop(30_000);
+    // SIGTERM the worker holding the session's lease ("{fence}:{worker id}"): it releases the
+    // turn (grace 0) and the other worker finishes it.
+    const holder = await withRedis((r) => r.get('ms:lease:local:sigterm'));
+    const holderId = holder!.slice(holder!.indexOf(':') + 1);
+    if (holderId === spare.ready.id) await spare.stop(30_000);
+    else {
+      expect(holderId).toBe(stack.worker.ready.id);
+      await stack.worker.stop(30_000);
+      stack.worker = spare;
+    }
     const done = await pending;
     expect(done.choices[0]!.message.content).toBe(control.choices[0]!.message.content);
     expect((await attemptsOf(turnId)).size).toBeGreaterThan(1);
