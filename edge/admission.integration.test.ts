@@ -23,6 +23,7 @@ beforeAll(async () => {
     env: { MAX_QUEUE_DEPTH: '1', TURN_TIMEOUT_MS: '1500', RETRY_AFTER_S: '3', WORKER_STALE_MS: '2000' },
   });
   redis = new Redis(redisServer().url);
+  redis.on('error', () => {});
 });
 afterAll(async () => {
   redis?.disconnect();
@@ -66,5 +67,16 @@ describe('admission', () => {
     });
     expect(chat.status).toBe(503);
     expect((await fetch(`${serving.url}/v1/sessions/never-made`)).status).toBe(404);
+  });
+
+  it('Redis down: turns answer 503 promptly, readiness fails, stored sessions stay readable', async () => {
+    await redisServer().stop();
+    const t0 = Date.now();
+    const turn = await post('/v1/sessions/s1/turns', { input: 'hi' });
+    expect(turn.status).toBe(503);
+    expect(((await turn.json()) as { error: { code: string } }).error.code).toBe('unavailable');
+    expect(Date.now() - t0).toBeLessThan(10_000);
+    expect((await fetch(`${serving.url}/readyz`)).status).toBe(503);
+    expect((await fetch(`${serving.url}/v1/sessions/s1`)).status).toBe(200);
   });
 });

@@ -31,8 +31,9 @@ export function createEdgeDeps(config: EdgeConfig, overrides: { apiKeys?: Readon
   const log = overrides.log ?? createLogger('edge', config.LOG_LEVEL);
   const redis = new Redis(config.REDIS_URL, {
     ...(config.REDIS_PASSWORD ? { password: config.REDIS_PASSWORD } : {}),
-    // BullMQ requires it; requests fail by their own deadlines instead.
-    maxRetriesPerRequest: null,
+    // A request whose Redis is down fails after a few reconnect attempts (503) instead of
+    // hanging; BullMQ requires `null` only for Workers' blocking connections, not for Queues.
+    maxRetriesPerRequest: 2,
     lazyConnect: false,
   });
   redis.on('error', (e) => log.warn('redis error', { error: e.message }));

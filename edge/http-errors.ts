@@ -5,6 +5,7 @@ import type { Context } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { ApiError } from '../shared/errors.ts';
+import { StoreUnavailableError } from '../shared/state-store.ts';
 import type { Logger } from '../shared/logger.ts';
 
 export function errorResponse(c: Context, error: ApiError): Response {
@@ -15,6 +16,15 @@ export function errorResponse(c: Context, error: ApiError): Response {
 /** Map any thrown value to the ApiError the client sees. */
 export function toApiError(err: unknown, log: Logger): ApiError {
   if (err instanceof ApiError) return err;
+  // Outages of what the edge depends on are 503s the client may retry, not 500s.
+  if (err instanceof StoreUnavailableError) {
+    log.warn('state store unavailable', { error: err.message });
+    return new ApiError('unavailable', 'the state store is unavailable; retry shortly', { retryAfterSeconds: 2 });
+  }
+  if (err instanceof Error && (err.name === 'MaxRetriesPerRequestError' || /ECONNREFUSED|Connection is closed|ETIMEDOUT/.test(err.message))) {
+    log.warn('redis unavailable', { error: err.message });
+    return new ApiError('unavailable', 'the queue is unavailable; retry shortly', { retryAfterSeconds: 2 });
+  }
   if (err instanceof HTTPException) {
     if (err.status === 413) return new ApiError('payload_too_large', err.message || 'request body is too large');
     if (err.status === 401) return new ApiError('unauthorized', err.message || 'unauthorized');

@@ -59,6 +59,8 @@ export async function* readTurnStream(
 ): AsyncGenerator<StreamEntry> {
   let last = options.fromId ?? '0';
   const conn = redis.duplicate();
+  // Failures surface through the commands; the connection's own events would be unhandled noise.
+  conn.on('error', () => {});
   try {
     for (;;) {
       if (options.signal?.aborted) return;

@@ -10,7 +10,7 @@ export function healthRoutes(deps: EdgeDeps): Hono {
   app.get('/healthz', (c) => c.json({ ok: true }));
   app.get('/readyz', async (c) => {
     try {
-      await deps.redis.ping();
+      await Promise.race([deps.redis.ping(), new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), 2_000).unref())]);
     } catch {
       return errorResponse(c, new ApiError('unavailable', 'Redis does not answer', { retryAfterSeconds: deps.config.RETRY_AFTER_S }));
     }
