@@ -96,6 +96,19 @@ describe('auth and tenants', () => {
     expect(models.json.data).toEqual([expect.objectContaining({ id: 'tiny', object: 'model', workers: 1 })]);
   });
 
+  it('serves Prometheus metrics without auth', async () => {
+    const s = await newSession();
+    await call('POST', `/v1/sessions/${s.id}/turns`, { input: 'count me', max_tokens: 2 });
+    const res = await fetch(`${serving.url}/metrics`);
+    expect(res.headers.get('content-type')).toMatch(/^text\/plain/);
+    const text = await res.text();
+    expect(text).toMatch(/^mamba_turns_total\{model="tiny",outcome="ok"\} [1-9]/m);
+    expect(text).toMatch(/^mamba_checkpoint_bytes_bucket\{model="tiny",le="\+Inf"\} [1-9]/m);
+    expect(text).toMatch(/^mamba_time_to_first_token_seconds_count\{model="tiny"\} [1-9]/m);
+    expect(text).toMatch(/^mamba_queue_depth\{model="tiny",state="waiting"\} 0$/m);
+    expect(text).toMatch(/^mamba_workers\{model="tiny"\} 1$/m);
+  });
+
   it("another tenant's session is not found, and the same id can exist in both", async () => {
     const s = await newSession({ id: 'shared-name' });
     expectError(await call('GET', `/v1/sessions/${s.id}`, undefined, { key: KEY_B }), 404, 'session_not_found');
