@@ -8,6 +8,7 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { z } from 'zod';
 import { parseEnv } from '../shared/config.ts';
+import { METRICS_NAMESPACE } from '../shared/queue-metric-names.ts';
 import { RedisKeys } from '../shared/redis-keys.ts';
 import { publishQueueMetrics, type MetricsSender, type PublishedQueueMetrics } from './queue-metrics.ts';
 
@@ -27,7 +28,7 @@ export const QueueMetricsEnvSchema = z
       .string()
       .transform((v) => v.split(',').map((m) => m.trim()).filter(Boolean))
       .pipe(z.array(z.string().regex(/^[A-Za-z0-9._:/-]{1,128}$/)).min(1, 'needs at least one model id')),
-    METRICS_NAMESPACE: z.string().trim().min(1).max(255).default('MambaServe'),
+    METRICS_NAMESPACE: z.string().trim().min(1).max(255).default(METRICS_NAMESPACE),
     DEPLOYMENT: z.string().trim().min(1).max(255),
     TURNS_PER_WORKER: z.string().trim().regex(/^\d+$/).transform(Number).pipe(z.number().int().min(1)).default(8),
   })

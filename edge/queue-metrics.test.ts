@@ -7,6 +7,7 @@ import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError } from '../shared/config.ts';
+import { QUEUE_METRIC_NAMES } from '../shared/queue-metric-names.ts';
 import { RedisKeys } from '../shared/redis-keys.ts';
 import {
   createQueueMetricsJob,
@@ -14,7 +15,7 @@ import {
   QueueMetricsPublishError,
   QueueMetricsTimeoutError,
 } from './queue-metrics-lambda.ts';
-import { desiredWorkers, publishQueueMetrics, QUEUE_METRIC_NAMES } from './queue-metrics.ts';
+import { desiredWorkers, publishQueueMetrics } from './queue-metrics.ts';
 
 const PASSWORD = 'test-auth-token-0123456789';
 let redis: ChildProcess;

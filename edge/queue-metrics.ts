@@ -5,25 +5,7 @@
 // send one PutMetricData); the handler owns the environment and the clients.
 import { PutMetricDataCommand, type MetricDatum } from '@aws-sdk/client-cloudwatch';
 import type { Queue } from 'bullmq';
-
-/**
- * CloudWatch names of the published metrics. cdk/lib/queue-metric-names.ts mirrors these for the
- * scaling policy and alarms (cdk/ may not import edge/); infra-test checks the two agree.
- */
-export const QUEUE_METRIC_NAMES = {
-  /** Turns ready to run that no worker has taken (BullMQ `waiting` + `prioritized`). */
-  waiting: 'TurnsWaiting',
-  /** Turns backing off before a retry (BullMQ `delayed`): they need a worker soon. */
-  delayed: 'TurnsDelayed',
-  /** Turns a worker is running. */
-  active: 'TurnsActive',
-  /** Age of the oldest turn still waiting for a worker; 0 when none waits. */
-  oldestWaitingAge: 'OldestWaitingTurnAgeSeconds',
-  /** ceil((waiting + delayed + active) / turnsPerWorker): the worker count the queue needs now. */
-  desiredWorkers: 'DesiredWorkers',
-} as const;
-
-export const QUEUE_METRIC_DIMENSIONS = { deployment: 'Deployment', model: 'Model' } as const;
+import { QUEUE_METRIC_DIMENSIONS, QUEUE_METRIC_NAMES } from '../shared/queue-metric-names.ts';
 
 /**
  * Prioritized jobs sit in a sorted set ordered by priority, not age, so finding the oldest

@@ -3,9 +3,9 @@
 import { describe, expect, it } from 'vitest';
 import { MAX_WORKERS_LIMIT, parseStackConfig, StackConfigError, STACK_CONFIG_KEYS } from '../cdk/lib/config.ts';
 import { gpuInstanceShape } from '../cdk/lib/gpu-instances.ts';
-import { METRICS_NAMESPACE, QUEUE_METRIC, QUEUE_METRIC_DIMENSION } from '../cdk/lib/queue-metric-names.ts';
+import { queueMetric } from '../cdk/lib/queue-metric.ts';
 import { QueueMetricsEnvSchema } from '../edge/queue-metrics-lambda.ts';
-import { QUEUE_METRIC_DIMENSIONS, QUEUE_METRIC_NAMES } from '../edge/queue-metrics.ts';
+import { toMetricData } from '../edge/queue-metrics.ts';
 
 describe('stack config', () => {
   it('deploys with no context at all', () => {
@@ -70,11 +70,18 @@ describe('stack config', () => {
 });
 
 describe('contracts between the stack and the queue-metrics publisher', () => {
-  it('uses the metric names and dimensions the publisher writes', () => {
-    expect(QUEUE_METRIC).toEqual(QUEUE_METRIC_NAMES);
-    expect(QUEUE_METRIC_DIMENSION).toEqual(QUEUE_METRIC_DIMENSIONS);
-    expect(QueueMetricsEnvSchema.parse({ REDIS_URL: 'redis://h:1', MODEL_IDS: 'm', DEPLOYMENT: 'd' }).METRICS_NAMESPACE).toBe(
-      METRICS_NAMESPACE,
+  it('the scaling alarm reads the metric the publisher writes: namespace, name and dimensions', () => {
+    // Both sides take the names from shared/queue-metric-names.ts; this checks how each uses them.
+    const namespace = QueueMetricsEnvSchema.parse({ REDIS_URL: 'redis://h:1', MODEL_IDS: 'm', DEPLOYMENT: 'd' }).METRICS_NAMESPACE;
+    const published = toMetricData(
+      { waiting: 3, delayed: 0, active: 1, oldestWaitingAgeMs: 5_000 },
+      { namespace, deployment: 'd', modelId: 'm', turnsPerWorker: 8 },
+      new Date(0),
     );
+    const read = queueMetric('DesiredWorkers', 'd', 'm', 'Maximum');
+    expect(read.namespace).toBe(namespace);
+    const datum = published.find((d) => d.MetricName === read.metricName);
+    expect(datum?.Value).toBe(1);
+    expect(Object.fromEntries((datum?.Dimensions ?? []).map((d) => [d.Name, d.Value]))).toEqual(read.dimensions);
   });
 });

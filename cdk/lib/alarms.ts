@@ -15,7 +15,8 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import { Construct } from 'constructs';
-import { METRICS_NAMESPACE, QUEUE_METRIC, queueMetric } from './queue-metric-names.ts';
+import { METRICS_NAMESPACE, QUEUE_METRIC_NAMES } from '../../shared/queue-metric-names.ts';
+import { queueMetric } from './queue-metric.ts';
 
 /**
  * Worker log lines that count as errors: JSON lines whose `level` is "error" (or pino's 50).
@@ -57,7 +58,7 @@ export class Alarms extends Construct {
 
     alarm('QueueAge', {
       alarmDescription: `A turn has waited more than ${props.queueAgeAlarmSeconds} s for a worker`,
-      metric: queueMetric(QUEUE_METRIC.oldestWaitingAge, props.deployment, props.modelId, 'Maximum'),
+      metric: queueMetric(QUEUE_METRIC_NAMES.oldestWaitingAge, props.deployment, props.modelId, 'Maximum'),
       threshold: props.queueAgeAlarmSeconds,
       comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
       evaluationPeriods: 3,
@@ -66,7 +67,7 @@ export class Alarms extends Construct {
 
     alarm('QueueMetricsStale', {
       alarmDescription: 'The turn-queue metric has not been published for 5 minutes: worker autoscaling is blind',
-      metric: queueMetric(QUEUE_METRIC.desiredWorkers, props.deployment, props.modelId, 'SampleCount'),
+      metric: queueMetric(QUEUE_METRIC_NAMES.desiredWorkers, props.deployment, props.modelId, 'SampleCount'),
       threshold: 1,
       comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
       evaluationPeriods: 5,

@@ -5,12 +5,13 @@ import path from 'node:path';
 import { CfnOutput, Stack, type StackProps } from 'aws-cdk-lib';
 import type * as logs from 'aws-cdk-lib/aws-logs';
 import type { Construct } from 'constructs';
+import { QUEUE_METRIC_NAMES } from '../../shared/queue-metric-names.ts';
 import { Alarms, createAlarmTopic } from './alarms.ts';
 import type { StackConfig } from './config.ts';
 import { EdgeFunction } from './edge-function.ts';
 import { GpuWorkers } from './gpu-workers.ts';
 import { Network } from './network.ts';
-import { QUEUE_METRIC, queueMetric } from './queue-metric-names.ts';
+import { queueMetric } from './queue-metric.ts';
 import { QueueMetricsPublisher } from './queue-metrics-publisher.ts';
 import { QueueScaling } from './queue-scaling.ts';
 import { Redis } from './redis.ts';
@@ -117,7 +118,7 @@ export class MambaServeStack extends Stack {
 
     this.scaling = new QueueScaling(this, 'Scaling', {
       service: this.workers.service,
-      desiredWorkers: queueMetric(QUEUE_METRIC.desiredWorkers, deployment, c.modelId, 'Maximum'),
+      desiredWorkers: queueMetric(QUEUE_METRIC_NAMES.desiredWorkers, deployment, c.modelId, 'Maximum'),
       minWorkers: c.minWorkers,
       maxWorkers: c.maxWorkers,
       scaleToZeroAfterMinutes: c.scaleToZeroAfterMinutes,

@@ -9,8 +9,8 @@ import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as logs from 'aws-cdk-lib/aws-logs';
 import { Construct } from 'constructs';
+import { METRICS_NAMESPACE } from '../../shared/queue-metric-names.ts';
 import { NodeLambda } from './node-lambda.ts';
-import { METRICS_NAMESPACE } from './queue-metric-names.ts';
 import type { Redis } from './redis.ts';
 
 export interface QueueMetricsPublisherProps {
