@@ -8,6 +8,7 @@ import { ModelRegistry } from '../shared/model-registry.ts';
 import { RedisKeys } from '../shared/redis-keys.ts';
 import { SessionLeases } from '../shared/session-lease.ts';
 import { SessionStore } from '../shared/session-store.ts';
+import { ServedModels } from './served-models.ts';
 import { TurnQueues } from './turn-queues.ts';
 
 export interface EdgeDeps {
@@ -17,6 +18,8 @@ export interface EdgeDeps {
   readonly sessions: SessionStore;
   readonly leases: SessionLeases;
   readonly models: ModelRegistry;
+  /** What the edge serves and may admit turns for (the registry, plus QUEUE_WITHOUT_WORKERS). */
+  readonly served: ServedModels;
   readonly queues: TurnQueues;
   /** API key → tenant; undefined = no auth (local only). */
   readonly apiKeys: ReadonlyMap<string, string> | undefined;
@@ -40,13 +43,15 @@ export function createEdgeDeps(config: EdgeConfig, overrides: { apiKeys?: Readon
   const keys = new RedisKeys(config.REDIS_PREFIX);
   const objects = createStateStore(config, (m) => log.warn(m));
   const queues = new TurnQueues(redis, keys);
+  const models = new ModelRegistry(redis, keys, config.WORKER_STALE_MS);
   return {
     config,
     redis,
     keys,
     sessions: new SessionStore(objects),
     leases: new SessionLeases(redis, keys, config.LEASE_TTL_MS),
-    models: new ModelRegistry(redis, keys, config.WORKER_STALE_MS),
+    models,
+    served: new ServedModels(models, config),
     queues,
     apiKeys: overrides.apiKeys ?? config.API_KEYS,
     log,

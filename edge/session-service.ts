@@ -53,12 +53,16 @@ export interface ConversationMatch {
 export class SessionService {
   constructor(private readonly deps: EdgeDeps) {}
 
-  /** The model a new session gets: the one named, DEFAULT_MODEL, or the only one registered. */
+  /**
+   * The model a new session gets: the one named, DEFAULT_MODEL, or the only one registered.
+   * A session needs only the model's name; with QUEUE_WITHOUT_WORKERS, DEFAULT_MODEL's
+   * sessions are created before any worker has registered it.
+   */
   async resolveModel(requested: string | undefined): Promise<string> {
-    const { models, config } = this.deps;
+    const { models, config, served } = this.deps;
     const id = requested ?? config.DEFAULT_MODEL;
     if (id) {
-      if (!(await models.get(id))) throw new ApiError('model_not_found', `model ${id} is not served here (GET /v1/models lists the models)`);
+      if (!(await served.isServed(id))) throw new ApiError('model_not_found', `model ${id} is not served here (GET /v1/models lists the models)`);
       return id;
     }
     const all = await models.list();
@@ -159,11 +163,15 @@ export class SessionService {
     let header;
     try {
       header = readMStateHeader(bytes).header;
+      // The fingerprint and layout come from the workers' registration: the edge never loads a model.
       const model = await this.deps.models.get(manifest.model);
       if (!model) {
-        throw new ApiError('no_worker', `model ${manifest.model} has never registered a worker, so its fingerprint is unknown; start one and retry`, {
-          retryAfterSeconds: this.deps.config.RETRY_AFTER_S,
-        });
+        const start = this.deps.served.queuesWithoutWorkers(manifest.model) ? 'a queued turn starts one' : 'start one';
+        throw new ApiError(
+          'no_worker',
+          `no worker of model ${manifest.model} has registered yet, so its fingerprint is unknown and the state cannot be checked; a worker registers it when it starts (${start}): retry then`,
+          { retryAfterSeconds: this.deps.config.RETRY_AFTER_S },
+        );
       }
       assertStateModel(header, model.fingerprint, model.layout);
     } catch (e) {

@@ -1,4 +1,4 @@
-// Turns from the edge's side: admission (worker alive, queue depth, the session's turn slot,
+// Turns from the edge's side: admission (worker alive or allowed to wait for one, queue depth, the session's turn slot,
 // idempotency), enqueueing the job, and following its token stream to a result. Native turns,
 // chat completions and session creation with a system prompt all go through here.
 import { createHash, randomBytes } from 'node:crypto';
@@ -58,15 +58,15 @@ export class TurnService {
   constructor(private readonly deps: EdgeDeps) {}
 
   async submit(s: TurnSubmission): Promise<SubmittedTurn> {
-    const { config, queues, leases, models } = this.deps;
+    const { config, queues, leases, served } = this.deps;
     const turnId = turnIdFor(s.tenant, s.session, s.idempotencyKey);
     if (s.idempotencyKey) {
       const existing = await queues.getJob(s.model, turnId);
       if (existing) return { turnId, model: s.model, deadlineMs: existing.data.deadline_ms, replayed: true };
     }
-    if ((await models.liveWorkers(s.model)) === 0) {
-      throw new ApiError('no_worker', `no worker is serving model ${s.model} right now`, { retryAfterSeconds: config.RETRY_AFTER_S });
-    }
+    // With QUEUE_WITHOUT_WORKERS the turn may wait for a worker to start (it waits at most
+    // TURN_TIMEOUT_MS; the worker refuses it after its deadline).
+    await served.assertRunnable(s.model);
     const depth = await queues.depth(s.model);
     if (depth >= config.MAX_QUEUE_DEPTH) {
       throw new ApiError('queue_full', `${depth} turns are waiting for model ${s.model} (limit ${config.MAX_QUEUE_DEPTH}); retry later`, {

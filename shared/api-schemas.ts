@@ -261,8 +261,11 @@ export const ModelList = z.object({
       object: z.literal('model'),
       created: z.number().int(),
       owned_by: z.string(),
-      /** mamba-serve extensions: bytes of one session's state, workers alive for this model. */
-      state_bytes: z.number().int(),
+      /**
+       * mamba-serve extensions: bytes of one session's state (null until a worker has registered
+       * the model), workers alive for this model.
+       */
+      state_bytes: z.number().int().nullable(),
       workers: z.number().int(),
     }),
   ),

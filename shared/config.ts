@@ -114,7 +114,18 @@ export const EdgeConfigSchema = z.object({
   DEFAULT_MODEL: z.string().trim().regex(/^[A-Za-z0-9._:/-]{1,128}$/).optional(),
   /** Retry-After (seconds) sent with 429 queue_full and 503 no_worker. */
   RETRY_AFTER_S: int(1, 3600).default(2),
-});
+  /**
+   * Queue DEFAULT_MODEL's turns while no worker is alive, instead of answering 503 no_worker:
+   * a deployment that scales workers from zero starts one when turns wait (the queue metric),
+   * so a turn must be queued to be served. Off locally, where nothing would start a worker.
+   */
+  QUEUE_WITHOUT_WORKERS: bool.default(false),
+})
+  // The edge queues for a model it has never seen a worker of, so it must be told which.
+  .refine((c) => !c.QUEUE_WITHOUT_WORKERS || c.DEFAULT_MODEL !== undefined, {
+    path: ['QUEUE_WITHOUT_WORKERS'],
+    message: 'needs DEFAULT_MODEL: the model whose turns wait for a worker to start',
+  });
 export type EdgeConfig = z.output<typeof EdgeConfigSchema>;
 
 export const WorkerConfigSchema = z.object({

@@ -1,5 +1,7 @@
 // /healthz: the process answers. /readyz: Redis answers and a worker is alive for the model
-// (DEFAULT_MODEL, else any) — what a load balancer should route on.
+// (DEFAULT_MODEL, else any) — what a load balancer should route on. With QUEUE_WITHOUT_WORKERS
+// the edge is ready with no worker alive, since it accepts (queues) turns then; the answer still
+// says how many workers are alive, and why zero is ready.
 import { Hono } from 'hono';
 import { ApiError } from '../../shared/errors.ts';
 import type { EdgeDeps } from '../deps.ts';
@@ -16,6 +18,8 @@ export function healthRoutes(deps: EdgeDeps): Hono {
     }
     const models = deps.config.DEFAULT_MODEL ? [deps.config.DEFAULT_MODEL] : (await deps.models.list()).map((m) => m.id);
     const workers = Object.fromEntries(await Promise.all(models.map(async (m) => [m, await deps.models.liveWorkers(m)] as const)));
+    const queued = models.filter((m) => deps.served.queuesWithoutWorkers(m));
+    if (queued.length > 0) return c.json({ ok: true, workers, queue_without_workers: queued });
     if (!Object.values(workers).some((n) => n > 0)) {
       return errorResponse(c, new ApiError('no_worker', 'no worker is alive', { retryAfterSeconds: deps.config.RETRY_AFTER_S, details: { workers } }));
     }

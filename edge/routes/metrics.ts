@@ -8,13 +8,14 @@ import type { EdgeDeps } from '../deps.ts';
 export function metricsRoutes(deps: EdgeDeps): Hono {
   const app = new Hono();
   app.get('/metrics', async (c) => {
-    const models = await deps.models.list();
+    // Served models include one whose turns wait for a worker no one has started yet.
+    const models = await deps.served.list();
     const depth: Array<[Record<string, string>, number]> = [];
     const workers: Array<[Record<string, string>, number]> = [];
     for (const m of models) {
       const counts = await deps.queues.counts(m.id);
       for (const state of ['waiting', 'prioritized', 'delayed', 'active'] as const) depth.push([{ model: m.id, state }, counts[state] ?? 0]);
-      workers.push([{ model: m.id }, await deps.models.liveWorkers(m.id)]);
+      workers.push([{ model: m.id }, m.workers]);
     }
     const text = await renderMetrics(deps.redis, deps.keys, [
       { name: 'mamba_queue_depth', help: 'Turns in the queue by state.', samples: depth },

@@ -1,7 +1,6 @@
 // /v1/sessions: create, read, list versions, fork, delete.
 import { Hono } from 'hono';
 import { CreateSessionRequest, ForkSessionRequest, type SessionCreated } from '../../../shared/api-schemas.ts';
-import { ApiError } from '../../../shared/errors.ts';
 import { headEntry, type SessionManifest } from '../../../shared/session-manifest.ts';
 import type { EdgeEnv } from '../../auth.ts';
 import type { EdgeDeps } from '../../deps.ts';
@@ -28,9 +27,7 @@ export function sessionRoutes(deps: EdgeDeps, sessions: SessionService, turns: T
       ).manifest;
     } else {
       const model = await sessions.resolveModel(body.model);
-      if (body.system !== undefined && (await deps.models.liveWorkers(model)) === 0) {
-        throw new ApiError('no_worker', `no worker is serving model ${model} to absorb the system prompt`, { retryAfterSeconds: deps.config.RETRY_AFTER_S });
-      }
+      if (body.system !== undefined) await deps.served.assertRunnable(model, 'absorb the system prompt');
       manifest = (await sessions.create({ tenant, session: id, model, metadata: body.metadata ?? {} })).manifest;
     }
     if (body.system !== undefined) {

@@ -73,9 +73,7 @@ export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, t
       if (!found) {
         const newModel = await sessions.resolveModel(requested);
         // Refuse before creating anything when no worker could run the turn.
-        if ((await deps.models.liveWorkers(newModel)) === 0) {
-          throw new ApiError('no_worker', `no worker is serving model ${newModel} right now`, { retryAfterSeconds: deps.config.RETRY_AFTER_S });
-        }
+        await deps.served.assertRunnable(newModel);
         found = (await sessions.getOrCreate(tenant, sessionId, newModel)).found;
       }
       const m = found.manifest;

@@ -1,0 +1,35 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, EdgeConfigSchema, parseEnv, WorkerConfigSchema } from './config.ts';
+
+const base = { REDIS_URL: 'redis://127.0.0.1:6379' };
+
+describe('edge config', () => {
+  it('answers 503 without workers unless told to queue (the local stack has nothing that would start one)', () => {
+    expect(parseEnv(EdgeConfigSchema, base).QUEUE_WITHOUT_WORKERS).toBe(false);
+    expect(parseEnv(EdgeConfigSchema, { ...base, QUEUE_WITHOUT_WORKERS: 'true', DEFAULT_MODEL: 'demo' })).toMatchObject({
+      QUEUE_WITHOUT_WORKERS: true,
+      DEFAULT_MODEL: 'demo',
+    });
+  });
+
+  it('queues without workers only for a named model', () => {
+    expect(() => parseEnv(EdgeConfigSchema, { ...base, QUEUE_WITHOUT_WORKERS: 'true' })).toThrow(ConfigError);
+    expect(() => parseEnv(EdgeConfigSchema, { ...base, QUEUE_WITHOUT_WORKERS: 'true' })).toThrow(/QUEUE_WITHOUT_WORKERS: needs DEFAULT_MODEL/);
+    expect(() => parseEnv(EdgeConfigSchema, { ...base, QUEUE_WITHOUT_WORKERS: 'maybe', DEFAULT_MODEL: 'demo' })).toThrow(/QUEUE_WITHOUT_WORKERS/);
+  });
+
+  it('takes state uploads up to 2 GiB', () => {
+    expect(parseEnv(EdgeConfigSchema, { ...base, MAX_STATE_UPLOAD_BYTES: String(2 ** 31) }).MAX_STATE_UPLOAD_BYTES).toBe(2 ** 31);
+    expect(() => parseEnv(EdgeConfigSchema, { ...base, MAX_STATE_UPLOAD_BYTES: String(2 ** 31 + 1) })).toThrow(/MAX_STATE_UPLOAD_BYTES/);
+  });
+});
+
+it('docs/serving.md documents every variable, and only those', () => {
+  const table = readFileSync(new URL('../docs/serving.md', import.meta.url), 'utf8')
+    .split('### Configuration')[1]!
+    .split('\n### ')[0]!;
+  const documented = [...table.matchAll(/^\| `([A-Z0-9_]+)` \|/gm)].map((m) => m[1]!).sort();
+  const known = [...new Set([...Object.keys(EdgeConfigSchema.shape), ...Object.keys(WorkerConfigSchema.shape)])].sort();
+  expect(documented).toEqual(known);
+});
