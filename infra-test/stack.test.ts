@@ -315,7 +315,7 @@ describe('IAM', () => {
     }
   });
 
-  it('lets the edge delete sessions and the worker tag superseded versions, not the other way round', () => {
+  it('lets both tag superseded versions (turns and imports advance heads), and only the edge delete', () => {
     const actionsOf = (fragment: string) =>
       new Set(
         statements()
@@ -325,7 +325,7 @@ describe('IAM', () => {
     const edge = actionsOf('EdgeLambdaFunctionServiceRoleDefaultPolicy');
     const worker = actionsOf('WorkersTaskTaskRoleDefaultPolicy');
     expect(edge.has('s3:DeleteObject')).toBe(true);
-    expect(edge.has('s3:PutObjectTagging')).toBe(false);
+    expect(edge.has('s3:PutObjectTagging')).toBe(true);
     expect(worker.has('s3:PutObjectTagging')).toBe(true);
     expect(worker.has('s3:DeleteObject')).toBe(false);
   });

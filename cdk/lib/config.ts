@@ -73,7 +73,7 @@ export const StackConfigSchema = z
 
     // --- state bucket ---
     bucketEncryption: z.enum(['s3', 'kms']).default('s3'),
-    /** Days a superseded session version (tagged by the worker) is kept before it expires. */
+    /** Days a superseded session version (tagged when the head moves past it) is kept before it expires. */
     supersededVersionRetentionDays: int(1, 36500).default(30),
     /** Deny writes of `.mstate` objects that are not conditional (If-None-Match), see state-bucket.ts. */
     requireConditionalWrites: bool.default(false),

@@ -131,7 +131,8 @@ export class EdgeFunction extends Construct {
     });
 
     this.apiKeys.grantRead(this.lambda.fn);
-    // Sessions: read heads and versions, fork (copy) and delete; no tagging (the worker's job).
-    props.state.grantState(this.lambda.fn, { delete: true, tagSuperseded: false });
+    // Sessions: read heads and versions, fork (copy), import and delete. An import advances the
+    // head like a turn does, so the edge tags the replaced version superseded too.
+    props.state.grantState(this.lambda.fn, { delete: true, tagSuperseded: true });
   }
 }

@@ -8,11 +8,12 @@
 // not apply (those act on overwritten versions of *one* key), and an age-based rule on the
 // prefix would delete a session's newest version merely because the session sat idle. A
 // lifecycle rule cannot express "all but the newest key under a prefix". So the rule is
-// tag-based: after the head of a session advances, the worker tags the version it replaced
-// `mamba-serve:superseded=true`, and the rule expires tagged objects once they are older than
-// `supersededVersionRetentionDays` (counted from when the version was written, as S3 counts
-// age from creation). A head version is never tagged and never expires. Until a worker tags
-// anything, nothing expires: the failure mode is keeping too much, never losing a head.
+// tag-based: after the head of a session advances, whoever advanced it (a worker after a turn,
+// the edge after a state import) tags the version it replaced `mamba-serve:superseded=true`,
+// and the rule expires tagged objects once they are older than `supersededVersionRetentionDays`
+// (counted from when the version was written, as S3 counts age from creation). A head version
+// is never tagged and never expires. Until something is tagged, nothing expires: the failure
+// mode is keeping too much, never losing a head.
 import { Aws, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
