@@ -149,7 +149,7 @@ export const WorkerConfigSchema = z.object({
   QUEUE_LOCK_MS: int(1000, 600_000).default(30_000),
   /** Prefill is fed in chunks of this many tokens, with a batched decode step between chunks. */
   PREFILL_CHUNK_TOKENS: int(1, 1 << 20).default(256),
-  /** Names this worker in leases and the worker registry; defaults to {hostname}-{pid}. */
+  /** Names this worker in leases and the worker registry; must differ between live workers. Default: {hostname}-{pid}-{random}. */
   WORKER_ID: z.string().trim().regex(/^[A-Za-z0-9._-]{1,64}$/).optional(),
 });
 export type WorkerConfig = z.output<typeof WorkerConfigSchema>;

@@ -1,7 +1,6 @@
 // Assembles a serving worker: model, scheduler, hot-state cache, store, Redis, lease and
 // queue consumer, registry heartbeat. worker/main.ts runs it as a process; tests and
 // benchmarks run it in-process.
-import { hostname } from 'node:os';
 import { Redis } from 'ioredis';
 import type { WorkerConfig } from '../shared/config.ts';
 import { createStateStore } from '../shared/create-state-store.ts';
@@ -15,6 +14,7 @@ import { loadServingModel, type ServingModel } from './serving-model.ts';
 import { StateCache } from './state-cache.ts';
 import { TurnConsumer } from './turn-consumer.ts';
 import { TurnRunner } from './turn-runner.ts';
+import { defaultWorkerId } from './worker-id.ts';
 
 export interface RunningWorker {
   readonly id: string;
@@ -27,7 +27,7 @@ export interface RunningWorker {
 
 export async function startWorker(config: WorkerConfig, options: { log?: Logger; model?: ServingModel } = {}): Promise<RunningWorker> {
   const log = options.log ?? createLogger('worker', config.LOG_LEVEL);
-  const id = config.WORKER_ID ?? `${hostname()}-${process.pid}`.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 64);
+  const id = config.WORKER_ID ?? defaultWorkerId();
   const model = options.model ?? (await loadServingModel(config));
   const redis = new Redis(config.REDIS_URL, {
     ...(config.REDIS_PASSWORD ? { password: config.REDIS_PASSWORD } : {}),
