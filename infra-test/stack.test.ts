@@ -109,8 +109,17 @@ describe('edge Lambda', () => {
     const parsed = parseEnv(EdgeConfigSchema, rendered);
     expect(parsed.REDIS_URL).toBe('rediss://placeholder:6380');
     expect(parsed.STATE_STORE).toEqual({ kind: 's3', bucket: 'placeholder', prefix: 'state' });
-    expect(parsed.MAX_REQUEST_BYTES).toBeLessThan(6 * 1000 * 1000); // under Lambda's request cap
     expect(parsed.DEFAULT_MODEL).toBe('demo');
+  });
+
+  it('takes request bodies Lambda can carry: JSON as is, a state upload base64-encoded', () => {
+    const parsed = parseEnv(EdgeConfigSchema, Object.fromEntries(Object.entries(env(edgeFnId())).map(([k, v]) => [k, render(v, s.json.Resources)])));
+    const lambdaPayload = 6 * 1024 * 1024;
+    expect(parsed.MAX_REQUEST_BYTES).toBeLessThan(lambdaPayload);
+    // A binary body is base64 in the event (4/3 of its size); leave room for headers and the envelope.
+    expect(Math.ceil(parsed.MAX_STATE_UPLOAD_BYTES / 3) * 4).toBeLessThan(lambdaPayload - 256 * 1024);
+    // ...and still holds a mamba-130m-sized fp32 state with its header.
+    expect(parsed.MAX_STATE_UPLOAD_BYTES).toBeGreaterThan(24 * 1536 * (16 + 4) * 4 + 64 * 1024);
   });
 });
 

@@ -32,11 +32,23 @@ import type { StateBucket } from './state-bucket.ts';
 /** Only variables the edge's config schema knows; a typo is a compile error. */
 export type EdgeEnvironment = Partial<Record<keyof z.input<typeof EdgeConfigSchema>, string>>;
 
+/** Lambda's limit on an invocation's request payload: the Function URL event, envelope and body. */
+export const LAMBDA_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024;
+
 /**
- * Lambda caps a buffered request at 6 MB including the event envelope; the edge's own limit
- * must sit below it so an oversized body gets the app's 413, not Lambda's bare error.
+ * JSON bodies arrive in the event as they are. The edge's own limit sits below Lambda's so an
+ * oversized body gets the app's 413, not Lambda's bare error.
  */
 export const LAMBDA_MAX_REQUEST_BYTES = 5 * 1024 * 1024;
+
+/**
+ * A state upload is one request body, and a Function URL passes any body that is not text or
+ * JSON base64-encoded: an `.mstate` costs 4/3 of its size in the payload. 4 MiB encodes to
+ * 5.33 MiB and leaves the rest for headers and the event envelope. That holds the fp32 state of
+ * a mamba-130m-sized model (24 layers × 1536 channels × (16 + 4) floats = 2.9 MB); larger
+ * states cannot be imported through the Lambda edge (docs/deploy.md).
+ */
+export const LAMBDA_MAX_STATE_UPLOAD_BYTES = 4 * 1024 * 1024;
 
 /**
  * The API-keys secret starts as "," — an empty `key:tenant` list (ApiKeyList parses it to no
@@ -103,9 +115,7 @@ export class EdgeFunction extends Construct {
       MAX_TOKENS_PER_TURN: String(props.maxTokensPerTurn),
       MAX_INPUT_TOKENS_PER_TURN: String(props.maxInputTokensPerTurn),
       MAX_REQUEST_BYTES: String(LAMBDA_MAX_REQUEST_BYTES),
-      // MAX_STATE_UPLOAD_BYTES belongs here too (a state upload is one request body), but the
-      // edge schema's upper bound `1 << 31` overflows to a negative number, so every value
-      // fails validation; infra-test/stack.test.ts parses this environment with that schema.
+      MAX_STATE_UPLOAD_BYTES: String(LAMBDA_MAX_STATE_UPLOAD_BYTES),
       LOG_LEVEL: props.logLevel,
     };
 
