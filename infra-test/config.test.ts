@@ -1,5 +1,6 @@
 // Deployment configuration (CDK context) and the contracts the stack shares with edge/:
 // no synthesis here, so these run in milliseconds.
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { MAX_WORKERS_LIMIT, parseStackConfig, StackConfigError, STACK_CONFIG_KEYS } from '../cdk/lib/config.ts';
 import { gpuInstanceShape } from '../cdk/lib/gpu-instances.ts';
@@ -22,6 +23,9 @@ describe('stack config', () => {
       redisEngine: 'valkey',
       redisReplicas: 1,
       requireConditionalWrites: false,
+      // Long enough for a turn to wait out a cold GPU start inside the edge Lambda (docs/deploy.md).
+      turnTimeoutSeconds: 840,
+      turnRetentionSeconds: 3600,
     });
     expect(c.modelUri).toBeUndefined();
     expect(c.gpu).toEqual({ gpus: 1, vcpus: 4, memoryGiB: 16, gpuMemoryGiB: 24, cudaArch: '86' });
@@ -63,9 +67,12 @@ describe('stack config', () => {
     expect(gpuInstanceShape('p9.huge')).toBeUndefined();
   });
 
-  it('lists its keys for the docs', () => {
+  it('lists its keys for the docs, and docs/deploy.md documents exactly those', () => {
     expect(STACK_CONFIG_KEYS).toContain('scaleToZeroAfterMinutes');
     expect(STACK_CONFIG_KEYS).not.toContain('gpu');
+    const table = readFileSync(new URL('../docs/deploy.md', import.meta.url), 'utf8').split('### Configuration (CDK context)')[1]!.split('\n### ')[0]!;
+    const documented = [...table.matchAll(/^\| (`[A-Za-z]+`(?:, `[A-Za-z]+`)*) \|/gm)].flatMap((m) => [...m[1]!.matchAll(/`([A-Za-z]+)`/g)].map((k) => k[1]!));
+    expect(documented.sort()).toEqual([...STACK_CONFIG_KEYS].sort());
   });
 });
 

@@ -22,6 +22,11 @@ const edgeFnId = () => logicalIdOf(s.json, 'AWS::Lambda::Function', 'EdgeLambdaF
 const publisherFnId = () => logicalIdOf(s.json, 'AWS::Lambda::Function', 'QueueMetricsLambdaFunction');
 const env = (fnId: string) => props(fnId)['Environment']['Variables'] as Record<string, unknown>;
 const workerContainer = () => props(logicalIdOf(s.json, 'AWS::ECS::TaskDefinition', 'WorkersTask'))['ContainerDefinitions'][0];
+const workerEnv = () => Object.fromEntries((workerContainer()['Environment'] as { Name: string; Value: unknown }[]).map((e) => [e.Name, e.Value]));
+const rendered = (variables: Record<string, unknown>) => Object.fromEntries(Object.entries(variables).map(([k, v]) => [k, render(v, s.json.Resources)]));
+/** The edge's and the workers' configuration as each process would parse it. */
+const edgeConfig = () => parseEnv(EdgeConfigSchema, rendered(env(edgeFnId())));
+const workerConfig = () => parseEnv(WorkerConfigSchema, rendered(workerEnv()));
 
 /** Variables every runtime (not our config) reads; allowed beside the config schema's. */
 const RUNTIME_VARIABLES = new Set(['NODE_OPTIONS', 'AWS_REGION']);
@@ -105,21 +110,32 @@ describe('edge Lambda', () => {
     const redisSecretId = logicalIdOf(s.json, 'AWS::SecretsManager::Secret', 'RedisAuthToken');
     expect(references(variables['REDIS_PASSWORD'], redisSecretId)).toBe(true);
 
-    const rendered = Object.fromEntries(Object.entries(variables).map(([k, v]) => [k, render(v, s.json.Resources)]));
-    const parsed = parseEnv(EdgeConfigSchema, rendered);
+    const parsed = edgeConfig();
     expect(parsed.REDIS_URL).toBe('rediss://placeholder:6380');
     expect(parsed.STATE_STORE).toEqual({ kind: 's3', bucket: 'placeholder', prefix: 'state' });
     expect(parsed.DEFAULT_MODEL).toBe('demo');
   });
 
   it('takes request bodies Lambda can carry: JSON as is, a state upload base64-encoded', () => {
-    const parsed = parseEnv(EdgeConfigSchema, Object.fromEntries(Object.entries(env(edgeFnId())).map(([k, v]) => [k, render(v, s.json.Resources)])));
+    const parsed = edgeConfig();
     const lambdaPayload = 6 * 1024 * 1024;
     expect(parsed.MAX_REQUEST_BYTES).toBeLessThan(lambdaPayload);
     // A binary body is base64 in the event (4/3 of its size); leave room for headers and the envelope.
     expect(Math.ceil(parsed.MAX_STATE_UPLOAD_BYTES / 3) * 4).toBeLessThan(lambdaPayload - 256 * 1024);
     // ...and still holds a mamba-130m-sized fp32 state with its header.
     expect(parsed.MAX_STATE_UPLOAD_BYTES).toBeGreaterThan(24 * 1536 * (16 + 4) * 4 + 64 * 1024);
+  });
+
+  it('queues turns for the workers\' model while none runs, and waits long enough for one to start', () => {
+    const parsed = edgeConfig();
+    expect(parsed.QUEUE_WITHOUT_WORKERS).toBe(true);
+    expect(parsed.DEFAULT_MODEL).toBe(workerConfig().MODEL_ID);
+    expect(parsed.DEFAULT_MODEL).toBe(env(publisherFnId())['MODEL_IDS']);
+    // A cold GPU start takes 5-10 minutes; the Lambda must outlive the turn and stay within 15.
+    expect(parsed.TURN_TIMEOUT_MS).toBeGreaterThanOrEqual(12 * 60_000);
+    const timeout = props(edgeFnId())['Timeout'] as number;
+    expect(timeout * 1000).toBeGreaterThan(parsed.TURN_TIMEOUT_MS + 5_000);
+    expect(timeout).toBeLessThanOrEqual(900);
   });
 });
 
@@ -171,17 +187,30 @@ describe('GPU workers', () => {
 
   it('sets only worker config variables, valid by the worker schema; the Redis token is an ECS secret', () => {
     const container = workerContainer();
-    const variables = Object.fromEntries((container['Environment'] as { Name: string; Value: unknown }[]).map((e) => [e.Name, e.Value]));
+    const variables = workerEnv();
     const known = new Set(Object.keys(WorkerConfigSchema.shape));
     expect(Object.keys(variables).filter((k) => !known.has(k) && !RUNTIME_VARIABLES.has(k))).toEqual([]);
     expect(variables['REDIS_PASSWORD']).toBeUndefined();
     expect(container['Secrets']).toEqual([
       { Name: 'REDIS_PASSWORD', ValueFrom: { Ref: logicalIdOf(s.json, 'AWS::SecretsManager::Secret', 'RedisAuthToken') } },
     ]);
-    const parsed = parseEnv(WorkerConfigSchema, Object.fromEntries(Object.entries(variables).map(([k, v]) => [k, render(v, s.json.Resources)])));
+    const parsed = workerConfig();
     expect(parsed).toMatchObject({ MODEL_ID: 'demo', MODEL_DIR: 's3://placeholder/models/demo', WORKER_CONCURRENCY: 8 });
     // The worker must let go of its turns before ECS kills it.
     expect(parsed.SHUTDOWN_GRACE_MS).toBeLessThan(container['StopTimeout'] * 1000);
+    // One task definition serves every task: a WORKER_ID here would name them all alike (the
+    // worker's default is unique per process).
+    expect(variables['WORKER_ID']).toBeUndefined();
+  });
+
+  it('agrees with the edge on every variable both read (deadlines, retention, leases, liveness, limits)', () => {
+    const edge = edgeConfig() as Record<string, unknown>;
+    const worker = workerConfig() as Record<string, unknown>;
+    const shared = Object.keys(EdgeConfigSchema.shape).filter((k) => k in WorkerConfigSchema.shape && k !== 'REDIS_PASSWORD');
+    expect(shared).toEqual(expect.arrayContaining(['TURN_RETENTION_S', 'TURN_ATTEMPTS', 'LEASE_TTL_MS', 'WORKER_STALE_MS', 'TURN_TIMEOUT_MS']));
+    for (const key of shared) expect(worker[key], key).toEqual(edge[key]);
+    // Results live in Redis (noeviction) for the Idempotency-Key window: an hour, not the local day.
+    expect(edge['TURN_RETENTION_S']).toBe(3600);
   });
 
   it('starts instances from zero and never terminates one that runs a worker', () => {

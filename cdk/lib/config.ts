@@ -85,7 +85,18 @@ export const StackConfigSchema = z
 
     // --- edge ---
     edgeMemoryMiB: int(256, 10240).default(1024),
-    turnTimeoutSeconds: int(5, 840).default(120),
+    /**
+     * A turn's deadline, queue wait included. With workers at zero the first turn waits for a GPU
+     * instance to start (5-10 minutes), inside the edge Lambda, whose timeout is this + 30 s and
+     * at most 15 minutes: hence 840 s. docs/deploy.md weighs what a long deadline costs.
+     */
+    turnTimeoutSeconds: int(5, 840).default(840),
+    /**
+     * How long a finished turn's result is kept in Redis (TURN_RETENTION_S): the Idempotency-Key
+     * window. Shorter than the local default of a day: results count against the Redis node's
+     * memory, which runs with noeviction (full = no new turns).
+     */
+    turnRetentionSeconds: int(60, 30 * 86_400).default(3600),
     maxQueueDepth: int(1, 1_000_000).default(256),
     maxTokensPerTurn: int(1, 1_000_000).default(4096),
     maxInputTokensPerTurn: int(1, 10_000_000).default(65_536),

@@ -68,6 +68,8 @@ export interface EdgeFunctionProps {
   readonly defaultModel: string;
   readonly memoryMiB: number;
   readonly turnTimeoutSeconds: number;
+  /** TURN_RETENTION_S: the Idempotency-Key window; edge and workers must agree. */
+  readonly turnRetentionSeconds: number;
   readonly maxQueueDepth: number;
   readonly maxTokensPerTurn: number;
   readonly maxInputTokensPerTurn: number;
@@ -110,8 +112,12 @@ export class EdgeFunction extends Construct {
       S3_REGION: Aws.REGION,
       API_KEYS_SECRET_ID: this.apiKeys.secretArn,
       DEFAULT_MODEL: props.defaultModel,
+      // Workers scale from zero on the queue metric, so a turn must be queued (not refused
+      // with 503) while none runs; it waits up to TURN_TIMEOUT_MS for one to start.
+      QUEUE_WITHOUT_WORKERS: 'true',
       MAX_QUEUE_DEPTH: String(props.maxQueueDepth),
       TURN_TIMEOUT_MS: String(props.turnTimeoutSeconds * 1000),
+      TURN_RETENTION_S: String(props.turnRetentionSeconds),
       MAX_TOKENS_PER_TURN: String(props.maxTokensPerTurn),
       MAX_INPUT_TOKENS_PER_TURN: String(props.maxInputTokensPerTurn),
       MAX_REQUEST_BYTES: String(LAMBDA_MAX_REQUEST_BYTES),
@@ -128,9 +134,9 @@ export class EdgeFunction extends Construct {
       subnets: props.subnets,
       securityGroup: this.securityGroup,
       memoryMiB: props.memoryMiB,
-      // A turn may stream until its own timeout; a little more lets the edge send the error
-      // event itself. A client disconnect does not end a streaming invocation, so this is
-      // also the cost ceiling of an abandoned stream.
+      // A turn may stream until its own timeout, queue wait for a cold worker included; a
+      // little more lets the edge send the error event itself. A client disconnect does not
+      // end a streaming invocation, so this is also the cost ceiling of an abandoned stream.
       timeout: Duration.seconds(Math.min(900, props.turnTimeoutSeconds + 30)),
       logRetention: props.logRetention,
     });

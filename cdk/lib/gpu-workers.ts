@@ -56,6 +56,8 @@ export interface GpuWorkersProps {
   readonly engine: 'auto' | 'ort' | 'cuda';
   readonly turnsPerWorker: number;
   readonly turnTimeoutSeconds: number;
+  /** TURN_RETENTION_S: how long a finished turn's result is kept; edge and workers must agree. */
+  readonly turnRetentionSeconds: number;
   readonly maxQueueDepth: number;
   readonly maxTokensPerTurn: number;
   readonly maxInputTokensPerTurn: number;
@@ -184,10 +186,13 @@ export class GpuWorkers extends Construct {
       WORKER_CONCURRENCY: String(props.turnsPerWorker),
       SHUTDOWN_GRACE_MS: String(SHUTDOWN_GRACE_MS),
       TURN_TIMEOUT_MS: String(props.turnTimeoutSeconds * 1000),
+      TURN_RETENTION_S: String(props.turnRetentionSeconds),
       MAX_QUEUE_DEPTH: String(props.maxQueueDepth),
       MAX_TOKENS_PER_TURN: String(props.maxTokensPerTurn),
       MAX_INPUT_TOKENS_PER_TURN: String(props.maxInputTokensPerTurn),
       LOG_LEVEL: props.logLevel,
+      // No WORKER_ID: one task definition serves every task, so any value here would be shared;
+      // the worker's default adds a random part to host and pid, unique per task.
     };
 
     // A quarter of the instance's memory per GPU stays with the OS, the ECS agent and the page
