@@ -4,10 +4,11 @@
 // Opening reads only headers and validates every tensor's presence, dtype and shape against
 // the config; tensor data is read later, one tensor at a time.
 import { createHash } from 'node:crypto';
-import { open, readFile, stat } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { toFloat32, type FloatDType } from '../../shared/dtype.ts';
 import { ModelError } from './errors.ts';
+import { fileExists } from './model-files.ts';
 import { parseMambaConfig, type MambaConfig } from './mamba-config.ts';
 import { readSafetensorsHeader, readTensorBytes, type SafetensorsEntry } from './safetensors.ts';
 import { readTorchCheckpoint } from './torch-checkpoint.ts';
@@ -63,15 +64,6 @@ function canonicalName(name: string): string {
   return name;
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function readJson(path: string, what: 'config_invalid' | 'safetensors_invalid'): Promise<unknown> {
   let text: string;
   try {
@@ -109,14 +101,14 @@ async function shardsOf(index: string, format: WeightFile['format']): Promise<We
 /** The weight files, safetensors preferred over PyTorch's pickle format when both exist. */
 async function weightFiles(dir: string): Promise<WeightFile[]> {
   const index = join(dir, 'model.safetensors.index.json');
-  if (await exists(index)) return shardsOf(index, 'safetensors');
+  if (await fileExists(index)) return shardsOf(index, 'safetensors');
   const single = join(dir, 'model.safetensors');
-  if (await exists(single)) return [{ path: single, format: 'safetensors' }];
+  if (await fileExists(single)) return [{ path: single, format: 'safetensors' }];
   // Original state-spaces checkpoints: torch.save's zip format, read by a restricted unpickler.
   const torchIndex = join(dir, 'pytorch_model.bin.index.json');
-  if (await exists(torchIndex)) return shardsOf(torchIndex, 'torch');
+  if (await fileExists(torchIndex)) return shardsOf(torchIndex, 'torch');
   const torchSingle = join(dir, 'pytorch_model.bin');
-  if (await exists(torchSingle)) return [{ path: torchSingle, format: 'torch' }];
+  if (await fileExists(torchSingle)) return [{ path: torchSingle, format: 'torch' }];
   throw new ModelError('model_not_found', `${dir}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin`);
 }
 
@@ -150,7 +142,7 @@ function expectedShapes(c: MambaConfig, vocabRows: number): Map<string, number[]
 const OPTIONAL = /(in_proj\.bias|out_proj\.bias|conv1d\.bias)$|^lm_head\.weight$/;
 
 export async function openCheckpoint(dir: string): Promise<Checkpoint> {
-  if (!(await exists(dir))) throw new ModelError('model_not_found', `${dir}: model directory does not exist`);
+  if (!(await fileExists(dir))) throw new ModelError('model_not_found', `${dir}: model directory does not exist`);
   const configPath = join(dir, 'config.json');
   const config = parseMambaConfig(await readJson(configPath, 'config_invalid'), configPath);
 

@@ -1,10 +1,11 @@
 // Reader of the safetensors format (8-byte little-endian header length, a JSON header,
 // then raw little-endian tensor data). Only the header is parsed up front; tensors are read
 // one at a time with positioned reads, so a multi-GB file never sits in memory at once.
-import { open, type FileHandle } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { DTYPE_BYTES, type FloatDType } from '../../shared/dtype.ts';
 import { ModelError } from './errors.ts';
+import { openModelFile } from './model-files.ts';
 
 export interface SafetensorsEntry {
   readonly name: string;
@@ -22,12 +23,7 @@ const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 const KNOWN_UNSUPPORTED = new Set(['F64', 'I64', 'I32', 'I16', 'I8', 'U8', 'BOOL', 'F8_E4M3', 'F8_E5M2', 'U16', 'U32', 'U64']);
 
 export async function readSafetensorsHeader(file: string): Promise<{ entries: SafetensorsEntry[]; metadata: Record<string, string> }> {
-  let fh: FileHandle;
-  try {
-    fh = await open(file, 'r');
-  } catch (cause) {
-    throw new ModelError('model_not_found', `${file}: cannot open (${(cause as Error).message})`, { cause });
-  }
+  const fh = await openModelFile(file);
   try {
     const { size } = await fh.stat();
     const name = basename(file);

@@ -5,10 +5,11 @@
 // Safety rule: special tokens (<|end|>, <|endoftext|>, role markers) come only from the
 // chat template. User text is encoded with allowSpecial false, so typing "<|end|>" into a
 // message yields the bytes of that string, never the control token.
-import { readFile, stat } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { ModelError } from './errors.ts';
+import { fileExists } from './model-files.ts';
 import { ByteTokenizer } from './tokenizer-bytes.ts';
 import { HfTokenizer } from './tokenizer-hf.ts';
 
@@ -53,19 +54,10 @@ export function tokenText(value: z.output<typeof TokenText>): string | undefined
   return typeof value === 'string' ? value : value.content;
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** tokenizer_config.json of `modelDir`, validated; `{}` when the file is absent. */
 export async function readTokenizerConfig(modelDir: string): Promise<{ config: TokenizerConfig; raw: Record<string, unknown>; file: string | undefined }> {
   const file = join(modelDir, 'tokenizer_config.json');
-  if (!(await exists(file))) return { config: {}, raw: {}, file: undefined };
+  if (!(await fileExists(file))) return { config: {}, raw: {}, file: undefined };
   let raw: unknown;
   try {
     raw = JSON.parse(await readFile(file, 'utf8'));
@@ -110,7 +102,7 @@ export async function loadTokenizer(modelDir: string, vocabRows: number): Promis
   const { config, file: configFile } = await readTokenizerConfig(modelDir);
   const jsonPath = join(modelDir, 'tokenizer.json');
   let tokenizer: Tokenizer;
-  if (await exists(jsonPath)) {
+  if (await fileExists(jsonPath)) {
     let json: unknown;
     try {
       json = JSON.parse(await readFile(jsonPath, 'utf8'));

@@ -13,10 +13,11 @@
 // The zip central directory is parsed here (with Zip64, which torch writes past 4 GB)
 // rather than through a zip library, because what we need is the raw offset of each stored
 // entry's data, which stream-oriented readers do not expose.
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { DTYPE_BYTES, type FloatDType } from '../../shared/dtype.ts';
 import { ModelError } from './errors.ts';
+import { openModelFile } from './model-files.ts';
 import type { SafetensorsEntry } from './safetensors.ts';
 
 export type TorchTensorEntry = SafetensorsEntry;
@@ -510,12 +511,7 @@ export async function readTorchCheckpoint(file: string): Promise<TorchTensorEntr
   const bad = (why: string, cause?: unknown): never => {
     throw new ModelError('torch_checkpoint_invalid', `${name}: ${why}`, cause === undefined ? undefined : { cause });
   };
-  let fh: FileHandle;
-  try {
-    fh = await open(file, 'r');
-  } catch (cause) {
-    throw new ModelError('model_not_found', `${file}: cannot open (${(cause as Error).message})`, { cause });
-  }
+  const fh = await openModelFile(file);
   try {
     const { size } = await fh.stat();
     let entries: ZipEntry[];
