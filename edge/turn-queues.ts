@@ -35,6 +35,25 @@ export class TurnQueues {
     return this.of(modelId).getJob(turnId);
   }
 
+  /**
+   * How a turn ended, or undefined while it has not (or is no longer known). The state is read
+   * before the job: BullMQ writes a job's return value (or failure reason) in the same script
+   * that moves it to completed (failed), and a finished job never leaves that state, so a job
+   * read after its state says finished has them. Read the other way round, a job read while
+   * active and then found completed has no return value yet.
+   */
+  async outcome(
+    modelId: string,
+    turnId: string,
+  ): Promise<{ readonly state: 'completed'; readonly returnvalue: unknown } | { readonly state: 'failed'; readonly failedReason: string | undefined } | undefined> {
+    const queue = this.of(modelId);
+    const state = await queue.getJobState(turnId);
+    if (state !== 'completed' && state !== 'failed') return undefined;
+    const job = await queue.getJob(turnId);
+    if (!job) return undefined; // removed at the end of its retention
+    return state === 'completed' ? { state, returnvalue: job.returnvalue } : { state, failedReason: job.failedReason };
+  }
+
   async close(): Promise<void> {
     await Promise.all([...this.queues.values()].map((q) => q.close()));
     this.queues.clear();

@@ -190,12 +190,10 @@ export class TurnService {
 
   /** The stored result of a turn that has already completed or failed (idempotent replays, expired streams). */
   private async finishedResult(turn: SubmittedTurn): Promise<TurnResult | undefined> {
-    const job = await this.deps.queues.getJob(turn.model, turn.turnId);
-    if (!job) return undefined;
-    const state = await job.getState();
-    if (state === 'completed') return TurnResult.parse(job.returnvalue);
-    if (state === 'failed') {
-      const { code, message } = decodeFailure(job.failedReason);
+    const outcome = await this.deps.queues.outcome(turn.model, turn.turnId);
+    if (outcome?.state === 'completed') return TurnResult.parse(outcome.returnvalue);
+    if (outcome?.state === 'failed') {
+      const { code, message } = decodeFailure(outcome.failedReason);
       throw new ApiError(code, message);
     }
     return undefined;
