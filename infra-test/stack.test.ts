@@ -7,6 +7,7 @@ import { Validations } from 'aws-cdk-lib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EdgeConfigSchema, parseEnv, WorkerConfigSchema } from '../shared/config.ts';
 import { QueueMetricsEnvSchema } from '../edge/queue-metrics-lambda.ts';
+import { SUPERSEDED_TAG } from '../shared/superseded-tag.ts';
 import { asList, identityStatements, references, render, type Statement } from './cfn.ts';
 import { logicalIdOf, resourcesOfType, synthesize, type Synthesized } from './synth.ts';
 
@@ -70,6 +71,12 @@ describe('state bucket', () => {
       },
     ]);
     expect(rules.some((r) => r['AbortIncompleteMultipartUpload']?.['DaysAfterInitiation'] === 1)).toBe(true);
+  });
+
+  it('expires by the tag the state store writes: one constant, shared/superseded-tag.ts', () => {
+    const rules = props(stateBucketId())['LifecycleConfiguration']['Rules'] as Record<string, any>[];
+    const rule = rules.find((r) => r['Id'] === 'expire-superseded-session-versions');
+    expect(rule?.['TagFilters']).toEqual([{ Key: SUPERSEDED_TAG.key, Value: SUPERSEDED_TAG.value }]);
   });
 
   it('logs access into a separate, equally locked-down bucket', () => {

@@ -14,9 +14,7 @@ import {
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import { assertSafeKey, StorePreconditionError, StoreUnavailableError, type StateStore, type StoredObject } from './state-store.ts';
-
-/** The tag a deployment's lifecycle rule expires (cdk/lib/state-bucket.ts, docs/deploy.md). */
-export const SUPERSEDED_TAG = 'mamba-serve:superseded';
+import { SUPERSEDED_TAG } from './superseded-tag.ts';
 
 export interface S3StateStoreOptions {
   readonly bucket: string;
@@ -152,7 +150,7 @@ export class S3StateStore implements StateStore {
         new PutObjectTaggingCommand({
           Bucket: this.options.bucket,
           Key: this.fullKey(key),
-          Tagging: { TagSet: [{ Key: SUPERSEDED_TAG, Value: 'true' }] },
+          Tagging: { TagSet: [{ Key: SUPERSEDED_TAG.key, Value: SUPERSEDED_TAG.value }] },
         }),
       );
     } catch (e) {

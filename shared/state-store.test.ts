@@ -3,12 +3,14 @@
 import { mkdtemp, readdir, rm, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { GetObjectTaggingCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMotoServer, type MotoServer } from '../test-support/moto-server.ts';
 import { SessionStore, FencedOutError, SessionExistsError, CommitConflictError } from './session-store.ts';
 import { FsStateStore } from './state-store-fs.ts';
 import { S3StateStore } from './state-store-s3.ts';
 import { StorePreconditionError, type StateStore } from './state-store.ts';
+import { SUPERSEDED_TAG } from './superseded-tag.ts';
 import { EMPTY_TRANSCRIPT_ROOT, extendTranscript } from './transcript-hash.ts';
 
 const bytes = (s: string) => new TextEncoder().encode(s);
@@ -139,6 +141,20 @@ describe.each(stores)('%s state store', (_name, make) => {
     await sessions.create({ tenant: 't1', session: 'again', model: 'm', metadata: {}, transcriptRoot: EMPTY_TRANSCRIPT_ROOT });
     expect(await sessions.readState('t1', 'again', 1)).toBeNull();
     await objects.close();
+  });
+});
+
+describe('s3 state store retention', () => {
+  it('tags a replaced version with the tag the deployment expires (shared/superseded-tag.ts)', async () => {
+    await moto.createBucket('tagging');
+    const store = new S3StateStore({ bucket: 'tagging', prefix: 'p', endpoint: moto.endpoint, forcePathStyle: true, credentials: moto.credentials });
+    await store.putIfAbsent('t/s/v1.mstate', bytes('one'));
+    await store.markSuperseded('t/s/v1.mstate');
+    const client = new S3Client({ endpoint: moto.endpoint, forcePathStyle: true, region: 'us-east-1', credentials: moto.credentials });
+    const { TagSet } = await client.send(new GetObjectTaggingCommand({ Bucket: 'tagging', Key: 'p/t/s/v1.mstate' }));
+    expect(TagSet).toEqual([{ Key: SUPERSEDED_TAG.key, Value: SUPERSEDED_TAG.value }]);
+    client.destroy();
+    await store.close();
   });
 });
 

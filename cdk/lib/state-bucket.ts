@@ -19,11 +19,10 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct, type IConstruct } from 'constructs';
+import { SUPERSEDED_TAG } from '../../shared/superseded-tag.ts';
 
 export const STATE_PREFIX = 'state';
 export const MODELS_PREFIX = 'models';
-/** The object tag the worker puts on a superseded version; the lifecycle rule matches it. */
-export const SUPERSEDED_TAG = { key: 'mamba-serve:superseded', value: 'true' } as const;
 
 export interface StateBucketProps {
   readonly encryption: 's3' | 'kms';
