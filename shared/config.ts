@@ -120,6 +120,11 @@ export const EdgeConfigSchema = z.object({
    * so a turn must be queued to be served. Off locally, where nothing would start a worker.
    */
   QUEUE_WITHOUT_WORKERS: bool.default(false),
+  /**
+   * A streamed turn that has sent nothing for this long sends an SSE comment (`: keep-alive`),
+   * so proxies do not close it as idle while it waits (a cold worker can take minutes). 0 = off.
+   */
+  SSE_KEEPALIVE_MS: int(0, 300_000).default(15_000),
 })
   // The edge queues for a model it has never seen a worker of, so it must be told which.
   .refine((c) => !c.QUEUE_WITHOUT_WORKERS || c.DEFAULT_MODEL !== undefined, {

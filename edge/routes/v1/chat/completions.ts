@@ -160,6 +160,7 @@ export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, t
         // OpenAI streams an error as a data event with an `error` object; its clients raise it.
         await sse.send(toApiError(error, deps.log).toBody());
       },
+      { keepAliveMs: deps.config.SSE_KEEPALIVE_MS },
     );
   });
 

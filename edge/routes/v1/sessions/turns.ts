@@ -81,6 +81,7 @@ export function sessionTurnRoutes(deps: EdgeDeps, sessions: SessionService, turn
       async (sse, error) => {
         await sse.send(toApiError(error, deps.log).toBody(), { event: 'error' });
       },
+      { keepAliveMs: deps.config.SSE_KEEPALIVE_MS },
     );
   });
 
