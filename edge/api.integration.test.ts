@@ -259,6 +259,47 @@ describe('sessions', () => {
   });
 });
 
+describe('a long session', () => {
+  it('lists versions page by page, and exports and forks a version that has moved to a manifest page', async () => {
+    const s = await newSession();
+    // A history far longer than the manifest keeps, written the way turns write it (the states'
+    // bytes are not checked by export or fork, so no model needs to run 200 turns).
+    const store = serving.edge.deps.sessions;
+    for (let i = 1; i <= 200; i++) {
+      await store.commitVersion({
+        tenant: 'alpha',
+        session: s.id,
+        fence: 0,
+        state: new TextEncoder().encode(`state ${i}`),
+        version: { parent: i - 1, tokens_absorbed: 10 * i, transcript_hash: 'a'.repeat(64), origin: 'turn' },
+      });
+    }
+    const { manifest } = (await store.read('alpha', s.id))!;
+    expect(manifest.paged_below).toBeGreaterThan(5);
+    expect(manifest.versions.length).toBeLessThan(100);
+
+    const first = VersionList.parse((await call('GET', `/v1/sessions/${s.id}/versions`)).json);
+    expect(first.data.map((v) => v.version)).toEqual(Array.from({ length: 100 }, (_, i) => i));
+    expect(first.has_more).toBe(true);
+    const second = VersionList.parse((await call('GET', `/v1/sessions/${s.id}/versions?after=99&limit=1000`)).json);
+    expect(second.data.map((v) => v.version)).toEqual(Array.from({ length: 101 }, (_, i) => 100 + i));
+    expect(second.has_more).toBe(false);
+    const newest = VersionList.parse((await call('GET', `/v1/sessions/${s.id}/versions?order=desc&limit=2`)).json);
+    expect(newest).toMatchObject({ head: 200, has_more: true, data: [{ version: 200 }, { version: 199 }] });
+    expect(SessionInfo.parse((await call('GET', `/v1/sessions/${s.id}`)).json).versions).toBe(201);
+    expectError(await call('GET', `/v1/sessions/${s.id}/versions?limit=0`), 400, 'invalid_request');
+
+    const exported = await fetch(`${serving.url}/v1/sessions/${s.id}/state?version=5`, { headers: { authorization: `Bearer ${KEY_A}` } });
+    expect(exported.status).toBe(200);
+    expect(exported.headers.get('x-session-version')).toBe('5');
+    expect(await exported.text()).toBe('state 5');
+    const fork = await call('POST', `/v1/sessions/${s.id}/fork`, { version: 5 });
+    expect(fork.status, JSON.stringify(fork.json)).toBe(201);
+    expect(fork.json).toMatchObject({ version: 1, tokens_absorbed: 50 });
+    expectError(await call('GET', `/v1/sessions/${s.id}/state?version=999`), 404, 'version_not_found');
+  });
+});
+
 describe('chat completions with a session', () => {
   const chat = (body: Record<string, unknown>, headers: Record<string, string> = {}) => call('POST', '/v1/chat/completions', { model: 'tiny', max_tokens: 4, temperature: 0, ...body }, { headers });
 

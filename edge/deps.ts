@@ -48,7 +48,7 @@ export function createEdgeDeps(config: EdgeConfig, overrides: { apiKeys?: Readon
     config,
     redis,
     keys,
-    sessions: new SessionStore(objects),
+    sessions: new SessionStore(objects, { recentVersions: config.MANIFEST_RECENT_VERSIONS }),
     leases: new SessionLeases(redis, keys, config.LEASE_TTL_MS),
     models,
     served: new ServedModels(models, config),

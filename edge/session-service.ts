@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import type { Message, SessionInfo, VersionInfo } from '../shared/api-schemas.ts';
 import { ApiError } from '../shared/errors.ts';
 import { assertStateModel, readMStateHeader, StateFormatError } from '../shared/mstate.ts';
-import { findVersion, headEntry, type ManifestVersion, type SessionManifest } from '../shared/session-manifest.ts';
+import { headEntry, type ManifestVersion, type SessionManifest } from '../shared/session-manifest.ts';
 import { isLease, type SessionLease } from '../shared/session-lease.ts';
 import { FencedOutError, SessionExistsError, CommitConflictError, type ManifestRead } from '../shared/session-store.ts';
 import { EMPTY_TRANSCRIPT_ROOT, opaqueTranscriptRoot, transcriptPrefixHashes } from '../shared/transcript-hash.ts';
@@ -37,7 +37,7 @@ export function sessionInfo(m: SessionManifest): SessionInfo {
     created_at: m.created_at,
     updated_at: m.updated_at,
     metadata: m.metadata,
-    versions: m.versions.length,
+    versions: m.versions.length + m.paged_versions,
   };
 }
 
@@ -124,7 +124,7 @@ export class SessionService {
     if (args.model !== undefined && args.model !== src.model) {
       throw new ApiError('model_mismatch', `session ${args.source} belongs to model ${src.model}, not ${args.model}`);
     }
-    const entry = this.version(src, args.version ?? src.head);
+    const entry = await this.version(args.tenant, src, args.version ?? src.head);
     const bytes = entry.state_bytes > 0 ? await this.deps.sessions.readState(args.tenant, args.source, entry.version) : null;
     if (entry.state_bytes > 0 && !bytes) throw new ApiError('version_not_found', `version ${entry.version} of session ${args.source} is gone`);
     const created = await this.create({ tenant: args.tenant, session: args.target, model: src.model, metadata: args.metadata, transcriptRoot: src.transcript_root });
@@ -140,15 +140,16 @@ export class SessionService {
     );
   }
 
-  version(m: SessionManifest, version: number): ManifestVersion {
-    const entry = findVersion(m, version);
+  /** A version's entry, from the manifest or (an older version) its manifest page. */
+  async version(tenant: string, m: SessionManifest, version: number): Promise<ManifestVersion> {
+    const entry = await this.deps.sessions.findVersion(tenant, m.session, m, version);
     if (!entry) throw new ApiError('version_not_found', `session ${m.session} has no version ${version}`);
     return entry;
   }
 
   async exportState(tenant: string, session: string, version: number | undefined): Promise<{ bytes: Uint8Array; entry: ManifestVersion }> {
     const { manifest } = await this.get(tenant, session);
-    const entry = this.version(manifest, version ?? manifest.head);
+    const entry = await this.version(tenant, manifest, version ?? manifest.head);
     if (entry.state_bytes === 0) {
       throw new ApiError('version_not_found', `version ${entry.version} of session ${session} is the empty state of a new session: nothing is stored until a turn runs`);
     }
@@ -204,8 +205,10 @@ export class SessionService {
   }
 
   /**
-   * The longest stored version whose transcript the messages extend. Every session's first
-   * version is the empty transcript, so a fresh session always matches.
+   * The longest stored version whose transcript the messages extend, among those the manifest
+   * lists: version 0 and the newest MANIFEST_RECENT_VERSIONS (older ones are in manifest
+   * pages, which are not searched: a chat that edits a message further back matches version 0
+   * and is fed whole). Version 0 is the session's root transcript, so a fresh session always matches.
    */
   matchConversation(m: SessionManifest, messages: readonly Message[]): ConversationMatch | undefined {
     const prefixes = transcriptPrefixHashes(m.transcript_root, messages);

@@ -82,8 +82,20 @@ export const SessionInfo = z.object({
 });
 export type SessionInfo = z.infer<typeof SessionInfo>;
 
-export const VersionList = z.object({ session_id: SessionId, head: VersionNumber, data: z.array(VersionInfo) });
+/** One page of a session's versions; `has_more`: ask again with `after` = the last version listed. */
+export const VersionList = z.object({ session_id: SessionId, head: VersionNumber, data: z.array(VersionInfo), has_more: z.boolean() });
 export type VersionList = z.infer<typeof VersionList>;
+
+const versionParam = (what: string) => z.string().regex(/^\d{1,15}$/, `must be a ${what}`).transform(Number);
+
+export const VersionListQuery = z.strictObject({
+  /** Versions per answer. */
+  limit: versionParam('number from 1 to 1000').pipe(z.number().int().min(1).max(1000)).optional().default(100),
+  /** `asc`: by number from version 0; `desc`: newest first. */
+  order: z.enum(['asc', 'desc']).optional().default('asc'),
+  /** Start after this version in the listing's order (the last one of the previous answer). */
+  after: versionParam('version number').optional(),
+});
 
 export const SessionDeleted = z.object({ id: SessionId, deleted: z.literal(true), versions_removed: z.number().int() });
 

@@ -98,6 +98,12 @@ const common = {
   TURN_BACKOFF_MS: int(0, 600_000).default(1000),
   /** How long a finished turn's result is kept: an Idempotency-Key replays it within this window. */
   TURN_RETENTION_S: int(60, 30 * 86_400).default(86_400),
+  /**
+   * Newest versions a session's manifest lists besides version 0; older entries move to
+   * immutable manifest pages, so the manifest every turn rewrites stays the same size however
+   * long the session. Chat prefix matching (and `fork`) looks only at these and version 0.
+   */
+  MANIFEST_RECENT_VERSIONS: int(16, 100_000).default(64),
 };
 
 export const EdgeConfigSchema = z.object({

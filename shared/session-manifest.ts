@@ -1,7 +1,15 @@
 // The manifest: one small JSON object per session, beside its `.mstate` versions, naming the
-// head and describing every version. The head advances only by a conditional replace of this
+// head and describing its versions. The head advances only by a conditional replace of this
 // object (If-Match on its ETag), after the new version's file is durable, so a reader sees
 // either the old head or the new one, never a head without its state.
+//
+// Every commit rewrites the manifest, so it must not grow with the session's history: it keeps
+// version 0 and the newest versions (the head among them, and what chat prefix matching and a
+// retried turn look for), and older entries move to manifest pages. Page n holds the entries
+// numbered [n·P, (n+1)·P) (P = VERSIONS_PER_PAGE, version 0 excepted). It is written once,
+// create-if-absent, before the manifest that drops those entries, and never changes: a page is
+// written only when every number in its range is older than the kept versions, and entries
+// are never edited, so any writer that writes it writes the same content.
 import { z } from 'zod';
 import { ModelId, SessionId, VersionNumber } from './api-schemas.ts';
 
@@ -45,9 +53,57 @@ export const SessionManifest = z.object({
   next_version: VersionNumber,
   /** Fencing token of the last lease holder that wrote; a holder with a smaller token is refused. */
   fence: z.number().int().nonnegative(),
+  /**
+   * Version 0, then the versions numbered from `paged_below` on, in order; the head is the
+   * last (every commit makes its version the head).
+   */
   versions: z.array(ManifestVersion).min(1),
+  /** Versions numbered 1 to paged_below - 1 are in manifest pages; a multiple of VERSIONS_PER_PAGE. 0 = none. */
+  paged_below: VersionNumber.default(0),
+  /** How many version entries the pages hold: the session has `versions.length + paged_versions` versions. */
+  paged_versions: z.number().int().nonnegative().default(0),
 });
 export type SessionManifest = z.infer<typeof SessionManifest>;
+
+/** Version numbers per manifest page: part of the store layout, never changed for existing sessions. */
+export const VERSIONS_PER_PAGE = 64;
+
+/** `manifest-page-{n}.json`: the entries numbered [first, end) of one session incarnation. */
+export const ManifestPage = z.object({
+  format: z.literal(1),
+  session: SessionId,
+  incarnation: z.string(),
+  first: VersionNumber,
+  end: VersionNumber,
+  versions: z.array(ManifestVersion),
+});
+export type ManifestPage = z.infer<typeof ManifestPage>;
+
+/**
+ * The pages `m` is ready to move out, at most `maxPages` (so a manifest written before pages
+ * existed shrinks over a few commits, never in one long one), and the manifest without them.
+ * A page is ready once every number in its range is older than the newest `recent` versions.
+ */
+export function pageOut(m: SessionManifest, recent: number, maxPages: number): { manifest: SessionManifest; pages: Array<{ index: number; page: ManifestPage }> } {
+  const rest = m.versions.slice(1);
+  if (rest.length <= recent) return { manifest: m, pages: [] };
+  const keepFrom = rest[rest.length - recent]!.version;
+  const pages: Array<{ index: number; page: ManifestPage }> = [];
+  let pagedBelow = m.paged_below;
+  while (pages.length < maxPages && pagedBelow + VERSIONS_PER_PAGE <= keepFrom) {
+    const first = pagedBelow;
+    const end = first + VERSIONS_PER_PAGE;
+    const versions = rest.filter((v) => v.version >= first && v.version < end);
+    pages.push({ index: first / VERSIONS_PER_PAGE, page: { format: 1, session: m.session, incarnation: m.incarnation, first, end, versions } });
+    pagedBelow = end;
+  }
+  if (pages.length === 0) return { manifest: m, pages };
+  const moved = pages.reduce((n, p) => n + p.page.versions.length, 0);
+  return {
+    manifest: { ...m, versions: [m.versions[0]!, ...rest.filter((v) => v.version >= pagedBelow)], paged_below: pagedBelow, paged_versions: m.paged_versions + moved },
+    pages,
+  };
+}
 
 export function headEntry(m: SessionManifest): ManifestVersion {
   const entry = m.versions.find((v) => v.version === m.head);

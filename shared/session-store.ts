@@ -1,7 +1,8 @@
 // Sessions in the state store: the layout, the manifest, and the commit that advances a head.
 //
 //   {prefix}/tenants/{tenant}/sessions/{session}/manifest.json
-//   {prefix}/tenants/{tenant}/sessions/{session}/v{version}.mstate     (immutable)
+//   {prefix}/tenants/{tenant}/sessions/{session}/v{version}.mstate            (immutable)
+//   {prefix}/tenants/{tenant}/sessions/{session}/manifest-page-{n}.json       (immutable; older version entries)
 //
 // A commit writes the new version's file with create-if-absent, then replaces the manifest
 // with If-Match on the ETag it read. A crash between the two leaves an unreferenced file and
@@ -9,7 +10,7 @@
 // hold the session's lease; its fencing token is recorded in the manifest and a smaller one
 // is refused, so a writer that lost its lease cannot advance the head behind its successor.
 import { randomBytes } from 'node:crypto';
-import { SessionManifest, headEntry, type ManifestVersion } from './session-manifest.ts';
+import { ManifestPage, pageOut, SessionManifest, VERSIONS_PER_PAGE, headEntry, type ManifestVersion } from './session-manifest.ts';
 import { StorePreconditionError, type StateStore } from './state-store.ts';
 
 export interface ManifestRead {
@@ -73,8 +74,28 @@ export interface CommitArgs {
 
 const encoder = new TextEncoder();
 
+export interface SessionStoreOptions {
+  /** Newest versions the manifest keeps besides version 0 (MANIFEST_RECENT_VERSIONS); older ones move to pages. */
+  readonly recentVersions?: number;
+}
+
+export interface VersionListing {
+  readonly data: ManifestVersion[];
+  readonly hasMore: boolean;
+}
+
 export class SessionStore {
-  constructor(readonly objects: StateStore) {}
+  /** Pages a commit moves out at most: bounds the cost of the commit that first meets an old, long manifest. */
+  static readonly MAX_PAGES_PER_COMMIT = 4;
+  static readonly DEFAULT_RECENT_VERSIONS = 64;
+  readonly recentVersions: number;
+
+  constructor(
+    readonly objects: StateStore,
+    options: SessionStoreOptions = {},
+  ) {
+    this.recentVersions = options.recentVersions ?? SessionStore.DEFAULT_RECENT_VERSIONS;
+  }
 
   static sessionPrefix(tenant: string, session: string): string {
     return `tenants/${tenant}/sessions/${session}/`;
@@ -84,6 +105,9 @@ export class SessionStore {
   }
   static versionKey(tenant: string, session: string, version: number): string {
     return `${SessionStore.sessionPrefix(tenant, session)}v${version}.mstate`;
+  }
+  static manifestPageKey(tenant: string, session: string, page: number): string {
+    return `${SessionStore.sessionPrefix(tenant, session)}manifest-page-${page}.json`;
   }
 
   async read(tenant: string, session: string): Promise<ManifestRead | null> {
@@ -130,6 +154,8 @@ export class SessionStore {
       versions: [
         { version: 0, parent: null, tokens_absorbed: 0, state_bytes: 0, transcript_hash: init.transcriptRoot, created_at: now, origin: 'created' },
       ],
+      paged_below: 0,
+      paged_versions: 0,
     };
     const key = SessionStore.manifestKey(init.tenant, init.session);
     // Files left by a deleted session whose deletion crashed midway would collide with the
@@ -194,14 +220,14 @@ export class SessionStore {
         origin: args.version.origin,
         ...(args.version.turn_id ? { turn_id: args.version.turn_id } : {}),
       };
-      const next: SessionManifest = {
-        ...m,
-        head: version,
-        next_version: version + 1,
-        fence,
-        updated_at: now,
-        versions: [...m.versions, entry],
-      };
+      // Older entries move to their pages first: a commit that then loses the manifest replace
+      // leaves pages that any later commit would write identically.
+      const { manifest: next, pages } = pageOut(
+        { ...m, head: version, next_version: version + 1, fence, updated_at: now, versions: [...m.versions, entry] },
+        this.recentVersions,
+        SessionStore.MAX_PAGES_PER_COMMIT,
+      );
+      for (const { index, page } of pages) await this.writePage(tenant, session, index, page);
       try {
         const etag = await this.objects.putIfMatch(manifestKey, encoder.encode(JSON.stringify(next)), current.etag);
         // The replaced head may now expire under the deployment's retention rule (the new head never does).
@@ -218,6 +244,87 @@ export class SessionStore {
       }
     }
     throw new CommitConflictError(`session ${session}: could not commit after 3 attempts`);
+  }
+
+  /** The entry of `version`: in the manifest, or in the page that holds it; undefined if the session has no such version. */
+  async findVersion(tenant: string, session: string, m: SessionManifest, version: number): Promise<ManifestVersion | undefined> {
+    const inManifest = m.versions.find((v) => v.version === version);
+    if (inManifest || version === 0 || version >= m.paged_below) return inManifest;
+    const page = await this.readPage(tenant, session, m, Math.floor(version / VERSIONS_PER_PAGE));
+    return page.versions.find((v) => v.version === version);
+  }
+
+  /**
+   * One page of the session's versions in number order (`asc`) or newest first (`desc`),
+   * starting after the version `after` in that order: up to `limit` entries, reading only the
+   * manifest pages those lie in.
+   */
+  async listVersions(
+    tenant: string,
+    session: string,
+    m: SessionManifest,
+    options: { limit: number; order: 'asc' | 'desc'; after?: number },
+  ): Promise<VersionListing> {
+    const { limit, order, after } = options;
+    const wanted = (v: ManifestVersion) => after === undefined || (order === 'asc' ? v.version > after : v.version < after);
+    const out: ManifestVersion[] = [];
+    const take = (entries: readonly ManifestVersion[]) => {
+      for (const v of order === 'asc' ? entries : [...entries].reverse()) {
+        if (out.length > limit) return;
+        if (wanted(v)) out.push(v);
+      }
+    };
+    const [first, ...rest] = m.versions;
+    const pageCount = m.paged_below / VERSIONS_PER_PAGE;
+    if (order === 'asc') {
+      take([first!]);
+      const from = after === undefined ? 0 : Math.floor((after + 1) / VERSIONS_PER_PAGE);
+      for (let n = from; n < pageCount && out.length <= limit; n++) take((await this.readPage(tenant, session, m, n)).versions);
+      take(rest);
+    } else {
+      take(rest);
+      const from = after === undefined ? pageCount - 1 : Math.min(pageCount - 1, Math.floor((after - 1) / VERSIONS_PER_PAGE));
+      for (let n = from; n >= 0 && out.length <= limit; n--) take((await this.readPage(tenant, session, m, n)).versions);
+      take([first!]);
+    }
+    return { data: out.slice(0, limit), hasMore: out.length > limit };
+  }
+
+  private async readPage(tenant: string, session: string, m: SessionManifest, index: number): Promise<ManifestPage> {
+    const key = SessionStore.manifestPageKey(tenant, session, index);
+    const obj = await this.objects.get(key);
+    // The manifest names only pages written before it: one missing was removed by hand or by a half-done delete.
+    if (!obj) throw new CorruptManifestError(key, `missing, though the manifest has moved versions below ${m.paged_below} to pages`);
+    const page = this.parsePage(key, obj.bytes);
+    if (page.incarnation !== m.incarnation) throw new CorruptManifestError(key, 'belongs to an earlier session of the same id');
+    return page;
+  }
+
+  private parsePage(key: string, bytes: Uint8Array): ManifestPage {
+    let json: unknown;
+    try {
+      json = JSON.parse(new TextDecoder().decode(bytes));
+    } catch {
+      throw new CorruptManifestError(key, 'not JSON');
+    }
+    const parsed = ManifestPage.safeParse(json);
+    if (!parsed.success) throw new CorruptManifestError(key, parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
+    return parsed.data;
+  }
+
+  /** Create a page; one already there (a commit that lost its manifest replace wrote it) must say the same. */
+  private async writePage(tenant: string, session: string, index: number, page: ManifestPage): Promise<void> {
+    const key = SessionStore.manifestPageKey(tenant, session, index);
+    const body = JSON.stringify(page);
+    try {
+      await this.objects.putIfAbsent(key, encoder.encode(body));
+    } catch (e) {
+      if (!(e instanceof StorePreconditionError)) throw e;
+      const existing = await this.objects.get(key);
+      if (!existing || JSON.stringify(this.parsePage(key, existing.bytes)) !== body) {
+        throw new CorruptManifestError(key, 'exists with other entries than the manifest holds for its range');
+      }
+    }
   }
 
   /** Replace the manifest through `mutate` (metadata edits) under the same CAS. */

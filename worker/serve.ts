@@ -36,7 +36,7 @@ export async function startWorker(config: WorkerConfig, options: { log?: Logger;
   redis.on('error', (e) => log.warn('redis error', { error: e.message }));
   const keys = new RedisKeys(config.REDIS_PREFIX);
   const objects = createStateStore(config, (m) => log.warn(m));
-  const sessions = new SessionStore(objects);
+  const sessions = new SessionStore(objects, { recentVersions: config.MANIFEST_RECENT_VERSIONS });
   const leases = new SessionLeases(redis, keys, config.LEASE_TTL_MS);
   const registry = new ModelRegistry(redis, keys, config.WORKER_STALE_MS);
   const scheduler = new BatchScheduler(model.engine, config.PREFILL_CHUNK_TOKENS);

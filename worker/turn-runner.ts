@@ -118,7 +118,9 @@ export class TurnRunner {
         manifest = (await deps.sessions.read(job.tenant, job.session))?.manifest ?? null;
         if (!manifest) throw new TurnRejected('session_not_found', `session ${job.session} not found`);
         if (manifest.model !== deps.model.id) throw new TurnRejected('model_mismatch', `session ${job.session} belongs to model ${manifest.model}`);
-        // A previous attempt committed and then died before reporting: report its result.
+        // A previous attempt committed and then died before reporting: report its result. Its
+        // version is among the manifest's newest (MANIFEST_RECENT_VERSIONS, at least 16) unless
+        // that many other turns committed between its commit and this retry (about QUEUE_LOCK_MS).
         const committed = manifest.versions.find((v) => v.turn_id === job.turn_id);
         if (committed) return await this.replayCommitted(job, committed, attempt, stream, releaseSession);
       }
@@ -287,7 +289,7 @@ export class TurnRunner {
   private async startingState(job: TurnJob, manifest: SessionManifest | null): Promise<StartingState> {
     const { engine } = this.deps.model;
     if (job.session === null || !manifest) return { state: await engine.newState(), base: null, source: 'empty' };
-    const base = this.baseVersion(job, manifest);
+    const base = await this.baseVersion(job, manifest);
     const key = stateCacheKey(job.tenant, job.session, manifest.incarnation, base.version);
     const cached = this.deps.cache.take(key);
     if (cached) return { state: cached, base, source: 'cache' };
@@ -298,7 +300,7 @@ export class TurnRunner {
     return { state: imported.state, base, source: 'store' };
   }
 
-  private baseVersion(job: TurnJob, m: SessionManifest): ManifestVersion {
+  private async baseVersion(job: TurnJob, m: SessionManifest): Promise<ManifestVersion> {
     const b = job.base;
     if (b.kind === 'head') {
       if (b.if_version !== null && b.if_version !== m.head) {
@@ -309,7 +311,8 @@ export class TurnRunner {
     if (b.must_be_head && b.version !== m.head) {
       throw new TurnRejected('conversation_diverged', `session ${m.session} moved on to version ${m.head} since the request was matched to version ${b.version}`);
     }
-    const entry = findVersion(m, b.version);
+    // Matched by the edge among the manifest's newest versions; by now possibly moved to a page.
+    const entry = await this.deps.sessions.findVersion(job.tenant, m.session, m, b.version);
     if (!entry) throw new TurnRejected('version_not_found', `session ${m.session} has no version ${b.version}`);
     return entry;
   }

@@ -1,13 +1,13 @@
 // /v1/sessions: create, read, list versions, fork, delete.
 import { Hono } from 'hono';
-import { CreateSessionRequest, ForkSessionRequest, type SessionCreated } from '../../../shared/api-schemas.ts';
+import { CreateSessionRequest, ForkSessionRequest, VersionListQuery, type SessionCreated, type VersionList } from '../../../shared/api-schemas.ts';
 import { headEntry, type SessionManifest } from '../../../shared/session-manifest.ts';
 import type { EdgeEnv } from '../../auth.ts';
 import type { EdgeDeps } from '../../deps.ts';
 import { readJsonBody } from '../../request-body.ts';
 import { newSessionId, sessionInfo, versionInfo, type SessionService } from '../../session-service.ts';
 import type { TurnService } from '../../turn-service.ts';
-import { sessionParam } from '../../validators.ts';
+import { queryOf, sessionParam } from '../../validators.ts';
 
 function created(m: SessionManifest): SessionCreated {
   return { id: m.session, model: m.model, version: m.head, tokens_absorbed: headEntry(m).tokens_absorbed };
@@ -61,9 +61,14 @@ export function sessionRoutes(deps: EdgeDeps, sessions: SessionService, turns: T
     return c.json(sessionInfo(manifest));
   });
 
-  app.get('/:id/versions', sessionParam, async (c) => {
-    const { manifest } = await sessions.get(c.get('tenant'), c.req.valid('param').id);
-    return c.json({ session_id: manifest.session, head: manifest.head, data: manifest.versions.map(versionInfo) });
+  // Paginated: a long session's older entries live in manifest pages, read only as far as asked.
+  app.get('/:id/versions', sessionParam, queryOf(VersionListQuery), async (c) => {
+    const tenant = c.get('tenant');
+    const { manifest } = await sessions.get(tenant, c.req.valid('param').id);
+    const { limit, order, after } = c.req.valid('query');
+    const page = await deps.sessions.listVersions(tenant, manifest.session, manifest, { limit, order, ...(after === undefined ? {} : { after }) });
+    const body: VersionList = { session_id: manifest.session, head: manifest.head, data: page.data.map(versionInfo), has_more: page.hasMore };
+    return c.json(body);
   });
 
   app.post('/:id/fork', sessionParam, async (c) => {
