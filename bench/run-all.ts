@@ -3,10 +3,10 @@
 // runnable alone (npx tsx bench/<name>.ts). GPU benchmarks run only where a GPU is
 // (npm run bench:gpu).
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
 
 const BENCHMARKS = [
-  'bench/engine-cpu.ts', // the ORT engine alone (lead)
+  'bench/engine-cpu.ts', // the ORT engine alone
+  'bench/ort-scan-formulations.ts', // why the prefill scan is formulated as it is
   'bench/serving-overhead.ts',
   'bench/serving-throughput.ts',
   'bench/resume-cost.ts',
@@ -14,7 +14,6 @@ const BENCHMARKS = [
 
 let failed = 0;
 for (const script of BENCHMARKS) {
-  if (!existsSync(script)) continue;
   console.log(`\n=== ${script} ===`);
   const run = spawnSync(process.execPath, ['--import', 'tsx', script], { stdio: 'inherit' });
   if (run.status !== 0) {

@@ -3,7 +3,7 @@
 //
 // Layout (DESIGN.md): `state/tenants/{tenant}/sessions/{session}/v{version}.mstate` plus a small
 // manifest per session and immutable manifest pages of its older version entries
-// (docs/serving.md, "Store layout"); `models/{modelId}/` holds Hugging Face checkpoints the workers read.
+// (README, "Store layout"); `models/{modelId}/` holds Hugging Face checkpoints the workers read.
 //
 // Retention of old versions. Each version is its own key, so S3's noncurrent-version rules do
 // not apply (those act on overwritten versions of *one* key), and an age-based rule on the
