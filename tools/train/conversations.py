@@ -165,6 +165,60 @@ def _answer(key, v):
     return FACTS[key][3].format(v=v)
 
 
+VALUE_WEIGHT = 10.0
+
+
+def _add_answer(ids: list[int], w: list[float], key: str, v: str) -> None:
+    """The assistant's answer to a question about `key`. Only the value's tokens weigh more:
+    the rest of the answer ("Your locker code is ") follows from the question alone, while
+    the value is the one place where the loss says whether the fact was remembered. Without
+    this the recall signal drowns in the language-modelling loss (the first demo model,
+    trained with the whole answer weighted 4x, learnt the format but recalled at chance)."""
+    prefix, suffix = FACTS[key][3].split("{v}")
+    parts = [([ASSISTANT] + encode_text(prefix), 1.0), (encode_text(v), VALUE_WEIGHT),
+             (encode_text(suffix) + [END, NL], 1.0)]
+    for t, weight in parts:
+        ids.extend(t)
+        w.extend([weight] * len(t))
+
+
+def drill_session(r: random.Random, prose: ProseSampler, n_tokens: int, max_filler_chars: int) -> tuple[list[int], list[float]]:
+    """A dense recall drill: facts stated, changed and asked about every few messages, with
+    short fillers between them (multi-query associative recall in the chat format). Many
+    questions per session give the recall skill many gradient signals per step; the fillers'
+    length (max_filler_chars) sets the distances, which the curriculum grows."""
+    ids: list[int] = []
+    w: list[float] = []
+    known: dict[str, str] = {}
+
+    def add(role, content):
+        t = encode_message(role, content)
+        ids.extend(t)
+        w.extend([1.0] * len(t))
+
+    if r.random() < 0.5:
+        add("system", r.choice(SYSTEMS))
+    while len(ids) < n_tokens:
+        x = r.random()
+        if x < 0.3 or not known:  # a new fact, or a new value for a known key
+            k = r.choice(FACT_KEYS)
+            known[k] = FACTS[k][0](r)
+            add("user", _state(r, k, known[k]))
+            add("assistant", r.choice(ACKS).format(a=_answer(k, known[k])))
+        elif x < 0.7:
+            k = r.choice(sorted(known))
+            add("user", _ask(r, k))
+            _add_answer(ids, w, k, known[k])
+        elif r.random() < 0.4:
+            q, a = r.choice(SMALL_TALK)
+            add("user", q)
+            add("assistant", a)
+        else:
+            add("user", r.choice(PROSE_ASKS) + prose.passage(r, r.randint(40, max_filler_chars)))
+            add("assistant", r.choice(PROSE_REPLIES))
+    return ids[:n_tokens], w[:n_tokens]
+
+
 def training_session(r: random.Random, prose: ProseSampler, n_tokens: int) -> tuple[list[int], list[float]]:
     """One session of about n_tokens tokens (cut to exactly n_tokens): ids and per-token loss weights.
 
@@ -201,9 +255,7 @@ def training_session(r: random.Random, prose: ProseSampler, n_tokens: int) -> tu
                 add("assistant", r.choice(ACKS).format(a=_answer(k, known[k])))
             else:
                 add("user", _ask(r, k))
-                t = [ASSISTANT] + encode_text(_answer(k, known[k])) + [END, NL]
-                ids.extend(t)
-                w.extend([1.0] + [4.0] * (len(t) - 1))
+                _add_answer(ids, w, k, known[k])
         else:
             for m in _filler(r, prose, max_chars):
                 add(m["role"], m["content"])

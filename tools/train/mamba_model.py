@@ -14,10 +14,19 @@ h_t = a_t*h_{t-1} + b_t runs step by step, one fused op per step in a custom aut
 function (no autograd graph per step, and its backward is the same one-op-per-step
 reverse scan). Log-space/cumsum forms would be vectorized too but overflow exp() in
 fp32 once dt*|A| summed over a chunk passes ~88.
+
+Faster still, and what training uses when gcc is present: scan_kernel.c does the whole
+selective scan (discretization, recurrence, readout) per (batch, channel) lane with the
+N-vector in registers, forward and backward, called through ctypes (FusedScan). It keeps
+every intermediate state for the backward ([B, D, L, N] floats: 67 MB for the demo's
+batch 8 x 512 tokens), and more than triples training throughput over the Python scan
+(3.8k vs 1.1k tokens/s for hidden 128 x 4 layers on 2 cores, the latter the
+average over the first demo model's 99-minute run).
 """
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -50,6 +59,70 @@ class LinearScan(torch.autograd.Function):
         ga = gb * h_prev
         gh0 = a[0] * gb[0]
         return ga, gb, gh0
+
+
+_KERNEL = None
+
+
+def fused_kernel():
+    """The C scan (scan_kernel.c), compiled on first use into tools/train/out/; None when no
+    C compiler is available (then the Python scan below is used)."""
+    global _KERNEL
+    if _KERNEL is None:
+        import ctypes
+        import subprocess
+        here = os.path.dirname(os.path.abspath(__file__))
+        src = os.path.join(here, "scan_kernel.c")
+        so = os.path.join(here, "out", "scan_kernel.so")
+        try:
+            if not os.path.exists(so) or os.path.getmtime(so) < os.path.getmtime(src):
+                os.makedirs(os.path.dirname(so), exist_ok=True)
+                tmp = f"{so}.{os.getpid()}.tmp"
+                subprocess.run(["gcc", "-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC",
+                                src, "-o", tmp, "-lm"], check=True)
+                os.replace(tmp, so)
+            _KERNEL = ctypes.CDLL(so)
+        except (OSError, subprocess.CalledProcessError):
+            _KERNEL = False
+    return _KERNEL or None
+
+
+def _ptr(t):
+    import ctypes
+    return ctypes.c_void_p(t.data_ptr())
+
+
+class FusedScan(torch.autograd.Function):
+    """y[b,t,d] = sum_n C[b,t,n] h[b,t,d,n], h_t = exp(dt A) h_{t-1} + dt x B (scan_kernel.c).
+    x, dt: [B,L,D]; A: [D,N]; Bm, Cm: [B,L,N]; h0: [B,D,N]. Returns y [B,L,D], h_last [B,D,N]."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, Bm, Cm, h0):
+        k = fused_kernel()
+        x, dt, A, Bm, Cm, h0 = (v.contiguous() for v in (x, dt, A, Bm, Cm, h0))
+        Bsz, L, D = x.shape
+        N = A.shape[1]
+        y = x.new_empty(Bsz, L, D)
+        hs = x.new_empty(Bsz, D, L, N)
+        hlast = x.new_empty(Bsz, D, N)
+        k.scan_fwd(Bsz, L, D, N, *map(_ptr, (x, dt, A, Bm, Cm, h0, y, hs, hlast)))
+        ctx.save_for_backward(x, dt, A, Bm, Cm, h0, hs)
+        return y, hlast
+
+    @staticmethod
+    def backward(ctx, gy, ghlast):
+        k = fused_kernel()
+        x, dt, A, Bm, Cm, h0, hs = ctx.saved_tensors
+        Bsz, L, D = x.shape
+        N = A.shape[1]
+        gy = gy.contiguous() if gy is not None else torch.zeros_like(x)
+        ghlast = ghlast.contiguous() if ghlast is not None else torch.zeros_like(h0)
+        gx, gdt = torch.empty_like(x), torch.empty_like(x)
+        gA_lane = x.new_empty(Bsz, D, N)
+        gB, gC = torch.zeros_like(Bm), torch.zeros_like(Cm)
+        gh0 = torch.empty_like(h0)
+        k.scan_bwd(Bsz, L, D, N, *map(_ptr, (x, dt, A, Bm, Cm, h0, hs, gy, ghlast, gx, gdt, gA_lane, gB, gC, gh0)))
+        return gx, gdt, gA_lane.sum(0), gB, gC, gh0
 
 
 class Mixer(nn.Module):
@@ -86,6 +159,10 @@ class Mixer(nn.Module):
         dt = F.softplus(self.dt_proj(dt))  # threshold 20 like HF
         A = -torch.exp(self.A_log)
         h = state[1] if state is not None else x.new_zeros(Bsz, self.d_inner, self.N)
+        if x.dtype == torch.float32 and self.N <= 64 and fused_kernel() is not None:
+            y, h = FusedScan.apply(x, dt, A, Bm, Cm, h)
+            y = (y + x * self.D) * F.silu(z)
+            return self.out_proj(y), (new_conv, h)
         # time-major for the scan so hs[t] is contiguous
         dt_t, x_t, B_t, C_t = (v.transpose(0, 1) for v in (dt, x, Bm, Cm))
         ys = []

@@ -36,33 +36,38 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from chat_format import VOCAB_SIZE, encode_text  # noqa: E402
-from conversations import ProseSampler, training_session  # noqa: E402
+from conversations import ProseSampler, drill_session, training_session  # noqa: E402
 from export import export_model  # noqa: E402
 from mamba_model import MambaLM, hf_config  # noqa: E402
 from prose_source import load_austen  # noqa: E402
 from recall_eval import EVAL_BOOK, make_probes, score  # noqa: E402
 
 
-def curriculum(frac: float) -> int:
-    """Chunks per episode at this point of training: longer sessions as training goes on."""
-    if frac < 0.15:
-        return 1
-    if frac < 0.35:
-        return 2
-    if frac < 0.6:
-        return 4
-    return 8
+def curriculum(frac: float) -> tuple[int, float, int]:
+    """At this point of training: TBPTT chunks per episode (session length), the share of
+    batch lanes that are dense recall drills, and the drills' longest filler in characters.
+    Recall is learnt first on short dense drills, then kept over longer and longer spans."""
+    if frac < 0.3:
+        return 1, 0.75, 300
+    if frac < 0.55:
+        return 2, 0.55, 700
+    if frac < 0.8:
+        return 4, 0.4, 1500
+    return 8, 0.3, 3000
 
 
-def episode(i: int, args, prose: ProseSampler, n_tokens: int):
+def episode(i: int, args, prose: ProseSampler, n_tokens: int, drill_frac: float, filler_chars: int):
     """B lanes of n_tokens+1 tokens (and loss weights) for episode i; deterministic in (seed, i)."""
     r = random.Random(f"{args.seed}/{i}")
     xs, ws = [], []
     for _ in range(args.batch):
-        if r.random() < args.prose_frac:  # plain prose keeps the model's English going
+        x = r.random()
+        if x < args.prose_frac:  # plain prose keeps the model's English going
             t = encode_text(prose.passage(r, n_tokens * 2))[:n_tokens + 1]
             t += [32] * (n_tokens + 1 - len(t))
             w = [1.0] * len(t)
+        elif x < args.prose_frac + (1 - args.prose_frac) * drill_frac:
+            t, w = drill_session(r, prose, n_tokens + 1, filler_chars)
         else:
             t, w = training_session(r, prose, n_tokens + 1)
         xs.append(t)
@@ -100,7 +105,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3000, help="optimizer steps (= chunks) in all")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=100)
-    ap.add_argument("--prose-frac", type=float, default=0.15)
+    ap.add_argument("--prose-frac", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ckpt-minutes", type=float, default=5)
@@ -115,8 +120,9 @@ def main() -> int:
     log_path = os.path.join(args.out, "log.jsonl")
     books = load_austen(os.path.join(HERE, "out", "data"))
     prose = ProseSampler([t for k, t in sorted(books.items()) if k != EVAL_BOOK])
+    eval_distances = (100, 500, 2000)
     probes = [dict(p, distance_bucket=d) for d, p in
-              zip([d for d in (200, 1000, 3000) for _ in range(8)], make_probes((200, 1000, 3000), 8, seed=7))]
+              zip([d for d in eval_distances for _ in range(8)], make_probes(eval_distances, 8, seed=7))]
 
     torch.manual_seed(args.seed)
     cfg = hf_config(args.hidden, args.layers, N=args.state, vocab=VOCAB_SIZE)
@@ -153,8 +159,8 @@ def main() -> int:
     last_ckpt = last_eval = time.time()
     model.train()
     while progress(pos, args) < 1.0:
-        k = curriculum(progress(pos, args))
-        x, w = episode(pos["episode"], args, prose, k * args.seq)
+        k, drill_frac, filler_chars = curriculum(progress(pos, args))
+        x, w = episode(pos["episode"], args, prose, k * args.seq, drill_frac, filler_chars)
         state = None
         for c in range(k):
             if progress(pos, args) >= 1.0:
