@@ -168,6 +168,18 @@ def _answer(key, v):
 VALUE_WEIGHT = 10.0
 
 
+def _add_ack(ids: list[int], w: list[float], r: random.Random, key: str, v: str) -> None:
+    """The assistant's acknowledgement of a fact, restating it. Its value is a copy from a
+    few tokens back: the shortest-range version of the recall skill, and the first rung of
+    the curriculum, so its value tokens weigh as much as an answer's."""
+    prefix, suffix = r.choice(ACKS).format(a=FACTS[key][3]).split("{v}")
+    parts = [([ASSISTANT] + encode_text(prefix), 1.0), (encode_text(v), VALUE_WEIGHT),
+             (encode_text(suffix) + [END, NL], 1.0)]
+    for t, weight in parts:
+        ids.extend(t)
+        w.extend([weight] * len(t))
+
+
 def _add_answer(ids: list[int], w: list[float], key: str, v: str) -> None:
     """The assistant's answer to a question about `key`. Only the value's tokens weigh more:
     the rest of the answer ("Your locker code is ") follows from the question alone, while
@@ -204,7 +216,7 @@ def drill_session(r: random.Random, prose: ProseSampler, n_tokens: int, max_fill
             k = r.choice(FACT_KEYS)
             known[k] = FACTS[k][0](r)
             add("user", _state(r, k, known[k]))
-            add("assistant", r.choice(ACKS).format(a=_answer(k, known[k])))
+            _add_ack(ids, w, r, k, known[k])
         elif x < 0.7:
             k = r.choice(sorted(known))
             add("user", _ask(r, k))
@@ -246,13 +258,13 @@ def training_session(r: random.Random, prose: ProseSampler, n_tokens: int) -> tu
             k = keys.pop()
             known[k] = FACTS[k][0](r)
             add("user", _state(r, k, known[k]))
-            add("assistant", r.choice(ACKS).format(a=_answer(k, known[k])))
+            _add_ack(ids, w, r, k, known[k])
         elif known and x < (0.45 if early else 0.2):
             k = r.choice(sorted(known))
             if r.random() < 0.12:  # the fact changes; from now on the new value is the answer
                 known[k] = FACTS[k][0](r)
                 add("user", _state(r, k, known[k]))
-                add("assistant", r.choice(ACKS).format(a=_answer(k, known[k])))
+                _add_ack(ids, w, r, k, known[k])
             else:
                 add("user", _ask(r, k))
                 _add_answer(ids, w, k, known[k])

@@ -47,9 +47,9 @@ def curriculum(frac: float) -> tuple[int, float, int]:
     """At this point of training: TBPTT chunks per episode (session length), the share of
     batch lanes that are dense recall drills, and the drills' longest filler in characters.
     Recall is learnt first on short dense drills, then kept over longer and longer spans."""
-    if frac < 0.3:
+    if frac < 0.4:
         return 1, 0.75, 300
-    if frac < 0.55:
+    if frac < 0.6:
         return 2, 0.55, 700
     if frac < 0.8:
         return 4, 0.4, 1500
