@@ -168,16 +168,22 @@ def _answer(key, v):
 VALUE_WEIGHT = 10.0
 
 
+def _add_valued_reply(ids: list[int], w: list[float], template: str, v: str) -> None:
+    """An assistant message: `template` with `{v}` replaced by the value, whose tokens weigh
+    VALUE_WEIGHT; the rest weighs 1."""
+    head, tail = template.split("{v}")
+    parts = [([ASSISTANT] + encode_text(head), 1.0), (encode_text(v), VALUE_WEIGHT),
+             (encode_text(tail) + [END, NL], 1.0)]
+    for t, weight in parts:
+        ids.extend(t)
+        w.extend([weight] * len(t))
+
+
 def _add_ack(ids: list[int], w: list[float], r: random.Random, key: str, v: str) -> None:
     """The assistant's acknowledgement of a fact, restating it. Its value is a copy from a
     few tokens back: the shortest-range version of the recall skill, and the first rung of
     the curriculum, so its value tokens weigh as much as an answer's."""
-    prefix, suffix = r.choice(ACKS).format(a=FACTS[key][3]).split("{v}")
-    parts = [([ASSISTANT] + encode_text(prefix), 1.0), (encode_text(v), VALUE_WEIGHT),
-             (encode_text(suffix) + [END, NL], 1.0)]
-    for t, weight in parts:
-        ids.extend(t)
-        w.extend([weight] * len(t))
+    _add_valued_reply(ids, w, r.choice(ACKS).format(a=FACTS[key][3]), v)
 
 
 def _add_answer(ids: list[int], w: list[float], key: str, v: str) -> None:
@@ -186,12 +192,7 @@ def _add_answer(ids: list[int], w: list[float], key: str, v: str) -> None:
     the value is the one place where the loss says whether the fact was remembered. Without
     this the recall signal drowns in the language-modelling loss (the first demo model,
     trained with the whole answer weighted 4x, learnt the format but recalled at chance)."""
-    prefix, suffix = FACTS[key][3].split("{v}")
-    parts = [([ASSISTANT] + encode_text(prefix), 1.0), (encode_text(v), VALUE_WEIGHT),
-             (encode_text(suffix) + [END, NL], 1.0)]
-    for t, weight in parts:
-        ids.extend(t)
-        w.extend([weight] * len(t))
+    _add_valued_reply(ids, w, FACTS[key][3], v)
 
 
 def drill_session(r: random.Random, prose: ProseSampler, n_tokens: int, max_filler_chars: int) -> tuple[list[int], list[float]]:

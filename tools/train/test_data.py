@@ -12,7 +12,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from chat_format import CHAT_TEMPLATE, decode, encode_messages  # noqa: E402
-from conversations import FACTS, ProseSampler, recall_probe, training_session  # noqa: E402
+from conversations import FACTS, VALUE_WEIGHT, ProseSampler, drill_session, recall_probe, training_session  # noqa: E402
 
 PROSE = ProseSampler(["\n\n".join(f"Paragraph {i} is here. It has two sentences of plain text, and then some more words."
                                   for i in range(200))])
@@ -43,6 +43,24 @@ class DataTest(unittest.TestCase):
                     p, s = st.split("{v}")
                     if line.startswith("<|user|>" + p) and line.endswith(s + "<|end|>"):
                         latest[key] = line[len("<|user|>" + p):-len(s + "<|end|>")]
+
+    def test_only_recalled_values_weigh_more(self):
+        for ids, w in (drill_session(random.Random("d/1"), PROSE, 4000, 300),
+                       training_session(random.Random("s/3"), PROSE, 4000)):
+            self.assertEqual(set(w), {1.0, VALUE_WEIGHT})
+            runs, cur = [], []
+            for i, wt in zip(ids, w):
+                if wt > 1:
+                    cur.append(i)
+                elif cur:
+                    runs.append(decode(cur))
+                    cur = []
+            self.assertGreater(len(runs), 5)
+            text = decode(ids)
+            for v in runs:  # each heavy run is a value the user stated before it was repeated
+                stated = text.find(v)
+                self.assertGreaterEqual(stated, 0)
+                self.assertEqual(text.rfind("<|user|>", 0, stated) > text.rfind("<|assistant|>", 0, stated), True, v)
 
     def test_probe_distance_is_what_it_says(self):
         for d in (100, 1000, 4000):
