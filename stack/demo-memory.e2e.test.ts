@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEMO_MODEL_DIR } from './demo-model.ts';
 import { startLocalStack, type LocalStack } from './local-stack.ts';
+import { testStackEnv } from './test-stack-env.ts';
 import { REPO_ROOT } from './service-process.ts';
 
 const enabled = process.env['MS_DEMO_RECALL'] === '1';
@@ -27,22 +28,15 @@ let stack: LocalStack;
 beforeAll(async () => {
   if (!enabled) return;
   dataDir = await mkdtemp(join(tmpdir(), 'ms-demo-memory-'));
-  const env: Record<string, string | undefined> = { ...process.env };
-  delete env['REDIS_URL'];
-  delete env['API_KEYS'];
   stack = await startLocalStack({
-    env: {
-      ...env,
-      PORT: '0',
+    env: testStackEnv(dataDir, {
       MODEL_DIR: join(REPO_ROOT, DEMO_MODEL_DIR),
       MODEL_ID: 'demo',
-      MODEL_CACHE_DIR: join(dataDir, 'cache'),
-      STATE_STORE: `file:${join(dataDir, 'store')}`,
       // No hot-state cache: every turn after the restart reads its state from the store.
       STATE_CACHE_BYTES: '0',
       SHUTDOWN_GRACE_MS: '5000',
       LOG_LEVEL: 'warn',
-    },
+    }),
     readyTimeoutMs: 180_000,
   });
 }, 240_000);

@@ -13,6 +13,7 @@ import { decodeMState } from '../shared/mstate.ts';
 import { turnIdFor } from '../edge/turn-service.ts';
 import { writeTinyModel, type TinyModel } from '../test-support/tiny-model.ts';
 import { startLocalStack, type LocalStack } from './local-stack.ts';
+import { testStackEnv } from './test-stack-env.ts';
 
 let model: TinyModel;
 let dataDir: string;
@@ -22,24 +23,17 @@ let client: OpenAI;
 beforeAll(async () => {
   model = await writeTinyModel();
   dataDir = await mkdtemp(join(tmpdir(), 'ms-e2e-'));
-  const env: Record<string, string | undefined> = { ...process.env };
-  delete env['REDIS_URL'];
-  delete env['API_KEYS'];
   stack = await startLocalStack({
-    env: {
-      ...env,
-      PORT: '0',
+    env: testStackEnv(dataDir, {
       MODEL_DIR: model.dir,
       MODEL_ID: 'tiny',
-      MODEL_CACHE_DIR: join(dataDir, 'cache'),
-      STATE_STORE: `file:${join(dataDir, 'store')}`,
       // Fast fault recovery for the tests: a dead worker's turn is retried within seconds.
       QUEUE_LOCK_MS: '2000',
       LEASE_TTL_MS: '2000',
       WORKER_STALE_MS: '3000',
       SHUTDOWN_GRACE_MS: '0',
       LOG_LEVEL: 'warn',
-    },
+    }),
     readyTimeoutMs: 180_000,
   });
   client = new OpenAI({ baseURL: `${stack.url}/v1`, apiKey: 'not-needed-locally', maxRetries: 0 });
