@@ -179,19 +179,28 @@ def _add_valued_reply(ids: list[int], w: list[float], template: str, v: str) -> 
         w.extend([weight] * len(t))
 
 
-def _add_ack(ids: list[int], w: list[float], r: random.Random, key: str, v: str) -> None:
-    """The assistant's acknowledgement of a fact, restating it. Its value is a copy from a
-    few tokens back: the shortest-range version of the recall skill, and the first rung of
-    the curriculum, so its value tokens weigh as much as an answer's."""
+def _add_message(ids: list[int], w: list[float], role: str, content: str) -> None:
+    t = encode_message(role, content)
+    ids.extend(t)
+    w.extend([1.0] * len(t))
+
+
+def _add_fact(ids: list[int], w: list[float], r: random.Random, key: str, v: str) -> None:
+    """The user states a fact; the assistant acknowledges it, restating the value. That value
+    is a copy from a few tokens back: the shortest-range version of the recall skill, and the
+    first rung of the curriculum, so its tokens weigh as much as an answer's."""
+    _add_message(ids, w, "user", _state(r, key, v))
     _add_valued_reply(ids, w, r.choice(ACKS).format(a=FACTS[key][3]), v)
 
 
-def _add_answer(ids: list[int], w: list[float], key: str, v: str) -> None:
-    """The assistant's answer to a question about `key`. Only the value's tokens weigh more:
-    the rest of the answer ("Your locker code is ") follows from the question alone, while
-    the value is the one place where the loss says whether the fact was remembered. Without
-    this the recall signal drowns in the language-modelling loss (the first demo model,
-    trained with the whole answer weighted 4x, learnt the format but recalled at chance)."""
+def _add_question(ids: list[int], w: list[float], r: random.Random, key: str, v: str) -> None:
+    """The user asks about `key`; the assistant answers with its latest value. Only the value's
+    tokens weigh more: the rest of the answer ("Your locker code is ") follows from the
+    question alone, while the value is the one place where the loss says whether the fact was
+    remembered. Without this the recall signal drowns in the language-modelling loss (the
+    first demo model, trained with the whole answer weighted 4x, learnt the format but
+    recalled at chance)."""
+    _add_message(ids, w, "user", _ask(r, key))
     _add_valued_reply(ids, w, FACTS[key][3], v)
 
 
@@ -203,32 +212,24 @@ def drill_session(r: random.Random, prose: ProseSampler, n_tokens: int, max_fill
     ids: list[int] = []
     w: list[float] = []
     known: dict[str, str] = {}
-
-    def add(role, content):
-        t = encode_message(role, content)
-        ids.extend(t)
-        w.extend([1.0] * len(t))
-
     if r.random() < 0.5:
-        add("system", r.choice(SYSTEMS))
+        _add_message(ids, w, "system", r.choice(SYSTEMS))
     while len(ids) < n_tokens:
         x = r.random()
         if x < 0.3 or not known:  # a new fact, or a new value for a known key
             k = r.choice(FACT_KEYS)
             known[k] = FACTS[k][0](r)
-            add("user", _state(r, k, known[k]))
-            _add_ack(ids, w, r, k, known[k])
+            _add_fact(ids, w, r, k, known[k])
         elif x < 0.7:
             k = r.choice(sorted(known))
-            add("user", _ask(r, k))
-            _add_answer(ids, w, k, known[k])
+            _add_question(ids, w, r, k, known[k])
         elif r.random() < 0.4:
             q, a = r.choice(SMALL_TALK)
-            add("user", q)
-            add("assistant", a)
+            _add_message(ids, w, "user", q)
+            _add_message(ids, w, "assistant", a)
         else:
-            add("user", r.choice(PROSE_ASKS) + prose.passage(r, r.randint(40, max_filler_chars)))
-            add("assistant", r.choice(PROSE_REPLIES))
+            _add_message(ids, w, "user", r.choice(PROSE_ASKS) + prose.passage(r, r.randint(40, max_filler_chars)))
+            _add_message(ids, w, "assistant", r.choice(PROSE_REPLIES))
     return ids[:n_tokens], w[:n_tokens]
 
 
@@ -236,19 +237,14 @@ def training_session(r: random.Random, prose: ProseSampler, n_tokens: int) -> tu
     """One session of about n_tokens tokens (cut to exactly n_tokens): ids and per-token loss weights.
 
     Facts are stated mostly early, asked about at any later point, so question-to-fact
-    distances cover the whole session; answers' tokens weigh more because they are the
-    rare tokens that carry the skill we want.
+    distances cover the whole session; recalled values' tokens weigh more because they are
+    the rare tokens that carry the skill we want.
     """
-    ids, w = [], []
+    ids: list[int] = []
+    w: list[float] = []
     known: dict[str, str] = {}
-
-    def add(role, content, weight=1.0):
-        t = encode_message(role, content)
-        ids.extend(t)
-        w.extend([weight] * len(t))
-
     if r.random() < 0.5:
-        add("system", r.choice(SYSTEMS))
+        _add_message(ids, w, "system", r.choice(SYSTEMS))
     n_facts = r.randint(2, 6)
     keys = r.sample(FACT_KEYS, n_facts)
     max_chars = r.choice([300, 600, 1200])
@@ -258,20 +254,17 @@ def training_session(r: random.Random, prose: ProseSampler, n_tokens: int) -> tu
         if keys and (x < (0.35 if early else 0.06)):
             k = keys.pop()
             known[k] = FACTS[k][0](r)
-            add("user", _state(r, k, known[k]))
-            _add_ack(ids, w, r, k, known[k])
+            _add_fact(ids, w, r, k, known[k])
         elif known and x < (0.45 if early else 0.2):
             k = r.choice(sorted(known))
             if r.random() < 0.12:  # the fact changes; from now on the new value is the answer
                 known[k] = FACTS[k][0](r)
-                add("user", _state(r, k, known[k]))
-                _add_ack(ids, w, r, k, known[k])
+                _add_fact(ids, w, r, k, known[k])
             else:
-                add("user", _ask(r, k))
-                _add_answer(ids, w, k, known[k])
+                _add_question(ids, w, r, k, known[k])
         else:
             for m in _filler(r, prose, max_chars):
-                add(m["role"], m["content"])
+                _add_message(ids, w, m["role"], m["content"])
     return ids[:n_tokens], w[:n_tokens]
 
 
