@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
 """Trains the demo Mamba on CPU with truncated BPTT and exports it in the HF layout.
 
-    nice -n 19 /usr/bin/python3 tools/train/train.py --out tools/train/out/run1 --export models/demo
+    nice -n 5 /usr/bin/python3 tools/train/train.py --out tools/train/out/run1 --export tools/train/out/run1/model \
+        --procs 2 --threads 1 --steps 100000 --max-minutes 90
 
 (Debian's python3-torch installs for /usr/bin/python3, not for a pyenv python3 on PATH.)
+`--init-from DIR` starts from a model directory's weights instead of a fresh init, with a
+fresh optimizer and schedule (how the shipped demo model was trained on: docs/demo-model.md).
+Every step's log line has `first_acc`: how often the model's top guess for the first token of
+a value (in acknowledgements and answers) is right, teacher-forced — the training-time view
+of recall.
 
 How it learns to remember far back cheaply: every batch lane is one synthetic session of
 `chunks x seq` tokens that starts from a zero state; it is fed `seq` tokens at a time and
@@ -41,6 +47,7 @@ from export import export_model  # noqa: E402
 from mamba_model import MambaLM, hf_config  # noqa: E402
 from prose_source import load_austen  # noqa: E402
 from recall_eval import EVAL_BOOK, make_probes, score  # noqa: E402
+from mamba_ref import read_safetensors  # noqa: E402
 
 
 def curriculum(frac: float) -> tuple[int, float, int]:
@@ -75,6 +82,29 @@ def episode(i: int, args, prose: ProseSampler, n_tokens: int, drill_frac: float,
     return torch.tensor(xs), torch.tensor(ws)
 
 
+def is_decayed(name: str, p: torch.nn.Parameter) -> bool:
+    """Weight decay on matrices only; not on the embeddings, and not on A_log and D, which
+    are matrices/vectors of dynamics, not of features. Decaying A_log pulls every state's
+    decay rate A = -exp(A_log) towards -1 and erases the spread of time scales the S4D
+    init gives (the second demo model's A range shrank from 1..16 to about 1..5); the
+    Mamba reference keeps both out of weight decay for that reason."""
+    if name.endswith(".A_log") or name.endswith(".D"):
+        return False
+    return p.dim() >= 2 and "embeddings" not in name
+
+
+def value_accuracy(logits: torch.Tensor, tgt: torch.Tensor, wt: torch.Tensor, wt_prev: torch.Tensor) -> dict:
+    """Teacher-forced argmax accuracy on a chunk's value tokens (weight > 1): all of them, and
+    only each value's first token (the previous target was not a value), counted as
+    (right, total). The first token is the real test of memory ("Your locker code is _");
+    later ones are often implied by it (a name's second letter). Both move long before
+    greedy recall of whole values does, and cost nothing to compute."""
+    hit = logits.argmax(-1) == tgt
+    m = wt > 1
+    first = m & ~(torch.cat([wt_prev.unsqueeze(1), wt[:, :-1]], 1) > 1)
+    return {"value": (int(hit[m].sum()), int(m.sum())), "first": (int(hit[first].sum()), int(first.sum()))}
+
+
 def lr_at(step: int, frac: float, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -107,15 +137,49 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--prose-frac", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dt-min", type=float, default=1e-3, help="smallest initial time step (log-uniform up to 0.1)")
+    ap.add_argument("--init-from", help="start from this HF-layout model directory's weights (fresh optimizer and schedule)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    ap.add_argument("--procs", type=int, default=1,
+                    help="data-parallel processes (gloo all-reduce); each takes batch/procs lanes of every episode")
     ap.add_argument("--ckpt-minutes", type=float, default=5)
     ap.add_argument("--eval-minutes", type=float, default=20)
     ap.add_argument("--max-minutes", type=float, default=0,
                     help="time budget: the schedule ends at this much training time if the steps are not done by then")
     args = ap.parse_args()
-
-    torch.set_num_threads(args.threads)
+    if args.batch % args.procs:
+        ap.error("--batch must be a multiple of --procs")
     os.makedirs(args.out, exist_ok=True)
+    load_austen(os.path.join(HERE, "out", "data"))  # build the corpus cache once, before any worker reads it
+    if args.procs == 1:
+        train(0, args, 0)
+    else:
+        import torch.multiprocessing as mp
+        mp.spawn(train, args=(args, free_port()), nprocs=args.procs)
+    return 0
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def train(rank: int, args, port: int) -> None:
+    """One training process. With --procs N, N of these run side by side on one episode at a
+    time, each on its share of the batch lanes, and average gradients after every backward
+    (DistributedDataParallel over gloo): on this 2-core CPU two single-threaded processes
+    do ~1.4x the work of one process with two threads, whose small per-step ops do not
+    split well across threads. Rank 0 alone logs, evaluates, checkpoints and exports; the
+    time used for the schedule is rank 0's, broadcast every step, so that every rank picks
+    the same curriculum phase and stops at the same step."""
+    world = args.procs
+    torch.set_num_threads(args.threads)
+    if world > 1:
+        import torch.distributed as dist
+        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+        dist.init_process_group("gloo", rank=rank, world_size=world)
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
     log_path = os.path.join(args.out, "log.jsonl")
     books = load_austen(os.path.join(HERE, "out", "data"))
@@ -125,11 +189,16 @@ def main() -> int:
               zip([d for d in eval_distances for _ in range(8)], make_probes(eval_distances, 8, seed=7))]
 
     torch.manual_seed(args.seed)
-    cfg = hf_config(args.hidden, args.layers, N=args.state, vocab=VOCAB_SIZE)
+    cfg = hf_config(args.hidden, args.layers, N=args.state, vocab=VOCAB_SIZE, dt_min=args.dt_min)
+    if args.init_from:
+        with open(os.path.join(args.init_from, "config.json")) as f:
+            cfg = json.load(f)
     model = MambaLM(cfg)
+    if args.init_from:
+        model.load_state_dict(read_safetensors(os.path.join(args.init_from, "model.safetensors")))
     decay, no_decay = [], []
     for n, p in model.named_parameters():
-        (decay if p.dim() >= 2 and "embeddings" not in n else no_decay).append(p)
+        (decay if is_decayed(n, p) else no_decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95))
     pos = {"step": 0, "episode": 0, "tokens": 0, "seconds": 0.0}
@@ -138,14 +207,20 @@ def main() -> int:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         pos = ck["pos"]
-        if os.path.exists(log_path):  # drop log lines from after the checkpoint: they will be redone
+        if rank == 0 and os.path.exists(log_path):  # drop log lines from after the checkpoint: they will be redone
             with open(log_path) as f:
                 keep = [ln for ln in f if json.loads(ln)["step"] <= pos["step"]]
             with open(log_path, "w") as f:
                 f.writelines(keep)
-        print(f"resumed at step {pos['step']} ({pos['tokens']} tokens, {pos['seconds'] / 60:.1f} min)", flush=True)
+        if rank == 0:
+            print(f"resumed at step {pos['step']} ({pos['tokens']} tokens, {pos['seconds'] / 60:.1f} min)", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"params {n_params}  config {json.dumps(cfg)}", flush=True)
+    if rank == 0:
+        print(f"params {n_params}  config {json.dumps(cfg)}", flush=True)
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        net = DistributedDataParallel(model)
 
     def save():
         tmp = ckpt_path + ".tmp"
@@ -153,7 +228,7 @@ def main() -> int:
                     "args": vars(args)}, tmp)
         os.replace(tmp, ckpt_path)  # never a torn checkpoint, even if killed while writing
 
-    logf = open(log_path, "a")
+    logf = open(log_path, "a") if rank == 0 else None
     t_start = time.time()
     base_seconds = pos["seconds"]
     last_ckpt = last_eval = time.time()
@@ -161,6 +236,7 @@ def main() -> int:
     while progress(pos, args) < 1.0:
         k, drill_frac, filler_chars = curriculum(progress(pos, args))
         x, w = episode(pos["episode"], args, prose, k * args.seq, drill_frac, filler_chars)
+        x, w = x[rank::world], w[rank::world]
         state = None
         for c in range(k):
             if progress(pos, args) >= 1.0:
@@ -169,7 +245,7 @@ def main() -> int:
             inp, tgt, wt = x[:, s:s + args.seq], x[:, s + 1:s + args.seq + 1], w[:, s + 1:s + args.seq + 1]
             for g in opt.param_groups:
                 g["lr"] = lr_at(pos["step"], progress(pos, args), args.lr, args.warmup)
-            logits, state = model(inp, state)
+            logits, state = net(inp, state)
             state = [(a.detach(), b.detach()) for a, b in state]
             nll = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), tgt.reshape(-1), reduction="none")
             loss = (nll * wt.reshape(-1)).sum() / wt.sum()
@@ -177,17 +253,34 @@ def main() -> int:
             loss.backward()
             gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            acc = value_accuracy(logits.detach(), tgt, wt, w[:, s])
+            # sums over every rank's lanes: weighted nll, weight, nll, tokens, value/first right and total
+            sums = torch.tensor([float((nll * wt.reshape(-1)).sum()), float(wt.sum()), float(nll.sum()), nll.numel(),
+                                 *acc["value"], *acc["first"], 0.0], dtype=torch.float64)
+            if rank == 0:
+                sums[-1] = base_seconds + time.time() - t_start
+            if world > 1:
+                seconds = sums[-1].clone()
+                dist.broadcast(seconds, 0)
+                dist.all_reduce(sums)
+                sums[-1] = seconds
             pos["step"] += 1
-            pos["tokens"] += inp.numel()
-            pos["seconds"] = base_seconds + time.time() - t_start
+            pos["tokens"] += inp.numel() * world
+            pos["seconds"] = float(sums[-1])
+            if rank != 0:
+                continue
             rec = {"step": pos["step"], "tokens": pos["tokens"], "minutes": round(pos["seconds"] / 60, 2),
-                   "loss": round(float(loss), 4), "nll": round(float(nll.mean()), 4),
-                   "lr": round(opt.param_groups[0]["lr"], 6), "grad_norm": round(float(gn), 3), "chunks": k}
+                   "loss": round(float(sums[0] / sums[1]), 4), "nll": round(float(sums[2] / sums[3]), 4),
+                   "lr": round(opt.param_groups[0]["lr"], 6), "grad_norm": round(float(gn), 3), "chunks": k,
+                   "value_acc": round(float(sums[4] / sums[5]), 4) if sums[5] else None,
+                   "first_acc": round(float(sums[6] / sums[7]), 4) if sums[7] else None}
             logf.write(json.dumps(rec) + "\n")
             logf.flush()
             if pos["step"] % 10 == 0:
                 print(rec, flush=True)
         pos["episode"] += 1
+        if rank != 0:
+            continue
         if time.time() - last_eval > args.eval_minutes * 60:
             table = score(model, probes)
             model.train()
@@ -199,11 +292,12 @@ def main() -> int:
         if time.time() - last_ckpt > args.ckpt_minutes * 60:
             save()
             last_ckpt = time.time()
+    if rank != 0:
+        return
     save()
     if args.export:
         export_model(model, args.export, {"steps": pos["step"], "tokens": pos["tokens"]})
         print(f"exported to {args.export}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
