@@ -50,7 +50,7 @@ from recall_eval import EVAL_BOOK, make_probes, score  # noqa: E402
 from mamba_ref import read_safetensors  # noqa: E402
 
 
-def curriculum(frac: float) -> tuple[int, float, int]:
+def curriculum(frac: float, final_chunks: int = 8) -> tuple[int, float, int]:
     """At this point of training: TBPTT chunks per episode (session length), the share of
     batch lanes that are dense recall drills, and the drills' longest filler in characters.
     Recall is learnt first on short dense drills, then kept over longer and longer spans."""
@@ -60,7 +60,7 @@ def curriculum(frac: float) -> tuple[int, float, int]:
         return 2, 0.55, 700
     if frac < 0.8:
         return 4, 0.4, 1500
-    return 8, 0.3, 3000
+    return final_chunks, 0.3, 3000
 
 
 def episode(i: int, args, prose: ProseSampler, n_tokens: int, drill_frac: float, filler_chars: int):
@@ -139,6 +139,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--dt-min", type=float, default=1e-3, help="smallest initial time step (log-uniform up to 0.1)")
     ap.add_argument("--init-from", help="start from this HF-layout model directory's weights (fresh optimizer and schedule)")
+    ap.add_argument("--curriculum-start", type=float, default=0.0,
+                    help="begin the curriculum this far in (0.8: the longest sessions only), for a continued stage")
+    ap.add_argument("--final-chunks", type=int, default=8, help="TBPTT chunks per session in the curriculum's last phase")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per process")
     ap.add_argument("--procs", type=int, default=1,
                     help="data-parallel processes (gloo all-reduce); each takes batch/procs lanes of every episode")
@@ -234,7 +237,8 @@ def train(rank: int, args, port: int) -> None:
     last_ckpt = last_eval = time.time()
     model.train()
     while progress(pos, args) < 1.0:
-        k, drill_frac, filler_chars = curriculum(progress(pos, args))
+        f = progress(pos, args)
+        k, drill_frac, filler_chars = curriculum(args.curriculum_start + (1 - args.curriculum_start) * f, args.final_chunks)
         x, w = episode(pos["episode"], args, prose, k * args.seq, drill_frac, filler_chars)
         x, w = x[rank::world], w[rank::world]
         state = None
@@ -256,17 +260,14 @@ def train(rank: int, args, port: int) -> None:
             acc = value_accuracy(logits.detach(), tgt, wt, w[:, s])
             # sums over every rank's lanes: weighted nll, weight, nll, tokens, value/first right and total
             sums = torch.tensor([float((nll * wt.reshape(-1)).sum()), float(wt.sum()), float(nll.sum()), nll.numel(),
-                                 *acc["value"], *acc["first"], 0.0], dtype=torch.float64)
-            if rank == 0:
-                sums[-1] = base_seconds + time.time() - t_start
+                                 *acc["value"], *acc["first"]], dtype=torch.float64)
+            seconds = torch.tensor([base_seconds + time.time() - t_start], dtype=torch.float64)
             if world > 1:
-                seconds = sums[-1].clone()
-                dist.broadcast(seconds, 0)
                 dist.all_reduce(sums)
-                sums[-1] = seconds
+                dist.broadcast(seconds, 0)  # rank 0's clock drives everyone's schedule
             pos["step"] += 1
             pos["tokens"] += inp.numel() * world
-            pos["seconds"] = float(sums[-1])
+            pos["seconds"] = float(seconds)
             if rank != 0:
                 continue
             rec = {"step": pos["step"], "tokens": pos["tokens"], "minutes": round(pos["seconds"] / 60, 2),
