@@ -173,7 +173,7 @@ def train(rank: int, args, port: int) -> None:
     """One training process. With --procs N, N of these run side by side on one episode at a
     time, each on its share of the batch lanes, and average gradients after every backward
     (DistributedDataParallel over gloo): on this 2-core CPU two single-threaded processes
-    do ~1.4x the work of one process with two threads, whose small per-step ops do not
+    do ~1.5x the work of one process with two threads, whose small per-step ops do not
     split well across threads. Rank 0 alone logs, evaluates, checkpoints and exports; the
     time used for the schedule is rank 0's, broadcast every step, so that every rank picks
     the same curriculum phase and stops at the same step."""
@@ -192,10 +192,11 @@ def train(rank: int, args, port: int) -> None:
               zip([d for d in eval_distances for _ in range(8)], make_probes(eval_distances, 8, seed=7))]
 
     torch.manual_seed(args.seed)
-    cfg = hf_config(args.hidden, args.layers, N=args.state, vocab=VOCAB_SIZE, dt_min=args.dt_min)
-    if args.init_from:
+    if args.init_from:  # the model's own shape; --hidden/--layers/--state/--dt-min do not apply
         with open(os.path.join(args.init_from, "config.json")) as f:
             cfg = json.load(f)
+    else:
+        cfg = hf_config(args.hidden, args.layers, N=args.state, vocab=VOCAB_SIZE, dt_min=args.dt_min)
     model = MambaLM(cfg)
     if args.init_from:
         model.load_state_dict(read_safetensors(os.path.join(args.init_from, "model.safetensors")))
@@ -237,8 +238,8 @@ def train(rank: int, args, port: int) -> None:
     last_ckpt = last_eval = time.time()
     model.train()
     while progress(pos, args) < 1.0:
-        f = progress(pos, args)
-        k, drill_frac, filler_chars = curriculum(args.curriculum_start + (1 - args.curriculum_start) * f, args.final_chunks)
+        f = args.curriculum_start + (1 - args.curriculum_start) * progress(pos, args)
+        k, drill_frac, filler_chars = curriculum(f, args.final_chunks)
         x, w = episode(pos["episode"], args, prose, k * args.seq, drill_frac, filler_chars)
         x, w = x[rank::world], w[rank::world]
         state = None
