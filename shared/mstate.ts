@@ -1,12 +1,19 @@
 // The `.mstate` file: one session's recurrent state, self-describing and checksummed.
 //
 //   0   8 bytes  magic "\x89MSTATE\n" (the high byte and newline catch text-mode mangling)
-//   8   u32 LE   format version (1)
+//   8   u32 LE   format version (2; version 1 files, which predate hybrids, still load)
 //   12  u32 LE   header length H
 //   16  H bytes  header: UTF-8 JSON, schema MStateHeader below
 //   …   zero padding to a 64-byte boundary, then each tensor at header.tensors[i].offset
 //                (relative to the data start, 64-byte aligned), little-endian
 //   end 32 bytes SHA-256 of every byte before it
+//
+// Tensors: `conv_state` [M, d_inner, d_conv] and `ssm_state` [M, d_inner, d_state] over the M
+// Mamba layers in order; for a hybrid (version 2) also `attn_k` and `attn_v`
+// [A, W, KV, head_dim] over the A attention layers: a ring of the last W keys (after RoPE) and
+// values, the token at absolute position p in slot p mod W. That position is the header's
+// `tokens_absorbed` (every token since version 0, across resumes, forks and imports), which
+// RoPE and the ring's slots both read. Sizes depend on the model only, never on the history.
 //
 // Loading a file from another model (fingerprint), a truncated file or a bad checksum is
 // a StateFormatError, never a silently wrong state.
@@ -15,7 +22,9 @@ import { z } from 'zod';
 import { DTYPE_BYTES, fromFloat32, toFloat32 } from './dtype.ts';
 
 export const MSTATE_MAGIC = Uint8Array.from([0x89, 0x4d, 0x53, 0x54, 0x41, 0x54, 0x45, 0x0a]);
-export const MSTATE_FORMAT_VERSION = 1;
+export const MSTATE_FORMAT_VERSION = 2;
+/** Versions this build reads: 1 (pure Mamba only) and 2 (adds hybrid layouts). */
+const READABLE_VERSIONS = new Set([1, 2]);
 export const MSTATE_MEDIA_TYPE = 'application/vnd.mamba-serve.mstate';
 const ALIGN = 64;
 const CHECKSUM_BYTES = 32;
@@ -35,13 +44,67 @@ export class StateFormatError extends Error {
 
 const Hex64 = z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex digits');
 
-export const StateLayout = z.object({
-  num_layers: z.number().int().positive(),
-  intermediate_size: z.number().int().positive(),
-  state_size: z.number().int().positive(),
-  conv_kernel: z.number().int().positive(),
-});
+const positiveInt = z.number().int().positive();
+
+/**
+ * What a state's tensors are shaped by. The four Mamba sizes always; for a hybrid also the
+ * type of every layer and the attention ring's shape (absent together for a pure model, so
+ * a pure model's layout is what it was in format version 1).
+ */
+export const StateLayout = z
+  .object({
+    num_layers: positiveInt,
+    intermediate_size: positiveInt,
+    state_size: positiveInt,
+    conv_kernel: positiveInt,
+    layer_types: z.array(z.enum(['mamba', 'sliding_attention'])).max(4096).optional(),
+    sliding_window: positiveInt.optional(),
+    num_key_value_heads: positiveInt.optional(),
+    head_dim: positiveInt.optional(),
+  })
+  .refine(
+    (l) => {
+      const hybrid = [l.layer_types, l.sliding_window, l.num_key_value_heads, l.head_dim].filter((v) => v !== undefined).length;
+      return hybrid === 0 || (hybrid === 4 && l.layer_types!.length === l.num_layers);
+    },
+    { message: 'a hybrid layout needs layer_types (one per layer), sliding_window, num_key_value_heads and head_dim together' },
+  );
 export type StateLayout = z.infer<typeof StateLayout>;
+
+/** The layout's fields that must agree between a state and a model, in a stable order. */
+function layoutKey(l: StateLayout): string {
+  return JSON.stringify([
+    l.num_layers,
+    l.intermediate_size,
+    l.state_size,
+    l.conv_kernel,
+    l.layer_types ?? null,
+    l.sliding_window ?? null,
+    l.num_key_value_heads ?? null,
+    l.head_dim ?? null,
+  ]);
+}
+
+export function isHybridLayout(l: StateLayout): boolean {
+  return l.layer_types !== undefined && l.layer_types.includes('sliding_attention');
+}
+
+/** The shape of every tensor a state of this layout holds, by name. */
+export function stateTensorShapes(l: StateLayout): Map<string, number[]> {
+  const types = l.layer_types ?? Array.from({ length: l.num_layers }, () => 'mamba');
+  const mamba = types.filter((t) => t === 'mamba').length;
+  const attention = types.length - mamba;
+  const shapes = new Map<string, number[]>([
+    ['conv_state', [mamba, l.intermediate_size, l.conv_kernel]],
+    ['ssm_state', [mamba, l.intermediate_size, l.state_size]],
+  ]);
+  if (attention > 0) {
+    const ring = [attention, l.sliding_window!, l.num_key_value_heads!, l.head_dim!];
+    shapes.set('attn_k', ring);
+    shapes.set('attn_v', ring);
+  }
+  return shapes;
+}
 
 const TensorHeader = z.object({
   name: z.string().regex(/^[a-z0-9_.]{1,64}$/),
@@ -136,7 +199,7 @@ export function readMStateHeader(bytes: Uint8Array): { header: MStateHeader; dat
   for (let i = 0; i < MSTATE_MAGIC.length; i++) if (bytes[i] !== MSTATE_MAGIC[i]) fail('bad magic bytes');
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const version = view.getUint32(8, true);
-  if (version !== MSTATE_FORMAT_VERSION) fail(`format version ${version} is not supported (this build reads ${MSTATE_FORMAT_VERSION})`);
+  if (!READABLE_VERSIONS.has(version)) fail(`format version ${version} is not supported (this build reads ${[...READABLE_VERSIONS].join(' and ')})`);
   const headerLength = view.getUint32(12, true);
   if (headerLength > MAX_HEADER_BYTES || 16 + headerLength > bytes.length - CHECKSUM_BYTES) fail('header length runs past the end (truncated?)');
   const body = bytes.subarray(0, bytes.length - CHECKSUM_BYTES);
@@ -152,6 +215,7 @@ export function readMStateHeader(bytes: Uint8Array): { header: MStateHeader; dat
   const parsed = MStateHeader.safeParse(json);
   if (!parsed.success) fail(`header: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
   const header = parsed.data!;
+  if (version === 1 && isHybridLayout(header.layout)) fail('format version 1 cannot hold a hybrid layout');
   const dataStart = align(16 + headerLength);
   const dataLength = body.length - dataStart;
   for (const t of header.tensors) {
@@ -192,12 +256,11 @@ export function assertStateModel(header: MStateHeader, fingerprint: string, layo
     );
   }
   const l = header.layout;
-  if (
-    l.num_layers !== layout.num_layers ||
-    l.intermediate_size !== layout.intermediate_size ||
-    l.state_size !== layout.state_size ||
-    l.conv_kernel !== layout.conv_kernel
-  ) {
-    throw new StateFormatError('state_model_mismatch', `state layout ${JSON.stringify(l)} does not match the model's ${JSON.stringify(layout)}`);
+  if (layoutKey(l) !== layoutKey(layout)) {
+    const kind = (x: StateLayout) => (isHybridLayout(x) ? 'a hybrid' : 'a pure Mamba model');
+    throw new StateFormatError(
+      'state_model_mismatch',
+      `state layout ${JSON.stringify(l)} (${kind(l)}) does not match the model's ${JSON.stringify(layout)} (${kind(layout)})`,
+    );
   }
 }

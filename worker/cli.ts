@@ -218,7 +218,7 @@ async function cmdInfo(args: string[], io: CliIo): Promise<void> {
   const v = parse(args, {});
   const dir = await localModelDir(requireModel(v.model), io.env);
   const checkpoint = await openCheckpoint(dir);
-  const { conv, ssm } = stateFloats(checkpoint.config);
+  const { conv, ssm, attention } = stateFloats(checkpoint.config);
   const tokenizer = await loadTokenizer(dir, checkpoint.vocabRows);
   const template = await loadChatTemplate(dir, tokenizer);
   const info = {
@@ -228,7 +228,7 @@ async function cmdInfo(args: string[], io: CliIo): Promise<void> {
     parameter_count: checkpoint.parameterCount,
     dtype: checkpoint.dtype,
     tied_embeddings: !checkpoint.has.lmHead,
-    state_bytes: 4 * (conv + ssm), // fp32 .mstate tensors, per session
+    state_bytes: 4 * (conv + ssm + attention), // fp32 .mstate tensors, per session
     fingerprint: await checkpoint.fingerprint(),
     tokenizer: { vocab_size: tokenizer.vocabSize, stop_token_ids: tokenizer.stopTokenIds },
     chat_template: { source: template.source, generation_prompt: template.generationPrompt, reply_suffix: template.replySuffix, stop_strings: template.stopStrings },

@@ -7,7 +7,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCheckpoint } from '../model/checkpoint.ts';
-import type { Engine } from './engine.ts';
+import type { Engine, StateHandle } from './engine.ts';
+import { exportHostState, zeroHostState } from './host-state.ts';
 import { OrtEngine } from './ort/ort-engine.ts';
 import { ReferenceEngine } from './reference/reference-engine.ts';
 import { GOLDEN_CASES } from './testing/golden/cases.ts';
@@ -25,6 +26,8 @@ afterAll(async () => {
 
 interface Golden {
   tokens: number[];
+  /** Absolute position of the first token (absent in fixtures older than hybrids: 0). */
+  position?: number;
   full: number[][];
   step: number[][];
 }
@@ -39,6 +42,14 @@ const engines: [string, (dir: string) => Promise<Engine>][] = [
   ['reference', async (dir) => ReferenceEngine.load(await openCheckpoint(dir))],
   ['ort', async (dir) => OrtEngine.load(await openCheckpoint(dir), { cacheDir, intraOpThreads: 1 })],
 ];
+
+/** A fresh state, or (for a far-position case) a zero state that has counted `position` tokens. */
+async function startState(engine: Engine, position: number): Promise<StateHandle> {
+  if (position === 0) return engine.newState();
+  const zero = zeroHostState('reference', engine.model);
+  zero.tokensAbsorbed = position;
+  return (await engine.importState(exportHostState(engine.model, zero, { parentVersion: null, transcriptHash: null }))).state;
+}
 
 describe.each(GOLDEN_CASES.map((c) => c.name))('golden case %s', (name) => {
   const dir = join(here, 'testing', 'golden', name);
@@ -56,17 +67,18 @@ describe.each(GOLDEN_CASES.map((c) => c.name))('golden case %s', (name) => {
     const engine = await load(dir);
     try {
       const tokens = Int32Array.from(golden.tokens);
+      const position = golden.position ?? 0;
       const V = engine.model.vocabRows;
-      const full = await engine.prefill(await engine.newState(), tokens, { allLogits: true });
+      const full = await engine.prefill(await startState(engine, position), tokens, { allLogits: true });
       expect(maxDiff(golden.full, full.data, V)).toBeLessThan(TOLERANCE);
 
-      const state = await engine.newState();
+      const state = await startState(engine, position);
       const stepped = new Float32Array(tokens.length * V);
       for (let t = 0; t < tokens.length; t++) stepped.set((await engine.decode([{ state, token: tokens[t]! }])).data, t * V);
       expect(maxDiff(golden.step, stepped, V)).toBeLessThan(TOLERANCE);
 
       const K = 5;
-      const head = await engine.newState();
+      const head = await startState(engine, position);
       await engine.prefill(head, tokens.subarray(0, K));
       const bytes = await engine.exportState(head, { parentVersion: null, transcriptHash: null });
       const other = await load(dir);

@@ -30,7 +30,11 @@ function maxDiff(rows: number[][], flat: Float32Array, vocab: number): number {
   return m;
 }
 
-describe.each(GOLDEN_CASES.map((c) => c.name))('reference engine vs HF transformers: %s', (name) => {
+// HF transformers has no model of the attention hybrid (a mamba-serve extension): those cases
+// are held to the float64 PyTorch reference only (golden.test.ts).
+const HF_CASES = GOLDEN_CASES.filter((c) => !c.options.hybrid);
+
+describe.each(HF_CASES.map((c) => c.name))('reference engine vs HF transformers: %s', (name) => {
   const dir = join(here, 'testing', 'golden', name);
   const fixture = join(dir, 'hf-golden.json');
   const present = existsSync(fixture);

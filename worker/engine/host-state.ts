@@ -1,12 +1,17 @@
-// A session state held in host memory, as the CPU engines (reference, ORT) keep it:
-// conv_state [layers, d_inner, d_conv] (the last d_conv raw inputs of each channel, oldest
-// first) and ssm_state [layers, d_inner, d_state]. Also the conversion to and from `.mstate`.
+// A session state held in host memory, as the CPU engines (reference, ORT) keep it, in the
+// `.mstate` layout (see shared/mstate.ts): over the Mamba layers in order, conv_state
+// [M, d_inner, d_conv] (the last d_conv raw inputs of each channel, oldest first) and ssm_state
+// [M, d_inner, d_state]; over a hybrid's attention layers in order, the key and value rings
+// attn_k / attn_v [A, W, KV, head_dim] (position p in slot p mod W, keys after RoPE). Also the
+// conversion to and from `.mstate`.
 import {
   assertStateModel,
   decodeMState,
   encodeMState,
   StateFormatError,
+  stateTensorShapes,
   type MStateContent,
+  type StateLayout,
 } from '../../shared/mstate.ts';
 import { EngineError, type EngineKind, type ExportMeta, type ImportedState, type ModelInfo, type StateHandle } from './engine.ts';
 
@@ -17,12 +22,23 @@ export class HostState implements StateHandle {
     public conv: Float32Array,
     public ssm: Float32Array,
     public tokensAbsorbed: number,
+    /** Attention rings (empty for a pure Mamba model). */
+    public attnK: Float32Array = new Float32Array(0),
+    public attnV: Float32Array = new Float32Array(0),
   ) {}
 }
 
+const elements = (shape: readonly number[] | undefined) => (shape ?? [0]).reduce((a, b) => a * b, 1);
+
+/** Floats of each tensor of a state of this layout (attnK/attnV are 0 for a pure model). */
+export function stateSizes(layout: StateLayout): { conv: number; ssm: number; attn: number } {
+  const shapes = stateTensorShapes(layout);
+  return { conv: elements(shapes.get('conv_state')), ssm: elements(shapes.get('ssm_state')), attn: shapes.has('attn_k') ? elements(shapes.get('attn_k')) : 0 };
+}
+
 export function zeroHostState(engine: EngineKind, model: ModelInfo): HostState {
-  const { num_layers: L, intermediate_size: D, state_size: N, conv_kernel: K } = model.layout;
-  return new HostState(engine, new Float32Array(L * D * K), new Float32Array(L * D * N), 0);
+  const n = stateSizes(model.layout);
+  return new HostState(engine, new Float32Array(n.conv), new Float32Array(n.ssm), 0, new Float32Array(n.attn), new Float32Array(n.attn));
 }
 
 /** The handle as a live HostState of this engine, or a clear error. */
@@ -35,21 +51,19 @@ export function asHostState(engine: EngineKind, state: StateHandle): HostState {
 }
 
 export function cloneHostState(s: HostState): HostState {
-  return new HostState(s.engine, s.conv.slice(), s.ssm.slice(), s.tokensAbsorbed);
+  return new HostState(s.engine, s.conv.slice(), s.ssm.slice(), s.tokensAbsorbed, s.attnK.slice(), s.attnV.slice());
 }
 
 export function exportHostState(model: ModelInfo, s: HostState, meta: ExportMeta): Uint8Array {
-  const { num_layers: L, intermediate_size: D, state_size: N, conv_kernel: K } = model.layout;
+  const shapes = stateTensorShapes(model.layout);
+  const data: Record<string, Float32Array> = { conv_state: s.conv, ssm_state: s.ssm, attn_k: s.attnK, attn_v: s.attnV };
   const content: MStateContent = {
     modelFingerprint: model.fingerprint,
     tokensAbsorbed: s.tokensAbsorbed,
     parentVersion: meta.parentVersion,
     transcriptHash: meta.transcriptHash,
     layout: model.layout,
-    tensors: [
-      { name: 'conv_state', shape: [L, D, K], data: s.conv },
-      { name: 'ssm_state', shape: [L, D, N], data: s.ssm },
-    ],
+    tensors: [...shapes].map(([name, shape]) => ({ name, shape, data: data[name]! })),
   };
   return encodeMState(content, meta.dtype === undefined ? {} : { dtype: meta.dtype });
 }
@@ -57,30 +71,28 @@ export function exportHostState(model: ModelInfo, s: HostState, meta: ExportMeta
 export function importHostState(engine: EngineKind, model: ModelInfo, bytes: Uint8Array): ImportedState & { state: HostState } {
   const { header, content } = decodeMState(bytes);
   assertStateModel(header, model.fingerprint, model.layout);
-  const { num_layers: L, intermediate_size: D, state_size: N, conv_kernel: K } = model.layout;
-  const find = (name: string, shape: number[]) => {
+  const find = (name: string, shape: readonly number[]) => {
     const t = content.tensors.find((x) => x.name === name);
     if (!t) throw new StateFormatError('state_invalid', `state has no tensor "${name}"`);
     if (t.shape.length !== shape.length || t.shape.some((v, i) => v !== shape[i])) {
       throw new StateFormatError('state_invalid', `state tensor "${name}" has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
     }
+    for (let i = 0; i < t.data.length; i++) {
+      if (!Number.isFinite(t.data[i]!)) throw new StateFormatError('state_invalid', 'state holds a non-finite value');
+    }
     return t.data;
   };
-  const conv = find('conv_state', [L, D, K]);
-  const ssm = find('ssm_state', [L, D, N]);
-  for (const arr of [conv, ssm]) {
-    for (let i = 0; i < arr.length; i++) {
-      if (!Number.isFinite(arr[i]!)) throw new StateFormatError('state_invalid', 'state holds a non-finite value');
-    }
-  }
+  const shapes = stateTensorShapes(model.layout);
+  const got = Object.fromEntries([...shapes].map(([name, shape]) => [name, find(name, shape)]));
+  const empty = new Float32Array(0);
   return {
-    state: new HostState(engine, conv, ssm, content.tokensAbsorbed),
+    state: new HostState(engine, got.conv_state!, got.ssm_state!, content.tokensAbsorbed, got.attn_k ?? empty, got.attn_v ?? empty),
     parentVersion: content.parentVersion,
     transcriptHash: content.transcriptHash,
   };
 }
 
 export function stateBytesF32(model: Pick<ModelInfo, 'layout'>): number {
-  const { num_layers: L, intermediate_size: D, state_size: N, conv_kernel: K } = model.layout;
-  return 4 * L * D * (K + N);
+  const n = stateSizes(model.layout);
+  return 4 * (n.conv + n.ssm + 2 * n.attn);
 }

@@ -9,7 +9,7 @@ import { dirname, join } from 'node:path';
 import { toFloat32, type FloatDType } from '../../shared/dtype.ts';
 import { ModelError } from './errors.ts';
 import { fileExists } from './model-files.ts';
-import { parseMambaConfig, type MambaConfig } from './mamba-config.ts';
+import { layerTypes, parseMambaConfig, type MambaConfig } from './mamba-config.ts';
 import { readSafetensorsHeader, readTensorBytes, type SafetensorsEntry } from './safetensors.ts';
 import { readTorchCheckpoint } from './torch-checkpoint.ts';
 
@@ -32,11 +32,25 @@ export const LAYER_TENSORS = [
 ] as const;
 export type LayerTensorName = (typeof LAYER_TENSORS)[number];
 
+/** Names of an attention layer's tensors (a hybrid's "sliding_attention" layers). */
+export const ATTENTION_TENSORS = [
+  'norm.weight',
+  'mixer.q_proj.weight',
+  'mixer.k_proj.weight',
+  'mixer.v_proj.weight',
+  'mixer.o_proj.weight',
+  'mixer.q_proj.bias',
+  'mixer.k_proj.bias',
+  'mixer.v_proj.bias',
+  'mixer.o_proj.bias',
+] as const;
+export type AttentionTensorName = (typeof ATTENTION_TENSORS)[number];
+
 export const EMBEDDINGS = 'backbone.embeddings.weight';
 export const NORM_F = 'backbone.norm_f.weight';
 export const LM_HEAD = 'lm_head.weight';
 
-export function layerTensorName(layer: number, name: LayerTensorName): string {
+export function layerTensorName(layer: number, name: LayerTensorName | AttentionTensorName): string {
   return `backbone.layers.${layer}.${name}`;
 }
 
@@ -119,7 +133,12 @@ function expectedShapes(c: MambaConfig, vocabRows: number): Map<string, number[]
   shapes.set(EMBEDDINGS, [vocabRows, d]);
   shapes.set(NORM_F, [d]);
   shapes.set(LM_HEAD, [vocabRows, d]);
+  const types = layerTypes(c);
   for (let i = 0; i < c.numLayers; i++) {
+    if (types[i] === 'sliding_attention') {
+      for (const [name, shape] of attentionShapes(c)) shapes.set(layerTensorName(i, name), shape);
+      continue;
+    }
     const per: Record<LayerTensorName, number[]> = {
       'norm.weight': [d],
       'mixer.A_log': [D, c.stateSize],
@@ -137,6 +156,53 @@ function expectedShapes(c: MambaConfig, vocabRows: number): Map<string, number[]
     for (const [name, shape] of Object.entries(per)) shapes.set(layerTensorName(i, name as LayerTensorName), shape);
   }
   return shapes;
+}
+
+/** An attention layer's tensors and shapes; the biases only when the config says attention_bias. */
+function attentionShapes(c: MambaConfig): [AttentionTensorName, number[]][] {
+  const h = c.hybrid!;
+  const d = c.hiddenSize;
+  const q = h.numHeads * h.headDim;
+  const kv = h.numKvHeads * h.headDim;
+  const shapes: [AttentionTensorName, number[]][] = [
+    ['norm.weight', [d]],
+    ['mixer.q_proj.weight', [q, d]],
+    ['mixer.k_proj.weight', [kv, d]],
+    ['mixer.v_proj.weight', [kv, d]],
+    ['mixer.o_proj.weight', [d, q]],
+  ];
+  if (h.bias) {
+    shapes.push(['mixer.q_proj.bias', [q]], ['mixer.k_proj.bias', [kv]], ['mixer.v_proj.bias', [kv]], ['mixer.o_proj.bias', [d]]);
+  }
+  return shapes;
+}
+
+/**
+ * A hybrid's attention layers must hold exactly the tensors the config describes. A missing
+ * one, or a bias the config does not declare, means config.json and the weights disagree:
+ * computing anyway would give silently wrong logits, so it is `config_invalid` naming both.
+ */
+function checkAttentionTensors(dir: string, c: MambaConfig, tensors: ReadonlyMap<string, TensorEntry>): void {
+  if (!c.hybrid) return;
+  const types = layerTypes(c);
+  for (let i = 0; i < c.numLayers; i++) {
+    if (types[i] !== 'sliding_attention') continue;
+    for (const [name] of attentionShapes(c)) {
+      const full = layerTensorName(i, name);
+      if (!tensors.has(full)) {
+        throw new ModelError('config_invalid', `${dir}: layer_types[${i}] is "sliding_attention" but tensor "${full}" is missing`);
+      }
+    }
+    if (!c.hybrid.bias) {
+      for (const name of ['mixer.q_proj.bias', 'mixer.k_proj.bias', 'mixer.v_proj.bias', 'mixer.o_proj.bias'] as const) {
+        const full = layerTensorName(i, name);
+        if (tensors.has(full)) throw new ModelError('config_invalid', `${dir}: attention_bias is false but tensor "${full}" is present`);
+      }
+    }
+    if (tensors.has(layerTensorName(i, 'mixer.A_log'))) {
+      throw new ModelError('config_invalid', `${dir}: layer_types[${i}] is "sliding_attention" but the layer holds Mamba weights ("${layerTensorName(i, 'mixer.A_log')}")`);
+    }
+  }
 }
 
 const OPTIONAL = /(in_proj\.bias|out_proj\.bias|conv1d\.bias)$|^lm_head\.weight$/;
@@ -168,6 +234,7 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
     );
   }
 
+  checkAttentionTensors(dir, config, tensors);
   const shapes = expectedShapes(config, vocabRows);
   for (const [name, shape] of shapes) {
     const entry = tensors.get(name);
@@ -182,21 +249,23 @@ export async function openCheckpoint(dir: string): Promise<Checkpoint> {
       );
     }
   }
+  const mambaLayers = layerTypes(config).flatMap((t, i) => (t === 'mamba' ? [i] : []));
+  const first = mambaLayers[0] ?? 0;
   const has = {
-    inProjBias: tensors.has(layerTensorName(0, 'mixer.in_proj.bias')),
-    outProjBias: tensors.has(layerTensorName(0, 'mixer.out_proj.bias')),
-    convBias: tensors.has(layerTensorName(0, 'mixer.conv1d.bias')),
+    inProjBias: tensors.has(layerTensorName(first, 'mixer.in_proj.bias')),
+    outProjBias: tensors.has(layerTensorName(first, 'mixer.out_proj.bias')),
+    convBias: tensors.has(layerTensorName(first, 'mixer.conv1d.bias')),
     lmHead: tensors.has(LM_HEAD) && !config.tieWordEmbeddings,
   };
-  // Optional tensors must be present in every layer or in none: a half-biased model is a broken file.
-  for (let i = 0; i < config.numLayers; i++) {
+  // Optional tensors must be present in every Mamba layer or in none: a half-biased model is a broken file.
+  for (const i of mambaLayers) {
     for (const [flag, name] of [
       [has.inProjBias, 'mixer.in_proj.bias'],
       [has.outProjBias, 'mixer.out_proj.bias'],
       [has.convBias, 'mixer.conv1d.bias'],
     ] as const) {
       if (tensors.has(layerTensorName(i, name)) !== flag) {
-        throw new ModelError('tensor_missing', `${dir}: tensor "${layerTensorName(i, name)}" is ${flag ? 'missing' : 'unexpected'} (layer 0 ${flag ? 'has' : 'lacks'} it)`);
+        throw new ModelError('tensor_missing', `${dir}: tensor "${layerTensorName(i, name)}" is ${flag ? 'missing' : 'unexpected'} (layer ${first} ${flag ? 'has' : 'lacks'} it)`);
       }
     }
   }

@@ -1,8 +1,30 @@
 // Mamba model configuration, read from a checkpoint's config.json in either of the two
 // layouts users download: Hugging Face `MambaConfig` (model_type "mamba") or the original
 // state-spaces/mamba_ssm config (d_model, n_layer, ssm_cfg).
+//
+// The HF layout may also describe mamba-serve's attention hybrid (README "Hybrid models"):
+// `layer_types` names each layer "mamba" or "sliding_attention", and the attention layers
+// are sliding-window attention over the last `sliding_window` tokens with RoPE and grouped
+// key/value heads. Every inconsistency there is `config_invalid` naming the key.
 import { z } from 'zod';
 import { ModelError } from './errors.ts';
+
+export type LayerType = 'mamba' | 'sliding_attention';
+export const LAYER_TYPES: readonly LayerType[] = ['mamba', 'sliding_attention'];
+
+/** The attention layers of a hybrid; absent for a pure Mamba model. */
+export interface HybridConfig {
+  /** One entry per layer. */
+  readonly layerTypes: readonly LayerType[];
+  /** W: the token at position t attends to positions t-W < j <= t. */
+  readonly window: number;
+  readonly numHeads: number; // H
+  readonly numKvHeads: number; // KV; query head h reads key/value head floor(h / (H / KV))
+  readonly headDim: number; // hd
+  readonly bias: boolean; // q/k/v/o projections carry biases
+  /** RoPE base; null = no positional encoding. */
+  readonly ropeTheta: number | null;
+}
 
 /** The architecture as the runtime needs it; every size is resolved (no "auto"). */
 export interface MambaConfig {
@@ -24,6 +46,11 @@ export interface MambaConfig {
   readonly tieWordEmbeddings: boolean;
   readonly residualInFp32: boolean;
   readonly eosTokenId: number | undefined;
+  /**
+   * Present only for a hybrid. Kept out of pure models' configs entirely, so the model
+   * fingerprint (a hash over this object) of every pure checkpoint stays what it was.
+   */
+  readonly hybrid?: HybridConfig;
 }
 
 const positive = z.number().int().positive();
@@ -46,6 +73,14 @@ const HfMambaConfig = z.object({
   pad_vocab_size_multiple: positive.default(8),
   hidden_act: z.string().default('silu'),
   eos_token_id: z.number().int().nonnegative().nullable().optional(),
+  // The attention hybrid; checked by parseHybrid, which names the key at fault.
+  layer_types: z.unknown().optional(),
+  sliding_window: z.unknown().optional(),
+  num_attention_heads: z.unknown().optional(),
+  num_key_value_heads: z.unknown().optional(),
+  head_dim: z.unknown().optional(),
+  attention_bias: z.unknown().optional(),
+  rope_theta: z.unknown().optional(),
 });
 
 const StateSpacesConfig = z.object({
@@ -93,7 +128,9 @@ export function parseMambaConfig(raw: unknown, file = 'config.json'): MambaConfi
     if (c.hidden_act !== 'silu') {
       throw new ModelError('config_invalid', `${file}: hidden_act "${c.hidden_act}" is not supported (only "silu")`);
     }
+    const hybrid = parseHybrid(c, file);
     return {
+      ...(hybrid ? { hybrid } : {}),
       source: 'hf',
       hiddenSize: c.hidden_size,
       // HF computes int(expand * hidden_size) unless intermediate_size is given.
@@ -147,10 +184,77 @@ export function parseMambaConfig(raw: unknown, file = 'config.json'): MambaConfi
   );
 }
 
-/** Floats of one session's recurrent state: conv and ssm state of every layer. */
-export function stateFloats(c: MambaConfig): { conv: number; ssm: number } {
+const isPositiveInt = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v > 0;
+
+/** The hybrid part of an HF config, or undefined when every layer is Mamba. */
+function parseHybrid(c: z.infer<typeof HfMambaConfig>, file: string): HybridConfig | undefined {
+  const bad = (key: string, why: string): never => {
+    throw new ModelError('config_invalid', `${file}: ${key}: ${why}`);
+  };
+  if (c.layer_types === undefined || c.layer_types === null) return undefined;
+  if (!Array.isArray(c.layer_types)) bad('layer_types', 'must be an array of "mamba" | "sliding_attention"');
+  const types = c.layer_types as unknown[];
+  if (types.length !== c.num_hidden_layers) {
+    bad('layer_types', `has ${types.length} entries, but num_hidden_layers is ${c.num_hidden_layers}`);
+  }
+  types.forEach((t, i) => {
+    if (!LAYER_TYPES.includes(t as LayerType)) {
+      bad(`layer_types[${i}]`, `unknown layer type ${JSON.stringify(t)} (expected "mamba" or "sliding_attention")`);
+    }
+  });
+  const layerTypes = types as LayerType[];
+  if (!layerTypes.includes('sliding_attention')) return undefined;
+
+  if (!isPositiveInt(c.sliding_window)) bad('sliding_window', `must be an integer >= 1 (got ${JSON.stringify(c.sliding_window)})`);
+  if (!isPositiveInt(c.num_attention_heads)) {
+    bad('num_attention_heads', `must be an integer >= 1 (got ${JSON.stringify(c.num_attention_heads)})`);
+  }
+  const H = c.num_attention_heads as number;
+  const KV = c.num_key_value_heads ?? H;
+  if (!isPositiveInt(KV)) bad('num_key_value_heads', `must be an integer >= 1 (got ${JSON.stringify(KV)})`);
+  if (H % (KV as number) !== 0) bad('num_key_value_heads', `num_attention_heads (${H}) must be a multiple of num_key_value_heads (${KV})`);
+  let headDim = c.head_dim;
+  if (headDim === undefined || headDim === null) {
+    if (c.hidden_size % H !== 0) bad('head_dim', `absent, and hidden_size (${c.hidden_size}) is not a multiple of num_attention_heads (${H})`);
+    headDim = c.hidden_size / H;
+  }
+  if (!isPositiveInt(headDim)) bad('head_dim', `must be an integer >= 1 (got ${JSON.stringify(headDim)})`);
+  const bias = c.attention_bias ?? false;
+  if (typeof bias !== 'boolean') bad('attention_bias', `must be true or false (got ${JSON.stringify(bias)})`);
+  const theta = c.rope_theta ?? null;
+  if (theta !== null && !(typeof theta === 'number' && Number.isFinite(theta) && theta > 0)) {
+    bad('rope_theta', `must be a positive number, or null for no positional encoding (got ${JSON.stringify(theta)})`);
+  }
+  if (theta !== null && (headDim as number) % 2 !== 0) bad('head_dim', `RoPE (rope_theta) needs an even head_dim (got ${headDim})`);
   return {
-    conv: c.numLayers * c.intermediateSize * c.convKernel,
-    ssm: c.numLayers * c.intermediateSize * c.stateSize,
+    layerTypes,
+    window: c.sliding_window as number,
+    numHeads: H,
+    numKvHeads: KV as number,
+    headDim: headDim as number,
+    bias: bias as boolean,
+    ropeTheta: theta as number | null,
+  };
+}
+
+/** The type of every layer ("mamba" throughout for a pure model). */
+export function layerTypes(c: MambaConfig): readonly LayerType[] {
+  return c.hybrid?.layerTypes ?? Array.from({ length: c.numLayers }, () => 'mamba' as const);
+}
+
+/** Indices of the layers of one type, in order; a layer's slot in the state tensors is its rank here. */
+export function layersOfType(c: MambaConfig, type: LayerType): number[] {
+  return layerTypes(c).flatMap((t, i) => (t === type ? [i] : []));
+}
+
+/** Floats of one session's state: conv and ssm state of every Mamba layer, and the key and
+ * value rings (W x KV x hd each) of every attention layer. Fixed by the config, never by the history. */
+export function stateFloats(c: MambaConfig): { conv: number; ssm: number; attention: number } {
+  const mamba = layersOfType(c, 'mamba').length;
+  const h = c.hybrid;
+  return {
+    conv: mamba * c.intermediateSize * c.convKernel,
+    ssm: mamba * c.intermediateSize * c.stateSize,
+    attention: h ? 2 * layersOfType(c, 'sliding_attention').length * h.window * h.numKvHeads * h.headDim : 0,
   };
 }

@@ -28,6 +28,20 @@ export interface RandomCheckpointOptions {
   weightScale?: number;
   /** dt_proj.bias values, cycled over channels, instead of Mamba's init (to reach softplus' extremes). */
   dtBias?: readonly number[];
+  /** An attention hybrid (HF naming only): these layers are sliding-window attention. */
+  hybrid?: RandomHybridOptions;
+}
+
+export interface RandomHybridOptions {
+  /** Indices of the "sliding_attention" layers. */
+  attentionLayers: readonly number[];
+  window: number;
+  heads: number;
+  kvHeads?: number;
+  headDim?: number;
+  bias?: boolean;
+  /** null: no positional encoding. Default 10000. */
+  ropeTheta?: number | null;
 }
 
 export interface RandomCheckpointInfo {
@@ -63,9 +77,28 @@ export async function writeRandomCheckpoint(dir: string, options: RandomCheckpoi
   const tensors: TensorToWrite[] = [];
   const add = (name: string, shape: number[], data: Float32Array) => tensors.push({ name, shape, data, dtype });
   add(naming === 'hf' ? 'backbone.embeddings.weight' : 'backbone.embedding.weight', [vocabRows, d], normal(vocabRows * d, 1));
+  const hybrid = options.hybrid;
+  const H = hybrid?.heads ?? 1;
+  const KV = hybrid?.kvHeads ?? H;
+  const hd = hybrid?.headDim ?? Math.trunc(d / H);
   for (let i = 0; i < layers; i++) {
     const p = `backbone.layers.${i}.`;
     add(`${p}norm.weight`, [d], uniform(d, 0.5, 1.5));
+    if (hybrid?.attentionLayers.includes(i)) {
+      // Queries and keys large enough that softmax is far from uniform: the mask and the
+      // positions visibly matter.
+      add(`${p}mixer.q_proj.weight`, [H * hd, d], normal(H * hd * d, (2 * scale) / Math.sqrt(d)));
+      add(`${p}mixer.k_proj.weight`, [KV * hd, d], normal(KV * hd * d, (2 * scale) / Math.sqrt(d)));
+      add(`${p}mixer.v_proj.weight`, [KV * hd, d], normal(KV * hd * d, scale / Math.sqrt(d)));
+      add(`${p}mixer.o_proj.weight`, [d, H * hd], normal(d * H * hd, scale / Math.sqrt(H * hd)));
+      if (hybrid.bias) {
+        add(`${p}mixer.q_proj.bias`, [H * hd], normal(H * hd, 0.1));
+        add(`${p}mixer.k_proj.bias`, [KV * hd], normal(KV * hd, 0.1));
+        add(`${p}mixer.v_proj.bias`, [KV * hd], normal(KV * hd, 0.1));
+        add(`${p}mixer.o_proj.bias`, [d], normal(d, 0.1));
+      }
+      continue;
+    }
     add(`${p}mixer.A_log`, [D, N], Float32Array.from({ length: D * N }, (_, k) => Math.log(1 + (k % N)) + 0.1 * rng.normal()));
     add(`${p}mixer.D`, [D], uniform(D, 0.5, 1.5));
     add(`${p}mixer.conv1d.weight`, [D, 1, K], normal(D * K, scale / Math.sqrt(K)));
@@ -89,6 +122,7 @@ export async function writeRandomCheckpoint(dir: string, options: RandomCheckpoi
   add('backbone.norm_f.weight', [d], uniform(d, 0.5, 1.5));
   if (!tied) add('lm_head.weight', [vocabRows, d], normal(vocabRows * d, 1 / Math.sqrt(d)));
 
+  if (hybrid && naming !== 'hf') throw new Error('random checkpoint: a hybrid needs HF naming');
   await mkdir(dir, { recursive: true });
   const config =
     naming === 'hf'
@@ -109,6 +143,17 @@ export async function writeRandomCheckpoint(dir: string, options: RandomCheckpoi
           residual_in_fp32: true,
           pad_vocab_size_multiple: mult,
           torch_dtype: { F32: 'float32', F16: 'float16', BF16: 'bfloat16' }[dtype],
+          ...(hybrid
+            ? {
+                layer_types: Array.from({ length: layers }, (_, i) => (hybrid.attentionLayers.includes(i) ? 'sliding_attention' : 'mamba')),
+                sliding_window: hybrid.window,
+                num_attention_heads: H,
+                num_key_value_heads: KV,
+                head_dim: hd,
+                attention_bias: hybrid.bias ?? false,
+                rope_theta: hybrid.ropeTheta === undefined ? 10000 : hybrid.ropeTheta,
+              }
+            : {}),
         }
       : {
           d_model: d,

@@ -20,7 +20,7 @@ for (const c of GOLDEN_CASES) {
   const tokens = goldenTokens(c);
   const run = (mode: 'full' | 'step') =>
     JSON.parse(
-      execFileSync(python, ['tools/reference/mamba_ref.py', '--model', dir, '--tokens', tokens.join(','), '--mode', mode], {
+      execFileSync(python, ['tools/reference/mamba_ref.py', '--model', dir, '--tokens', tokens.join(','), '--mode', mode, '--position', String(c.position ?? 0)], {
         encoding: 'utf8',
         maxBuffer: 64 * 1024 * 1024,
       }),
@@ -29,7 +29,7 @@ for (const c of GOLDEN_CASES) {
   const step = run('step');
   await writeFile(
     join(dir, 'golden.json'),
-    JSON.stringify({ reference: 'tools/reference/mamba_ref.py (PyTorch, float64)', tokens, full: full.logits, step: step.logits }),
+    JSON.stringify({ reference: 'tools/reference/mamba_ref.py (PyTorch, float64)', tokens, position: c.position ?? 0, full: full.logits, step: step.logits }),
   );
   console.log(`${c.name}: ${tokens.length} tokens, ${full.logits[0]!.length} logits per row`);
 }
