@@ -10,11 +10,14 @@
 // - prefill (L > 1): ONNX Conv for the causal depthwise conv, and a Scan over the sequence.
 //
 // Inputs:  tokens int64 [B, L]; logits_start int64 [1] (first position whose logits are
-//          returned: L-1 for "last only", 0 for all); per layer i, conv_state_i [B, K, D]
-//          and ssm_state_i [B, N, D]. The states are stored transposed from HF's layout
-//          ([D, K], [D, N]) so every broadcast runs along the contiguous D axis and decode
-//          needs no transposes; the engine converts on import/export only.
-// Outputs: logits [B, L - logits_start, V]; conv_state_out_i, ssm_state_out_i (same shapes).
+//          returned: L-1 for "last only", 0 for all); per Mamba layer (numbered i = 0, 1, ...
+//          over the Mamba layers only), conv_state_i [B, K, D] and ssm_state_i [B, N, D]. The
+//          states are stored transposed from HF's layout ([D, K], [D, N]) so every broadcast
+//          runs along the contiguous D axis and decode needs no transposes; the engine converts
+//          on import/export only. A hybrid's attention layers add their rings, the window mask
+//          and the RoPE tables (attention-graph.ts).
+// Outputs: logits [B, L - logits_start, V]; conv_state_out_i, ssm_state_out_i (same shapes);
+//          a hybrid's attn_k_new_a / attn_v_new_a.
 //
 // For L > 1 the selective scan is an ONNX Scan over the sequence whose body does one step
 // with the state laid out [B, N, D] (broadcasts run along the contiguous D axis, and y = C·h is a
@@ -23,6 +26,18 @@
 // won on this CPU because the per-iteration cost of Scan is small next to the elementwise
 // work, and the alternatives add memory traffic of [L, N, D] intermediates.
 import type { Checkpoint } from '../../model/checkpoint.ts';
+import { layerTypes } from '../../model/mamba-config.ts';
+import {
+  ATTENTION_INPUTS,
+  emitAttentionLayer,
+  emitAttentionShared,
+  registerAttentionWeights,
+  ringInput,
+  ringOutput,
+  type AttentionDims,
+  type AttentionWeightNames,
+  type AttentionWeightRefs,
+} from './attention-graph.ts';
 import { GraphBuilder, encodeModel, type ExternalRef } from './onnx-builder.ts';
 
 /** Where each weight lives in the external weights file, as the graph needs it. */
@@ -32,10 +47,12 @@ export interface GraphWeights {
   /** [V, d] untied head, if any. */
   lmHead?: ExternalRef;
   normF: ExternalRef;
-  layers: LayerWeightRefs[];
+  /** In layer order; attention entries only in a hybrid. */
+  layers: (LayerWeightRefs | AttentionWeightRefs)[];
 }
 
 export interface LayerWeightRefs {
+  readonly kind: 'mamba';
   norm: ExternalRef; // [d]
   inProjXT: ExternalRef; // [d, D] (in_proj rows 0..D-1, transposed)
   inProjZT: ExternalRef; // [d, D] (in_proj rows D..2D-1, transposed)
@@ -60,7 +77,7 @@ export const stateInput = (kind: 'conv' | 'ssm', layer: number) => `${kind}_stat
 export const stateOutput = (kind: 'conv' | 'ssm', layer: number) => `${kind}_state_out_${layer}`;
 
 /** Bumped whenever the graph changes, so cached builds of an older graph are rebuilt. */
-export const GRAPH_VERSION = 5;
+export const GRAPH_VERSION = 6;
 
 type Mode = 'step' | 'seq';
 
@@ -69,7 +86,11 @@ interface WeightNames {
   embeddings: string;
   head: string;
   normF: string;
-  layers: {
+  layers: (MambaWeightNames | AttentionWeightNames)[];
+}
+
+interface MambaWeightNames {
+  kind: 'mamba';
     norm: string;
     inProjXT: string;
     inProjZT: string;
@@ -85,7 +106,6 @@ interface WeightNames {
     Dskip: string;
     outProjT: string;
     outProjBias?: string;
-  }[];
 }
 
 interface Dims {
@@ -97,6 +117,8 @@ interface Dims {
   V: number;
   nL: number;
   eps: number;
+  /** Present for a hybrid. */
+  attention?: AttentionDims;
 }
 
 function registerWeights(g: GraphBuilder, weights: GraphWeights, dims: Dims): WeightNames {
@@ -111,7 +133,9 @@ function registerWeights(g: GraphBuilder, weights: GraphWeights, dims: Dims): We
     normF: w('norm_f', [d], weights.normF),
     layers: weights.layers.map((lw, i) => {
       const p = `l${i}.`;
-      const names: WeightNames['layers'][number] = {
+      if (lw.kind === 'attention') return registerAttentionWeights(g, p, lw, dims.attention!);
+      const names: MambaWeightNames = {
+        kind: 'mamba',
         norm: w(`${p}norm`, [d], lw.norm),
         inProjXT: w(`${p}in_proj_x_t`, [d, D], lw.inProjXT),
         inProjZT: w(`${p}in_proj_z_t`, [d, D], lw.inProjZT),
@@ -137,7 +161,7 @@ function registerWeights(g: GraphBuilder, weights: GraphWeights, dims: Dims): We
   };
 }
 
-/** The whole model as one branch of the top-level If; returns [logits, conv_out, ssm_out]. */
+/** The whole model as one branch of the top-level If; returns [logits, conv_out…, ssm_out…, k_new…, v_new…]. */
 function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): string[] {
   const { d, D, N, K, R, V, nL } = dims;
   const i64 = (...v: number[]) => g.constInt64(v);
@@ -167,8 +191,19 @@ function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): str
   let resid = g.op('Gather', [W.embeddings, GRAPH_INPUTS.tokens], { axis: 0 }); // [B, L, d]
   const convOuts: string[] = [];
   const ssmOuts: string[] = [];
+  const kOuts: string[] = [];
+  const vOuts: string[] = [];
+  const shared = dims.attention ? emitAttentionShared(g, dims.attention) : undefined;
 
-  W.layers.forEach((lw, i) => {
+  W.layers.forEach((lw) => {
+    if (lw.kind === 'attention') {
+      const { out, kNew, vNew } = emitAttentionLayer(g, lw, dims.attention!, rmsNorm(resid, lw.norm), kOuts.length, shared!);
+      kOuts.push(kNew);
+      vOuts.push(vNew);
+      resid = g.op('Add', [resid, out]);
+      return;
+    }
+    const i = convOuts.length; // rank among the Mamba layers: names the state inputs
     const h = rmsNorm(resid, lw.norm);
     const x = linear(h, lw.inProjXT, lw.inProjXBias); // [B, L, D]
     const z = linear(h, lw.inProjZT, lw.inProjZBias);
@@ -250,11 +285,14 @@ function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): str
   g.output(logits, 'float', ['batch', 'rows', V]);
   for (const c of convOuts) g.output(c, 'float', ['batch', K, D]);
   for (const h of ssmOuts) g.output(h, 'float', ['batch', N, D]);
-  return [logits, ...convOuts, ...ssmOuts];
+  const a = dims.attention;
+  for (const k of [...kOuts, ...vOuts]) g.output(k, 'float', ['batch', 'seq', a!.KV, a!.hd]);
+  return [logits, ...convOuts, ...ssmOuts, ...kOuts, ...vOuts];
 }
 
 export function buildMambaGraph(ckpt: Pick<Checkpoint, 'config' | 'vocabRows'>, weights: GraphWeights): Uint8Array {
   const c = ckpt.config;
+  const h = c.hybrid;
   const dims: Dims = {
     d: c.hiddenSize,
     D: c.intermediateSize,
@@ -265,12 +303,26 @@ export function buildMambaGraph(ckpt: Pick<Checkpoint, 'config' | 'vocabRows'>, 
     nL: c.numLayers,
     eps: c.layerNormEpsilon,
   };
-  const { D, N, K, V, nL } = dims;
+  if (h) dims.attention = { d: c.hiddenSize, H: h.numHeads, KV: h.numKvHeads, hd: h.headDim, W: h.window, rope: h.ropeTheta !== null };
+  const { D, N, K, V } = dims;
+  const types = layerTypes(c);
+  const nMamba = types.filter((t) => t === 'mamba').length;
+  const nAttn = types.length - nMamba;
   const g = new GraphBuilder('mamba');
   g.input(GRAPH_INPUTS.tokens, 'int64', ['batch', 'seq']);
   g.input(GRAPH_INPUTS.logitsStart, 'int64', [1]);
-  for (let i = 0; i < nL; i++) g.input(stateInput('conv', i), 'float', ['batch', K, D]);
-  for (let i = 0; i < nL; i++) g.input(stateInput('ssm', i), 'float', ['batch', N, D]);
+  for (let i = 0; i < nMamba; i++) g.input(stateInput('conv', i), 'float', ['batch', K, D]);
+  for (let i = 0; i < nMamba; i++) g.input(stateInput('ssm', i), 'float', ['batch', N, D]);
+  const a = dims.attention;
+  if (a) {
+    for (let i = 0; i < nAttn; i++) g.input(ringInput('k', i), 'float', ['batch', a.W, a.KV, a.hd]);
+    for (let i = 0; i < nAttn; i++) g.input(ringInput('v', i), 'float', ['batch', a.W, a.KV, a.hd]);
+    g.input(ATTENTION_INPUTS.mask, 'float', ['batch', 'seq', 'keys']);
+    if (a.rope) {
+      g.input(ATTENTION_INPUTS.cos, 'float', ['batch', 'seq', a.hd]);
+      g.input(ATTENTION_INPUTS.sin, 'float', ['batch', 'seq', a.hd]);
+    }
+  }
   const W = registerWeights(g, weights, dims);
 
   const seqLen = g.op('Slice', [g.op('Shape', [GRAPH_INPUTS.tokens]), g.constInt64([1]), g.constInt64([2]), g.constInt64([0])]);
@@ -279,14 +331,18 @@ export function buildMambaGraph(ckpt: Pick<Checkpoint, 'config' | 'vocabRows'>, 
   emitModel(decode, 'step', W, dims);
   const prefill = new GraphBuilder('prefill', 'pre_');
   emitModel(prefill, 'seq', W, dims);
-  const convOuts = Array.from({ length: nL }, (_, i) => stateOutput('conv', i));
-  const ssmOuts = Array.from({ length: nL }, (_, i) => stateOutput('ssm', i));
-  g.opN('If', [isStep], [GRAPH_OUTPUTS.logits, ...convOuts, ...ssmOuts], {
+  const convOuts = Array.from({ length: nMamba }, (_, i) => stateOutput('conv', i));
+  const ssmOuts = Array.from({ length: nMamba }, (_, i) => stateOutput('ssm', i));
+  const kOuts = Array.from({ length: nAttn }, (_, i) => ringOutput('k', i));
+  const vOuts = Array.from({ length: nAttn }, (_, i) => ringOutput('v', i));
+  g.opN('If', [isStep], [GRAPH_OUTPUTS.logits, ...convOuts, ...ssmOuts, ...kOuts, ...vOuts], {
     then_branch: { graph: decode.build() },
     else_branch: { graph: prefill.build() },
   });
   g.output(GRAPH_OUTPUTS.logits, 'float', ['batch', 'rows', V]);
   for (const c of convOuts) g.output(c, 'float', ['batch', K, D]);
   for (const h of ssmOuts) g.output(h, 'float', ['batch', N, D]);
-  return encodeModel(g.build(), `Mamba ${nL}x${dims.d}, built by mamba-serve graph v${GRAPH_VERSION}`);
+  for (const k of [...kOuts, ...vOuts]) g.output(k, 'float', ['batch', 'seq', a!.KV, a!.hd]);
+  const shape = h ? `hybrid ${nMamba} Mamba + ${nAttn} attention (W ${h.window})` : `Mamba ${dims.nL}`;
+  return encodeModel(g.build(), `${shape} x ${dims.d}, built by mamba-serve graph v${GRAPH_VERSION}`);
 }

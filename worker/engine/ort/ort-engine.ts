@@ -17,6 +17,7 @@ import {
   type StateHandle,
 } from '../engine.ts';
 import { exportHostState, HostState, importHostState } from '../host-state.ts';
+import { layersOfType } from '../../model/mamba-config.ts';
 import { modelInfoFromCheckpoint } from '../model-info.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
 import { transposeLast2 } from './transpose.ts';
@@ -52,10 +53,14 @@ export class OrtEngine implements Engine {
   private readonly pending = new Map<number, Pending>();
   private closed: Error | undefined;
 
+  /** Mamba layers (all layers but a hybrid's attention layers): the conv/ssm tensors' first axis. */
+  private readonly mambaLayers: number;
+
   private constructor(
     readonly model: ModelInfo,
     private readonly thread: Worker,
   ) {
+    this.mambaLayers = layersOfType(model.config, 'mamba').length;
     thread.on('message', (msg: { id: number; ok: boolean; result?: unknown; error?: string }) => {
       const p = this.pending.get(msg.id);
       if (!p) return;
@@ -76,7 +81,12 @@ export class OrtEngine implements Engine {
   static async load(ckpt: Checkpoint, options: OrtEngineOptions): Promise<OrtEngine> {
     const build = await ensureGraphBuild(ckpt, options.cacheDir);
     const info = await modelInfoFromCheckpoint(ckpt, build.fingerprint);
-    const { num_layers: layers, intermediate_size: dInner, conv_kernel: dConv, state_size: dState } = info.layout;
+    const { intermediate_size: dInner, conv_kernel: dConv, state_size: dState } = info.layout;
+    const layers = layersOfType(ckpt.config, 'mamba').length;
+    const h = ckpt.config.hybrid;
+    const attention = h
+      ? { layers: layersOfType(ckpt.config, 'sliding_attention').length, window: h.window, heads: h.numHeads, kvHeads: h.numKvHeads, headDim: h.headDim, ropeTheta: h.ropeTheta }
+      : null;
     const threads = options.intraOpThreads || availableParallelism();
     const thread = new Worker(new URL('./ort-thread.mjs', import.meta.url), {
       workerData: {
@@ -85,6 +95,7 @@ export class OrtEngine implements Engine {
         dInner,
         dConv,
         dState,
+        attention,
         maxPrefillChunk: options.maxPrefillChunk ?? 2048,
         sessionOptions: {
           executionProviders: [options.executionProvider ?? 'cpu'],
@@ -148,19 +159,23 @@ export class OrtEngine implements Engine {
   async importState(bytes: Uint8Array): Promise<ImportedState> {
     const imported = importHostState('ort', this.model, bytes);
     const s = new OrtState(this.nextState++, imported.state.tokensAbsorbed);
-    // HF layout ([layers, D, K], [layers, D, N]) to the graph's ([layers, K, D], [layers, N, D]).
-    const { num_layers: nL, intermediate_size: D, conv_kernel: K, state_size: N } = this.model.layout;
+    // HF layout ([M, D, K], [M, D, N]) to the graph's ([M, K, D], [M, N, D]); rings are the same in both.
+    const { intermediate_size: D, conv_kernel: K, state_size: N } = this.model.layout;
+    const nL = this.mambaLayers;
     const conv = transposeLast2(imported.state.conv, nL, D, K);
     const ssm = transposeLast2(imported.state.ssm, nL, D, N);
-    await this.call({ op: 'set', sid: s.sid, conv, ssm }, [conv.buffer as ArrayBuffer, ssm.buffer as ArrayBuffer]);
+    const { attnK: k, attnV: v } = imported.state;
+    const buffers = [conv.buffer, ssm.buffer, k.buffer, v.buffer] as ArrayBuffer[];
+    await this.call({ op: 'set', sid: s.sid, conv, ssm, k, v }, [...new Set(buffers)]);
     return { state: s, parentVersion: imported.parentVersion, transcriptHash: imported.transcriptHash };
   }
 
   async exportState(state: StateHandle, meta: ExportMeta): Promise<Uint8Array> {
     const s = this.live(state);
-    const { conv, ssm } = await this.call<{ conv: Float32Array; ssm: Float32Array }>({ op: 'get', sid: s.sid });
-    const { num_layers: nL, intermediate_size: D, conv_kernel: K, state_size: N } = this.model.layout;
-    const hf = new HostState('ort', transposeLast2(conv, nL, K, D), transposeLast2(ssm, nL, N, D), s.tokensAbsorbed);
+    const { conv, ssm, k, v } = await this.call<{ conv: Float32Array; ssm: Float32Array; k: Float32Array; v: Float32Array }>({ op: 'get', sid: s.sid });
+    const { intermediate_size: D, conv_kernel: K, state_size: N } = this.model.layout;
+    const nL = this.mambaLayers;
+    const hf = new HostState('ort', transposeLast2(conv, nL, K, D), transposeLast2(ssm, nL, N, D), s.tokensAbsorbed, k, v);
     return exportHostState(this.model, hf, meta);
   }
 
@@ -168,7 +183,13 @@ export class OrtEngine implements Engine {
     const s = this.live(state);
     checkTokens(tokens, this.model.vocabRows);
     if (tokens.length === 0) return { rows: 0, vocab: this.model.vocabRows, data: new Float32Array(0) };
-    const { logits } = await this.call<{ logits: Float32Array }>({ op: 'prefill', sid: s.sid, tokens, allLogits: options.allLogits === true });
+    const { logits } = await this.call<{ logits: Float32Array }>({
+      op: 'prefill',
+      sid: s.sid,
+      tokens,
+      allLogits: options.allLogits === true,
+      position: s.tokensAbsorbed,
+    });
     s.tokensAbsorbed += tokens.length;
     return { rows: options.allLogits ? tokens.length : 1, vocab: this.model.vocabRows, data: logits };
   }
@@ -179,7 +200,12 @@ export class OrtEngine implements Engine {
     const tokens = steps.map((st) => st.token);
     checkTokens(tokens, this.model.vocabRows);
     if (steps.length === 0) return { rows: 0, vocab: this.model.vocabRows, data: new Float32Array(0) };
-    const { logits } = await this.call<{ logits: Float32Array }>({ op: 'decode', sids: states.map((s) => s.sid), tokens });
+    const { logits } = await this.call<{ logits: Float32Array }>({
+      op: 'decode',
+      sids: states.map((s) => s.sid),
+      tokens,
+      positions: states.map((s) => s.tokensAbsorbed),
+    });
     for (const s of states) s.tokensAbsorbed += 1;
     return { rows: steps.length, vocab: this.model.vocabRows, data: logits };
   }

@@ -9,34 +9,48 @@
 // Plain JavaScript on purpose: a worker thread does not inherit the TypeScript loader of
 // every runner (tsx, vitest), and this file needs nothing but onnxruntime-node.
 //
-// A state is one array per layer and kind (conv [K, D], ssm [N, D]), matching the graph's
-// per-layer inputs and outputs, in the graph's layout (see mamba-graph.ts).
+// A state is one array per layer and kind (conv [K, D], ssm [N, D] per Mamba layer; a hybrid's
+// key and value rings [W, KV, hd] per attention layer), matching the graph's per-layer inputs
+// and outputs, in the graph's layout (see mamba-graph.ts, attention-graph.ts). The rings are
+// not graph outputs: the graph returns each call's new keys and values, and this thread
+// writes them into the rings in place (window-inputs.mjs), so a decode step copies one row
+// per attention layer, not a whole window.
 import { parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
+import { hybridPrefillChunk, ropeInvFreq, ropeTables, windowMask, writeRing } from './window-inputs.mjs';
 
-const { modelPath, layers, dInner, dConv, dState, sessionOptions, maxPrefillChunk } = workerData;
+const { modelPath, layers, dInner, dConv, dState, attention, sessionOptions, maxPrefillChunk } = workerData;
 const convLayer = dConv * dInner;
 const ssmLayer = dState * dInner;
+/** Attention layers (0 for a pure Mamba model) and the floats of one ring. */
+const attnLayers = attention ? attention.layers : 0;
+const ringWidth = attention ? attention.kvHeads * attention.headDim : 0;
+const ringLayer = attention ? attention.window * ringWidth : 0;
+const invFreq = attention && attention.ropeTheta !== null ? ropeInvFreq(attention.ropeTheta, attention.headDim) : null;
+const prefillChunk = attention ? hybridPrefillChunk(attention.heads, attention.window, maxPrefillChunk) : maxPrefillChunk;
 
-/** @typedef {{ conv: Float32Array[], ssm: Float32Array[] }} LayerState */
+/** @typedef {{ conv: Float32Array[], ssm: Float32Array[], k: Float32Array[], v: Float32Array[] }} LayerState */
 /** @type {Map<number, LayerState>} */
 const states = new Map();
 
 /**
  * The last decode batch: its members' layer arrays are views into the batch's output
- * tensors. Reusing those tensors as the next step's inputs when the batch is unchanged saves
- * a gather copy per step; any other operation first gives every member its own arrays again
- * (detachBatch), so no state keeps a whole batch's buffers alive.
- * @type {{ sids: number[], conv: Float32Array[], ssm: Float32Array[] } | null}
+ * tensors (conv, ssm) and into the batch's ring buffers (k, v). Reusing those as the next
+ * step's inputs when the batch is unchanged saves a gather copy per step; any other
+ * operation first gives every member its own arrays again (detachBatch), so no state keeps
+ * a whole batch's buffers alive.
+ * @type {{ sids: number[], conv: Float32Array[], ssm: Float32Array[], k: Float32Array[], v: Float32Array[] } | null}
  */
 let batch = null;
+
+const copyState = (s) => ({ conv: s.conv.map((a) => a.slice()), ssm: s.ssm.map((a) => a.slice()), k: s.k.map((a) => a.slice()), v: s.v.map((a) => a.slice()) });
 
 function detachBatch() {
   if (!batch) return;
   if (batch.sids.length > 1) {
     for (const sid of batch.sids) {
       const s = states.get(sid);
-      if (s) states.set(sid, { conv: s.conv.map((a) => a.slice()), ssm: s.ssm.map((a) => a.slice()) });
+      if (s) states.set(sid, copyState(s));
     }
   }
   batch = null;
@@ -48,18 +62,19 @@ function state(sid) {
   return s;
 }
 
-/** Per-layer views of one contiguous [layers, …] array. */
-function splitLayers(flat, size) {
-  return Array.from({ length: layers }, (_, i) => flat.subarray(i * size, (i + 1) * size));
+/** Per-layer views of one contiguous [n, …] array. */
+function splitLayers(flat, size, n = layers) {
+  return Array.from({ length: n }, (_, i) => flat.subarray(i * size, (i + 1) * size));
 }
 
 function joinLayers(parts, size) {
-  const out = new Float32Array(layers * size);
+  const out = new Float32Array(parts.length * size);
   parts.forEach((p, i) => out.set(p, i * size));
   return out;
 }
 
-function feeds(B, L, tokens, logitsStart, conv, ssm) {
+/** Graph inputs of a call: B rows of L tokens, the rows' states, and their absolute positions. */
+function feeds(B, L, tokens, logitsStart, conv, ssm, k, v, positions) {
   const f = {
     tokens: new ort.Tensor('int64', tokens, [B, L]),
     logits_start: new ort.Tensor('int64', BigInt64Array.of(BigInt(logitsStart)), [1]),
@@ -67,6 +82,19 @@ function feeds(B, L, tokens, logitsStart, conv, ssm) {
   for (let i = 0; i < layers; i++) {
     f[`conv_state_${i}`] = new ort.Tensor('float32', conv[i], [B, dConv, dInner]);
     f[`ssm_state_${i}`] = new ort.Tensor('float32', ssm[i], [B, dState, dInner]);
+  }
+  if (attention) {
+    const ringShape = [B, attention.window, attention.kvHeads, attention.headDim];
+    for (let a = 0; a < attnLayers; a++) {
+      f[`attn_k_${a}`] = new ort.Tensor('float32', k[a], ringShape);
+      f[`attn_v_${a}`] = new ort.Tensor('float32', v[a], ringShape);
+    }
+    f.attn_mask = new ort.Tensor('float32', windowMask(attention.window, positions, L), [B, L, attention.window + L]);
+    if (invFreq) {
+      const { cos, sin } = ropeTables(invFreq, positions, L);
+      f.rope_cos = new ort.Tensor('float32', cos, [B, L, attention.headDim]);
+      f.rope_sin = new ort.Tensor('float32', sin, [B, L, attention.headDim]);
+    }
   }
   return f;
 }
@@ -78,20 +106,31 @@ function outputs(out) {
   };
 }
 
+/** Write row b's new keys and values of a call (L rows from `start`) into that row's rings. */
+function writeRings(out, b, L, rings, start) {
+  for (let a = 0; a < attnLayers; a++) {
+    const rows = L * ringWidth;
+    writeRing(rings.k[a], out[`attn_k_new_${a}`].data.subarray(b * rows, (b + 1) * rows), attention.window, ringWidth, start);
+    writeRing(rings.v[a], out[`attn_v_new_${a}`].data.subarray(b * rows, (b + 1) * rows), attention.window, ringWidth, start);
+  }
+}
+
 let session;
 
-async function prefill({ sid, tokens, allLogits }) {
+async function prefill({ sid, tokens, allLogits, position }) {
   detachBatch();
   const s = state(sid);
   const total = tokens.length;
   const rowsOut = [];
-  // Long prompts run in chunks carrying the state: activation memory stays bounded.
-  for (let start = 0; start < total; start += maxPrefillChunk) {
-    const end = Math.min(total, start + maxPrefillChunk);
+  // Long prompts run in chunks carrying the state: activation memory stays bounded (for a
+  // hybrid, the chunk also bounds the attention scores: hybridPrefillChunk).
+  for (let start = 0; start < total; start += prefillChunk) {
+    const end = Math.min(total, start + prefillChunk);
     const L = end - start;
     const ids = BigInt64Array.from(tokens.subarray(start, end), (t) => BigInt(t));
-    const out = await session.run(feeds(1, L, ids, allLogits ? 0 : L - 1, s.conv, s.ssm));
+    const out = await session.run(feeds(1, L, ids, allLogits ? 0 : L - 1, s.conv, s.ssm, s.k, s.v, [position + start]));
     Object.assign(s, outputs(out));
+    writeRings(out, 0, L, s, position + start);
     // Copies (slice) are ours to transfer; ORT's output buffers are not.
     if (allLogits || end === total) rowsOut.push(out.logits.data.slice());
   }
@@ -109,48 +148,68 @@ function concat(parts) {
   return out;
 }
 
-function gather(sids, kind, size) {
-  return Array.from({ length: layers }, (_, i) => {
+function gather(sids, kind, size, n = layers) {
+  return Array.from({ length: n }, (_, i) => {
     const buf = new Float32Array(sids.length * size);
     sids.forEach((sid, b) => buf.set(state(sid)[kind][i], b * size));
     return buf;
   });
 }
 
-async function decode({ sids, tokens }) {
+async function decode({ sids, tokens, positions }) {
   const B = sids.length;
   let conv;
   let ssm;
+  let k;
+  let v;
   if (batch && batch.sids.length === B && batch.sids.every((sid, i) => sid === sids[i])) {
-    ({ conv, ssm } = batch);
+    ({ conv, ssm, k, v } = batch);
   } else {
     detachBatch();
     conv = gather(sids, 'conv', convLayer);
     ssm = gather(sids, 'ssm', ssmLayer);
+    k = gather(sids, 'k', ringLayer, attnLayers);
+    v = gather(sids, 'v', ringLayer, attnLayers);
   }
   const ids = BigInt64Array.from(tokens, (t) => BigInt(t));
-  const raw = await session.run(feeds(B, 1, ids, 0, conv, ssm));
+  const raw = await session.run(feeds(B, 1, ids, 0, conv, ssm, k, v, positions));
   const out = outputs(raw);
   sids.forEach((sid, b) => {
-    states.set(sid, {
+    const member = {
       conv: out.conv.map((a) => a.subarray(b * convLayer, (b + 1) * convLayer)),
       ssm: out.ssm.map((a) => a.subarray(b * ssmLayer, (b + 1) * ssmLayer)),
-    });
+      // Views into the batch's ring buffers: the row written here is the next step's input too.
+      k: k.map((a) => a.subarray(b * ringLayer, (b + 1) * ringLayer)),
+      v: v.map((a) => a.subarray(b * ringLayer, (b + 1) * ringLayer)),
+    };
+    writeRings(raw, b, 1, member, positions[b]);
+    states.set(sid, member);
   });
-  batch = { sids: [...sids], conv: out.conv, ssm: out.ssm };
+  batch = { sids: [...sids], conv: out.conv, ssm: out.ssm, k, v };
   const logits = raw.logits.data.slice();
   return { result: { logits }, transfer: [logits.buffer] };
 }
 
 const handlers = {
   new({ sid }) {
-    states.set(sid, { conv: splitLayers(new Float32Array(layers * convLayer), convLayer), ssm: splitLayers(new Float32Array(layers * ssmLayer), ssmLayer) });
+    states.set(sid, {
+      conv: splitLayers(new Float32Array(layers * convLayer), convLayer),
+      ssm: splitLayers(new Float32Array(layers * ssmLayer), ssmLayer),
+      k: splitLayers(new Float32Array(attnLayers * ringLayer), ringLayer, attnLayers),
+      v: splitLayers(new Float32Array(attnLayers * ringLayer), ringLayer, attnLayers),
+    });
     return { result: null };
   },
-  /** conv [layers, K, D] and ssm [layers, N, D], contiguous (the engine transposed them from HF layout). */
-  set({ sid, conv, ssm }) {
+  /** conv [layers, K, D] and ssm [layers, N, D] (the engine transposed them from HF layout); k, v [attention layers, W, KV, hd]. */
+  set({ sid, conv, ssm, k, v }) {
     if (conv.length !== layers * convLayer || ssm.length !== layers * ssmLayer) throw new Error('state arrays have the wrong size');
-    states.set(sid, { conv: splitLayers(conv, convLayer), ssm: splitLayers(ssm, ssmLayer) });
+    if (k.length !== attnLayers * ringLayer || v.length !== attnLayers * ringLayer) throw new Error('attention rings have the wrong size');
+    states.set(sid, {
+      conv: splitLayers(conv, convLayer),
+      ssm: splitLayers(ssm, ssmLayer),
+      k: splitLayers(k, ringLayer, attnLayers),
+      v: splitLayers(v, ringLayer, attnLayers),
+    });
     return { result: null };
   },
   get({ sid }) {
@@ -158,12 +217,13 @@ const handlers = {
     const s = state(sid);
     const conv = joinLayers(s.conv, convLayer);
     const ssm = joinLayers(s.ssm, ssmLayer);
-    return { result: { conv, ssm }, transfer: [conv.buffer, ssm.buffer] };
+    const k = joinLayers(s.k, ringLayer);
+    const v = joinLayers(s.v, ringLayer);
+    return { result: { conv, ssm, k, v }, transfer: [conv.buffer, ssm.buffer, k.buffer, v.buffer] };
   },
   clone({ src, dst }) {
     detachBatch();
-    const s = state(src);
-    states.set(dst, { conv: s.conv.map((a) => a.slice()), ssm: s.ssm.map((a) => a.slice()) });
+    states.set(dst, copyState(state(src)));
     return { result: null };
   },
   free({ sid }) {

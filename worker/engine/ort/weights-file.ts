@@ -3,7 +3,9 @@
 // ONNX Runtime loads itself. Tensors pass through one at a time, so the JS heap never
 // holds more than the largest tensor.
 import { open, type FileHandle } from 'node:fs/promises';
-import { EMBEDDINGS, LM_HEAD, NORM_F, layerTensorName, type Checkpoint, type LayerTensorName } from '../../model/checkpoint.ts';
+import { EMBEDDINGS, LM_HEAD, NORM_F, layerTensorName, type AttentionTensorName, type Checkpoint, type LayerTensorName } from '../../model/checkpoint.ts';
+import { layerTypes } from '../../model/mamba-config.ts';
+import type { AttentionWeightRefs } from './attention-graph.ts';
 import type { ExternalRef } from './onnx-builder.ts';
 import type { GraphWeights, LayerWeightRefs } from './mamba-graph.ts';
 import { transposeLast2 } from './transpose.ts';
@@ -33,6 +35,32 @@ class ExternalWriter {
   }
 }
 
+/** An attention layer's projections, transposed to [in, out]; q pre-scaled by 1/sqrt(head_dim). */
+async function writeAttentionLayer(ckpt: Checkpoint, i: number, out: ExternalWriter): Promise<AttentionWeightRefs> {
+  const h = ckpt.config.hybrid!;
+  const d = ckpt.config.hiddenSize;
+  const read = (n: AttentionTensorName) => ckpt.read(layerTensorName(i, n));
+  const scale = 1 / Math.sqrt(h.headDim);
+  const scaled = (m: Float32Array) => m.map((v) => v * scale);
+  const q = h.numHeads * h.headDim;
+  const kv = h.numKvHeads * h.headDim;
+  const refs: AttentionWeightRefs = {
+    kind: 'attention',
+    norm: await out.write(await read('norm.weight')),
+    qT: await out.write(transpose(scaled(await read('mixer.q_proj.weight')), q, d)),
+    kT: await out.write(transpose(await read('mixer.k_proj.weight'), kv, d)),
+    vT: await out.write(transpose(await read('mixer.v_proj.weight'), kv, d)),
+    oT: await out.write(transpose(await read('mixer.o_proj.weight'), d, q)),
+  };
+  if (h.bias) {
+    refs.qBias = await out.write(scaled(await read('mixer.q_proj.bias')));
+    refs.kBias = await out.write(await read('mixer.k_proj.bias'));
+    refs.vBias = await out.write(await read('mixer.v_proj.bias'));
+    refs.oBias = await out.write(await read('mixer.o_proj.bias'));
+  }
+  return refs;
+}
+
 /** Write `ckpt`'s weights to `path` (file name `location` as the graph will reference it). */
 export async function writeGraphWeights(ckpt: Checkpoint, path: string, location: string): Promise<GraphWeights> {
   const c = ckpt.config;
@@ -43,8 +71,13 @@ export async function writeGraphWeights(ckpt: Checkpoint, path: string, location
   const fh = await open(path, 'w');
   try {
     const out = new ExternalWriter(fh, location);
-    const layers: LayerWeightRefs[] = [];
+    const layers: (LayerWeightRefs | AttentionWeightRefs)[] = [];
+    const types = layerTypes(c);
     for (let i = 0; i < c.numLayers; i++) {
+      if (types[i] === 'sliding_attention') {
+        layers.push(await writeAttentionLayer(ckpt, i, out));
+        continue;
+      }
       const read = (n: LayerTensorName) => ckpt.read(layerTensorName(i, n));
       const has = (n: LayerTensorName) => ckpt.tensors.has(layerTensorName(i, n));
       const aLog = await read('mixer.A_log'); // [D, N]
@@ -54,6 +87,7 @@ export async function writeGraphWeights(ckpt: Checkpoint, path: string, location
       const inProj = await read('mixer.in_proj.weight');
       const convW = await read('mixer.conv1d.weight'); // [D, 1, K]
       const refs: LayerWeightRefs = {
+        kind: 'mamba',
         norm: await out.write(await read('norm.weight')),
         inProjXT: await out.write(transpose(inProj.subarray(0, D * d), D, d)),
         inProjZT: await out.write(transpose(inProj.subarray(D * d), D, d)),

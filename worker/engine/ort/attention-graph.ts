@@ -1,0 +1,142 @@
+// A hybrid's sliding-window attention layer in the ONNX graph (see mamba-graph.ts for the
+// whole model). One formulation serves prefill and decode: the queries of the call's L tokens
+// attend over [the ring's W keys | the call's L new keys] under an additive mask, so decode
+// (L = 1, a batch of sessions, each with its own ring and position) and prefill (one
+// session, a chunk of L) are the same ops.
+//
+// What the graph does not do, on purpose: anything that depends on absolute positions. The
+// window mask [B, L, W + L] and the RoPE tables [B, L, hd] are inputs, computed by the host in
+// float64 (window-inputs.mjs), and the ring is not rewritten in the graph: it returns only the
+// new rotated keys and values [B, L, KV, hd] and the host writes them into the ring in place
+// (slot = position mod W). A graph that output the whole ring would copy W x KV x hd floats
+// per layer per decode step for the sake of one row.
+//
+// Inputs per attention layer a: attn_k_{a}, attn_v_{a} [B, W, KV, hd] (keys after RoPE);
+// shared: attn_mask [B, L, W + L], and rope_cos / rope_sin [B, L, hd] when the model uses RoPE.
+// Outputs per layer: attn_k_new_{a}, attn_v_new_{a} [B, L, KV, hd].
+import type { ExternalRef, GraphBuilder } from './onnx-builder.ts';
+
+export interface AttentionWeightRefs {
+  readonly kind: 'attention';
+  norm: ExternalRef; // [d]
+  qT: ExternalRef; // [d, H*hd], pre-scaled by 1/sqrt(hd) (RoPE is linear, so scaling before it is the same)
+  kT: ExternalRef; // [d, KV*hd]
+  vT: ExternalRef; // [d, KV*hd]
+  oT: ExternalRef; // [H*hd, d]
+  qBias?: ExternalRef; // [H*hd], pre-scaled like qT
+  kBias?: ExternalRef;
+  vBias?: ExternalRef;
+  oBias?: ExternalRef; // [d]
+}
+
+export interface AttentionWeightNames {
+  readonly kind: 'attention';
+  norm: string;
+  qT: string;
+  kT: string;
+  vT: string;
+  oT: string;
+  qBias?: string;
+  kBias?: string;
+  vBias?: string;
+  oBias?: string;
+}
+
+export interface AttentionDims {
+  d: number;
+  H: number;
+  KV: number;
+  hd: number;
+  W: number;
+  rope: boolean;
+}
+
+export const ATTENTION_INPUTS = { mask: 'attn_mask', cos: 'rope_cos', sin: 'rope_sin' } as const;
+export const ringInput = (kind: 'k' | 'v', slot: number) => `attn_${kind}_${slot}`;
+export const ringOutput = (kind: 'k' | 'v', slot: number) => `attn_${kind}_new_${slot}`;
+
+export function registerAttentionWeights(g: GraphBuilder, prefix: string, refs: AttentionWeightRefs, dims: AttentionDims): AttentionWeightNames {
+  const { d, H, KV, hd } = dims;
+  const w = (name: string, shape: number[], ref: ExternalRef) => g.externalFloat(`${prefix}${name}`, shape, ref);
+  const names: AttentionWeightNames = {
+    kind: 'attention',
+    norm: w('norm', [d], refs.norm),
+    qT: w('q_proj_t', [d, H * hd], refs.qT),
+    kT: w('k_proj_t', [d, KV * hd], refs.kT),
+    vT: w('v_proj_t', [d, KV * hd], refs.vT),
+    oT: w('o_proj_t', [H * hd, d], refs.oT),
+  };
+  if (refs.qBias) names.qBias = w('q_proj_b', [H * hd], refs.qBias);
+  if (refs.kBias) names.kBias = w('k_proj_b', [KV * hd], refs.kBias);
+  if (refs.vBias) names.vBias = w('v_proj_b', [KV * hd], refs.vBias);
+  if (refs.oBias) names.oBias = w('o_proj_b', [d], refs.oBias);
+  return names;
+}
+
+/** Values every attention layer of one branch reads: the mask tiled over query groups, the RoPE tables with a head axis. */
+export interface AttentionShared {
+  mask: string; // [B, 1, G*L, W+L]
+  cos?: string; // [B, L, 1, hd]
+  sin?: string;
+}
+
+export function emitAttentionShared(g: GraphBuilder, dims: AttentionDims): AttentionShared {
+  const group = dims.H / dims.KV;
+  // Query rows are ordered (group, position) per KV head, so the [L, S] mask repeats per group.
+  const tiled = group === 1 ? ATTENTION_INPUTS.mask : g.op('Tile', [ATTENTION_INPUTS.mask, g.constInt64([1, group, 1])]);
+  const shared: AttentionShared = { mask: g.op('Unsqueeze', [tiled, g.constInt64([1])]) };
+  if (dims.rope) {
+    shared.cos = g.op('Unsqueeze', [ATTENTION_INPUTS.cos, g.constInt64([2])]);
+    shared.sin = g.op('Unsqueeze', [ATTENTION_INPUTS.sin, g.constInt64([2])]);
+  }
+  return shared;
+}
+
+/**
+ * One attention block's residual branch for normed input h [B, L, d]: returns the branch
+ * output [B, L, d] and the call's new rotated keys and values [B, L, KV, hd].
+ */
+export function emitAttentionLayer(
+  g: GraphBuilder,
+  w: AttentionWeightNames,
+  dims: AttentionDims,
+  h: string,
+  slot: number,
+  shared: AttentionShared,
+): { out: string; kNew: string; vNew: string } {
+  const { H, KV, hd } = dims;
+  const group = H / KV;
+  const i64 = (...v: number[]) => g.constInt64(v);
+  const linear = (x: string, wT: string, bias?: string) => {
+    const y = g.op('MatMul', [x, wT]);
+    return bias ? g.op('Add', [y, bias]) : y;
+  };
+  const heads = (x: string, n: number) => g.op('Reshape', [x, i64(0, 0, n, hd)]); // [B, L, n, hd]
+  // x * cos + rotate_half(x) * sin, rotate_half(x) = concat(-x[hd/2:], x[:hd/2]) on the last axis.
+  const rope = (x: string) => {
+    if (!shared.cos || !shared.sin) return x;
+    const half = hd / 2;
+    const lo = g.op('Slice', [x, i64(0), i64(half), i64(3)]);
+    const hi = g.op('Slice', [x, i64(half), i64(hd), i64(3)]);
+    const rot = g.op('Concat', [g.op('Neg', [hi]), lo], { axis: 3 });
+    return g.op('Add', [g.op('Mul', [x, shared.cos]), g.op('Mul', [rot, shared.sin])]);
+  };
+
+  const q = rope(heads(linear(h, w.qT, w.qBias), H)); // [B, L, H, hd], already scaled by 1/sqrt(hd)
+  const kNew = rope(heads(linear(h, w.kT, w.kBias), KV)); // [B, L, KV, hd]
+  const vNew = heads(linear(h, w.vT, w.vBias), KV);
+
+  const keys = g.op('Concat', [ringInput('k', slot), kNew], { axis: 1 }); // [B, W+L, KV, hd]
+  const values = g.op('Concat', [ringInput('v', slot), vNew], { axis: 1 });
+  const kT = g.op('Transpose', [keys], { perm: [0, 2, 3, 1] }); // [B, KV, hd, W+L]
+  const vH = g.op('Transpose', [values], { perm: [0, 2, 1, 3] }); // [B, KV, W+L, hd]
+  // Query head h = kv * group + g reads key/value head kv: rows of one KV head are (g, position).
+  const qG = g.op('Reshape', [q, i64(0, 0, KV, group, hd)]);
+  const qRows = g.op('Reshape', [g.op('Transpose', [qG], { perm: [0, 2, 3, 1, 4] }), i64(0, KV, -1, hd)]); // [B, KV, G*L, hd]
+  const scores = g.op('Add', [g.op('MatMul', [qRows, kT]), shared.mask]); // [B, KV, G*L, W+L]
+  const probs = g.op('Softmax', [scores], { axis: -1 });
+  const ctx = g.op('MatMul', [probs, vH]); // [B, KV, G*L, hd]
+  const ctxG = g.op('Reshape', [ctx, i64(0, KV, group, -1, hd)]); // [B, KV, G, L, hd]
+  const merged = g.op('Reshape', [g.op('Transpose', [ctxG], { perm: [0, 3, 1, 2, 4] }), i64(0, 0, H * hd)]); // [B, L, H*hd]
+  return { out: linear(merged, w.oT, w.oBias), kNew, vNew };
+}
