@@ -4,7 +4,7 @@
 // state export/import, SSE.
 import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ErrorResponse, SessionCreated, SessionInfo, TurnResponse, VersionList } from '../shared/api-schemas.ts';
+import { ErrorResponse, ModelList, SessionCreated, SessionInfo, TurnResponse, VersionList } from '../shared/api-schemas.ts';
 import { encodeMState, readMStateHeader } from '../shared/mstate.ts';
 import { useRedisServer } from '../test-support/redis.ts';
 import { startTestServing, type TestServing } from '../test-support/serving.ts';
@@ -93,7 +93,10 @@ describe('auth and tenants', () => {
     expect((await call('GET', '/healthz', undefined, { key: null })).status).toBe(200);
     expect((await call('GET', '/readyz', undefined, { key: null })).json).toMatchObject({ ok: true });
     const models = await call('GET', '/v1/models');
-    expect(models.json.data).toEqual([expect.objectContaining({ id: 'tiny', object: 'model', workers: 1 })]);
+    expect(models.json.data).toEqual([
+      expect.objectContaining({ id: 'tiny', object: 'model', workers: 1, layer_types: ['mamba', 'mamba'], sliding_window: null }),
+    ]);
+    expect(ModelList.parse(models.json).data[0]!.state_bytes).toBeGreaterThan(0);
   });
 
   it('serves Prometheus metrics without auth', async () => {

@@ -80,7 +80,7 @@ describe('QUEUE_WITHOUT_WORKERS', () => {
       expect(ready.status).toBe(200);
       expect(ready.json).toEqual({ ok: true, workers: { tiny: 0 }, queue_without_workers: ['tiny'] });
       expect((await call('GET', '/v1/models')).json.data).toEqual([
-        { id: 'tiny', object: 'model', created: 0, owned_by: 'mamba-serve', state_bytes: null, workers: 0 },
+        { id: 'tiny', object: 'model', created: 0, owned_by: 'mamba-serve', state_bytes: null, layer_types: null, sliding_window: null, workers: 0 },
       ]);
       expectError(await call('POST', '/v1/sessions', { model: 'other' }), 404, 'model_not_found');
 

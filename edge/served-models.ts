@@ -13,6 +13,10 @@ export interface ServedModel {
   readonly created: number;
   /** Bytes of one session's state; null while no worker has registered the model. */
   readonly state_bytes: number | null;
+  /** Each layer's type ("mamba" or "sliding_attention"); null while no worker has registered the model. */
+  readonly layer_types: string[] | null;
+  /** A hybrid's attention window W in tokens; null for a pure Mamba model (or an unregistered one). */
+  readonly sliding_window: number | null;
   /** Workers with a recent heartbeat. */
   readonly workers: number;
 }
@@ -43,10 +47,16 @@ export class ServedModels {
   /** Every served model, with what is known of it (nothing but its id before a worker registers it). */
   async list(): Promise<ServedModel[]> {
     const registered = await this.registry.list();
-    const models: Omit<ServedModel, 'workers'>[] = registered.map((m) => ({ id: m.id, created: m.created, state_bytes: m.state_bytes }));
+    const models: Omit<ServedModel, 'workers'>[] = registered.map((m) => ({
+      id: m.id,
+      created: m.created,
+      state_bytes: m.state_bytes,
+      layer_types: m.layout.layer_types ?? Array.from({ length: m.layout.num_layers }, () => 'mamba'),
+      sliding_window: m.layout.sliding_window ?? null,
+    }));
     const queued = this.config.QUEUE_WITHOUT_WORKERS ? this.config.DEFAULT_MODEL : undefined;
     if (queued !== undefined && !registered.some((m) => m.id === queued)) {
-      models.push({ id: queued, created: 0, state_bytes: null });
+      models.push({ id: queued, created: 0, state_bytes: null, layer_types: null, sliding_window: null });
       models.sort((a, b) => a.id.localeCompare(b.id));
     }
     return Promise.all(models.map(async (m) => ({ ...m, workers: await this.registry.liveWorkers(m.id) })));

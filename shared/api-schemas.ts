@@ -274,10 +274,13 @@ export const ModelList = z.object({
       created: z.number().int(),
       owned_by: z.string(),
       /**
-       * mamba-serve extensions: bytes of one session's state (null until a worker has registered
-       * the model), workers alive for this model.
+       * mamba-serve extensions: bytes of one session's state, fixed whatever the history (null
+       * until a worker has registered the model); each layer's type and a hybrid's attention
+       * window (null for a pure Mamba model); workers alive for this model.
        */
       state_bytes: z.number().int().nullable(),
+      layer_types: z.array(z.enum(['mamba', 'sliding_attention'])).nullable(),
+      sliding_window: z.number().int().positive().nullable(),
       workers: z.number().int(),
     }),
   ),

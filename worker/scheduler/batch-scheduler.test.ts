@@ -1,6 +1,11 @@
-// Continuous batching on the reference engine (a tiny random model): concurrent replies share
-// decode steps, each reply is exactly what it would be alone, prefills interleave with
-// decoding, and an aborted sequence leaves the batch without disturbing the others.
+// Continuous batching on the reference engine (a tiny random model), and on the ORT engine
+// with a tiny attention hybrid (sessions at different positions, each with its own ring):
+// concurrent replies share decode steps, each reply is exactly what it would be alone,
+// prefills interleave with decoding, and an aborted sequence leaves the batch without
+// disturbing the others.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeTinyModel, type TinyModel } from '../../test-support/tiny-model.ts';
 import { createEngine } from '../engine/create-engine.ts';
@@ -10,33 +15,41 @@ import { SequenceDecoder } from '../generate/sequence.ts';
 import { loadTokenizer, type Tokenizer } from '../model/tokenizer.ts';
 import { BatchScheduler, WorkAborted } from './batch-scheduler.ts';
 
-let model: TinyModel;
-let engine: Engine;
-let tokenizer: Tokenizer;
+const setups = [
+  { name: 'a Mamba model, reference engine', options: {}, engine: 'reference' as const },
+  { name: 'a hybrid model (window 6), ORT engine', options: { numLayers: 3, hybrid: { attentionLayers: [1], window: 6, heads: 4, kvHeads: 2 } }, engine: 'ort' as const },
+];
 
-beforeAll(async () => {
-  model = await writeTinyModel();
-  engine = (await createEngine({ modelDir: model.dir, engine: 'reference' })).engine;
-  tokenizer = await loadTokenizer(model.dir, engine.model.vocabRows);
-});
-afterAll(async () => {
-  await engine?.close();
-  await model?.remove();
-});
+describe.each(setups)('BatchScheduler on $name', (setup) => {
+  let model: TinyModel;
+  let engine: Engine;
+  let tokenizer: Tokenizer;
+  let cacheDir: string;
 
-const decoder = (maxTokens: number, seed: number) =>
-  new SequenceDecoder(tokenizer, new Sampler({ temperature: 1, topP: 1, topK: 0, seed }, tokenizer.vocabSize), { maxTokens, stop: [] });
+  beforeAll(async () => {
+    model = await writeTinyModel(setup.options);
+    cacheDir = await mkdtemp(join(tmpdir(), 'ms-sched-'));
+    engine = (await createEngine({ modelDir: model.dir, engine: setup.engine, cacheDir, intraOpThreads: 1 })).engine;
+    tokenizer = await loadTokenizer(model.dir, engine.model.vocabRows);
+  });
+  afterAll(async () => {
+    await engine?.close();
+    await model?.remove();
+    if (cacheDir) await rm(cacheDir, { recursive: true, force: true });
+  });
 
-async function reply(scheduler: BatchScheduler, prompt: string, maxTokens: number, seed: number, signal?: AbortSignal) {
-  const state = await engine.newState();
-  const logits = await scheduler.prefill(state, Int32Array.from(tokenizer.encode(prompt)), signal);
-  const out = await scheduler.decode(state, logits, decoder(maxTokens, seed), () => {}, signal);
-  const absorbed = state.tokensAbsorbed;
-  engine.freeState(state);
-  return { text: out.text, tokens: out.generatedTokens, absorbed };
-}
+  const decoder = (maxTokens: number, seed: number) =>
+    new SequenceDecoder(tokenizer, new Sampler({ temperature: 1, topP: 1, topK: 0, seed }, tokenizer.vocabSize), { maxTokens, stop: [] });
 
-describe('BatchScheduler', () => {
+  async function reply(scheduler: BatchScheduler, prompt: string, maxTokens: number, seed: number, signal?: AbortSignal) {
+    const state = await engine.newState();
+    const logits = await scheduler.prefill(state, Int32Array.from(tokenizer.encode(prompt)), signal);
+    const out = await scheduler.decode(state, logits, decoder(maxTokens, seed), () => {}, signal);
+    const absorbed = state.tokensAbsorbed;
+    engine.freeState(state);
+    return { text: out.text, tokens: out.generatedTokens, absorbed };
+  }
+
   it('steps concurrent replies together, each as it would be alone', async () => {
     const prompts = ['alpha', 'a longer second prompt', 'c', 'delta delta'];
     const alone = [];

@@ -1,8 +1,12 @@
 // GET /v1/models: the models served here, OpenAI's list shape. A model is served once a worker
 // has registered it, or, with QUEUE_WITHOUT_WORKERS, DEFAULT_MODEL before that (its turns
-// wait for a worker to start; what only a worker knows, its state size, is null until then).
+// wait for a worker to start; what only a worker knows, its state size and layer layout, is
+// null until then). mamba-serve extensions beside OpenAI's fields: state_bytes (one session's
+// fixed-size state), layer_types and sliding_window (a hybrid's attention layers and window),
+// workers.
 import { Hono } from 'hono';
 import type { EdgeEnv } from '../../auth.ts';
+import { ModelList } from '../../../shared/api-schemas.ts';
 import type { EdgeDeps } from '../../deps.ts';
 
 export function modelRoutes(deps: EdgeDeps): Hono<EdgeEnv> {
@@ -15,9 +19,12 @@ export function modelRoutes(deps: EdgeDeps): Hono<EdgeEnv> {
       created: m.created,
       owned_by: 'mamba-serve',
       state_bytes: m.state_bytes,
+      layer_types: m.layer_types,
+      sliding_window: m.sliding_window,
       workers: m.workers,
     }));
-    return c.json({ object: 'list' as const, data });
+    // The schema is the wire contract: answering through it keeps the two from drifting apart.
+    return c.json(ModelList.parse({ object: 'list', data }));
   });
   return app;
 }
