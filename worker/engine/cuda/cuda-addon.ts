@@ -7,7 +7,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /** Must equal kAbi in worker/native/src/addon.cpp; a stale build is refused, not half-used. */
-export const NATIVE_ABI = 1;
+export const NATIVE_ABI = 2;
 
 export type NativeDType = 'F32' | 'F16' | 'BF16';
 
@@ -20,6 +20,19 @@ export interface NativeDims {
   nLayers: number;
   vocabRows: number;
   eps: number;
+  /** A hybrid's attention layers (HybridConfig); absent for a pure Mamba model. */
+  hybrid?: NativeHybrid;
+}
+
+export interface NativeHybrid {
+  layerTypes: readonly ('mamba' | 'sliding_attention')[];
+  window: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  bias: boolean;
+  /** RoPE base, or null for no positional encoding. */
+  ropeTheta: number | null;
 }
 
 export interface NativeOptions {
@@ -29,6 +42,8 @@ export interface NativeOptions {
   prefillChunk?: number;
   maxLogitRows?: number;
   scanChannels?: number;
+  /** Keys per block of decode attention (flash-decoding split); 0 = one block per row and head. */
+  attnSplitKeys?: number;
   useGraphs?: boolean;
   device?: number;
 }
@@ -44,6 +59,7 @@ export interface NativeEngineInfo {
   maxSlots: number;
   maxBatch: number;
   useGraphs: boolean;
+  attentionLayers: number;
 }
 
 /** Errors from the addon carry one of these codes (NativeError in worker/native/src/common.h). */
@@ -58,12 +74,14 @@ export interface NativeEngine {
   allocSlot(): Promise<number>;
   freeSlot(slot: number): void;
   copySlot(dst: number, src: number): Promise<void>;
-  importSlot(slot: number, conv: Float32Array, ssm: Float32Array): Promise<void>;
-  exportSlot(slot: number, conv: Float32Array, ssm: Float32Array): Promise<void>;
-  prefill(slot: number, tokens: Int32Array, allLogits: boolean, out: Float32Array): Promise<void>;
-  decode(slots: Int32Array, tokens: Int32Array, logits: Float32Array | null, argmax: Int32Array | null): Promise<void>;
+  /** The state in HostState's layout: conv/ssm over the Mamba layers, attnK/attnV rings (empty for a pure model). */
+  importSlot(slot: number, conv: Float32Array, ssm: Float32Array, attnK: Float32Array, attnV: Float32Array): Promise<void>;
+  exportSlot(slot: number, conv: Float32Array, ssm: Float32Array, attnK: Float32Array, attnV: Float32Array): Promise<void>;
+  /** position: the tokens the state absorbed before these (RoPE and the ring rows depend on it). */
+  prefill(slot: number, position: number, tokens: Int32Array, allLogits: boolean, out: Float32Array): Promise<void>;
+  decode(slots: Int32Array, positions: Float64Array, tokens: Int32Array, logits: Float32Array | null, argmax: Int32Array | null): Promise<void>;
   /** Median device milliseconds of one decode step (graph replay), for benchmarks; advances the slots. */
-  timeDecode(slots: Int32Array, tokens: Int32Array, iters: number): Promise<number>;
+  timeDecode(slots: Int32Array, positions: Float64Array, tokens: Int32Array, iters: number): Promise<number>;
   info(): NativeEngineInfo;
   close(): Promise<void>;
 }

@@ -2,8 +2,14 @@
 // state is a slot in the addon's device pool, so decode steps move no state through JS; only
 // importState/exportState copy a state, to and from `.mstate` bytes (shared/mstate.ts through
 // host-state.ts, the same conversion the CPU engines use).
+//
+// Attention hybrids: the slot also holds each attention layer's key/value ring, and every
+// prefill/decode call passes each state's tokensAbsorbed as its position (RoPE angles, ring
+// rows and the window depend on it). This side is the position's only source of truth: the
+// addon keeps none, so a state imported at position 10^7 needs nothing but its bytes.
 import { readTensorBytes } from '../../model/safetensors.ts';
 import type { Checkpoint } from '../../model/checkpoint.ts';
+import type { MambaConfig } from '../../model/mamba-config.ts';
 import {
   checkTokens,
   EngineError,
@@ -16,7 +22,7 @@ import {
   type PrefillOptions,
   type StateHandle,
 } from '../engine.ts';
-import { exportHostState, HostState, importHostState } from '../host-state.ts';
+import { exportHostState, HostState, importHostState, stateSizes } from '../host-state.ts';
 import { modelInfoFromCheckpoint } from '../model-info.ts';
 import {
   cudaAvailability,
@@ -26,6 +32,7 @@ import {
   type NativeEngine,
   type NativeEngineInfo,
   type NativeErrorCode,
+  type NativeHybrid,
 } from './cuda-addon.ts';
 
 export interface CudaEngineOptions {
@@ -41,6 +48,11 @@ export interface CudaEngineOptions {
   readonly useGraphs?: boolean;
   /** Channels per block of the prefill scan (1, 2 or 4); 0 = the addon's default. */
   readonly scanChannels?: number;
+  /**
+   * Hybrids: keys per block of decode attention (a longer window is split over several blocks
+   * and merged). Default 256; tests set it small to exercise the merge on short windows.
+   */
+  readonly attnSplitKeys?: number;
   readonly device?: number;
   /** The checkpoint's fingerprint when already known (saves hashing the weights again). */
   readonly fingerprint?: string;
@@ -97,6 +109,21 @@ function nativeTensorName(name: string): { name: string; layer: number } {
   return { name: m[2]!, layer: Number(m[1]) };
 }
 
+/** The addon's description of a hybrid's attention layers, or undefined for a pure model. */
+function nativeHybrid(c: MambaConfig): NativeHybrid | undefined {
+  const h = c.hybrid;
+  if (!h) return undefined;
+  return {
+    layerTypes: [...h.layerTypes],
+    window: h.window,
+    numHeads: h.numHeads,
+    numKvHeads: h.numKvHeads,
+    headDim: h.headDim,
+    bias: h.bias,
+    ropeTheta: h.ropeTheta,
+  };
+}
+
 export class CudaEngine implements Engine {
   readonly kind = 'cuda' as const;
   private closed = false;
@@ -129,6 +156,7 @@ export class CudaEngine implements Engine {
         nLayers: c.numLayers,
         vocabRows: ckpt.vocabRows,
         eps: c.layerNormEpsilon,
+        ...(c.hybrid ? { hybrid: nativeHybrid(c) } : {}),
       },
       {
         dtype,
@@ -137,6 +165,7 @@ export class CudaEngine implements Engine {
         prefillChunk: options.prefillChunk ?? 2048,
         useGraphs: options.useGraphs ?? true,
         scanChannels: options.scanChannels ?? 0,
+        attnSplitKeys: options.attnSplitKeys ?? 256,
         device,
       },
     );
@@ -205,7 +234,8 @@ export class CudaEngine implements Engine {
     const parsed = importHostState('cuda', this.model, bytes);
     const slot = await native(() => this.nativeEngine.allocSlot());
     try {
-      await native(() => this.nativeEngine.importSlot(slot, parsed.state.conv, parsed.state.ssm));
+      const st = parsed.state;
+      await native(() => this.nativeEngine.importSlot(slot, st.conv, st.ssm, st.attnK, st.attnV));
     } catch (err) {
       this.nativeEngine.freeSlot(slot);
       throw err;
@@ -220,11 +250,13 @@ export class CudaEngine implements Engine {
   async exportState(state: StateHandle, meta: ExportMeta): Promise<Uint8Array> {
     this.live();
     const s = this.own(state);
-    const { num_layers: L, intermediate_size: D, state_size: N, conv_kernel: K } = this.model.layout;
-    const conv = new Float32Array(L * D * K);
-    const ssm = new Float32Array(L * D * N);
-    await native(() => this.nativeEngine.exportSlot(s.slot, conv, ssm));
-    return exportHostState(this.model, new HostState('cuda', conv, ssm, s.tokensAbsorbed), meta);
+    const n = stateSizes(this.model.layout);
+    const conv = new Float32Array(n.conv);
+    const ssm = new Float32Array(n.ssm);
+    const attnK = new Float32Array(n.attn);
+    const attnV = new Float32Array(n.attn);
+    await native(() => this.nativeEngine.exportSlot(s.slot, conv, ssm, attnK, attnV));
+    return exportHostState(this.model, new HostState('cuda', conv, ssm, s.tokensAbsorbed, attnK, attnV), meta);
   }
 
   async prefill(state: StateHandle, tokens: Int32Array, options: PrefillOptions = {}): Promise<Logits> {
@@ -235,7 +267,7 @@ export class CudaEngine implements Engine {
     const rows = options.allLogits ? tokens.length : Math.min(1, tokens.length);
     const data = new Float32Array(rows * V);
     if (tokens.length > 0) {
-      await native(() => this.nativeEngine.prefill(s.slot, tokens, options.allLogits === true, data));
+      await native(() => this.nativeEngine.prefill(s.slot, s.tokensAbsorbed, tokens, options.allLogits === true, data));
       s.tokensAbsorbed += tokens.length;
     }
     return { rows, vocab: V, data };
@@ -243,12 +275,14 @@ export class CudaEngine implements Engine {
 
   async decode(steps: readonly DecodeStep[]): Promise<Logits> {
     this.live();
-    const { slots, tokens, states } = this.batch(steps);
+    const { slots, positions, tokens, states } = this.batch(steps);
     const V = this.model.vocabRows;
     const data = new Float32Array(steps.length * V);
     for (let i = 0; i < steps.length; i += this.maxBatch) {
       const end = Math.min(steps.length, i + this.maxBatch);
-      await native(() => this.nativeEngine.decode(slots.subarray(i, end), tokens.subarray(i, end), data.subarray(i * V, end * V), null));
+      await native(() =>
+        this.nativeEngine.decode(slots.subarray(i, end), positions.subarray(i, end), tokens.subarray(i, end), data.subarray(i * V, end * V), null),
+      );
     }
     for (const s of states) s.tokensAbsorbed += 1;
     return { rows: steps.length, vocab: V, data };
@@ -261,30 +295,37 @@ export class CudaEngine implements Engine {
    */
   async decodeGreedy(steps: readonly DecodeStep[]): Promise<Int32Array> {
     this.live();
-    const { slots, tokens, states } = this.batch(steps);
+    const { slots, positions, tokens, states } = this.batch(steps);
     const out = new Int32Array(steps.length);
     for (let i = 0; i < steps.length; i += this.maxBatch) {
       const end = Math.min(steps.length, i + this.maxBatch);
-      await native(() => this.nativeEngine.decode(slots.subarray(i, end), tokens.subarray(i, end), null, out.subarray(i, end)));
+      await native(() =>
+        this.nativeEngine.decode(slots.subarray(i, end), positions.subarray(i, end), tokens.subarray(i, end), null, out.subarray(i, end)),
+      );
     }
     for (const s of states) s.tokensAbsorbed += 1;
     return out;
   }
 
-  /** Median device time of one decode step for these states (benchmarks; advances the states' device data). */
+  /**
+   * Median device time of one decode step for these states (benchmarks). Every timed step
+   * replays the same positions, so the states' device data is for timing only afterwards.
+   */
   async timeDecode(steps: readonly DecodeStep[], iters: number): Promise<number> {
     this.live();
-    const { slots, tokens } = this.batch(steps);
+    const { slots, positions, tokens } = this.batch(steps);
     if (steps.length > this.maxBatch) throw new EngineError('capacity', `timeDecode: batch ${steps.length} exceeds maxBatch ${this.maxBatch}`);
-    return native(() => this.nativeEngine.timeDecode(slots, tokens, iters));
+    return native(() => this.nativeEngine.timeDecode(slots, positions, tokens, iters));
   }
 
-  private batch(steps: readonly DecodeStep[]): { slots: Int32Array; tokens: Int32Array; states: CudaState[] } {
+  private batch(steps: readonly DecodeStep[]): { slots: Int32Array; positions: Float64Array; tokens: Int32Array; states: CudaState[] } {
     const states = steps.map((st) => this.own(st.state));
     if (new Set(states).size !== states.length) throw new EngineError('state_foreign', 'a state appears twice in one decode batch');
     const tokens = Int32Array.from(steps, (st) => st.token);
     checkTokens(tokens, this.model.vocabRows);
-    return { slots: Int32Array.from(states, (s) => s.slot), tokens, states };
+    // Each row's position is its state's tokensAbsorbed: sessions in one batch sit anywhere.
+    const positions = Float64Array.from(states, (s) => s.tokensAbsorbed);
+    return { slots: Int32Array.from(states, (s) => s.slot), positions, tokens, states };
   }
 
   async close(): Promise<void> {

@@ -1,4 +1,5 @@
-// Standalone check and benchmark of the prefill scan, conv and decode-step kernels: needs
+// Standalone check and benchmark of the prefill scan, conv and decode-step kernels, and of a
+// hybrid's attention kernels (qkv_prep, window attention prefill and decode, ring write): needs
 // neither Node nor cuBLAS, so the GPU machine (which has no Node) can run it right after
 // `cmake --build`. Prints, per shape and variant, the error against a float64 host reference
 // of the recurrence (from a random saved state, and full == two resumed halves), then GB/s of
@@ -18,6 +19,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "../src/kernels/kernels.h"
@@ -468,6 +470,225 @@ void check_conv_and_step(DType t, int N, int K, std::mt19937& rng) {
   verdict("slot outside the batch untouched", euntouched, 0);
 }
 
+// ---- attention hybrid: qkv_prep, window attention, ring write ---------------------------------
+
+struct AttnShape {
+  int W, H, KV, hd;
+};
+
+// Host float64 RoPE of one row in place (q heads then k heads), angles in long double.
+void host_rope(std::vector<double>& row, int heads, int hd, int64_t pos, const std::vector<double>& inv) {
+  const int half = hd / 2;
+  for (int h = 0; h < heads; ++h) {
+    for (int i = 0; i < half; ++i) {
+      const long double angle = static_cast<long double>(pos) * inv[i];
+      const double c = static_cast<double>(cosl(angle)), s = static_cast<double>(sinl(angle));
+      const double a = row[h * hd + i], b = row[h * hd + half + i];
+      row[h * hd + i] = a * c - b * s;
+      row[h * hd + half + i] = b * c + a * s;
+    }
+  }
+}
+
+// One query (all H heads) over keys/values given as row pointers [KV*hd]: plain softmax.
+void host_attend(const double* q, const std::vector<const float*>& keys, const std::vector<const float*>& values,
+                 const AttnShape& a, double* out) {
+  const int G = a.H / a.KV;
+  for (int h = 0; h < a.H; ++h) {
+    const int kv = h / G;
+    std::vector<double> sc(keys.size());
+    double mx = -INFINITY;
+    for (std::size_t j = 0; j < keys.size(); ++j) {
+      double dot = 0;
+      for (int c = 0; c < a.hd; ++c) dot += q[h * a.hd + c] * keys[j][kv * a.hd + c];
+      sc[j] = dot / std::sqrt(static_cast<double>(a.hd));
+      mx = std::max(mx, sc[j]);
+    }
+    double tot = 0;
+    for (auto& v : sc) tot += (v = std::exp(v - mx));
+    for (int c = 0; c < a.hd; ++c) {
+      double acc = 0;
+      for (std::size_t j = 0; j < keys.size(); ++j) acc += sc[j] / tot * values[j][kv * a.hd + c];
+      out[h * a.hd + c] = acc;
+    }
+  }
+}
+
+// Prefill of L tokens at `start` for slot 1 of a 4-slot ring pool (one attention layer), then a
+// decode step of 4 rows (slots 2, 0, padding, 1) at different positions, split and unsplit.
+void check_attention(DType t, const AttnShape& a, int64_t start, int L, std::mt19937& rng) {
+  std::normal_distribution<float> nd(0.f, 1.f);
+  const int Q = a.H * a.hd, KVW = a.KV * a.hd, QKV = Q + 2 * KVW, slots_n = 4;
+  const std::size_t ring_slot = static_cast<std::size_t>(a.W) * KVW;
+  std::vector<float> ring_k(slots_n * ring_slot), ring_v(slots_n * ring_slot), qkv(static_cast<std::size_t>(L) * QKV),
+      bias(QKV);
+  for (auto* v : {&ring_k, &ring_v, &qkv}) for (auto& e : *v) e = 1.5f * nd(rng);
+  for (auto& e : bias) e = 0.1f * nd(rng);
+  std::vector<double> inv(a.hd / 2);
+  for (int i = 0; i < a.hd / 2; ++i) inv[i] = std::pow(10000.0, -2.0 * i / a.hd);
+  const std::size_t tb = mamba::dtype_bytes(t);
+  DeviceBuf drk(ring_k.size() * 4), drv(ring_v.size() * 4), dqkv(qkv.size() * 4), dbias(QKV * 4), dinv(inv.size() * 8),
+      dout(static_cast<std::size_t>(L) * Q * tb);
+  upload(drk, ring_k);
+  upload(drv, ring_v);
+  upload(dqkv, qkv);
+  upload(dbias, bias);
+  upload(dinv, inv);
+  CHECK(cudaMemset(dout.p, 0xff, dout.bytes));
+
+  // qkv_prep (prefill: no ring write) against float64 bias + RoPE.
+  mamba::QkvPrepParams pp;
+  pp.rows = L, pp.heads = a.H, pp.kv_heads = a.KV, pp.head_dim = a.hd, pp.window = a.W;
+  pp.qkv = dqkv.as<float>(), pp.qkv_row_stride = QKV, pp.bias = dbias.as<float>(), pp.inv_freq = dinv.as<double>();
+  pp.start = start;
+  mamba::launch_qkv_prep(pp, nullptr);
+  const int slot = 1;
+  mamba::AttnPrefillParams ap;
+  ap.L = L, ap.start = start, ap.heads = a.H, ap.kv_heads = a.KV, ap.head_dim = a.hd, ap.window = a.W;
+  ap.qkv = dqkv.as<float>(), ap.qkv_row_stride = QKV;
+  ap.ring_k = drk.as<float>() + slot * ring_slot, ap.ring_v = drv.as<float>() + slot * ring_slot;
+  ap.out = dout.p, ap.out_row_stride = Q;
+  mamba::launch_window_attention_prefill(ap, t, nullptr);
+  mamba::RingWriteParams rp;
+  rp.L = L, rp.start = start, rp.window = a.W, rp.kv_width = KVW;
+  rp.k = dqkv.as<float>() + Q, rp.v = dqkv.as<float>() + Q + KVW, rp.row_stride = QKV;
+  rp.ring_k = drk.as<float>() + slot * ring_slot, rp.ring_v = drv.as<float>() + slot * ring_slot;
+  mamba::launch_ring_write(rp, nullptr);
+  CHECK(cudaDeviceSynchronize());
+  std::vector<float> qkv_dev(qkv.size()), rk_after(ring_k.size()), rv_after(ring_v.size());
+  CHECK(cudaMemcpy(qkv_dev.data(), dqkv.p, qkv.size() * 4, cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(rk_after.data(), drk.p, rk_after.size() * 4, cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(rv_after.data(), drv.p, rv_after.size() * 4, cudaMemcpyDeviceToHost));
+  std::vector<float> out = read_stored(dout, static_cast<std::size_t>(L) * Q, t);
+
+  ErrStat erope, eatt, ering, euntouched;
+  for (int l = 0; l < L; ++l) {
+    std::vector<double> row(QKV);
+    for (int c = 0; c < QKV; ++c) row[c] = static_cast<double>(qkv[l * QKV + c]) + bias[c];
+    host_rope(row, a.H + a.KV, a.hd, start + l, inv);
+    for (int c = 0; c < QKV; ++c) erope.add(qkv_dev[l * QKV + c], row[c]);
+  }
+  // Attention over the device's rotated rows (so this isolates the attention kernel).
+  const float* ring_k0 = ring_k.data() + slot * ring_slot;  // the ring before the write
+  const float* ring_v0 = ring_v.data() + slot * ring_slot;
+  std::vector<double> q(Q), o(Q);
+  for (int l = 0; l < L; ++l) {
+    const int64_t p = start + l;
+    std::vector<const float*> ks, vs;
+    for (int64_t j = std::max<int64_t>(0, p - a.W + 1); j <= p; ++j) {
+      if (j < start) {
+        ks.push_back(ring_k0 + (j % a.W) * KVW);
+        vs.push_back(ring_v0 + (j % a.W) * KVW);
+      } else {
+        ks.push_back(qkv_dev.data() + (j - start) * QKV + Q);
+        vs.push_back(qkv_dev.data() + (j - start) * QKV + Q + KVW);
+      }
+    }
+    for (int c = 0; c < Q; ++c) q[c] = qkv_dev[l * QKV + c];
+    host_attend(q.data(), ks, vs, a, o.data());
+    for (int c = 0; c < Q; ++c) eatt.add(out[l * Q + c], o[c]);
+  }
+  for (int s = 0; s < slots_n; ++s) {
+    for (int r = 0; r < a.W; ++r) {
+      // Ring row r of slot 1 holds the newest position == r mod W among the call's last W.
+      int m = -1;
+      if (s == slot)
+        for (int mm = std::max(0, L - a.W); mm < L; ++mm)
+          if ((start + mm) % a.W == r) m = mm;
+      for (int c = 0; c < KVW; ++c) {
+        const std::size_t at = s * ring_slot + static_cast<std::size_t>(r) * KVW + c;
+        if (m >= 0) {
+          ering.add(rk_after[at], qkv_dev[m * QKV + Q + c]);
+          ering.add(rv_after[at], qkv_dev[m * QKV + Q + KVW + c]);
+        } else {
+          euntouched.add(rk_after[at], ring_k[at]);
+          euntouched.add(rv_after[at], ring_v[at]);
+        }
+      }
+    }
+  }
+  char label[96];
+  std::snprintf(label, sizeof label, "qkv_prep bias+RoPE at %lld.. vs f64", static_cast<long long>(start));
+  verdict(label, erope, 1e-6);
+  std::snprintf(label, sizeof label, "prefill attention W%d L%d H%d/%d hd%d vs f64", a.W, L, a.H, a.KV, a.hd);
+  verdict(label, eatt, t == DType::F32 ? 1e-5 : 1e-2);
+  verdict("ring write (last min(L, W) rows)", ering, 0);
+  verdict("ring rows not written, other slots untouched", euntouched, 0);
+
+  // Decode: rows at positions 0, W-1, a wrapped one and a far one; slot 3 is not in the batch.
+  const std::vector<int> dslots = {2, 0, -1, 1};
+  const std::vector<int64_t> dpos = {0, a.W - 1, -1, 5000003};
+  const int rows = static_cast<int>(dslots.size());
+  std::vector<float> dq(static_cast<std::size_t>(rows) * QKV);
+  for (auto& e : dq) e = 1.5f * nd(rng);
+  std::vector<int64_t> dpos_dev = dpos;
+  dpos_dev[2] = 0;
+  for (int split_keys : {0, 8}) {
+    upload(drk, rk_after);
+    upload(drv, rv_after);
+    DeviceBuf ddq(dq.size() * 4), dsl(rows * 4), dps(rows * 8), ddo(static_cast<std::size_t>(rows) * Q * tb);
+    const int splits = mamba::attention_decode_splits(a.W, split_keys);
+    const int keys = (a.W + splits - 1) / splits;
+    DeviceBuf dpart(static_cast<std::size_t>(rows) * a.H * splits * (a.hd + 2) * 4);
+    upload(ddq, dq);
+    upload(dsl, dslots);
+    upload(dps, dpos_dev);
+    CHECK(cudaMemset(ddo.p, 0xff, ddo.bytes));
+    mamba::QkvPrepParams dp;
+    dp.rows = rows, dp.heads = a.H, dp.kv_heads = a.KV, dp.head_dim = a.hd, dp.window = a.W;
+    dp.qkv = ddq.as<float>(), dp.qkv_row_stride = QKV, dp.bias = dbias.as<float>(), dp.inv_freq = dinv.as<double>();
+    dp.positions = dps.as<int64_t>();
+    dp.ring_k = drk.as<float>(), dp.ring_v = drv.as<float>(), dp.ring_slot_stride = static_cast<int64_t>(ring_slot);
+    dp.slots = dsl.as<int>();
+    mamba::launch_qkv_prep(dp, nullptr);
+    mamba::AttnDecodeParams dap;
+    dap.batch = rows, dap.heads = a.H, dap.kv_heads = a.KV, dap.head_dim = a.hd, dap.window = a.W;
+    dap.slots = dsl.as<int>(), dap.positions = dps.as<int64_t>();
+    dap.q = ddq.as<float>(), dap.q_row_stride = QKV;
+    dap.ring_k = drk.as<float>(), dap.ring_v = drv.as<float>(), dap.ring_slot_stride = static_cast<int64_t>(ring_slot);
+    dap.out = ddo.p, dap.out_row_stride = Q;
+    dap.splits = splits, dap.split_keys = keys, dap.partial = dpart.as<float>();
+    mamba::launch_window_attention_decode(dap, t, nullptr);
+    CHECK(cudaDeviceSynchronize());
+    std::vector<float> dout_h = read_stored(ddo, static_cast<std::size_t>(rows) * Q, t);
+    std::vector<float> rk2(ring_k.size()), rv2(ring_v.size());
+    CHECK(cudaMemcpy(rk2.data(), drk.p, rk2.size() * 4, cudaMemcpyDeviceToHost));
+    CHECK(cudaMemcpy(rv2.data(), drv.p, rv2.size() * 4, cudaMemcpyDeviceToHost));
+    ErrStat edec, enew, eslot3;
+    for (int r = 0; r < rows; ++r) {
+      if (dslots[r] < 0) {
+        for (int c = 0; c < Q; ++c) edec.add(dout_h[r * Q + c], 0);
+        continue;
+      }
+      std::vector<double> row(QKV);
+      for (int c = 0; c < QKV; ++c) row[c] = static_cast<double>(dq[r * QKV + c]) + bias[c];
+      host_rope(row, a.H + a.KV, a.hd, dpos[r], inv);
+      const std::size_t base = dslots[r] * ring_slot;
+      const std::size_t at = base + static_cast<std::size_t>(dpos[r] % a.W) * KVW;
+      for (int c = 0; c < KVW; ++c) {
+        enew.add(rk2[at + c], row[Q + c]);
+        enew.add(rv2[at + c], row[Q + KVW + c]);
+      }
+      // Live ring rows: 0 .. min(t+1, W)-1 (the reference engine's attentionStep).
+      std::vector<const float*> ks, vs;
+      for (int64_t s = 0; s < std::min<int64_t>(dpos[r] + 1, a.W); ++s) {
+        ks.push_back(rk2.data() + base + s * KVW);
+        vs.push_back(rv2.data() + base + s * KVW);
+      }
+      host_attend(row.data(), ks, vs, a, o.data());
+      for (int c = 0; c < Q; ++c) edec.add(dout_h[r * Q + c], o[c]);
+    }
+    for (std::size_t i = 3 * ring_slot; i < 4 * ring_slot; ++i) {
+      eslot3.add(rk2[i], rk_after[i]);
+      eslot3.add(rv2[i], rv_after[i]);
+    }
+    std::snprintf(label, sizeof label, "decode attention, %d split(s), padding row vs f64", splits);
+    verdict(label, edec, t == DType::F32 ? 1e-5 : 1e-2);
+    verdict("decode: new key/value in ring row t mod W", enew, 1e-6);
+    verdict("decode: slot outside the batch untouched", eslot3, 0);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -501,6 +722,17 @@ int main(int argc, char** argv) {
       for (auto [n, k] : {std::pair<int, int>{16, 4}, std::pair<int, int>{5, 3}}) {
         std::printf("== %s: conv1d (d_conv %d) and decode step (d_state %d)\n", mamba::dtype_name(t), k, n);
         check_conv_and_step(t, n, k, rng);
+      }
+      // Attention: prefill longer than the window far into a session, shorter than the window
+      // at its start, head_dim 40 (a partly filled lane dimension), 64 and 8; decode with and
+      // without splits.
+      for (auto [shape, start, L] : {std::tuple<AttnShape, int64_t, int>{{37, 4, 2, 40}, 1000003, 50},
+                                     std::tuple<AttnShape, int64_t, int>{{37, 4, 2, 40}, 10, 7},
+                                     std::tuple<AttnShape, int64_t, int>{{64, 12, 4, 64}, 10000000, 100},
+                                     std::tuple<AttnShape, int64_t, int>{{5, 4, 2, 8}, 3, 37}}) {
+        std::printf("== %s: attention W=%d H=%d KV=%d hd=%d, prefill L=%d at %lld, decode\n", mamba::dtype_name(t), shape.W,
+                    shape.H, shape.KV, shape.hd, L, static_cast<long long>(start));
+        check_attention(t, shape, start, L, rng);
       }
     }
 

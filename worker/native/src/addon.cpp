@@ -21,7 +21,8 @@ using mamba::DType;
 using mamba::NativeError;
 
 // Bumped whenever the JS-visible surface changes; cuda-addon.ts refuses a stale build.
-constexpr int kAbi = 1;
+// 2: attention hybrids (dims.hybrid, rings in import/export, positions on prefill/decode).
+constexpr int kAbi = 2;
 
 class Job : public Napi::AsyncWorker {
  public:
@@ -108,6 +109,69 @@ T* typed_data(const Napi::Value& v, std::size_t min_length, const char* what) {
   return arr.Data();
 }
 
+// Positions arrive as a Float64Array (a JS number holds every integer up to 2^53 exactly);
+// each must be a non-negative integer. Copied: the array may change once the call returns.
+std::shared_ptr<std::vector<int64_t>> positions_of(const Napi::Value& v, std::size_t n) {
+  const double* data = typed_data<double, napi_float64_array>(v, n, "positions");
+  auto out = std::make_shared<std::vector<int64_t>>(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const double p = data[i];
+    if (!(p >= 0 && p <= 9007199254740992.0 && p == static_cast<double>(static_cast<int64_t>(p)))) {
+      throw_js(v.Env(), "invalid_argument", "position " + std::to_string(p) + " is not a non-negative integer");
+    }
+    (*out)[i] = static_cast<int64_t>(p);
+  }
+  return out;
+}
+
+int64_t position_of(const Napi::Value& v) {
+  const double p = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+  if (!(p >= 0 && p <= 9007199254740992.0 && p == static_cast<double>(static_cast<int64_t>(p)))) {
+    throw_js(v.Env(), "invalid_argument", "position must be a non-negative integer");
+  }
+  return static_cast<int64_t>(p);
+}
+
+// dims.hybrid: { layerTypes: ("mamba" | "sliding_attention")[], window, numHeads, numKvHeads,
+// headDim, bias, ropeTheta: number | null }; absent for a pure Mamba model.
+void parse_hybrid(const Napi::Object& d, mamba::ModelDims& dims) {
+  Napi::Env env = d.Env();
+  Napi::Value hv = d.Get("hybrid");
+  if (hv.IsUndefined() || hv.IsNull()) return;
+  if (!hv.IsObject()) throw_js(env, "invalid_argument", "dims.hybrid must be an object");
+  Napi::Object h = hv.As<Napi::Object>();
+  Napi::Value types = h.Get("layerTypes");
+  if (!types.IsArray()) throw_js(env, "invalid_argument", "dims.hybrid.layerTypes must be an array");
+  Napi::Array arr = types.As<Napi::Array>();
+  if (static_cast<int>(arr.Length()) != dims.n_layers) {
+    throw_js(env, "invalid_argument", "dims.hybrid.layerTypes must have one entry per layer");
+  }
+  dims.layer_is_attention.resize(arr.Length());
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    Napi::Value t = arr.Get(i);
+    const std::string s = t.IsString() ? t.As<Napi::String>().Utf8Value() : "";
+    if (s != "mamba" && s != "sliding_attention") {
+      throw_js(env, "invalid_argument", "dims.hybrid.layerTypes[" + std::to_string(i) + "] must be \"mamba\" or \"sliding_attention\"");
+    }
+    dims.layer_is_attention[i] = s == "sliding_attention" ? 1 : 0;
+  }
+  dims.window = get_int(h, "window", 0, true);
+  dims.heads = get_int(h, "numHeads", 0, true);
+  dims.kv_heads = get_int(h, "numKvHeads", 0, true);
+  dims.head_dim = get_int(h, "headDim", 0, true);
+  Napi::Value bias = h.Get("bias");
+  if (!bias.IsBoolean()) throw_js(env, "invalid_argument", "dims.hybrid.bias must be a boolean");
+  dims.attn_bias = bias.As<Napi::Boolean>().Value();
+  Napi::Value theta = h.Get("ropeTheta");
+  if (theta.IsNull() || theta.IsUndefined()) {
+    dims.rope_theta = 0;
+  } else if (theta.IsNumber() && theta.As<Napi::Number>().DoubleValue() > 0) {
+    dims.rope_theta = theta.As<Napi::Number>().DoubleValue();
+  } else {
+    throw_js(env, "invalid_argument", "dims.hybrid.ropeTheta must be a positive number or null");
+  }
+}
+
 Napi::Value Probe(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object out = Napi::Object::New(env);
@@ -185,6 +249,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     Napi::Value eps = d.Get("eps");
     if (!eps.IsNumber()) throw_js(env, "invalid_argument", "missing number field \"eps\"");
     dims_.eps = eps.As<Napi::Number>().FloatValue();
+    parse_hybrid(d, dims_);
 
     Napi::Object o = info[1].As<Napi::Object>();
     opt_.dtype = parse_dtype(env, o.Get("dtype"));
@@ -193,6 +258,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     opt_.prefill_chunk = get_int(o, "prefillChunk", opt_.prefill_chunk);
     opt_.max_logit_rows = get_int(o, "maxLogitRows", opt_.max_logit_rows);
     opt_.scan_channels = get_int(o, "scanChannels", opt_.scan_channels);
+    opt_.attn_split_keys = get_int(o, "attnSplitKeys", opt_.attn_split_keys);
     opt_.device = get_int(o, "device", opt_.device);
     Napi::Value graphs = o.Get("useGraphs");
     if (graphs.IsBoolean()) opt_.use_graphs = graphs.As<Napi::Boolean>().Value();
@@ -270,90 +336,103 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     return job->Start();
   }
 
-  std::size_t conv_floats() const {
-    return static_cast<std::size_t>(dims_.n_layers) * dims_.d_inner * dims_.d_conv;
-  }
-  std::size_t ssm_floats() const {
-    return static_cast<std::size_t>(dims_.n_layers) * dims_.d_inner * dims_.d_state;
+  // A ring array may be empty (pure Mamba model): then no pointer crosses.
+  template <typename T>
+  T* ring_data(const Napi::Value& v, const char* what) {
+    const std::size_t n = dims_.ring_floats();
+    if (n == 0) {
+      if (!v.IsUndefined() && !v.IsNull()) typed_data<float, napi_float32_array>(v, 0, what);  // type check only
+      return nullptr;
+    }
+    return typed_data<float, napi_float32_array>(v, n, what);
   }
 
-  // importSlot(slot, conv: Float32Array, ssm: Float32Array)
+  // importSlot(slot, conv: Float32Array, ssm: Float32Array, attnK: Float32Array, attnV: Float32Array)
   Napi::Value ImportSlot(const Napi::CallbackInfo& info) {
     mamba::Engine& e = engine(info.Env());
     const int slot = info[0].As<Napi::Number>().Int32Value();
-    const float* conv = typed_data<float, napi_float32_array>(info[1], conv_floats(), "conv state");
-    const float* ssm = typed_data<float, napi_float32_array>(info[2], ssm_floats(), "ssm state");
-    auto* job = new Job(info.Env(), [&e, slot, conv, ssm] { e.import_slot(slot, conv, ssm); });
+    const float* conv = typed_data<float, napi_float32_array>(info[1], dims_.conv_floats(), "conv state");
+    const float* ssm = typed_data<float, napi_float32_array>(info[2], dims_.ssm_floats(), "ssm state");
+    const float* k = ring_data<const float>(info[3], "attention key ring");
+    const float* v = ring_data<const float>(info[4], "attention value ring");
+    auto* job = new Job(info.Env(), [&e, slot, conv, ssm, k, v] { e.import_slot(slot, conv, ssm, k, v); });
     job->Keep(info.This());
-    job->Keep(info[1]);
-    job->Keep(info[2]);
+    for (std::size_t i = 1; i < 5 && i < info.Length(); ++i) job->Keep(info[i]);
     return job->Start();
   }
 
   Napi::Value ExportSlot(const Napi::CallbackInfo& info) {
     mamba::Engine& e = engine(info.Env());
     const int slot = info[0].As<Napi::Number>().Int32Value();
-    float* conv = typed_data<float, napi_float32_array>(info[1], conv_floats(), "conv state");
-    float* ssm = typed_data<float, napi_float32_array>(info[2], ssm_floats(), "ssm state");
-    auto* job = new Job(info.Env(), [&e, slot, conv, ssm] { e.export_slot(slot, conv, ssm); });
+    float* conv = typed_data<float, napi_float32_array>(info[1], dims_.conv_floats(), "conv state");
+    float* ssm = typed_data<float, napi_float32_array>(info[2], dims_.ssm_floats(), "ssm state");
+    float* k = ring_data<float>(info[3], "attention key ring");
+    float* v = ring_data<float>(info[4], "attention value ring");
+    auto* job = new Job(info.Env(), [&e, slot, conv, ssm, k, v] { e.export_slot(slot, conv, ssm, k, v); });
     job->Keep(info.This());
-    job->Keep(info[1]);
-    job->Keep(info[2]);
+    for (std::size_t i = 1; i < 5 && i < info.Length(); ++i) job->Keep(info[i]);
     return job->Start();
   }
 
-  // prefill(slot, tokens: Int32Array, allLogits: boolean, out: Float32Array)
+  // prefill(slot, position, tokens: Int32Array, allLogits: boolean, out: Float32Array);
+  // position = tokens the state absorbed before (TypeScript's tokensAbsorbed).
   Napi::Value Prefill(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     mamba::Engine& e = engine(env);
     const int slot = info[0].As<Napi::Number>().Int32Value();
-    const int32_t* tokens = typed_data<int32_t, napi_int32_array>(info[1], 0, "tokens");
-    const int n = static_cast<int>(info[1].As<Napi::Int32Array>().ElementLength());
-    const bool all = info[2].ToBoolean().Value();
+    const int64_t position = position_of(info[1]);
+    const int32_t* tokens = typed_data<int32_t, napi_int32_array>(info[2], 0, "tokens");
+    const int n = static_cast<int>(info[2].As<Napi::Int32Array>().ElementLength());
+    const bool all = info[3].ToBoolean().Value();
     const std::size_t rows = all ? n : (n > 0 ? 1 : 0);
-    float* out = typed_data<float, napi_float32_array>(info[3], rows * dims_.vocab_rows, "logits");
-    auto* job = new Job(env, [&e, slot, tokens, n, all, out] { e.prefill(slot, tokens, n, all, out); });
+    float* out = typed_data<float, napi_float32_array>(info[4], rows * dims_.vocab_rows, "logits");
+    auto* job = new Job(env, [&e, slot, position, tokens, n, all, out] { e.prefill(slot, position, tokens, n, all, out); });
     job->Keep(info.This());
-    job->Keep(info[1]);
-    job->Keep(info[3]);
+    job->Keep(info[2]);
+    job->Keep(info[4]);
     return job->Start();
   }
 
-  // decode(slots: Int32Array, tokens: Int32Array, logits: Float32Array | null, argmax: Int32Array | null)
+  // decode(slots: Int32Array, positions: Float64Array, tokens: Int32Array, logits: Float32Array | null,
+  //        argmax: Int32Array | null)
   Napi::Value Decode(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     mamba::Engine& e = engine(env);
     const int32_t* slots = typed_data<int32_t, napi_int32_array>(info[0], 0, "slots");
     const std::size_t batch = info[0].As<Napi::Int32Array>().ElementLength();
-    const int32_t* tokens = typed_data<int32_t, napi_int32_array>(info[1], batch, "tokens");
-    float* logits = info[2].IsNull() || info[2].IsUndefined()
+    auto positions = positions_of(info[1], batch);
+    const int32_t* tokens = typed_data<int32_t, napi_int32_array>(info[2], batch, "tokens");
+    float* logits = info[3].IsNull() || info[3].IsUndefined()
                         ? nullptr
-                        : typed_data<float, napi_float32_array>(info[2], batch * dims_.vocab_rows, "logits");
-    int32_t* argmax = info.Length() < 4 || info[3].IsNull() || info[3].IsUndefined()
+                        : typed_data<float, napi_float32_array>(info[3], batch * dims_.vocab_rows, "logits");
+    int32_t* argmax = info.Length() < 5 || info[4].IsNull() || info[4].IsUndefined()
                           ? nullptr
-                          : typed_data<int32_t, napi_int32_array>(info[3], batch, "argmax");
+                          : typed_data<int32_t, napi_int32_array>(info[4], batch, "argmax");
     const int b = static_cast<int>(batch);
-    auto* job = new Job(env, [&e, slots, tokens, b, logits, argmax] { e.decode(slots, tokens, b, logits, argmax); });
+    auto* job = new Job(env, [&e, slots, positions, tokens, b, logits, argmax] {
+      e.decode(slots, positions->data(), tokens, b, logits, argmax);
+    });
     job->Keep(info.This());
-    for (std::size_t i = 0; i < 4 && i < info.Length(); ++i) job->Keep(info[i]);
+    for (std::size_t i = 0; i < 5 && i < info.Length(); ++i) job->Keep(info[i]);
     return job->Start();
   }
 
-  // timeDecode(slots, tokens, iters): device milliseconds per step (median).
+  // timeDecode(slots, positions: Float64Array, tokens, iters): device milliseconds per step (median).
   Napi::Value TimeDecode(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     mamba::Engine& e = engine(env);
     const int32_t* slots = typed_data<int32_t, napi_int32_array>(info[0], 0, "slots");
     const int batch = static_cast<int>(info[0].As<Napi::Int32Array>().ElementLength());
-    const int32_t* tokens = typed_data<int32_t, napi_int32_array>(info[1], batch, "tokens");
-    const int iters = info[2].As<Napi::Number>().Int32Value();
+    auto positions = positions_of(info[1], batch);
+    const int32_t* tokens = typed_data<int32_t, napi_int32_array>(info[2], batch, "tokens");
+    const int iters = info[3].As<Napi::Number>().Int32Value();
     auto ms = std::make_shared<double>(0);
     auto* job = new Job(
-        env, [&e, slots, tokens, batch, iters, ms] { *ms = e.time_decode(slots, tokens, batch, iters); },
+        env, [&e, slots, positions, tokens, batch, iters, ms] { *ms = e.time_decode(slots, positions->data(), tokens, batch, iters); },
         [ms](Napi::Env env2) { return Napi::Number::New(env2, *ms); });
     job->Keep(info.This());
     job->Keep(info[0]);
-    job->Keep(info[1]);
+    job->Keep(info[2]);
     return job->Start();
   }
 
@@ -371,6 +450,7 @@ class NativeEngine : public Napi::ObjectWrap<NativeEngine> {
     o.Set("maxSlots", opt_.max_slots);
     o.Set("maxBatch", opt_.max_batch);
     o.Set("useGraphs", opt_.use_graphs);
+    o.Set("attentionLayers", dims_.attention_layers());
     return o;
   }
 

@@ -11,9 +11,20 @@
 //   residual [L][d]  fp32 += y^T · W_out^T       (cuBLAS, beta = 1: the residual add is free)
 // Decode is the same with one token per session, token-major rows, dt_proj folded into the
 // state-update kernel, and the whole step captured once per batch bucket as a CUDA graph.
+//
+// A hybrid's attention layer (token-major throughout, Q = heads*hd, K = kv_heads*hd):
+//   h   [L][d]        T    = RMSNorm(residual)
+//   qkv [L][Q+2K]     fp32 = h · [W_q; W_k; W_v]^T     (cuBLAS, one GEMM for the three)
+//   qkv               fp32 += biases, RoPE on q and k at the tokens' positions  (qkv_prep)
+//   att [L][Q]        T    = window attention over [ring | new keys]
+//   ring                   = the last min(L, W) new keys/values  (after the attention read it)
+//   residual [L][d]  fp32 += att · W_o^T              (cuBLAS, beta = 1)
+// In decode qkv_prep writes the new key/value into the ring first and the attention reads
+// only the ring. Positions come from the caller (TypeScript's tokensAbsorbed) on every call.
 #include "engine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -42,16 +53,30 @@ Engine::Engine(const ModelDims& dims, const EngineOptions& options) : dims_(dims
   MAMBA_REQUIRE(opt_.max_slots > 0 && opt_.max_batch > 0 && opt_.prefill_chunk > 0 && opt_.max_logit_rows > 0,
                 "invalid_argument", "engine: slot, batch and chunk limits must be positive");
   opt_.prefill_chunk = static_cast<int>(round_up(opt_.prefill_chunk, kScanAlign));
+  const bool hybrid = !m.layer_is_attention.empty();
+  if (hybrid) {
+    MAMBA_REQUIRE(static_cast<int>(m.layer_is_attention.size()) == m.n_layers, "invalid_argument",
+                  "engine: layer types must name every layer");
+    MAMBA_REQUIRE(m.window >= 1 && m.heads >= 1 && m.kv_heads >= 1 && m.heads % m.kv_heads == 0, "invalid_argument",
+                  "engine: attention needs window >= 1 and heads a positive multiple of kv_heads");
+    MAMBA_REQUIRE(m.head_dim >= 1 && m.head_dim <= kAttnMaxHeadDim && (m.rope_theta <= 0 || m.head_dim % 2 == 0),
+                  "invalid_argument", "engine: head_dim must be in 1..256 (and even with RoPE)");
+  }
   try {
     MAMBA_CUDA_CHECK(cudaSetDevice(opt_.device));
     MAMBA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
 
-    const int D = m.d_inner, N = m.d_state, K = m.d_conv, R = m.dt_rank, d = m.d_model, V = m.vocab_rows;
+    const int D = m.d_inner, N = m.d_state, R = m.dt_rank, d = m.d_model, V = m.vocab_rows;
     const std::size_t tb = dtype_bytes(opt_.dtype);
-    const std::size_t per_slot_conv = static_cast<std::size_t>(m.n_layers) * D * K;
-    const std::size_t per_slot_ssm = static_cast<std::size_t>(m.n_layers) * D * N;
+    const std::size_t per_slot_conv = m.conv_floats();
+    const std::size_t per_slot_ssm = m.ssm_floats();
+    const std::size_t per_slot_ring = m.ring_floats();
     conv_pool_ = static_cast<float*>(dev_alloc(per_slot_conv * opt_.max_slots * 4, &state_bytes_));
     ssm_pool_ = static_cast<float*>(dev_alloc(per_slot_ssm * opt_.max_slots * 4, &state_bytes_));
+    if (per_slot_ring > 0) {
+      ring_k_pool_ = static_cast<float*>(dev_alloc(per_slot_ring * opt_.max_slots * 4, &state_bytes_));
+      ring_v_pool_ = static_cast<float*>(dev_alloc(per_slot_ring * opt_.max_slots * 4, &state_bytes_));
+    }
     slot_used_.assign(opt_.max_slots, 0);
     for (int s = opt_.max_slots - 1; s >= 0; --s) free_slots_.push_back(s);
 
@@ -77,6 +102,30 @@ Engine::Engine(const ModelDims& dims, const EngineOptions& options) : dims_(dims
     dec_.tokens = static_cast<int*>(dev_alloc(B * 4, ws));
     dec_.slots = static_cast<int*>(dev_alloc(B * 4, ws));
 
+    dec_.positions = static_cast<int64_t*>(dev_alloc(B * 8, ws));
+
+    if (hybrid) {
+      const std::size_t Q = static_cast<std::size_t>(m.heads) * m.head_dim;
+      const std::size_t QKV = Q + 2 * static_cast<std::size_t>(m.kv_heads) * m.head_dim;
+      pre_.qkv = static_cast<float*>(dev_alloc(Lc * QKV * 4, ws));
+      pre_.att = dev_alloc(Lc * Q * tb, ws);
+      dec_.qkv = static_cast<float*>(dev_alloc(B * QKV * 4, ws));
+      dec_.att = dev_alloc(B * Q * tb, ws);
+      attn_splits_ = attention_decode_splits(m.window, opt_.attn_split_keys);
+      attn_split_keys_ = (m.window + attn_splits_ - 1) / attn_splits_;  // balanced ranges
+      if (attn_splits_ > 1) {
+        dec_.partial = static_cast<float*>(dev_alloc(B * m.heads * attn_splits_ * (m.head_dim + 2) * 4, ws));
+      }
+      if (m.rope_theta > 0) {
+        // inv_freq[i] = theta^(-2i/hd) in float64, as the reference and the ORT engine's
+        // tables compute it; the angles are formed on the device in float64 (rope_ring.cu).
+        std::vector<double> inv(m.head_dim / 2);
+        for (int i = 0; i < m.head_dim / 2; ++i) inv[i] = std::pow(m.rope_theta, -2.0 * i / m.head_dim);
+        inv_freq_ = static_cast<double*>(dev_alloc(inv.size() * 8, &weight_bytes_));
+        MAMBA_CUDA_CHECK(cudaMemcpy(inv_freq_, inv.data(), inv.size() * 8, cudaMemcpyHostToDevice));
+      }
+    }
+
     const std::size_t logit_rows = std::max<std::size_t>(opt_.max_logit_rows, B);
     logits_ = static_cast<float*>(dev_alloc(logit_rows * V * 4, ws));
     argmax_ = static_cast<int*>(dev_alloc(B * 4, ws));
@@ -86,10 +135,17 @@ Engine::Engine(const ModelDims& dims, const EngineOptions& options) : dims_(dims
     gemm_workspace_ = dev_alloc(kGemmWorkspace, ws);
     gemm_ = gemm_create(stream_, gemm_workspace_, kGemmWorkspace);
 
-    host_staging_bytes_ = std::max({Lc * 4, B * 8, logit_rows * V * 4, (per_slot_conv + per_slot_ssm) * 4});
+    // Decode stages slots and tokens (int32) and positions (int64) per row.
+    host_staging_bytes_ =
+        std::max({Lc * 4, B * 16, logit_rows * V * 4, (per_slot_conv + per_slot_ssm + 2 * per_slot_ring) * 4});
     MAMBA_CUDA_CHECK(cudaHostAlloc(&host_staging_, host_staging_bytes_, cudaHostAllocDefault));
 
     layers_.assign(m.n_layers, Layer{});
+    int ranks[2] = {0, 0};
+    for (int i = 0; i < m.n_layers; ++i) {
+      layers_[i].attention = m.is_attention(i);
+      layers_[i].rank = ranks[layers_[i].attention ? 1 : 0]++;
+    }
   } catch (...) {
     release();
     throw;
@@ -152,7 +208,25 @@ void Engine::set_tensor(const std::string& name, int layer, const void* bytes, s
   int64_t count = 0;
   DType keep = DType::F32;
   bool is_A_log = false;
-  if (layer < 0) {
+  // q, k and v (weights and biases) are rows of one stacked buffer of `total` elements; this
+  // tensor starts `offset` elements in. Everything else fills a buffer of its own.
+  int64_t total = -1, offset = 0;
+  if (layer >= 0 && layer < m.n_layers && layers_[layer].attention) {
+    Layer& L = layers_[layer];
+    const int64_t Qn = static_cast<int64_t>(m.heads) * m.head_dim, Kn = static_cast<int64_t>(m.kv_heads) * m.head_dim;
+    const int64_t QKV = Qn + 2 * Kn;
+    auto f32 = [](float** p) { return reinterpret_cast<void**>(p); };
+    if (name == "norm.weight") target = f32(&L.norm), count = d;
+    else if (name == "mixer.q_proj.weight") target = &L.qkv_w, count = Qn * d, keep = T, total = QKV * d, offset = 0;
+    else if (name == "mixer.k_proj.weight") target = &L.qkv_w, count = Kn * d, keep = T, total = QKV * d, offset = Qn * d;
+    else if (name == "mixer.v_proj.weight")
+      target = &L.qkv_w, count = Kn * d, keep = T, total = QKV * d, offset = (Qn + Kn) * d;
+    else if (name == "mixer.o_proj.weight") target = &L.o_w, count = d * Qn, keep = T;
+    else if (name == "mixer.q_proj.bias") target = f32(&L.qkv_b), count = Qn, total = QKV, offset = 0;
+    else if (name == "mixer.k_proj.bias") target = f32(&L.qkv_b), count = Kn, total = QKV, offset = Qn;
+    else if (name == "mixer.v_proj.bias") target = f32(&L.qkv_b), count = Kn, total = QKV, offset = Qn + Kn;
+    else if (name == "mixer.o_proj.bias") target = f32(&L.out_b), count = d;
+  } else if (layer < 0) {
     if (name == "embeddings") target = &embeddings_, count = V * d, keep = T;
     else if (name == "lm_head") target = &lm_head_, count = V * d, keep = T;
     else if (name == "norm_f") target = reinterpret_cast<void**>(&norm_f_), count = d;
@@ -173,7 +247,13 @@ void Engine::set_tensor(const std::string& name, int layer, const void* bytes, s
     else if (name == "mixer.out_proj.weight") target = &L.out_w, count = d * D, keep = T;
     else if (name == "mixer.out_proj.bias") target = f32(&L.out_b), count = d;
   }
-  MAMBA_REQUIRE(target != nullptr, "invalid_argument", "unknown tensor \"" + name + "\"");
+  MAMBA_REQUIRE(target != nullptr, "invalid_argument",
+                "unknown tensor \"" + name + "\"" +
+                    (layer >= 0 && layer < m.n_layers
+                         ? std::string(" for ") + (m.is_attention(layer) ? "attention" : "Mamba") + " layer " +
+                               std::to_string(layer)
+                         : std::string()));
+  if (total < 0) total = count;
   MAMBA_REQUIRE(static_cast<int64_t>(nbytes) == count * static_cast<int64_t>(dtype_bytes(src)), "invalid_argument",
                 "tensor " + name + " (layer " + std::to_string(layer) + "): " + std::to_string(nbytes) +
                     " bytes, expected " + std::to_string(count) + " elements of " + dtype_name(src));
@@ -185,7 +265,8 @@ void Engine::set_tensor(const std::string& name, int layer, const void* bytes, s
   MAMBA_CUDA_CHECK(cudaMalloc(&raw, nbytes));
   try {
     MAMBA_CUDA_CHECK(cudaMemcpyAsync(raw, bytes, nbytes, cudaMemcpyHostToDevice, stream_));
-    void* dst = dev_alloc(count * dtype_bytes(keep), &weight_bytes_);
+    if (*target == nullptr) *target = dev_alloc(total * dtype_bytes(keep), &weight_bytes_);
+    void* dst = static_cast<char*>(*target) + offset * static_cast<int64_t>(dtype_bytes(keep));
     if (is_A_log) {
       launch_convert(raw, src, dst, DType::F32, count, stream_);  // A_log as fp32, in place
       launch_prepare_A(static_cast<float*>(dst), static_cast<float*>(dst), count, stream_);
@@ -193,7 +274,6 @@ void Engine::set_tensor(const std::string& name, int layer, const void* bytes, s
       launch_convert(raw, src, dst, keep, count, stream_);
     }
     MAMBA_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    *target = dst;
   } catch (...) {
     cudaFree(raw);
     throw;
@@ -207,15 +287,29 @@ void Engine::finalize() {
   require_open();
   MAMBA_REQUIRE(embeddings_ != nullptr && norm_f_ != nullptr, "invalid_argument", "embeddings or norm_f not loaded");
   if (lm_head_ == nullptr) lm_head_ = embeddings_;  // tied head
+  auto loaded = [&](const char* name, int layer) { return loaded_.count(std::string(name) + "#" + std::to_string(layer)) > 0; };
+  const Layer* first_mamba = nullptr;
   for (int i = 0; i < dims_.n_layers; ++i) {
     const Layer& L = layers_[i];
+    const std::string at = "layer " + std::to_string(i);
+    if (L.attention) {
+      MAMBA_REQUIRE(L.norm && L.o_w && loaded("mixer.q_proj.weight", i) && loaded("mixer.k_proj.weight", i) &&
+                        loaded("mixer.v_proj.weight", i),
+                    "invalid_argument", at + " (attention) is missing a required tensor");
+      int biases = 0;
+      for (const char* b : {"mixer.q_proj.bias", "mixer.k_proj.bias", "mixer.v_proj.bias", "mixer.o_proj.bias"}) biases += loaded(b, i);
+      MAMBA_REQUIRE(biases == (dims_.attn_bias ? 4 : 0), "invalid_argument",
+                    at + ": attention biases must be all four (attention_bias) or none");
+      continue;
+    }
     MAMBA_REQUIRE(L.norm && L.A2 && L.Dskip && L.conv_w && L.in_w && L.x_w && L.dt_w && L.dt_b && L.out_w,
-                  "invalid_argument", "layer " + std::to_string(i) + " is missing a required tensor");
-    // Optional tensors are all-or-none across layers (checked by the TS loader as well).
-    const Layer& L0 = layers_[0];
+                  "invalid_argument", at + " is missing a required tensor");
+    // Optional tensors are all-or-none across the Mamba layers (checked by the TS loader as well).
+    if (first_mamba == nullptr) first_mamba = &L;
+    const Layer& L0 = *first_mamba;
     MAMBA_REQUIRE((L.in_b != nullptr) == (L0.in_b != nullptr) && (L.out_b != nullptr) == (L0.out_b != nullptr) &&
                       (L.conv_b != nullptr) == (L0.conv_b != nullptr),
-                  "invalid_argument", "layer " + std::to_string(i) + ": optional biases differ from layer 0");
+                  "invalid_argument", at + ": optional biases differ from the first Mamba layer");
   }
   finalized_ = true;
 }
@@ -234,10 +328,13 @@ int Engine::alloc_slot() {
   try {
     std::lock_guard<std::mutex> lock(mu_);
     MAMBA_CUDA_CHECK(cudaSetDevice(opt_.device));
-    const std::size_t conv = static_cast<std::size_t>(dims_.n_layers) * dims_.d_inner * dims_.d_conv;
-    const std::size_t ssm = static_cast<std::size_t>(dims_.n_layers) * dims_.d_inner * dims_.d_state;
+    const std::size_t conv = dims_.conv_floats(), ssm = dims_.ssm_floats(), ring = dims_.ring_floats();
     MAMBA_CUDA_CHECK(cudaMemsetAsync(conv_pool_ + slot * conv, 0, conv * 4, stream_));
     MAMBA_CUDA_CHECK(cudaMemsetAsync(ssm_pool_ + slot * ssm, 0, ssm * 4, stream_));
+    if (ring > 0) {
+      MAMBA_CUDA_CHECK(cudaMemsetAsync(ring_k_pool_ + slot * ring, 0, ring * 4, stream_));
+      MAMBA_CUDA_CHECK(cudaMemsetAsync(ring_v_pool_ + slot * ring, 0, ring * 4, stream_));
+    }
     MAMBA_CUDA_CHECK(cudaStreamSynchronize(stream_));
   } catch (...) {
     free_slot(slot);
@@ -259,42 +356,130 @@ void Engine::copy_slot(int dst, int src) {
   require_slot(dst);
   require_slot(src);
   MAMBA_CUDA_CHECK(cudaSetDevice(opt_.device));
-  const std::size_t conv = static_cast<std::size_t>(dims_.n_layers) * dims_.d_inner * dims_.d_conv;
-  const std::size_t ssm = static_cast<std::size_t>(dims_.n_layers) * dims_.d_inner * dims_.d_state;
+  const std::size_t conv = dims_.conv_floats(), ssm = dims_.ssm_floats(), ring = dims_.ring_floats();
   MAMBA_CUDA_CHECK(cudaMemcpyAsync(conv_pool_ + dst * conv, conv_pool_ + src * conv, conv * 4, cudaMemcpyDeviceToDevice, stream_));
   MAMBA_CUDA_CHECK(cudaMemcpyAsync(ssm_pool_ + dst * ssm, ssm_pool_ + src * ssm, ssm * 4, cudaMemcpyDeviceToDevice, stream_));
+  if (ring > 0) {
+    MAMBA_CUDA_CHECK(cudaMemcpyAsync(ring_k_pool_ + dst * ring, ring_k_pool_ + src * ring, ring * 4, cudaMemcpyDeviceToDevice, stream_));
+    MAMBA_CUDA_CHECK(cudaMemcpyAsync(ring_v_pool_ + dst * ring, ring_v_pool_ + src * ring, ring * 4, cudaMemcpyDeviceToDevice, stream_));
+  }
   MAMBA_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
-void Engine::import_slot(int slot, const float* conv_in, const float* ssm_in) {
+void Engine::import_slot(int slot, const float* conv_in, const float* ssm_in, const float* k_in, const float* v_in) {
   std::lock_guard<std::mutex> lock(mu_);
   require_open();
   require_slot(slot);
   MAMBA_CUDA_CHECK(cudaSetDevice(opt_.device));
-  const std::size_t conv = static_cast<std::size_t>(dims_.n_layers) * dims_.d_inner * dims_.d_conv;
-  const std::size_t ssm = static_cast<std::size_t>(dims_.n_layers) * dims_.d_inner * dims_.d_state;
-  // Through pinned memory: a pageable copy is staged by the driver anyway, more slowly.
+  const std::size_t conv = dims_.conv_floats(), ssm = dims_.ssm_floats(), ring = dims_.ring_floats();
+  MAMBA_REQUIRE(ring == 0 || (k_in != nullptr && v_in != nullptr), "invalid_argument", "import: the state has no attention rings");
+  // Through pinned memory: a pageable copy is staged by the driver anyway, more slowly. The
+  // staging buffer holds a whole state: [conv | ssm | ring k | ring v].
   auto* stage = static_cast<float*>(host_staging_);
   std::memcpy(stage, conv_in, conv * 4);
   std::memcpy(stage + conv, ssm_in, ssm * 4);
+  if (ring > 0) {
+    std::memcpy(stage + conv + ssm, k_in, ring * 4);
+    std::memcpy(stage + conv + ssm + ring, v_in, ring * 4);
+  }
   MAMBA_CUDA_CHECK(cudaMemcpyAsync(conv_pool_ + slot * conv, stage, conv * 4, cudaMemcpyHostToDevice, stream_));
   MAMBA_CUDA_CHECK(cudaMemcpyAsync(ssm_pool_ + slot * ssm, stage + conv, ssm * 4, cudaMemcpyHostToDevice, stream_));
+  if (ring > 0) {
+    MAMBA_CUDA_CHECK(cudaMemcpyAsync(ring_k_pool_ + slot * ring, stage + conv + ssm, ring * 4, cudaMemcpyHostToDevice, stream_));
+    MAMBA_CUDA_CHECK(cudaMemcpyAsync(ring_v_pool_ + slot * ring, stage + conv + ssm + ring, ring * 4, cudaMemcpyHostToDevice, stream_));
+  }
   MAMBA_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
-void Engine::export_slot(int slot, float* conv_out, float* ssm_out) {
+void Engine::export_slot(int slot, float* conv_out, float* ssm_out, float* k_out, float* v_out) {
   std::lock_guard<std::mutex> lock(mu_);
   require_open();
   require_slot(slot);
   MAMBA_CUDA_CHECK(cudaSetDevice(opt_.device));
-  const std::size_t conv = static_cast<std::size_t>(dims_.n_layers) * dims_.d_inner * dims_.d_conv;
-  const std::size_t ssm = static_cast<std::size_t>(dims_.n_layers) * dims_.d_inner * dims_.d_state;
+  const std::size_t conv = dims_.conv_floats(), ssm = dims_.ssm_floats(), ring = dims_.ring_floats();
+  MAMBA_REQUIRE(ring == 0 || (k_out != nullptr && v_out != nullptr), "invalid_argument", "export: no room for the attention rings");
   auto* stage = static_cast<float*>(host_staging_);
   MAMBA_CUDA_CHECK(cudaMemcpyAsync(stage, conv_pool_ + slot * conv, conv * 4, cudaMemcpyDeviceToHost, stream_));
   MAMBA_CUDA_CHECK(cudaMemcpyAsync(stage + conv, ssm_pool_ + slot * ssm, ssm * 4, cudaMemcpyDeviceToHost, stream_));
+  if (ring > 0) {
+    MAMBA_CUDA_CHECK(cudaMemcpyAsync(stage + conv + ssm, ring_k_pool_ + slot * ring, ring * 4, cudaMemcpyDeviceToHost, stream_));
+    MAMBA_CUDA_CHECK(cudaMemcpyAsync(stage + conv + ssm + ring, ring_v_pool_ + slot * ring, ring * 4, cudaMemcpyDeviceToHost, stream_));
+  }
   MAMBA_CUDA_CHECK(cudaStreamSynchronize(stream_));
   std::memcpy(conv_out, stage, conv * 4);
   std::memcpy(ssm_out, stage + conv, ssm * 4);
+  if (ring > 0) {
+    std::memcpy(k_out, stage + conv + ssm, ring * 4);
+    std::memcpy(v_out, stage + conv + ssm + ring, ring * 4);
+  }
+}
+
+float* Engine::ring_of(float* pool, int slot, const Layer& w) const {
+  const auto& m = dims_;
+  return pool + static_cast<int64_t>(slot) * static_cast<int64_t>(m.ring_floats()) +
+         static_cast<int64_t>(w.rank) * m.window * m.kv_heads * m.head_dim;
+}
+
+// One attention layer of a prefill chunk: L tokens of `slot` at positions start..start+L-1.
+// pre_.h holds the normed input rows.
+void Engine::attention_prefill(const Layer& w, int slot, int64_t start, int L) {
+  const auto& m = dims_;
+  const DType T = opt_.dtype;
+  const int Q = m.heads * m.head_dim, KVW = m.kv_heads * m.head_dim, QKV = Q + 2 * KVW;
+  linear_rows(gemm_, w.qkv_w, T, QKV, m.d_model, pre_.h, m.d_model, L, pre_.qkv, DType::F32, QKV, 0.f);
+
+  QkvPrepParams pp;
+  pp.rows = L, pp.heads = m.heads, pp.kv_heads = m.kv_heads, pp.head_dim = m.head_dim, pp.window = m.window;
+  pp.qkv = pre_.qkv, pp.qkv_row_stride = QKV, pp.bias = w.qkv_b, pp.inv_freq = inv_freq_;
+  pp.positions = nullptr, pp.start = start;  // no ring write: the attention below reads the old rows
+  launch_qkv_prep(pp, stream_);
+
+  float* ring_k = ring_of(ring_k_pool_, slot, w);
+  float* ring_v = ring_of(ring_v_pool_, slot, w);
+  AttnPrefillParams ap;
+  ap.L = L, ap.start = start;
+  ap.heads = m.heads, ap.kv_heads = m.kv_heads, ap.head_dim = m.head_dim, ap.window = m.window;
+  ap.qkv = pre_.qkv, ap.qkv_row_stride = QKV;
+  ap.ring_k = ring_k, ap.ring_v = ring_v;
+  ap.out = pre_.att, ap.out_row_stride = Q;
+  launch_window_attention_prefill(ap, T, stream_);
+
+  RingWriteParams rp;
+  rp.L = L, rp.start = start, rp.window = m.window, rp.kv_width = KVW;
+  rp.k = pre_.qkv + Q, rp.v = pre_.qkv + Q + KVW, rp.row_stride = QKV;
+  rp.ring_k = ring_k, rp.ring_v = ring_v;
+  launch_ring_write(rp, stream_);
+
+  // residual[t][j] += sum_c W_o[j][c] att[t][c]
+  linear_rows(gemm_, w.o_w, T, m.d_model, Q, pre_.att, Q, L, pre_.residual, DType::F32, m.d_model, 1.f);
+}
+
+// One attention layer of a decode step over `rows` rows of dec_ (capturable: fixed buffers).
+void Engine::attention_decode(const Layer& w, int rows) {
+  const auto& m = dims_;
+  const DType T = opt_.dtype;
+  const int Q = m.heads * m.head_dim, KVW = m.kv_heads * m.head_dim, QKV = Q + 2 * KVW;
+  const int64_t ring_slot_stride = static_cast<int64_t>(m.ring_floats());
+  linear_rows(gemm_, w.qkv_w, T, QKV, m.d_model, dec_.h, m.d_model, rows, dec_.qkv, DType::F32, QKV, 0.f);
+
+  QkvPrepParams pp;
+  pp.rows = rows, pp.heads = m.heads, pp.kv_heads = m.kv_heads, pp.head_dim = m.head_dim, pp.window = m.window;
+  pp.qkv = dec_.qkv, pp.qkv_row_stride = QKV, pp.bias = w.qkv_b, pp.inv_freq = inv_freq_;
+  pp.positions = dec_.positions;
+  pp.ring_k = ring_of(ring_k_pool_, 0, w), pp.ring_v = ring_of(ring_v_pool_, 0, w);
+  pp.ring_slot_stride = ring_slot_stride, pp.slots = dec_.slots;
+  launch_qkv_prep(pp, stream_);
+
+  AttnDecodeParams ap;
+  ap.batch = rows, ap.heads = m.heads, ap.kv_heads = m.kv_heads, ap.head_dim = m.head_dim, ap.window = m.window;
+  ap.slots = dec_.slots, ap.positions = dec_.positions;
+  ap.q = dec_.qkv, ap.q_row_stride = QKV;
+  ap.ring_k = pp.ring_k, ap.ring_v = pp.ring_v, ap.ring_slot_stride = ring_slot_stride;
+  ap.out = dec_.att, ap.out_row_stride = Q;
+  ap.splits = attn_splits_, ap.split_keys = attn_split_keys_, ap.partial = dec_.partial;
+  launch_window_attention_decode(ap, T, stream_);
+
+  linear_rows(gemm_, w.o_w, T, m.d_model, Q, dec_.att, Q, rows, dec_.residual, DType::F32, m.d_model, 1.f);
 }
 
 // norm_f over `rows` residual rows (adding the last layer's out_proj bias first, if any), then
@@ -307,11 +492,12 @@ void Engine::lm_head(const float* residual_rows, int rows, const float* add_bias
               m.vocab_rows, 0.f);
 }
 
-void Engine::prefill(int slot, const int32_t* tokens, int n, bool all_logits, float* logits) {
+void Engine::prefill(int slot, int64_t position, const int32_t* tokens, int n, bool all_logits, float* logits) {
   std::lock_guard<std::mutex> lock(mu_);
   require_open();
   MAMBA_REQUIRE(finalized_, "invalid_argument", "engine weights are not finalized");
   require_slot(slot);
+  MAMBA_REQUIRE(position >= 0, "invalid_argument", "prefill: negative position");
   MAMBA_CUDA_CHECK(cudaSetDevice(opt_.device));
   if (n <= 0) return;
 
@@ -319,8 +505,8 @@ void Engine::prefill(int slot, const int32_t* tokens, int n, bool all_logits, fl
   const int D = m.d_inner, N = m.d_state, K = m.d_conv, R = m.dt_rank, d = m.d_model, V = m.vocab_rows;
   const DType T = opt_.dtype;
   const std::size_t tb = dtype_bytes(T);
-  const int64_t conv_slot_stride = static_cast<int64_t>(m.n_layers) * D * K;
-  const int64_t ssm_slot_stride = static_cast<int64_t>(m.n_layers) * D * N;
+  const int64_t conv_slot_stride = static_cast<int64_t>(m.conv_floats());
+  const int64_t ssm_slot_stride = static_cast<int64_t>(m.ssm_floats());
   auto* stage = static_cast<int32_t*>(host_staging_);
   stage[0] = slot;
   MAMBA_CUDA_CHECK(cudaMemcpyAsync(pre_.slots, stage, 4, cudaMemcpyHostToDevice, stream_));
@@ -338,6 +524,10 @@ void Engine::prefill(int slot, const int32_t* tokens, int n, bool all_logits, fl
       const Layer& w = layers_[li];
       const float* prev_out_b = li > 0 ? layers_[li - 1].out_b : nullptr;
       launch_rmsnorm(pre_.residual, prev_out_b, w.norm, pre_.h, d, L, d, m.eps, T, stream_);
+      if (w.attention) {
+        attention_prefill(w, slot, position + off, L);
+        continue;
+      }
       // xz[j][t] = sum_k W_in[j][k] h[t][k]: column-major C (Lp x 2D) = h(cm)^T · W_in(cm).
       gemm(gemm_, Op::T, Op::N, L, 2 * D, d, pre_.h, T, d, w.in_w, T, d, pre_.xz, T, Lp, 0.f);
       if (w.in_b != nullptr) launch_add_bias(pre_.xz, 2 * D, L, Lp, w.in_b, true, T, stream_);
@@ -347,7 +537,7 @@ void Engine::prefill(int slot, const int32_t* tokens, int n, bool all_logits, fl
       cp.x = pre_.xz, cp.x_batch_stride = 0, cp.x_dim_stride = Lp;
       cp.weight = w.conv_w, cp.bias = w.conv_b;
       cp.out = pre_.xc, cp.out_batch_stride = 0, cp.out_dim_stride = Lp;
-      cp.state = conv_pool_ + static_cast<int64_t>(li) * D * K, cp.state_slot_stride = conv_slot_stride;
+      cp.state = conv_pool_ + static_cast<int64_t>(w.rank) * D * K, cp.state_slot_stride = conv_slot_stride;
       cp.slots = pre_.slots;
       launch_conv1d_prefill(cp, T, stream_);
 
@@ -366,7 +556,7 @@ void Engine::prefill(int slot, const int32_t* tokens, int n, bool all_logits, fl
       sp.D = w.Dskip, sp.delta_bias = w.dt_b;
       sp.z = static_cast<const char*>(pre_.xz) + static_cast<int64_t>(D) * Lp * tb, sp.z_dim_stride = Lp;
       sp.out = pre_.y, sp.out_dim_stride = Lp;
-      sp.state = ssm_pool_ + static_cast<int64_t>(li) * D * N, sp.state_slot_stride = ssm_slot_stride;
+      sp.state = ssm_pool_ + static_cast<int64_t>(w.rank) * D * N, sp.state_slot_stride = ssm_slot_stride;
       sp.slots = pre_.slots;
       launch_selective_scan(sp, T, opt_.scan_channels, stream_);
 
@@ -402,14 +592,18 @@ void Engine::run_decode_body(int rows) {
   const int D = m.d_inner, N = m.d_state, K = m.d_conv, R = m.dt_rank, d = m.d_model;
   const DType T = opt_.dtype;
   const std::size_t tb = dtype_bytes(T);
-  const int64_t conv_slot_stride = static_cast<int64_t>(m.n_layers) * D * K;
-  const int64_t ssm_slot_stride = static_cast<int64_t>(m.n_layers) * D * N;
+  const int64_t conv_slot_stride = static_cast<int64_t>(m.conv_floats());
+  const int64_t ssm_slot_stride = static_cast<int64_t>(m.ssm_floats());
 
   launch_embed(dec_.tokens, rows, embeddings_, d, dec_.residual, T, stream_);
   for (int li = 0; li < m.n_layers; ++li) {
     const Layer& w = layers_[li];
     const float* prev_out_b = li > 0 ? layers_[li - 1].out_b : nullptr;
     launch_rmsnorm(dec_.residual, prev_out_b, w.norm, dec_.h, d, rows, d, m.eps, T, stream_);
+    if (w.attention) {
+      attention_decode(w, rows);
+      continue;
+    }
     linear_rows(gemm_, w.in_w, T, 2 * D, d, dec_.h, d, rows, dec_.xz, T, 2 * D, 0.f);
     if (w.in_b != nullptr) launch_add_bias(dec_.xz, rows, 2 * D, 2 * D, w.in_b, false, T, stream_);
 
@@ -418,7 +612,7 @@ void Engine::run_decode_body(int rows) {
     cp.x = dec_.xz, cp.x_row_stride = 2 * D;
     cp.weight = w.conv_w, cp.bias = w.conv_b;
     cp.out = dec_.xc, cp.out_row_stride = D;
-    cp.state = conv_pool_ + static_cast<int64_t>(li) * D * K, cp.state_slot_stride = conv_slot_stride;
+    cp.state = conv_pool_ + static_cast<int64_t>(w.rank) * D * K, cp.state_slot_stride = conv_slot_stride;
     cp.slots = dec_.slots;
     launch_conv1d_step(cp, T, stream_);
 
@@ -431,7 +625,7 @@ void Engine::run_decode_body(int rows) {
     sp.dt_weight = w.dt_w, sp.dt_bias = w.dt_b, sp.A2 = w.A2, sp.D = w.Dskip;
     sp.z = static_cast<const char*>(dec_.xz) + static_cast<int64_t>(D) * tb, sp.z_row_stride = 2 * D;
     sp.out = dec_.y, sp.out_row_stride = D;
-    sp.state = ssm_pool_ + static_cast<int64_t>(li) * D * N, sp.state_slot_stride = ssm_slot_stride;
+    sp.state = ssm_pool_ + static_cast<int64_t>(w.rank) * D * N, sp.state_slot_stride = ssm_slot_stride;
     sp.slots = dec_.slots;
     launch_ssm_step(sp, T, stream_);
 
@@ -475,7 +669,8 @@ void Engine::launch_decode(int bucket) {
   MAMBA_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
 }
 
-void Engine::stage_decode_inputs(const int32_t* slots, const int32_t* tokens, int batch, int bucket) {
+void Engine::stage_decode_inputs(const int32_t* slots, const int64_t* positions, const int32_t* tokens, int batch,
+                                 int bucket) {
   {
     std::lock_guard<std::mutex> lock(slots_mu_);
     std::vector<char> seen(opt_.max_slots, 0);
@@ -484,19 +679,25 @@ void Engine::stage_decode_inputs(const int32_t* slots, const int32_t* tokens, in
       MAMBA_REQUIRE(s >= 0 && s < opt_.max_slots && slot_used_[s], "invalid_argument",
                     "decode row " + std::to_string(i) + ": slot " + std::to_string(s) + " is not allocated");
       MAMBA_REQUIRE(!seen[s], "invalid_argument", "decode: slot " + std::to_string(s) + " appears twice in one batch");
+      MAMBA_REQUIRE(positions[i] >= 0, "invalid_argument", "decode row " + std::to_string(i) + ": negative position");
       seen[s] = 1;
     }
   }
+  // [slots | tokens] as int32, then the positions as int64 (8-byte aligned: 8 * bucket bytes in).
   auto* stage = static_cast<int32_t*>(host_staging_);
+  auto* stage_pos = reinterpret_cast<int64_t*>(stage + 2 * bucket);
   for (int i = 0; i < bucket; ++i) {
     stage[i] = i < batch ? slots[i] : -1;  // padding rows: slot -1 (touch no state), token 0
     stage[bucket + i] = i < batch ? tokens[i] : 0;
+    stage_pos[i] = i < batch ? positions[i] : 0;
   }
   MAMBA_CUDA_CHECK(cudaMemcpyAsync(dec_.slots, stage, bucket * 4, cudaMemcpyHostToDevice, stream_));
   MAMBA_CUDA_CHECK(cudaMemcpyAsync(dec_.tokens, stage + bucket, bucket * 4, cudaMemcpyHostToDevice, stream_));
+  MAMBA_CUDA_CHECK(cudaMemcpyAsync(dec_.positions, stage_pos, bucket * 8, cudaMemcpyHostToDevice, stream_));
 }
 
-void Engine::decode(const int32_t* slots, const int32_t* tokens, int batch, float* logits, int32_t* argmax) {
+void Engine::decode(const int32_t* slots, const int64_t* positions, const int32_t* tokens, int batch, float* logits,
+                    int32_t* argmax) {
   std::lock_guard<std::mutex> lock(mu_);
   require_open();
   MAMBA_REQUIRE(finalized_, "invalid_argument", "engine weights are not finalized");
@@ -506,7 +707,7 @@ void Engine::decode(const int32_t* slots, const int32_t* tokens, int batch, floa
   MAMBA_CUDA_CHECK(cudaSetDevice(opt_.device));
   const int bucket = bucket_for(batch);
   const int V = dims_.vocab_rows;
-  stage_decode_inputs(slots, tokens, batch, bucket);
+  stage_decode_inputs(slots, positions, tokens, batch, bucket);
   launch_decode(bucket);
   if (argmax != nullptr) launch_argmax(logits_, batch, V, argmax_, stream_);
   MAMBA_CUDA_CHECK(cudaStreamSynchronize(stream_));  // staging inputs are free again
@@ -523,14 +724,14 @@ void Engine::decode(const int32_t* slots, const int32_t* tokens, int batch, floa
   }
 }
 
-double Engine::time_decode(const int32_t* slots, const int32_t* tokens, int batch, int iters) {
+double Engine::time_decode(const int32_t* slots, const int64_t* positions, const int32_t* tokens, int batch, int iters) {
   std::lock_guard<std::mutex> lock(mu_);
   require_open();
   MAMBA_REQUIRE(finalized_, "invalid_argument", "engine weights are not finalized");
   MAMBA_REQUIRE(batch >= 1 && batch <= opt_.max_batch && iters >= 1, "invalid_argument", "time_decode: bad batch or iters");
   MAMBA_CUDA_CHECK(cudaSetDevice(opt_.device));
   const int bucket = bucket_for(batch);
-  stage_decode_inputs(slots, tokens, batch, bucket);
+  stage_decode_inputs(slots, positions, tokens, batch, bucket);
   for (int i = 0; i < 3; ++i) launch_decode(bucket);  // warm-up; captures the graph
   cudaEvent_t start = nullptr, stop = nullptr;
   MAMBA_CUDA_CHECK(cudaEventCreate(&start));

@@ -109,6 +109,94 @@ struct SsmStepParams {
 };
 void launch_ssm_step(const SsmStepParams& p, DType t, cudaStream_t stream);
 
+// ---- sliding-window attention (a hybrid's attention layers) ----------------------------------
+//
+// Layouts. q, k and v come from one projection into fp32 token-major rows
+//   qkv [rows][Q | K | V]    Q = heads * head_dim, K = V = kv_heads * head_dim
+// (fp32 whatever the storage type: the rings they feed are fp32, and RoPE at large positions
+// wants the unrounded values). Each attention layer keeps, per slot, a ring of the last
+// `window` rotated keys and values:
+//   ring_k, ring_v [slot][attn layer][window][kv_heads][head_dim]   fp32
+// the token at absolute position p in ring row p mod window. Positions are int64 (sessions
+// outlive 2^31 tokens in principle) and are the session's tokens_absorbed before the token.
+// Query head h reads key/value head h / (heads / kv_heads). A slot index < 0 marks a decode
+// padding row: its output is zero and no ring is touched.
+
+// The largest head_dim the attention kernels take (registers and shared memory are sized by it).
+constexpr int kAttnMaxHeadDim = 256;
+
+struct QkvPrepParams {
+  int rows = 0, heads = 0, kv_heads = 0, head_dim = 0, window = 0;
+  float* qkv = nullptr;  // [rows][row stride], updated in place
+  int64_t qkv_row_stride = 0;
+  const float* bias = nullptr;      // [Q + 2K] (q | k | v biases), may be null
+  const double* inv_freq = nullptr;  // [head_dim / 2]: theta^(-2i/hd) in float64; null = no RoPE
+  // Position of row r: positions[r] when given (decode: one session per row), else start + r
+  // (prefill: one session's consecutive tokens).
+  const int64_t* positions = nullptr;
+  int64_t start = 0;
+  // Decode: the rotated key and the value also go into ring row (position mod window) of
+  // slots[r] (null ring_k: no ring write, as in prefill, where the ring is written after the
+  // attention has read the old rows).
+  float* ring_k = nullptr;  // this layer's ring in slot 0; + slots[r] * ring_slot_stride
+  float* ring_v = nullptr;
+  int64_t ring_slot_stride = 0;
+  const int* slots = nullptr;
+};
+// Adds the biases, applies RoPE (angles position * inv_freq computed in float64 on the device:
+// at position 10^7 an fp32 product is off by tenths of a radian) to q and k, and in decode
+// writes the new key and value into the ring.
+void launch_qkv_prep(const QkvPrepParams& p, cudaStream_t stream);
+
+struct AttnPrefillParams {
+  int L = 0;          // new tokens (queries) of one session
+  int64_t start = 0;  // absolute position of the first
+  int heads = 0, kv_heads = 0, head_dim = 0, window = 0;
+  const float* qkv = nullptr;  // [L][row stride]: q | k | v after qkv_prep
+  int64_t qkv_row_stride = 0;
+  const float* ring_k = nullptr;  // this session's ring of this layer: [window][kv_heads][head_dim]
+  const float* ring_v = nullptr;
+  void* out = nullptr;  // [L][heads * head_dim], storage type
+  int64_t out_row_stride = 0;
+};
+// Query l (position start + l) attends to the keys at positions j with start+l-W < j <= start+l:
+// those below `start` from the ring (row j mod W), the others from this call's qkv rows.
+// Flash-style: key tiles in shared memory, online softmax, no score matrix in global memory.
+void launch_window_attention_prefill(const AttnPrefillParams& p, DType t, cudaStream_t stream);
+
+struct RingWriteParams {
+  int L = 0;
+  int64_t start = 0;
+  int window = 0, kv_width = 0;  // kv_width = kv_heads * head_dim
+  const float* k = nullptr;      // this call's rotated keys: row m at k + m * row_stride
+  const float* v = nullptr;
+  int64_t row_stride = 0;
+  float* ring_k = nullptr;  // this session's ring of this layer
+  float* ring_v = nullptr;
+};
+// After prefill attention: the last min(L, W) new keys and values into their ring rows.
+void launch_ring_write(const RingWriteParams& p, cudaStream_t stream);
+
+struct AttnDecodeParams {
+  int batch = 0, heads = 0, kv_heads = 0, head_dim = 0, window = 0;
+  const int* slots = nullptr;          // [batch], -1 = padding row
+  const int64_t* positions = nullptr;  // [batch]: the row's token position; its key is in the ring already
+  const float* q = nullptr;            // rotated queries, row b at q + b * q_row_stride
+  int64_t q_row_stride = 0;
+  const float* ring_k = nullptr;  // this layer's ring in slot 0; + slots[b] * ring_slot_stride
+  const float* ring_v = nullptr;
+  int64_t ring_slot_stride = 0;
+  void* out = nullptr;  // [batch][heads * head_dim], storage type
+  int64_t out_row_stride = 0;
+  // The live keys (positions max(0, t-W+1)..t) are cut into `splits` ranges of `split_keys`
+  // keys, one block each (flash-decoding), then merged; splits * split_keys >= window.
+  int splits = 1, split_keys = 0;
+  float* partial = nullptr;  // splits > 1: [batch][heads][splits][head_dim + 2] (acc | max | sum)
+};
+void launch_window_attention_decode(const AttnDecodeParams& p, DType t, cudaStream_t stream);
+// How many splits decode uses for a window (1 when it fits one block's range).
+int attention_decode_splits(int window, int split_keys);
+
 // ---- norms, embeddings, small helpers ---------------------------------------------------------
 
 // residual[rows][d] (fp32, token-major, row stride d). If add_bias is non-null it is added to
