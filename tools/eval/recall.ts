@@ -2,12 +2,14 @@
 // tokenizer, chat template, sequence decoder), not through PyTorch.
 //
 //   npx tsx tools/eval/recall.ts [--model models/demo] [--probes tools/train/recall-probes.jsonl]
-//                                [--engine ort] [--max-tokens 32] [--batch 8]
+//                                [--engine ort] [--max-tokens 64] [--batch 8] [--json FILE]
 //
 // A probe (tools/train/recall_eval.py writes them) is a conversation: a fact early on,
 // about `distance_tokens` tokens of other conversation and distractor facts, then the
-// question. It passes when the greedy reply contains `expected`.
-import { readFile } from 'node:fs/promises';
+// question. It passes when the greedy reply contains `expected`. Probes with a `kind`
+// (tools/train/copy-probes.jsonl: exact short-range copies of an 8-digit code or a misspelt
+// name) are tallied by kind instead of by distance.
+import { readFile, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { createEngine } from '../../worker/engine/create-engine.ts';
@@ -20,6 +22,7 @@ import { loadTokenizer } from '../../worker/model/tokenizer.ts';
 const Probe = z.object({
   distance_tokens: z.number().int().nonnegative(),
   distance_bucket: z.number().int().nonnegative().optional(),
+  kind: z.string().optional(),
   fact_key: z.string(),
   expected: z.string().min(1),
   prompt_messages: z.array(z.object({ role: z.enum(['system', 'user', 'assistant']), content: z.string() })).min(1),
@@ -31,9 +34,10 @@ const { values: args } = parseArgs({
     model: { type: 'string', default: 'models/demo' },
     probes: { type: 'string', default: 'tools/train/recall-probes.jsonl' },
     engine: { type: 'string', default: 'ort' },
-    'max-tokens': { type: 'string', default: '32' },
+    'max-tokens': { type: 'string', default: '64' },
     batch: { type: 'string', default: '8' },
     verbose: { type: 'boolean', default: false },
+    json: { type: 'string' },
   },
 });
 
@@ -93,11 +97,11 @@ async function runGroup(group: Probe[]): Promise<{ probe: Probe; reply: string }
   return finished;
 }
 
-const byDistance = new Map<number, { total: number; correct: number; tokens: number }>();
+const byDistance = new Map<number | string, { total: number; correct: number; tokens: number }>();
 const started = performance.now();
 for (let i = 0; i < probes.length; i += batchSize) {
   for (const { probe, reply } of await runGroup(probes.slice(i, i + batchSize))) {
-    const key = probe.distance_bucket ?? probe.distance_tokens;
+    const key = probe.kind ?? probe.distance_bucket ?? probe.distance_tokens;
     const row = byDistance.get(key) ?? { total: 0, correct: 0, tokens: 0 };
     const ok = reply.includes(probe.expected);
     row.total++;
@@ -110,7 +114,12 @@ for (let i = 0; i < probes.length; i += batchSize) {
 await engine.close();
 
 console.log(`\nrecall through the ${engine.kind} engine, model ${args.model}, ${probes.length} probes, ${((performance.now() - started) / 1000).toFixed(0)} s\n`);
-console.log('| distance (tokens between fact and question) | probes | recalled | accuracy |\n|---|---|---|---|');
-for (const [distance, row] of [...byDistance].sort((a, b) => a[0] - b[0])) {
-  console.log(`| ${distance} (mean ${Math.round(row.tokens / row.total)}) | ${row.total} | ${row.correct} | ${((100 * row.correct) / row.total).toFixed(0)}% |`);
+console.log('| probes (distance: tokens between fact and question) | probes | recalled | accuracy |\n|---|---|---|---|');
+const rows = [...byDistance].sort((a, b) => (typeof a[0] === 'number' && typeof b[0] === 'number' ? a[0] - b[0] : 0));
+for (const [key, row] of rows) {
+  console.log(`| ${key} (mean distance ${Math.round(row.tokens / row.total)}) | ${row.total} | ${row.correct} | ${((100 * row.correct) / row.total).toFixed(0)}% |`);
+}
+if (args.json) {
+  const table = Object.fromEntries(rows.map(([key, row]) => [String(key), { passed: row.correct, total: row.total }]));
+  await writeFile(args.json, `${JSON.stringify({ model: args.model, engine: engine.kind, table }, null, 1)}\n`);
 }

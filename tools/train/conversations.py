@@ -97,6 +97,34 @@ FACTS = {
 }
 FACT_KEYS = sorted(FACTS)
 
+
+def _made_up_name(r):
+    """A pronounceable name that is in no list, so it can only be copied, not recalled from training."""
+    syllables = [r.choice("bcdfghjklmnprstvz") + r.choice("aeiou") + r.choice(["", "", "n", "r", "l"]) for _ in range(r.randint(2, 3))]
+    return "".join(syllables).capitalize()
+
+
+# Facts whose values are in no list (any length of digits, made-up names, random codes): the
+# only way to repeat them is to copy them exactly from what was said. Off by default (the
+# shipped pure-Mamba demo was trained without them; --copy-facts in train.py), so the data of
+# earlier runs stays the same byte for byte.
+COPY_FACTS = {
+    "order number": (lambda r: _digits(r, r.randint(5, 10)),
+                     ["My order number is {v}.", "The order number is {v}."],
+                     ["What is my order number?", "What was the order number?"],
+                     "Your order number is {v}."),
+    "cousin's name": (_made_up_name,
+                      ["My cousin's name is {v}.", "My cousin is called {v}."],
+                      ["What is my cousin's name?", "What is my cousin called?"],
+                      "Your cousin's name is {v}."),
+    "booking reference": (lambda r: "".join(r.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(r.randint(5, 8))),
+                          ["The booking reference is {v}.", "My booking reference is {v}."],
+                          ["What is the booking reference?", "Remind me of the booking reference."],
+                          "The booking reference is {v}."),
+}
+FACTS.update(COPY_FACTS)
+FACT_KEYS_WITH_COPY = sorted(FACTS)
+
 ACKS = ["Got it. {a}", "Noted. {a}", "I will remember that. {a}", "Okay. {a}"]
 PROSE_ASKS = ["Here is a passage I am reading:\n", "What do you think of this?\n", "I found this in an old novel:\n",
               "Listen to this.\n", ""]
@@ -204,7 +232,8 @@ def _add_question(ids: list[int], w: list[float], r: random.Random, key: str, v:
     _add_valued_reply(ids, w, FACTS[key][3], v)
 
 
-def drill_session(r: random.Random, prose: ProseSampler, n_tokens: int, max_filler_chars: int) -> tuple[list[int], list[float]]:
+def drill_session(r: random.Random, prose: ProseSampler, n_tokens: int, max_filler_chars: int,
+                  fact_keys: list[str] = FACT_KEYS) -> tuple[list[int], list[float]]:
     """A dense recall drill: facts stated, changed and asked about every few messages, with
     short fillers between them (multi-query associative recall in the chat format). Many
     questions per session give the recall skill many gradient signals per step; the fillers'
@@ -217,7 +246,7 @@ def drill_session(r: random.Random, prose: ProseSampler, n_tokens: int, max_fill
     while len(ids) < n_tokens:
         x = r.random()
         if x < 0.3 or not known:  # a new fact, or a new value for a known key
-            k = r.choice(FACT_KEYS)
+            k = r.choice(fact_keys)
             known[k] = FACTS[k][0](r)
             _add_fact(ids, w, r, k, known[k])
         elif x < 0.7:
@@ -233,7 +262,8 @@ def drill_session(r: random.Random, prose: ProseSampler, n_tokens: int, max_fill
     return ids[:n_tokens], w[:n_tokens]
 
 
-def training_session(r: random.Random, prose: ProseSampler, n_tokens: int) -> tuple[list[int], list[float]]:
+def training_session(r: random.Random, prose: ProseSampler, n_tokens: int,
+                     fact_keys: list[str] = FACT_KEYS) -> tuple[list[int], list[float]]:
     """One session of about n_tokens tokens (cut to exactly n_tokens): ids and per-token loss weights.
 
     Facts are stated mostly early, asked about at any later point, so question-to-fact
@@ -246,7 +276,7 @@ def training_session(r: random.Random, prose: ProseSampler, n_tokens: int) -> tu
     if r.random() < 0.5:
         _add_message(ids, w, "system", r.choice(SYSTEMS))
     n_facts = r.randint(2, 6)
-    keys = r.sample(FACT_KEYS, n_facts)
+    keys = r.sample(fact_keys, n_facts)
     max_chars = r.choice([300, 600, 1200])
     while len(ids) < n_tokens:
         x = r.random()
@@ -306,3 +336,34 @@ def recall_probe(r: random.Random, prose: ProseSampler, distance_tokens: int) ->
     msgs.extend(between)
     msgs.append({"role": "user", "content": _ask(r, k)})
     return {"distance_tokens": size(between), "fact_key": k, "expected": v, "prompt_messages": msgs}
+
+
+def _misspell(r: random.Random, name: str) -> str:
+    """The name with two adjacent inner letters swapped ("Biscuit" -> "Bsicuit"): a name in no list."""
+    while True:
+        i = r.randrange(1, len(name) - 2)
+        out = name[:i] + name[i + 1] + name[i] + name[i + 2:]
+        if out != name and out not in NAMES and out not in PETS:
+            return out
+
+
+COPY_PROBE_KINDS = ("8-digit code", "misspelt name")
+
+
+def copy_probe(r: random.Random, kind: str, where: str) -> dict:
+    """Exact short-range copying of a value the model cannot have memorised: an 8-digit locker
+    code (trained codes have 4 digits), or a misspelt name of a sister, best friend or dog.
+    `where` = "ack": the reply right after the fact must restate it; "question": the fact, its
+    acknowledgement (given), then the question, whose answer must contain it."""
+    if kind == "8-digit code":
+        k, v = "locker code", _digits(r, 8)
+    else:
+        k = r.choice(["sister's name", "best friend", "dog's name"])
+        v = _misspell(r, r.choice([n for n in (PETS if k == "dog's name" else NAMES) if len(n) >= 5]))
+    msgs = [{"role": "user", "content": _state(r, k, v)}]
+    if where == "question":
+        msgs.append({"role": "assistant", "content": r.choice(ACKS).format(a=_answer(k, v))})
+        msgs.append({"role": "user", "content": _ask(r, k)})
+    distance = sum(len(encode_message(m["role"], m["content"])) for m in msgs[1:-1]) if where == "question" else 0
+    return {"kind": f"{kind}, {'acknowledgement' if where == 'ack' else 'question right after'}",
+            "distance_tokens": distance, "fact_key": k, "expected": v, "prompt_messages": msgs}

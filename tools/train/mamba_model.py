@@ -1,5 +1,7 @@
 """The trainable Mamba: HF `MambaForCausalLM` math and tensor names, with a scan fast enough
-for a 2-core CPU and a recurrent state that can be carried across training chunks.
+for a 2-core CPU and a recurrent state that can be carried across training chunks. Also the
+attention hybrid (config `layer_types` with "sliding_attention" layers: RoPE, grouped KV heads,
+a causal window of W tokens), whose carried state is the last W-1 rotated keys and values.
 
 Parameter names are exactly the HF ones (`backbone.layers.{i}.mixer.A_log`, ...), so the
 state_dict *is* the checkpoint. tools/train/test_scan.py holds this model to the plain
@@ -179,6 +181,60 @@ class Mixer(nn.Module):
         return self.out_proj(y), (new_conv, h)
 
 
+def rope_tables(positions: range, inv_freq: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of emb = concat(angle, angle), angle = t * inv_freq, for each absolute
+    position t: [T, hd]. Angles in float64 (exact at any position), rounded once at the end."""
+    angle = torch.arange(positions.start, positions.stop, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    emb = torch.cat([angle, angle], -1)
+    return torch.cos(emb).to(dtype), torch.sin(emb).to(dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, T, heads, hd] rotated by the tables [T, hd] (HF LLaMA rotate-half convention)."""
+    half = x.shape[-1] // 2
+    rot = torch.cat([-x[..., half:], x[..., :half]], -1)
+    return x * cos[None, :, None, :] + rot * sin[None, :, None, :]
+
+
+class Attention(nn.Module):
+    """Sliding-window attention: token t attends to t-W < j <= t; query head h reads key/value
+    head h // (H / KV). The state carried between chunks is (keys, values, position): the last
+    W-1 rotated keys and values (all a later token can still see) and the absolute position."""
+
+    def __init__(self, d: int, H: int, KV: int, hd: int, W: int, bias: bool, theta: float | None):
+        super().__init__()
+        self.H, self.KV, self.hd, self.W = H, KV, hd, W
+        self.q_proj = nn.Linear(d, H * hd, bias=bias)
+        self.k_proj = nn.Linear(d, KV * hd, bias=bias)
+        self.v_proj = nn.Linear(d, KV * hd, bias=bias)
+        self.o_proj = nn.Linear(H * hd, d, bias=bias)
+        inv = None if theta is None else torch.tensor([theta ** (-2.0 * i / hd) for i in range(hd // 2)], dtype=torch.float64)
+        self.register_buffer("inv_freq", inv, persistent=False)  # not a checkpoint tensor
+
+    def forward(self, u, state, chunk: int):
+        Bsz, L, _ = u.shape
+        k_past, v_past, pos = state if state is not None else (u.new_zeros(Bsz, 0, self.KV, self.hd),
+                                                                u.new_zeros(Bsz, 0, self.KV, self.hd), 0)
+        q = self.q_proj(u).view(Bsz, L, self.H, self.hd)
+        k = self.k_proj(u).view(Bsz, L, self.KV, self.hd)
+        v = self.v_proj(u).view(Bsz, L, self.KV, self.hd)
+        if self.inv_freq is not None:
+            cos, sin = rope_tables(range(pos, pos + L), self.inv_freq, u.dtype)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        keys, vals = torch.cat([k_past, k], 1), torch.cat([v_past, v], 1)  # [B, S, KV, hd]
+        n0, S = k_past.shape[1], keys.shape[1]
+        g = self.H // self.KV
+        qg = q.view(Bsz, L, self.KV, g, self.hd)
+        scores = torch.einsum("blkgd,bskd->bkgls", qg, keys) / math.sqrt(self.hd)
+        i = torch.arange(L)[:, None] + n0
+        j = torch.arange(S)[None, :]
+        allowed = (j <= i) & (i - j < self.W)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        out = torch.einsum("bkgls,bskd->blkgd", torch.softmax(scores, -1), vals).reshape(Bsz, L, self.H * self.hd)
+        keep = min(self.W - 1, S)
+        return self.o_proj(out), (keys[:, S - keep:], vals[:, S - keep:], pos + L)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, d: int, eps: float):
         super().__init__()
@@ -189,10 +245,20 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
+def layer_types(cfg: dict) -> list[str]:
+    return cfg.get("layer_types") or ["mamba"] * cfg["num_hidden_layers"]
+
+
 class Block(nn.Module):
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, kind: str = "mamba"):
         super().__init__()
         self.norm = RMSNorm(cfg["hidden_size"], cfg["layer_norm_epsilon"])
+        if kind == "sliding_attention":
+            H = cfg["num_attention_heads"]
+            self.mixer = Attention(cfg["hidden_size"], H, cfg.get("num_key_value_heads") or H,
+                                   cfg.get("head_dim") or cfg["hidden_size"] // H, cfg["sliding_window"],
+                                   cfg.get("attention_bias", False), cfg.get("rope_theta"))
+            return
         self.mixer = Mixer(cfg["hidden_size"], cfg["intermediate_size"], cfg["state_size"],
                            cfg["conv_kernel"], cfg["time_step_rank"], cfg["time_step_min"],
                            cfg["time_step_max"], cfg["time_step_floor"])
@@ -202,7 +268,7 @@ class Backbone(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
         self.embeddings = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg["num_hidden_layers"]))
+        self.layers = nn.ModuleList(Block(cfg, kind) for kind in layer_types(cfg))
         self.norm_f = RMSNorm(cfg["hidden_size"], cfg["layer_norm_epsilon"])
 
 
@@ -214,9 +280,10 @@ class MambaLM(nn.Module):
         nn.init.normal_(self.backbone.embeddings.weight, std=0.02)
         # GPT-2 style: scale residual-branch outputs so the residual stream doesn't grow with depth
         for blk in self.backbone.layers:
-            nn.init.kaiming_uniform_(blk.mixer.out_proj.weight, a=math.sqrt(5))
+            out = blk.mixer.o_proj if isinstance(blk.mixer, Attention) else blk.mixer.out_proj
+            nn.init.kaiming_uniform_(out.weight, a=math.sqrt(5))
             with torch.no_grad():
-                blk.mixer.out_proj.weight /= math.sqrt(cfg["num_hidden_layers"])
+                out.weight /= math.sqrt(cfg["num_hidden_layers"])
 
     def forward(self, tokens, state=None, chunk: int = 32):
         """tokens [B, L] -> logits [B, L, V], new state (list per layer). The lm_head is tied."""
@@ -230,9 +297,27 @@ class MambaLM(nn.Module):
         return h @ self.backbone.embeddings.weight.T, new_state
 
 
+def detach_state(state: list) -> list:
+    """The carried state with no autograd history (truncated BPTT); positions pass through."""
+    return [tuple(x.detach() if torch.is_tensor(x) else x for x in st) for st in state]
+
+
 def hf_config(d: int, n_layer: int, N: int = 16, expand: int = 2, K: int = 4, vocab: int = 264,
-              dt_min: float = 1e-4, dt_max: float = 0.1) -> dict:
-    """An HF MambaConfig as `MambaConfig(...).to_dict()` would write it."""
+              dt_min: float = 1e-4, dt_max: float = 0.1, attention: dict | None = None) -> dict:
+    """An HF MambaConfig as `MambaConfig(...).to_dict()` would write it. `attention` makes a
+    hybrid: {"layers": [indices], "window": W, "heads": H, "kv_heads": KV, "head_dim": hd
+    (optional), "rope_theta": theta or None, "bias": bool} -> the hybrid's config keys."""
+    hybrid = {}
+    if attention:
+        hybrid = {
+            "layer_types": ["sliding_attention" if i in attention["layers"] else "mamba" for i in range(n_layer)],
+            "sliding_window": attention["window"],
+            "num_attention_heads": attention["heads"],
+            "num_key_value_heads": attention.get("kv_heads", attention["heads"]),
+            "head_dim": attention.get("head_dim") or d // attention["heads"],
+            "attention_bias": attention.get("bias", False),
+            "rope_theta": attention.get("rope_theta", 10000.0),
+        }
     return {
         "architectures": ["MambaForCausalLM"],
         "model_type": "mamba",
@@ -263,6 +348,7 @@ def hf_config(d: int, n_layer: int, N: int = 16, expand: int = 2, K: int = 4, vo
         "eos_token_id": 259,
         "pad_token_id": 259,
         "torch_dtype": "float32",
+        **hybrid,
     }
 
 

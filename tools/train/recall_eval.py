@@ -6,7 +6,7 @@
     # score a model directory or a training checkpoint with greedy decoding in PyTorch
     /usr/bin/python3 tools/train/recall_eval.py --model models/demo --probes tools/train/recall-probes.jsonl
 
-A probe passes when the greedy reply (up to <|end|> or 32 tokens) contains `expected`.
+A probe passes when the greedy reply (up to <|end|> or 64 tokens) contains `expected`.
 Probe fields: distance_tokens (tokens between the fact's message and the question's),
 fact_key, expected, prompt_messages (apply the chat template, then the generation prompt).
 """
@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 import torch  # noqa: E402
 
 from chat_format import END, decode, encode_messages  # noqa: E402
-from conversations import ProseSampler, recall_probe  # noqa: E402
+from conversations import COPY_PROBE_KINDS, ProseSampler, copy_probe, recall_probe  # noqa: E402
 from prose_source import load_austen  # noqa: E402
 
 DISTANCES = [100, 1000, 4000, 16000]
@@ -45,7 +45,7 @@ def make_probes(distances=DISTANCES, per_distance=50, seed=PROBE_SEED, data_dir=
 
 
 @torch.no_grad()
-def greedy_reply(model, prompt: list[int], max_new: int = 32, chunk_len: int = 2048) -> str:
+def greedy_reply(model, prompt: list[int], max_new: int = 64, chunk_len: int = 2048) -> str:
     state = None
     logits = None
     for s in range(0, len(prompt), chunk_len):  # prefill in pieces; the state carries across
@@ -60,20 +60,31 @@ def greedy_reply(model, prompt: list[int], max_new: int = 32, chunk_len: int = 2
     return decode(out)
 
 
-def score(model, probes: list[dict], log=None) -> dict[int, tuple[int, int]]:
-    """{distance: (passed, total)}"""
+def make_copy_probes(per_cell=25, seed=PROBE_SEED) -> list[dict]:
+    """Exact short-range copying (conversations.copy_probe): per_cell probes for each kind of
+    value and each place it is repeated (the acknowledgement, the answer right after)."""
+    out = []
+    for kind in COPY_PROBE_KINDS:
+        for where in ("ack", "question"):
+            r = random.Random(f"{seed}/copy/{kind}/{where}")
+            out += [copy_probe(r, kind, where) for _ in range(per_cell)]
+    return out
+
+
+def score(model, probes: list[dict], log=None) -> dict:
+    """{distance or kind: (passed, total)}"""
     model.eval()
     res: dict[int, list[int]] = {}
     for p in probes:
         reply = greedy_reply(model, encode_messages(p["prompt_messages"], add_generation_prompt=True))
         ok = p["expected"] in reply
-        key = p.get("distance_bucket", p["distance_tokens"])
+        key = p.get("kind", p.get("distance_bucket", p["distance_tokens"]))
         res.setdefault(key, [0, 0])
         res[key][0] += int(ok)
         res[key][1] += 1
         if log:
             log(f"{p['distance_tokens']:>6} {p['fact_key']:<16} want {p['expected']!r:<12} got {reply!r}")
-    return {k: (v[0], v[1]) for k, v in sorted(res.items())}
+    return {k: (v[0], v[1]) for k, v in res.items()}
 
 
 def load_model(path: str):
@@ -94,6 +105,7 @@ def load_model(path: str):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--write-probes", help="write the probe JSONL here")
+    ap.add_argument("--write-copy-probes", help="write the exact-copy probe JSONL here (25 per kind and place)")
     ap.add_argument("--per-distance", type=int, default=50)
     ap.add_argument("--distances", default=",".join(map(str, DISTANCES)))
     ap.add_argument("--model", help="model directory or trainer checkpoint (.pt) to score")
@@ -110,6 +122,12 @@ def main() -> int:
             for d, p in zip([d for d in distances for _ in range(a.per_distance)], probes):
                 f.write(json.dumps({"distance_bucket": d, **p}, ensure_ascii=False) + "\n")
         print(f"wrote {len(probes)} probes to {a.write_probes}")
+    if a.write_copy_probes:
+        probes = make_copy_probes()
+        with open(a.write_copy_probes, "w") as f:
+            for p in probes:
+                f.write(json.dumps(p, ensure_ascii=False) + "\n")
+        print(f"wrote {len(probes)} copy probes to {a.write_copy_probes}")
     if a.model:
         if a.probes:
             with open(a.probes) as f:
@@ -121,7 +139,7 @@ def main() -> int:
             seen: dict[int, int] = {}
             keep = []
             for p in probes:
-                b = p["distance_bucket"]
+                b = p.get("kind", p.get("distance_bucket"))
                 if seen.get(b, 0) < a.limit:
                     keep.append(p)
                     seen[b] = seen.get(b, 0) + 1
@@ -129,7 +147,7 @@ def main() -> int:
         t0 = time.time()
         table = score(load_model(a.model), probes, print if a.verbose else None)
         for d, (ok, n) in table.items():
-            print(f"distance {d:>6}: {ok}/{n} = {100 * ok / n:.0f}%")
+            print(f"{d:>32}: {ok}/{n} = {100 * ok / n:.0f}%")
         print(f"({time.time() - t0:.0f} s)")
         if a.json_out:
             with open(a.json_out, "w") as f:

@@ -9,7 +9,10 @@ Checks, in float64 on a small random model:
     the recurrent state carried across (what truncated BPTT does);
   - the C scan (scan_kernel.c, float32) equals autograd through a naive float64 loop,
     forward and backward, and the float32 model that uses it matches the reference;
-  - a checkpoint written by the trainer's exporter loads in the reference with the same logits.
+  - a checkpoint written by the trainer's exporter loads in the reference with the same logits;
+  - the attention hybrid: the training model equals the reference (full and step, pieces
+    carried across the window's edge, grouped KV heads, biases, with and without RoPE), and
+    the reference's full and ring-buffer modes agree at position 10,000,000.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 
-from mamba_model import FusedScan, LinearScan, MambaLM, fused_kernel, hf_config, hf_tensors  # noqa: E402
+from mamba_model import FusedScan, LinearScan, MambaLM, fused_kernel, hf_config, hf_tensors, rope_tables  # noqa: E402
 from mamba_ref import MambaRef, read_safetensors, write_safetensors  # noqa: E402
 import export  # noqa: E402
 
@@ -131,6 +134,82 @@ class ScanTest(unittest.TestCase):
             r = read_safetensors(p)
             for k in t:
                 torch.testing.assert_close(r[k], t[k])
+
+
+def small_hybrid(seed=0, bias=False, rope_theta=10000.0, window=5):
+    torch.manual_seed(seed)
+    cfg = hf_config(d=32, n_layer=3, N=8, vocab=264, attention={
+        "layers": [1], "window": window, "heads": 4, "kv_heads": 2, "head_dim": 8, "bias": bias, "rope_theta": rope_theta})
+    m = MambaLM(cfg).double()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            p.add_(torch.randn_like(p) * (0.3 if "A_log" in name or "dt_proj.bias" in name or "_proj" in name else 0.05))
+    return cfg, m
+
+
+class HybridTest(unittest.TestCase):
+    def check_model(self, cfg, m):
+        names = set(hf_tensors(m, torch.float64))
+        self.assertIn("backbone.layers.1.mixer.q_proj.weight", names)
+        self.assertNotIn("backbone.layers.1.mixer.A_log", names)
+        self.assertFalse(any("inv_freq" in n for n in names))
+        ref = MambaRef(cfg, hf_tensors(m, torch.float64), torch.float64)
+        torch.manual_seed(2)
+        toks = torch.randint(0, 264, (1, 23))
+        want_full = ref.forward(toks[0].tolist())
+        torch.testing.assert_close(ref.forward_steps(toks[0].tolist()), want_full, rtol=1e-9, atol=1e-9)
+        with torch.no_grad():
+            got, _ = m(toks, chunk=8)
+            torch.testing.assert_close(got[0], want_full, rtol=1e-9, atol=1e-9)
+            state, outs = None, []
+            for s, e in ((0, 2), (2, 9), (9, 10), (10, 23)):  # pieces shorter and longer than the window
+                o, state = m(toks[:, s:e], state, chunk=8)
+                outs.append(o[0])
+            torch.testing.assert_close(torch.cat(outs), want_full, rtol=1e-9, atol=1e-9)
+            self.assertEqual(state[1][2], 23)  # the attention layer's absolute position
+            self.assertEqual(state[1][0].shape[1], min(cfg["sliding_window"] - 1, 23))  # W-1 keys carried
+
+    def test_hybrid_matches_reference(self):
+        self.check_model(*small_hybrid(1))
+
+    def test_hybrid_with_biases(self):
+        self.check_model(*small_hybrid(2, bias=True))
+
+    def test_hybrid_without_rope(self):
+        self.check_model(*small_hybrid(3, rope_theta=None))
+
+    def test_window_wider_than_the_sequence(self):
+        self.check_model(*small_hybrid(4, window=64))
+
+    def test_far_positions_full_equals_step(self):
+        cfg, m = small_hybrid(5)
+        ref = MambaRef(cfg, hf_tensors(m, torch.float64), torch.float64)
+        toks = list(range(40, 52))
+        for position in (3, 10_000_000):
+            torch.testing.assert_close(ref.forward(toks, position), ref.forward_steps(toks, position=position),
+                                       rtol=1e-9, atol=1e-9)
+
+    def test_rope_tables_are_float64_exact(self):
+        inv = torch.tensor([10000.0 ** (-2.0 * i / 8) for i in range(4)], dtype=torch.float64)
+        cos, _ = rope_tables(range(10_000_000, 10_000_001), inv, torch.float64)
+        import math
+        want = math.cos(10_000_000 * 1.0)  # inv_freq[0] = 1
+        self.assertAlmostEqual(float(cos[0, 0]), want, places=9)
+        # what a float32 angle would cost there: errors of a sizeable fraction of a radian
+        pos = torch.arange(10_000_000, 10_000_064)
+        naive = torch.cos(pos.float()[:, None] * inv.float()[None, :])
+        exact, _ = rope_tables(range(10_000_000, 10_000_064), inv, torch.float64)
+        self.assertGreater(float((naive.double() - exact[:, :4]).abs().max()), 1e-2)
+
+    def test_hybrid_export_roundtrip(self):
+        cfg, m = small_hybrid(6)
+        with tempfile.TemporaryDirectory() as d:
+            export.export_model(m.float(), d)
+            ref = MambaRef.load(d, torch.float64)
+            toks = list(range(250, 264)) + [72, 105]
+            with torch.no_grad():
+                got, _ = m.double()(torch.tensor([toks]))
+            torch.testing.assert_close(ref.forward(toks), got[0], rtol=1e-6, atol=1e-6)
 
 
 if __name__ == "__main__":

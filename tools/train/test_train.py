@@ -14,7 +14,8 @@ import torch  # noqa: E402
 
 from chat_format import VOCAB_SIZE  # noqa: E402
 from mamba_model import MambaLM, hf_config  # noqa: E402
-from train import is_decayed, value_accuracy  # noqa: E402
+from conversations import COPY_FACTS, FACT_KEYS, FACT_KEYS_WITH_COPY  # noqa: E402
+from train import insert_attention, is_decayed, value_accuracy, with_attention  # noqa: E402
 
 
 class TrainBookkeepingTest(unittest.TestCase):
@@ -42,3 +43,27 @@ class TrainBookkeepingTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+    def test_attention_inserted_into_a_trained_model_starts_as_the_identity(self):
+        torch.manual_seed(0)
+        source_cfg = hf_config(16, 2, N=4, vocab=VOCAB_SIZE)
+        source = MambaLM(source_cfg)
+        attention = {"layers": [1], "window": 4, "heads": 2, "kv_heads": 1, "rope_theta": 10000.0}
+        cfg = with_attention(source_cfg, attention)
+        self.assertEqual(cfg["layer_types"], ["mamba", "sliding_attention", "mamba"])
+        self.assertEqual(cfg["num_hidden_layers"], 3)
+        hybrid = MambaLM(cfg)
+        weights = insert_attention(hybrid, source_cfg, cfg, {k: v for k, v in source.state_dict().items()})
+        hybrid.load_state_dict(weights)
+        self.assertTrue(torch.equal(weights["backbone.layers.2.mixer.A_log"], source.state_dict()["backbone.layers.1.mixer.A_log"]))
+        tokens = torch.randint(0, VOCAB_SIZE, (2, 9))
+        with torch.no_grad():
+            torch.testing.assert_close(hybrid(tokens)[0], source(tokens)[0])
+        with self.assertRaises(SystemExit):  # only into a pure model
+            with_attention(cfg, attention)
+
+
+class CopyFactsTest(unittest.TestCase):
+    def test_copy_facts_are_opt_in_and_leave_the_default_data_alone(self):
+        self.assertTrue(set(COPY_FACTS).isdisjoint(FACT_KEYS))
+        self.assertEqual(sorted(FACT_KEYS_WITH_COPY), sorted([*FACT_KEYS, *COPY_FACTS]))

@@ -42,9 +42,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from chat_format import VOCAB_SIZE, encode_text  # noqa: E402
-from conversations import ProseSampler, drill_session, training_session  # noqa: E402
+from conversations import FACT_KEYS, FACT_KEYS_WITH_COPY, ProseSampler, drill_session, training_session  # noqa: E402
 from export import export_model  # noqa: E402
-from mamba_model import MambaLM, hf_config  # noqa: E402
+from mamba_model import MambaLM, detach_state, hf_config  # noqa: E402
 from prose_source import load_austen  # noqa: E402
 from recall_eval import EVAL_BOOK, make_probes, score  # noqa: E402
 from mamba_ref import read_safetensors  # noqa: E402
@@ -66,6 +66,7 @@ def curriculum(frac: float, final_chunks: int = 8) -> tuple[int, float, int]:
 def episode(i: int, args, prose: ProseSampler, n_tokens: int, drill_frac: float, filler_chars: int):
     """B lanes of n_tokens+1 tokens (and loss weights) for episode i; deterministic in (seed, i)."""
     r = random.Random(f"{args.seed}/{i}")
+    keys = FACT_KEYS_WITH_COPY if args.copy_facts else FACT_KEYS
     xs, ws = [], []
     for _ in range(args.batch):
         x = r.random()
@@ -74,12 +75,45 @@ def episode(i: int, args, prose: ProseSampler, n_tokens: int, drill_frac: float,
             t += [32] * (n_tokens + 1 - len(t))
             w = [1.0] * len(t)
         elif x < args.prose_frac + (1 - args.prose_frac) * drill_frac:
-            t, w = drill_session(r, prose, n_tokens + 1, filler_chars)
+            t, w = drill_session(r, prose, n_tokens + 1, filler_chars, keys)
         else:
-            t, w = training_session(r, prose, n_tokens + 1)
+            t, w = training_session(r, prose, n_tokens + 1, keys)
         xs.append(t)
         ws.append(w)
     return torch.tensor(xs), torch.tensor(ws)
+
+
+def with_attention(source: dict, attention: dict) -> dict:
+    """A pure Mamba config with sliding-window attention layers inserted at attention["layers"]
+    (indices in the result)."""
+    if "sliding_attention" in (source.get("layer_types") or []):
+        raise SystemExit("--attn-layers with --init-from needs a pure Mamba model to insert layers into")
+    n = source["num_hidden_layers"] + len(attention["layers"])
+    d = source["hidden_size"]
+    hybrid = hf_config(d, n, attention=attention)
+    keys = ("layer_types", "sliding_window", "num_attention_heads", "num_key_value_heads", "head_dim",
+            "attention_bias", "rope_theta")
+    return {**source, "num_hidden_layers": n, **{k: hybrid[k] for k in keys}}
+
+
+def insert_attention(model: torch.nn.Module, source: dict, cfg: dict, weights: dict) -> dict:
+    """The source model's tensors renamed to the hybrid's Mamba layers (in order), plus the new
+    attention layers' fresh init with o_proj zero: the hybrid starts as exactly the source
+    model's function and learns what the attention adds."""
+    out = {k: v for k, v in weights.items() if not k.startswith("backbone.layers.")}
+    mamba_layers = [i for i, t in enumerate(cfg["layer_types"]) if t == "mamba"]
+    for src, dst in enumerate(mamba_layers):
+        prefix = f"backbone.layers.{src}."
+        for k, v in weights.items():
+            if k.startswith(prefix):
+                out[f"backbone.layers.{dst}." + k[len(prefix):]] = v
+    fresh = model.state_dict()
+    for i, t in enumerate(cfg["layer_types"]):
+        if t == "sliding_attention":
+            for k, v in fresh.items():
+                if k.startswith(f"backbone.layers.{i}."):
+                    out[k] = torch.zeros_like(v) if ".o_proj." in k else v
+    return out
 
 
 def is_decayed(name: str, p: torch.nn.Parameter) -> bool:
@@ -138,6 +172,16 @@ def main() -> int:
     ap.add_argument("--prose-frac", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--dt-min", type=float, default=1e-3, help="smallest initial time step (log-uniform up to 0.1)")
+    ap.add_argument("--attn-layers", default="",
+                    help="comma-separated layer indices that are sliding-window attention (a hybrid), e.g. 2,5; "
+                         "with --init-from a pure Mamba model, new attention layers inserted at these indices of "
+                         "the result (its Mamba layers keep their weights in order, the new layers start as identity)")
+    ap.add_argument("--copy-facts", action="store_true",
+                    help="add facts whose values are in no list (any-length numbers, made-up names, codes) to the data")
+    ap.add_argument("--window", type=int, default=256, help="attention window W of a hybrid")
+    ap.add_argument("--heads", type=int, default=4, help="attention heads of a hybrid")
+    ap.add_argument("--kv-heads", type=int, default=2, help="key/value heads of a hybrid (grouped-query attention)")
+    ap.add_argument("--rope-theta", type=float, default=10000.0)
     ap.add_argument("--init-from", help="start from this HF-layout model directory's weights (fresh optimizer and schedule)")
     ap.add_argument("--curriculum-start", type=float, default=0.0,
                     help="begin the curriculum this far in (0.8: the longest sessions only), for a continued stage")
@@ -192,14 +236,24 @@ def train(rank: int, args, port: int) -> None:
               zip([d for d in eval_distances for _ in range(8)], make_probes(eval_distances, 8, seed=7))]
 
     torch.manual_seed(args.seed)
+    attention = None
+    if args.attn_layers:
+        attention = {"layers": [int(i) for i in args.attn_layers.split(",")], "window": args.window,
+                     "heads": args.heads, "kv_heads": args.kv_heads, "rope_theta": args.rope_theta}
+    source = None
     if args.init_from:  # the model's own shape; --hidden/--layers/--state/--dt-min do not apply
         with open(os.path.join(args.init_from, "config.json")) as f:
-            cfg = json.load(f)
+            cfg = source = json.load(f)
+        if attention:
+            cfg = with_attention(source, attention)
     else:
-        cfg = hf_config(args.hidden, args.layers, N=args.state, vocab=VOCAB_SIZE, dt_min=args.dt_min)
+        cfg = hf_config(args.hidden, args.layers, N=args.state, vocab=VOCAB_SIZE, dt_min=args.dt_min, attention=attention)
     model = MambaLM(cfg)
     if args.init_from:
-        model.load_state_dict(read_safetensors(os.path.join(args.init_from, "model.safetensors")))
+        weights = read_safetensors(os.path.join(args.init_from, "model.safetensors"))
+        if cfg is not source:
+            weights = insert_attention(model, source, cfg, weights)
+        model.load_state_dict(weights)
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (decay if is_decayed(n, p) else no_decay).append(p)
@@ -251,7 +305,7 @@ def train(rank: int, args, port: int) -> None:
             for g in opt.param_groups:
                 g["lr"] = lr_at(pos["step"], progress(pos, args), args.lr, args.warmup)
             logits, state = net(inp, state)
-            state = [(a.detach(), b.detach()) for a, b in state]
+            state = detach_state(state)
             nll = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), tgt.reshape(-1), reduction="none")
             loss = (nll * wt.reshape(-1)).sum() / wt.sum()
             opt.zero_grad(set_to_none=True)
