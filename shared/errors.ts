@@ -7,6 +7,9 @@ export const ERROR_STATUS = {
   invalid_json: 400,
   invalid_utf8: 400,
   token_out_of_range: 400,
+  tools_unsupported: 400, // tools were given, but the model's chat template cannot render them
+  unsupported_parameter: 400, // a Responses API parameter a Mamba model cannot honour (e.g. text.format json_schema)
+  unsupported_content: 400, // input content other than text (images, files) or an unknown item type
   state_invalid: 400, // an imported .mstate is truncated, corrupt or fails its checksum
   state_model_mismatch: 400, // an imported .mstate belongs to another model
   unauthorized: 401,
@@ -14,11 +17,16 @@ export const ERROR_STATUS = {
   version_not_found: 404,
   model_not_found: 404,
   route_not_found: 404,
+  response_not_found: 404, // unknown, deleted, stored with store: false, or another tenant's
+  conversation_not_found: 404,
+  item_not_found: 404,
   session_busy: 409, // another turn holds the session
   version_mismatch: 409, // if_version did not match the head
   conversation_diverged: 409, // messages do not extend any stored version
   session_exists: 409,
   model_mismatch: 409, // the session belongs to another model than the request names
+  response_in_progress: 409, // the response is still being generated (delete it once it is done)
+  item_immutable: 409, // a conversation item is part of the stored states and cannot be taken out
   payload_too_large: 413,
   queue_full: 429,
   no_worker: 503,
@@ -30,6 +38,23 @@ export const ERROR_STATUS = {
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;
+
+/**
+ * Codes a client may usefully retry (the same request can succeed later). Every error answer
+ * carries `x-should-retry: true|false` from this set: the official OpenAI clients retry every
+ * 408/409/429/5xx unless told not to, which would resend a request that cannot succeed (a 409
+ * model_mismatch, a 500 turn_failed after TURN_ATTEMPTS) twice more.
+ */
+export const RETRYABLE_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'session_busy',
+  'response_in_progress',
+  'queue_full',
+  'no_worker',
+  'unavailable',
+  'shutting_down',
+  'turn_timeout',
+  'internal_error',
+]);
 
 export interface ErrorBody {
   error: { code: ErrorCode; message: string; details?: unknown };

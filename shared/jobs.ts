@@ -2,7 +2,9 @@
 // Both sides parse them with these schemas, so a change here is a change of the contract.
 import { z } from 'zod';
 import { FinishReason, Message, ModelId, SessionId, TurnTimings, TurnUsage, VersionNumber } from './api-schemas.ts';
+import { ItemShape } from './conversation-items.ts';
 import { isErrorCode, type ErrorCode } from './errors.ts';
+import { ResponseSpec } from './response-record.ts';
 import { TenantId } from './session-manifest.ts';
 
 /** Job ids are turn ids; BullMQ forbids ':' in them. */
@@ -49,6 +51,17 @@ export const TurnJob = z.object({
   owns_turn_slot: z.boolean(),
   /** Epoch ms when the edge enqueued it: queue wait and turn latency are measured from here. */
   enqueued_at: z.number().int(),
+  /**
+   * Responses API instructions: fed as a system message before `messages`, unless the base
+   * version has the same instructions in effect already (ManifestVersion.instructions_sha256).
+   */
+  instructions: z.string().nullable().optional(),
+  /** How each of `messages` is listed as a conversation item (default: by its role). */
+  item_shapes: z.array(ItemShape).optional(),
+  /** A stored Responses API response: the worker writes its record after the commit, before `done`. */
+  response: ResponseSpec.optional(),
+  /** Run on a copy of the base state and commit nothing (Responses API `store: false`). */
+  ephemeral: z.boolean().optional(),
 });
 export type TurnJob = z.infer<typeof TurnJob>;
 

@@ -48,6 +48,15 @@ export class RedisKeys {
     return `${this.prefix}:turn-result:${turnId}`;
   }
 
+  /**
+   * A stored Responses API response whose turn has not finished yet (JSON: its spec, session,
+   * turn id): lets GET /v1/responses/{id} answer `in_progress` (or `failed`) and follow it. The
+   * durable record in the state store replaces it once the turn commits.
+   */
+  pendingResponse(tenant: string, responseId: string): string {
+    return `${this.prefix}:response:${tenant}:${responseId}`;
+  }
+
   /** Hash model id → JSON of what a worker reported about the model it serves (fingerprint, layout). */
   get models(): string {
     return `${this.prefix}:models`;

@@ -30,6 +30,17 @@ export const ManifestVersion = z.object({
   origin: VersionOrigin,
   /** The turn that produced it: a retried turn finds its own commit here and does not run twice. */
   turn_id: z.string().optional(),
+  /**
+   * `v{version}.items.json` holds what this version absorbed and answered, as conversation items
+   * (shared/conversation-items.ts). Absent for versions without one (version 0, imports, forks,
+   * and turns committed before items were kept).
+   */
+  items: z.literal(true).optional(),
+  /**
+   * SHA-256 of the Responses API `instructions` last absorbed on the way to this state: a
+   * response given the same instructions again does not feed them again.
+   */
+  instructions_sha256: z.string().regex(/^[0-9a-f]{64}$/).optional(),
 });
 export type ManifestVersion = z.infer<typeof ManifestVersion>;
 

@@ -3,6 +3,8 @@
 //   {prefix}/tenants/{tenant}/sessions/{session}/manifest.json
 //   {prefix}/tenants/{tenant}/sessions/{session}/v{version}.mstate            (immutable)
 //   {prefix}/tenants/{tenant}/sessions/{session}/manifest-page-{n}.json       (immutable; older version entries)
+//   {prefix}/tenants/{tenant}/sessions/{session}/v{version}.items.json         (immutable; what the version absorbed and answered)
+//   {prefix}/tenants/{tenant}/sessions/{session}/responses/{nonce}.json        (a Responses API response → version; response-store.ts)
 //
 // A commit writes the new version's file with create-if-absent, then replaces the manifest
 // with If-Match on the ETag it read. A crash between the two leaves an unreferenced file and
@@ -10,6 +12,7 @@
 // hold the session's lease; its fencing token is recorded in the manifest and a smaller one
 // is refused, so a writer that lost its lease cannot advance the head behind its successor.
 import { randomBytes } from 'node:crypto';
+import { ItemsFile } from './conversation-items.ts';
 import { ManifestPage, pageOut, SessionManifest, VERSIONS_PER_PAGE, headEntry, type ManifestVersion } from './session-manifest.ts';
 import { StorePreconditionError, type StateStore } from './state-store.ts';
 
@@ -58,6 +61,7 @@ export interface NewVersion {
   readonly transcript_hash: string;
   readonly origin: ManifestVersion['origin'];
   readonly turn_id?: string;
+  readonly instructions_sha256?: string | undefined;
 }
 
 export interface CommitArgs {
@@ -67,6 +71,8 @@ export interface CommitArgs {
   readonly fence: number;
   readonly state: Uint8Array;
   readonly version: NewVersion;
+  /** The version's items (`v{N}.items.json`), stored create-if-absent with the state, before the head advances. */
+  readonly items?: ItemsFile;
   /** Re-checked against every manifest read (e.g. "the head is still what the turn started from"); throws to abort. */
   readonly precondition?: (manifest: SessionManifest) => void;
   readonly now?: () => Date;
@@ -77,6 +83,14 @@ const encoder = new TextEncoder();
 export interface SessionStoreOptions {
   /** Newest versions the manifest keeps besides version 0 (MANIFEST_RECENT_VERSIONS); older ones move to pages. */
   readonly recentVersions?: number;
+}
+
+export interface VersionReader {
+  get(version: number): Promise<ManifestVersion | undefined>;
+  /** `from`, its parent, and so on to the start of the session's history (version 0, or an import or fork). */
+  ancestry(from: number): AsyncGenerator<ManifestVersion>;
+  /** The version the turn committed (newest pages first). */
+  byTurn(turnId: string): Promise<ManifestVersion | undefined>;
 }
 
 export interface VersionListing {
@@ -108,6 +122,13 @@ export class SessionStore {
   }
   static manifestPageKey(tenant: string, session: string, page: number): string {
     return `${SessionStore.sessionPrefix(tenant, session)}manifest-page-${page}.json`;
+  }
+  static itemsKey(tenant: string, session: string, version: number): string {
+    return `${SessionStore.sessionPrefix(tenant, session)}v${version}.items.json`;
+  }
+  /** Response records live inside their session, so deleting the session removes them too. */
+  static responseKey(tenant: string, session: string, nonce: string): string {
+    return `${SessionStore.sessionPrefix(tenant, session)}responses/${nonce}.json`;
   }
 
   async read(tenant: string, session: string): Promise<ManifestRead | null> {
@@ -173,6 +194,60 @@ export class SessionStore {
     }
   }
 
+  /** A version's items, or null when it has none (see ManifestVersion.items) or they are gone. */
+  async readItems(tenant: string, session: string, version: number): Promise<ItemsFile | null> {
+    const key = SessionStore.itemsKey(tenant, session, version);
+    const obj = await this.objects.get(key);
+    if (!obj) return null;
+    let json: unknown;
+    try {
+      json = JSON.parse(new TextDecoder().decode(obj.bytes));
+    } catch {
+      throw new CorruptManifestError(key, 'not JSON');
+    }
+    const parsed = ItemsFile.safeParse(json);
+    if (!parsed.success) throw new CorruptManifestError(key, parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '));
+    return parsed.data;
+  }
+
+  /**
+   * A reader of one manifest's version entries that reads each manifest page at most once: for
+   * walks over many versions (a head's parent chain, a turn id's version).
+   */
+  versionReader(tenant: string, session: string, m: SessionManifest): VersionReader {
+    const pages = new Map<number, Promise<ManifestPage>>();
+    const page = (n: number) => {
+      let p = pages.get(n);
+      if (!p) pages.set(n, (p = this.readPage(tenant, session, m, n)));
+      return p;
+    };
+    const byNumber = async (version: number) => {
+      const inManifest = m.versions.find((v) => v.version === version);
+      if (inManifest || version === 0 || version >= m.paged_below) return inManifest;
+      return (await page(Math.floor(version / VERSIONS_PER_PAGE))).versions.find((v) => v.version === version);
+    };
+    return {
+      get: byNumber,
+      async *ancestry(from: number) {
+        for (let v: number | null = from; v !== null; ) {
+          const entry = await byNumber(v);
+          if (!entry) return;
+          yield entry;
+          v = entry.parent;
+        }
+      },
+      async byTurn(turnId: string) {
+        const recent = m.versions.find((v) => v.turn_id === turnId);
+        if (recent) return recent;
+        for (let n = m.paged_below / VERSIONS_PER_PAGE - 1; n >= 0; n--) {
+          const found = (await page(n)).versions.find((v) => v.turn_id === turnId);
+          if (found) return found;
+        }
+        return undefined;
+      },
+    };
+  }
+
   /** The `.mstate` bytes of a version, or null when it has no file (the empty state) or is gone. */
   async readState(tenant: string, session: string, version: number): Promise<Uint8Array | null> {
     const obj = await this.objects.get(SessionStore.versionKey(tenant, session, version));
@@ -193,6 +268,8 @@ export class SessionStore {
       const versionKey = SessionStore.versionKey(tenant, session, version);
       try {
         await this.objects.putIfAbsent(versionKey, args.state);
+        // Written after the state, so a number whose items exist always has its state too (and is skipped below).
+        if (args.items) await this.objects.putIfAbsent(SessionStore.itemsKey(tenant, session, version), encoder.encode(JSON.stringify(args.items)));
       } catch (e) {
         if (!(e instanceof StorePreconditionError)) throw e;
         // A file for a version the manifest never took: a commit that crashed (or lost its
@@ -219,6 +296,8 @@ export class SessionStore {
         created_at: now,
         origin: args.version.origin,
         ...(args.version.turn_id ? { turn_id: args.version.turn_id } : {}),
+        ...(args.items ? { items: true as const } : {}),
+        ...(args.version.instructions_sha256 ? { instructions_sha256: args.version.instructions_sha256 } : {}),
       };
       // Older entries move to their pages first: a commit that then loses the manifest replace
       // leaves pages that any later commit would write identically.

@@ -1,6 +1,6 @@
 // The same serving path with the S3 state store (a real moto server speaking S3, path-style,
-// with conditional writes): versions land under the documented layout, and a fresh worker
-// resumes from them.
+// with conditional writes): versions (and their items) land under the documented layout, and a
+// fresh worker resumes from them.
 import { GetObjectTaggingCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SessionCreated, TurnResponse } from '../shared/api-schemas.ts';
@@ -58,7 +58,9 @@ describe('serving on S3', () => {
     const listed = await client.send(new ListObjectsV2Command({ Bucket: 'states', Prefix: 'prod/v1/' }));
     expect((listed.Contents ?? []).map((o) => o.Key).sort()).toEqual([
       'prod/v1/tenants/local/sessions/on-s3/manifest.json',
+      'prod/v1/tenants/local/sessions/on-s3/v1.items.json',
       'prod/v1/tenants/local/sessions/on-s3/v1.mstate',
+      'prod/v1/tenants/local/sessions/on-s3/v2.items.json',
       'prod/v1/tenants/local/sessions/on-s3/v2.mstate',
     ]);
     // The replaced head is tagged for the deployment's retention rule; the head is not.

@@ -5,15 +5,19 @@
 // Nothing is reported done before the version is durable and the head has advanced. Any
 // failure before that leaves the session at its last version; the state handle that was
 // being advanced is freed, never cached.
+import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { Message } from '../shared/api-schemas.ts';
 import type { WorkerConfig } from '../shared/config.ts';
 import type { ErrorCode } from '../shared/errors.ts';
+import { buildItemsFile } from '../shared/conversation-items.ts';
 import { TurnResult, type TurnJob } from '../shared/jobs.ts';
 import type { Logger } from '../shared/logger.ts';
 import { MetricsBatch, METRICS } from '../shared/metrics.ts';
 import { StateFormatError } from '../shared/mstate.ts';
 import type { RedisKeys } from '../shared/redis-keys.ts';
+import { completeRecord } from '../shared/response-record.ts';
+import { ResponseStore } from '../shared/response-store.ts';
 import { findVersion, type ManifestVersion, type SessionManifest } from '../shared/session-manifest.ts';
 import { isLease, type SessionLease, type SessionLeases } from '../shared/session-lease.ts';
 import { CommitConflictError, FencedOutError, type SessionStore } from '../shared/session-store.ts';
@@ -70,6 +74,8 @@ export interface TurnRunnerDeps {
 /** How long a turn's stream outlives its deadline (late readers, Last-Event-ID resumes). */
 const STREAM_LINGER_MS = 5 * 60_000;
 
+const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+
 /** The chat template knows system, user and assistant; a tool result is read as a user message. */
 function templateMessage(m: Message): ChatMessage {
   return { role: m.role === 'tool' ? 'user' : m.role, content: m.content };
@@ -82,7 +88,11 @@ interface StartingState {
 }
 
 export class TurnRunner {
-  constructor(private readonly deps: TurnRunnerDeps) {}
+  private readonly responses: ResponseStore;
+
+  constructor(private readonly deps: TurnRunnerDeps) {
+    this.responses = new ResponseStore(deps.sessions.objects);
+  }
 
   /**
    * Run `job` (attempt `attempt`); `shutdown` aborts it for release back to the queue.
@@ -112,7 +122,12 @@ export class TurnRunner {
     };
     try {
       let manifest: SessionManifest | null = null;
-      if (job.session !== null) {
+      if (job.session !== null && job.ephemeral) {
+        // Reads a stored version and writes nothing: no lease, no turn slot.
+        manifest = (await deps.sessions.read(job.tenant, job.session))?.manifest ?? null;
+        if (!manifest) throw new TurnRejected('session_not_found', `session ${job.session} not found`);
+        if (manifest.model !== deps.model.id) throw new TurnRejected('model_mismatch', `session ${job.session} belongs to model ${manifest.model}`);
+      } else if (job.session !== null) {
         lease = await this.acquireLease(job);
         stopKeepAlive = deps.leases.keepAlive(lease, (why) => abort.abort(new Error(`session lease lost (${why})`)));
         manifest = (await deps.sessions.read(job.tenant, job.session))?.manifest ?? null;
@@ -140,7 +155,13 @@ export class TurnRunner {
       await stream.append({ type: 'start', attempt, base_version: start.base?.version ?? null, cached_tokens: cachedTokens });
 
       const { template, tokenizer } = deps.model;
-      const inputIds = [...template.encodeMessages(job.messages.map(templateMessage)), ...(job.kind === 'turn' ? template.generationPromptIds : [])];
+      // Instructions already in effect on the base state (the Agents SDK sends its agent's with
+      // every request) are not fed again: the state holds them.
+      const instructions = job.instructions ?? null;
+      const instructionsHash = instructions === null ? start.base?.instructions_sha256 : sha256(instructions);
+      const feedInstructions = instructions !== null && start.base?.instructions_sha256 !== instructionsHash;
+      const fed: Message[] = [...(feedInstructions ? [{ role: 'system' as const, content: instructions }] : []), ...job.messages];
+      const inputIds = [...template.encodeMessages(fed.map(templateMessage)), ...(job.kind === 'turn' ? template.generationPromptIds : [])];
       if (inputIds.length > deps.config.MAX_INPUT_TOKENS_PER_TURN) {
         throw new TurnRejected('invalid_request', `the input is ${inputIds.length} tokens; this server takes at most ${deps.config.MAX_INPUT_TOKENS_PER_TURN} per turn`);
       }
@@ -198,9 +219,9 @@ export class TurnRunner {
       const usage = { input_tokens: inputIds.length, output_tokens: outputTokens, cached_tokens: cachedTokens, tokens_absorbed: start.state.tokensAbsorbed };
       let result: TurnResult;
       if (job.session === null || !manifest || !lease) {
-        result = { turn_id: job.turn_id, session: null, version: null, base_version: null, output, finish_reason: finishReason, usage, timings };
+        result = { turn_id: job.turn_id, session: null, version: null, base_version: start.base?.version ?? null, output, finish_reason: finishReason, usage, timings };
       } else {
-        const transcript = [...job.messages, ...(job.kind === 'turn' ? [{ role: 'assistant' as const, content: output }] : [])].reduce(
+        const transcript = [...fed, ...(job.kind === 'turn' ? [{ role: 'assistant' as const, content: output }] : [])].reduce(
           (h, m) => extendTranscript(h, m),
           start.base!.transcript_hash,
         );
@@ -227,7 +248,22 @@ export class TurnRunner {
             session: job.session,
             fence: lease.fence,
             state: bytes,
-            version: { parent: start.base!.version, tokens_absorbed: start.state.tokensAbsorbed, transcript_hash: transcript, origin: 'turn', turn_id: job.turn_id },
+            version: {
+              parent: start.base!.version,
+              tokens_absorbed: start.state.tokensAbsorbed,
+              transcript_hash: transcript,
+              origin: 'turn',
+              turn_id: job.turn_id,
+              instructions_sha256: instructionsHash,
+            },
+            items: buildItemsFile({
+              session: job.session,
+              turnId: job.turn_id,
+              messages: job.messages,
+              shapes: job.item_shapes,
+              instructions: feedInstructions ? instructions : null,
+              reply: job.kind === 'turn' ? { text: output, complete: finishReason !== 'length' } : undefined,
+            }),
             precondition: (m) => {
               if (m.head !== headAtStart) throw new CommitConflictError(`the head moved from ${headAtStart} to ${m.head} during the turn`);
             },
@@ -244,6 +280,8 @@ export class TurnRunner {
         metrics.observe(METRICS.checkpointSeconds, labels, (performance.now() - checkpointStart) / 1000).observe(METRICS.checkpointBytes, labels, bytes.byteLength);
         deps.cache.put(stateCacheKey(job.tenant, job.session, manifest.incarnation, committed.entry.version), start.state);
         owned = undefined;
+        // The response id → version mapping is durable before anyone hears of the response.
+        if (job.response) await this.responses.write(completeRecord(job.tenant, job.response, result));
       }
       await releaseSession();
       await stream.append({ type: 'done', attempt, result });
@@ -291,11 +329,13 @@ export class TurnRunner {
     if (job.session === null || !manifest) return { state: await engine.newState(), base: null, source: 'empty' };
     const base = await this.baseVersion(job, manifest);
     const key = stateCacheKey(job.tenant, job.session, manifest.incarnation, base.version);
-    const cached = this.deps.cache.take(key);
+    // An ephemeral turn must not take the cached state: it would advance the only copy and drop it.
+    const cached = job.ephemeral ? undefined : this.deps.cache.take(key);
     if (cached) return { state: cached, base, source: 'cache' };
     if (base.state_bytes === 0) return { state: await engine.newState(), base, source: 'empty' };
     const bytes = await this.deps.sessions.readState(job.tenant, job.session, base.version);
-    if (!bytes) throw new Error(`version ${base.version} of session ${job.session} is listed but its state is missing`);
+    // Listed but gone: expired under the store's retention rule for superseded versions (retrying cannot help).
+    if (!bytes) throw new TurnRejected('version_not_found', `the state of version ${base.version} of session ${job.session} is no longer stored`);
     const imported = await engine.importState(bytes);
     return { state: imported.state, base, source: 'store' };
   }
@@ -338,6 +378,8 @@ export class TurnRunner {
           finish_reason: 'stop',
           usage: { input_tokens: 0, output_tokens: 0, cached_tokens: 0, tokens_absorbed: committed.tokens_absorbed },
         };
+    // The first attempt may have died between its commit and its response record.
+    if (job.response && parsed?.success) await this.responses.write(completeRecord(job.tenant, job.response, result));
     await stream.append({ type: 'start', attempt, base_version: committed.parent, cached_tokens: result.usage.cached_tokens });
     await releaseSession();
     await stream.append({ type: 'done', attempt, result });
