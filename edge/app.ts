@@ -9,7 +9,13 @@ import type { EdgeDeps } from './deps.ts';
 import { errorResponse, toApiError } from './http-errors.ts';
 import { healthRoutes } from './routes/health.ts';
 import { metricsRoutes } from './routes/metrics.ts';
+import { ConversationService } from './conversation-service.ts';
+import { ResponseService } from './response-service.ts';
 import { chatCompletionRoutes } from './routes/v1/chat/completions.ts';
+import { conversationRoutes } from './routes/v1/conversations.ts';
+import { conversationItemRoutes } from './routes/v1/conversations/items.ts';
+import { responseRoutes } from './routes/v1/responses.ts';
+import { responseInputItemRoutes } from './routes/v1/responses/input-items.ts';
 import { modelRoutes } from './routes/v1/models.ts';
 import { sessionRoutes } from './routes/v1/sessions.ts';
 import { sessionStateRoutes } from './routes/v1/sessions/state.ts';
@@ -21,6 +27,8 @@ export function createApp(deps: EdgeDeps): Hono<EdgeEnv> {
   const app = new Hono<EdgeEnv>();
   const sessions = new SessionService(deps);
   const turns = new TurnService(deps);
+  const responses = new ResponseService(deps, sessions, turns);
+  const conversations = new ConversationService(deps, sessions, turns);
 
   app.onError((err, c) => errorResponse(c, toApiError(err, deps.log)));
   app.notFound((c) => errorResponse(c, new ApiError('route_not_found', `no route ${c.req.method} ${c.req.path}`)));
@@ -43,5 +51,9 @@ export function createApp(deps: EdgeDeps): Hono<EdgeEnv> {
   app.route('/v1/sessions', sessionTurnRoutes(deps, sessions, turns));
   app.route('/v1/chat', chatCompletionRoutes(deps, sessions, turns));
   app.route('/v1/models', modelRoutes(deps));
+  app.route('/v1/responses', responseRoutes(deps, responses, turns));
+  app.route('/v1/responses', responseInputItemRoutes(responses));
+  app.route('/v1/conversations', conversationRoutes(conversations));
+  app.route('/v1/conversations', conversationItemRoutes(conversations));
   return app;
 }

@@ -3,6 +3,8 @@
 // chat completions and session creation with a system prompt all go through here.
 import { createHash, randomBytes } from 'node:crypto';
 import type { Message } from '../shared/api-schemas.ts';
+import type { ItemShape } from '../shared/conversation-items.ts';
+import type { ResponseSpec } from '../shared/response-record.ts';
 import { ApiError } from '../shared/errors.ts';
 import { decodeFailure, TurnResult, type TurnBase, type TurnJob } from '../shared/jobs.ts';
 import { readTurnStream } from '../shared/turn-stream.ts';
@@ -20,6 +22,12 @@ export interface TurnSubmission {
   readonly stop: readonly string[];
   readonly onBusy: 'reject' | 'queue';
   readonly idempotencyKey?: string | undefined;
+  /** Responses API: instructions, how messages are listed as items, the response to record. */
+  readonly instructions?: string | null;
+  readonly itemShapes?: readonly ItemShape[];
+  readonly response?: ResponseSpec;
+  /** Run on the session's stored state without committing (store: false): claims no turn slot. */
+  readonly ephemeral?: boolean;
 }
 
 export interface SubmittedTurn {
@@ -76,7 +84,7 @@ export class TurnService {
     const now = Date.now();
     const deadlineMs = now + config.TURN_TIMEOUT_MS;
     let ownsSlot = false;
-    if (s.session !== null) {
+    if (s.session !== null && !s.ephemeral) {
       const claim = await leases.claimTurn(s.tenant, s.session, turnId, config.TURN_TIMEOUT_MS + 5_000);
       if (claim.claimed) ownsSlot = true;
       else if (s.onBusy === 'reject') {
@@ -104,6 +112,10 @@ export class TurnService {
       deadline_ms: deadlineMs,
       owns_turn_slot: ownsSlot,
       enqueued_at: now,
+      ...(s.instructions != null ? { instructions: s.instructions } : {}),
+      ...(s.itemShapes ? { item_shapes: [...s.itemShapes] } : {}),
+      ...(s.response ? { response: s.response } : {}),
+      ...(s.ephemeral ? { ephemeral: true } : {}),
     };
     try {
       await queues.of(s.model).add('turn', job, {

@@ -148,6 +148,8 @@ export const CreateConversationRequest = z.object({
   /** Absorbed at creation (one version), without generating. */
   items: nullish(z.array(InputItemIn).max(MAX_ITEMS_PER_REQUEST)),
   metadata: nullish(Metadata),
+  /** mamba-serve extension: the conversation's model (default: DEFAULT_MODEL, or the only one served). */
+  model: ModelId.optional(),
 });
 
 export const UpdateConversationRequest = z.object({ metadata: Metadata });
