@@ -222,6 +222,15 @@ describe('responses', () => {
     });
     expect(ok.status).toBe('incomplete');
     expect(ok.truncation).toBe('auto');
+
+    // An item_reference to an earlier reply (the Vercel AI SDK sends them) feeds that reply's text.
+    const ref = await a.responses.create({ ...base, input: [{ role: 'user', content: 'Hi' }, { type: 'item_reference', id: ok.output[0]!.id! }, { role: 'user', content: 'Go on.' }] });
+    const refItems = await a.responses.inputItems.list(ref.id, { order: 'asc' });
+    expect(refItems.data.map((i) => i.type === 'message' && i.role)).toEqual(['user', 'assistant', 'user']);
+    expect((refItems.data[1] as { content: Array<{ text: string }> }).content[0]!.text).toBe(ok.output_text);
+    const foreign = await raw('POST', '/v1/responses', { ...base, input: [{ type: 'item_reference', id: ok.output[0]!.id }] }, KEY_B);
+    expect(foreign.status).toBe(404);
+    expect(foreign.json.error.code).toBe('item_not_found');
   });
 });
 
