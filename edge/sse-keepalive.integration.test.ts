@@ -1,7 +1,7 @@
 // Keep-alive comments on real streams: turns queued while no worker runs (QUEUE_WITHOUT_WORKERS,
 // as in a deployment waiting for a cold GPU worker) send `: keep-alive` while they wait, on the
-// native turn stream and on the OpenAI-compatible chat stream, which the real `openai` client
-// reads as if they were not there.
+// native turn stream and on the OpenAI-compatible chat and Responses streams, which the real
+// `openai` client reads as if they were not there.
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TurnResponse } from '../shared/api-schemas.ts';
@@ -119,5 +119,39 @@ describe('SSE keep-alive while a turn waits for a worker', () => {
     const raw = seen!.text;
     expect(raw.indexOf(SSE_KEEPALIVE)).toBeGreaterThan(raw.indexOf('"role":"assistant"'));
     expect(raw.trimEnd().endsWith('data: [DONE]')).toBe(true);
+  });
+
+  it('responses stream: the openai client reads the events around the comments', async () => {
+    let seen: ReturnType<typeof observe> | undefined;
+    const client = new OpenAI({
+      baseURL: `${serving.url}/v1`,
+      apiKey: 'local',
+      maxRetries: 0,
+      fetch: async (input: string | URL | Request, init?: RequestInit) => {
+        const res = await fetch(input, init);
+        if (!res.body) return res;
+        const [forClient, forTest] = res.body.tee();
+        seen = observe(forTest);
+        return new Response(forClient, { status: res.status, statusText: res.statusText, headers: res.headers });
+      },
+    });
+    const stream = await client.responses.create({ model: 'tiny', input: 'wait for it', max_output_tokens: 6, temperature: 0, stream: true });
+    await waitFor(() => keepAlives(seen?.text ?? '') >= 3, 'keep-alive comments while queued');
+    const streamSeen = seen!; // the calls below go through the same fetch
+    // While it waits, the response is visible as in progress, and cannot be deleted yet.
+    const id = /"id":"(resp_[A-Za-z0-9_-]+)"/.exec(streamSeen.text)![1]!;
+    expect((await client.responses.retrieve(id)).status).toBe('in_progress');
+    await expect(client.responses.delete(id)).rejects.toMatchObject({ status: 409, error: { code: 'response_in_progress' } });
+    const events: OpenAI.Responses.ResponseStreamEvent[] = [];
+    const read = (async () => {
+      for await (const e of stream) events.push(e);
+    })();
+    await runWorkerUntil(read);
+    expect(events.map((e) => e.sequence_number)).toEqual(events.map((_, i) => i));
+    expect(events[0]!.type).toBe('response.created');
+    expect(events.at(-1)!.type).toMatch(/^response\.(completed|incomplete)$/);
+    // The events that need no worker went out first, then comments while the turn waited.
+    await streamSeen.ended;
+    expect(streamSeen.text.indexOf(SSE_KEEPALIVE)).toBeGreaterThan(streamSeen.text.indexOf('response.content_part.added'));
   });
 });

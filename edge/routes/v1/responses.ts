@@ -2,7 +2,7 @@
 // service (edge/response-service.ts) decides which session version a response continues; the
 // events are built in edge/response-events.ts and written through edge/sse.ts.
 import { Hono, type Context } from 'hono';
-import { ApiError } from '../../../shared/errors.ts';
+import { ApiError, isErrorCode } from '../../../shared/errors.ts';
 import { responseObject, viewOfRecord, viewOfResult, type ResponseView } from '../../../shared/response-record.ts';
 import { CreateResponseRequest, RetrieveResponseQuery, type ResponseStreamEvent } from '../../../shared/responses-api.ts';
 import type { EdgeEnv } from '../../auth.ts';
@@ -51,7 +51,10 @@ export function responseRoutes(deps: EdgeDeps, responses: ResponseService, turns
         };
         await emit(events.start());
         if ('done' in source) {
-          if (source.done.status === 'failed') throw new ApiError('turn_failed', source.done.error?.message ?? 'the response failed');
+          if (source.done.status === 'failed') {
+            const code = source.done.error?.code;
+            throw new ApiError(isErrorCode(code) ? code : 'turn_failed', source.done.error?.message ?? 'the response failed');
+          }
           if (source.done.outputText) await emit([events.delta(source.done.outputText)]);
           await emit(events.finish(source.done));
           return;
