@@ -329,7 +329,8 @@ export class TurnRunner {
     if (job.session === null || !manifest) return { state: await engine.newState(), base: null, source: 'empty' };
     const base = await this.baseVersion(job, manifest);
     const key = stateCacheKey(job.tenant, job.session, manifest.incarnation, base.version);
-    // An ephemeral turn must not take the cached state: it would advance the only copy and drop it.
+    // An ephemeral turn reads the stored copy: taking the cached one (and discarding it after)
+    // would cost the session's next turn its hot state.
     const cached = job.ephemeral ? undefined : this.deps.cache.take(key);
     if (cached) return { state: cached, base, source: 'cache' };
     if (base.state_bytes === 0) return { state: await engine.newState(), base, source: 'empty' };
