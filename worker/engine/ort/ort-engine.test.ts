@@ -1,5 +1,6 @@
 // The ORT engine held to the plain reference: full prompt == step by step == resumed from
 // exported bytes == reference, on random checkpoints in every layout the loader accepts.
+import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -205,6 +206,14 @@ describe('ORT engine behaviour', () => {
     await expect(ort.prefill(state, Int32Array.of(1))).rejects.toMatchObject({ code: 'state_freed' });
     const ref = await ReferenceEngine.load(ckpt);
     await expect(ort.prefill(await ref.newState(), Int32Array.of(1))).rejects.toMatchObject({ code: 'state_foreign' });
+  });
+
+  it('close() right after freeState() finishes before a script with nothing else to do exits', () => {
+    const script = join(import.meta.dirname, 'testing', 'close-after-free.mts');
+    const run = spawnSync(process.execPath, ['--import', 'tsx', script, ckpt.dir, cacheDir()], { encoding: 'utf8', timeout: 60_000 });
+    expect(run.stderr).toBe('');
+    expect(run.stdout).toContain('closed cleanly');
+    expect(run.status).toBe(0);
   });
 
   it('keeps the event loop free while a prefill runs', async () => {

@@ -21,6 +21,7 @@ import { layersOfType } from '../../model/mamba-config.ts';
 import { modelInfoFromCheckpoint } from '../model-info.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
 import { transposeLast2 } from './transpose.ts';
+import { swapRingAxes } from './window-inputs.mjs';
 
 export interface OrtEngineOptions {
   /** Where graph builds are cached (MODEL_CACHE_DIR). */
@@ -137,6 +138,16 @@ export class OrtEngine implements Engine {
     return state;
   }
 
+  /** Rings between .mstate's [A, W, KV, hd] and the graph's [A, KV, W, hd] (empty for a pure model). */
+  private ringsToGraph(rings: Float32Array, to: 'graph' | 'mstate'): Float32Array {
+    const h = this.model.config.hybrid;
+    if (!h || rings.length === 0) return new Float32Array(0);
+    const layers = rings.length / (h.window * h.numKvHeads * h.headDim);
+    return to === 'graph'
+      ? swapRingAxes(rings, layers, h.window, h.numKvHeads, h.headDim)
+      : swapRingAxes(rings, layers, h.numKvHeads, h.window, h.headDim);
+  }
+
   async newState(): Promise<StateHandle> {
     const s = new OrtState(this.nextState++, 0);
     await this.call({ op: 'new', sid: s.sid });
@@ -159,12 +170,14 @@ export class OrtEngine implements Engine {
   async importState(bytes: Uint8Array): Promise<ImportedState> {
     const imported = importHostState('ort', this.model, bytes);
     const s = new OrtState(this.nextState++, imported.state.tokensAbsorbed);
-    // HF layout ([M, D, K], [M, D, N]) to the graph's ([M, K, D], [M, N, D]); rings are the same in both.
+    // HF layout ([M, D, K], [M, D, N]) to the graph's ([M, K, D], [M, N, D]); rings from
+    // .mstate's [A, W, KV, hd] to the graph's [A, KV, W, hd].
     const { intermediate_size: D, conv_kernel: K, state_size: N } = this.model.layout;
     const nL = this.mambaLayers;
     const conv = transposeLast2(imported.state.conv, nL, D, K);
     const ssm = transposeLast2(imported.state.ssm, nL, D, N);
-    const { attnK: k, attnV: v } = imported.state;
+    const k = this.ringsToGraph(imported.state.attnK, 'graph');
+    const v = this.ringsToGraph(imported.state.attnV, 'graph');
     const buffers = [conv.buffer, ssm.buffer, k.buffer, v.buffer] as ArrayBuffer[];
     await this.call({ op: 'set', sid: s.sid, conv, ssm, k, v }, [...new Set(buffers)]);
     return { state: s, parentVersion: imported.parentVersion, transcriptHash: imported.transcriptHash };
@@ -175,7 +188,7 @@ export class OrtEngine implements Engine {
     const { conv, ssm, k, v } = await this.call<{ conv: Float32Array; ssm: Float32Array; k: Float32Array; v: Float32Array }>({ op: 'get', sid: s.sid });
     const { intermediate_size: D, conv_kernel: K, state_size: N } = this.model.layout;
     const nL = this.mambaLayers;
-    const hf = new HostState('ort', transposeLast2(conv, nL, K, D), transposeLast2(ssm, nL, N, D), s.tokensAbsorbed, k, v);
+    const hf = new HostState('ort', transposeLast2(conv, nL, K, D), transposeLast2(ssm, nL, N, D), s.tokensAbsorbed, this.ringsToGraph(k, 'mstate'), this.ringsToGraph(v, 'mstate'));
     return exportHostState(this.model, hf, meta);
   }
 
@@ -212,7 +225,19 @@ export class OrtEngine implements Engine {
 
   async close(): Promise<void> {
     if (this.closed) return;
+    // Release the session on its own thread first, after whatever it is still doing (requests
+    // run in order): terminating a thread while ONNX Runtime's session is alive and a request is
+    // in flight was seen to never finish (a script that freed a state and closed the engine
+    // exited mid-await, code 13).
+    try {
+      await this.call({ op: 'close' });
+    } catch {
+      // The thread already stopped: nothing to release.
+    }
     this.closed = new EngineError('engine_closed', 'engine is closed');
+    // Hold a ref until the thread is gone: an unref'd thread's terminate() does not keep the
+    // process alive.
+    this.thread.ref();
     await this.thread.terminate();
   }
 }

@@ -10,7 +10,7 @@
 // every runner (tsx, vitest), and this file needs nothing but onnxruntime-node.
 //
 // A state is one array per layer and kind (conv [K, D], ssm [N, D] per Mamba layer; a hybrid's
-// key and value rings [W, KV, hd] per attention layer), matching the graph's per-layer inputs
+// key and value rings [KV, W, hd] per attention layer), matching the graph's per-layer inputs
 // and outputs, in the graph's layout (see mamba-graph.ts, attention-graph.ts). The rings are
 // not graph outputs: the graph returns each call's new keys and values, and this thread
 // writes them into the rings in place (window-inputs.mjs), so a decode step copies one row
@@ -84,7 +84,7 @@ function feeds(B, L, tokens, logitsStart, conv, ssm, k, v, positions) {
     f[`ssm_state_${i}`] = new ort.Tensor('float32', ssm[i], [B, dState, dInner]);
   }
   if (attention) {
-    const ringShape = [B, attention.window, attention.kvHeads, attention.headDim];
+    const ringShape = [B, attention.kvHeads, attention.window, attention.headDim];
     for (let a = 0; a < attnLayers; a++) {
       f[`attn_k_${a}`] = new ort.Tensor('float32', k[a], ringShape);
       f[`attn_v_${a}`] = new ort.Tensor('float32', v[a], ringShape);
@@ -110,8 +110,8 @@ function outputs(out) {
 function writeRings(out, b, L, rings, start) {
   for (let a = 0; a < attnLayers; a++) {
     const rows = L * ringWidth;
-    writeRing(rings.k[a], out[`attn_k_new_${a}`].data.subarray(b * rows, (b + 1) * rows), attention.window, ringWidth, start);
-    writeRing(rings.v[a], out[`attn_v_new_${a}`].data.subarray(b * rows, (b + 1) * rows), attention.window, ringWidth, start);
+    writeRing(rings.k[a], out[`attn_k_new_${a}`].data.subarray(b * rows, (b + 1) * rows), attention.window, attention.kvHeads, attention.headDim, start);
+    writeRing(rings.v[a], out[`attn_v_new_${a}`].data.subarray(b * rows, (b + 1) * rows), attention.window, attention.kvHeads, attention.headDim, start);
   }
 }
 
@@ -200,7 +200,7 @@ const handlers = {
     });
     return { result: null };
   },
-  /** conv [layers, K, D] and ssm [layers, N, D] (the engine transposed them from HF layout); k, v [attention layers, W, KV, hd]. */
+  /** conv [layers, K, D] and ssm [layers, N, D] (the engine transposed them from HF layout); k, v [attention layers, KV, W, hd]. */
   set({ sid, conv, ssm, k, v }) {
     if (conv.length !== layers * convLayer || ssm.length !== layers * ssmLayer) throw new Error('state arrays have the wrong size');
     if (k.length !== attnLayers * ringLayer || v.length !== attnLayers * ringLayer) throw new Error('attention rings have the wrong size');
@@ -233,6 +233,14 @@ const handlers = {
   },
   prefill,
   decode,
+  /** Let go of the session and every state before the engine terminates this thread. */
+  async close() {
+    batch = null;
+    states.clear();
+    await session?.release();
+    session = undefined;
+    return { result: null };
+  },
 };
 
 // Requests run strictly one after another: a state is never read while a run writes it.
