@@ -11,7 +11,9 @@
 // (slot = position mod W). A graph that output the whole ring would copy W x KV x hd floats
 // per layer per decode step for the sake of one row.
 //
-// Inputs per attention layer a: attn_k_{a}, attn_v_{a} [B, W, KV, hd] (keys after RoPE);
+// Inputs per attention layer a: attn_k_{a}, attn_v_{a} [B, KV, W, hd] (keys after RoPE; KV-major,
+// so each head's window is a contiguous [W, hd] matrix the MatMuls read in place; the .mstate
+// layout [W, KV, hd] is converted on import/export only);
 // shared: attn_mask [B, L, W + L], and rope_cos / rope_sin [B, L, hd] when the model uses RoPE.
 // Outputs per layer: attn_k_new_{a}, attn_v_new_{a} [B, L, KV, hd].
 import type { ExternalRef, GraphBuilder } from './onnx-builder.ts';
@@ -126,16 +128,23 @@ export function emitAttentionLayer(
   const kNew = rope(heads(linear(h, w.kT, w.kBias), KV)); // [B, L, KV, hd]
   const vNew = heads(linear(h, w.vT, w.vBias), KV);
 
-  const keys = g.op('Concat', [ringInput('k', slot), kNew], { axis: 1 }); // [B, W+L, KV, hd]
-  const values = g.op('Concat', [ringInput('v', slot), vNew], { axis: 1 });
-  const kT = g.op('Transpose', [keys], { perm: [0, 2, 3, 1] }); // [B, KV, hd, W+L]
-  const vH = g.op('Transpose', [values], { perm: [0, 2, 1, 3] }); // [B, KV, W+L, hd]
   // Query head h = kv * group + g reads key/value head kv: rows of one KV head are (g, position).
   const qG = g.op('Reshape', [q, i64(0, 0, KV, group, hd)]);
   const qRows = g.op('Reshape', [g.op('Transpose', [qG], { perm: [0, 2, 3, 1, 4] }), i64(0, KV, -1, hd)]); // [B, KV, G*L, hd]
-  const scores = g.op('Add', [g.op('MatMul', [qRows, kT]), shared.mask]); // [B, KV, G*L, W+L]
+  // The ring ([B, KV, W, hd]) is read where it lies: its scores through a transposed MatMul
+  // (ORT fuses the Transpose into the MatMul), its values as the MatMul's right operand. Only
+  // the call's few new keys are moved; concatenating them to the ring first would copy the
+  // whole window twice per layer per step.
+  const ringScores = g.op('MatMul', [qRows, g.op('Transpose', [ringInput('k', slot)], { perm: [0, 1, 3, 2] })]); // [B, KV, G*L, W]
+  const newScores = g.op('MatMul', [qRows, g.op('Transpose', [kNew], { perm: [0, 2, 3, 1] })]); // [B, KV, G*L, L]
+  const scores = g.op('Add', [g.op('Concat', [ringScores, newScores], { axis: 3 }), shared.mask]); // [B, KV, G*L, W+L]
   const probs = g.op('Softmax', [scores], { axis: -1 });
-  const ctx = g.op('MatMul', [probs, vH]); // [B, KV, G*L, hd]
+  const ringProbs = g.op('Slice', [probs, i64(0), i64(dims.W), i64(3)]);
+  const newProbs = g.op('Slice', [probs, i64(dims.W), i64(Number.MAX_SAFE_INTEGER), i64(3)]);
+  const ctx = g.op('Add', [
+    g.op('MatMul', [ringProbs, ringInput('v', slot)]),
+    g.op('MatMul', [newProbs, g.op('Transpose', [vNew], { perm: [0, 2, 1, 3] })]),
+  ]); // [B, KV, G*L, hd]
   const ctxG = g.op('Reshape', [ctx, i64(0, KV, group, -1, hd)]); // [B, KV, G, L, hd]
   const merged = g.op('Reshape', [g.op('Transpose', [ctxG], { perm: [0, 3, 1, 2, 4] }), i64(0, 0, H * hd)]); // [B, L, H*hd]
   return { out: linear(merged, w.oT, w.oBias), kNew, vNew };

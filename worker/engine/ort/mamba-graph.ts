@@ -77,7 +77,7 @@ export const stateInput = (kind: 'conv' | 'ssm', layer: number) => `${kind}_stat
 export const stateOutput = (kind: 'conv' | 'ssm', layer: number) => `${kind}_state_out_${layer}`;
 
 /** Bumped whenever the graph changes, so cached builds of an older graph are rebuilt. */
-export const GRAPH_VERSION = 6;
+export const GRAPH_VERSION = 7;
 
 type Mode = 'step' | 'seq';
 
@@ -315,8 +315,8 @@ export function buildMambaGraph(ckpt: Pick<Checkpoint, 'config' | 'vocabRows'>, 
   for (let i = 0; i < nMamba; i++) g.input(stateInput('ssm', i), 'float', ['batch', N, D]);
   const a = dims.attention;
   if (a) {
-    for (let i = 0; i < nAttn; i++) g.input(ringInput('k', i), 'float', ['batch', a.W, a.KV, a.hd]);
-    for (let i = 0; i < nAttn; i++) g.input(ringInput('v', i), 'float', ['batch', a.W, a.KV, a.hd]);
+    for (let i = 0; i < nAttn; i++) g.input(ringInput('k', i), 'float', ['batch', a.KV, a.W, a.hd]);
+    for (let i = 0; i < nAttn; i++) g.input(ringInput('v', i), 'float', ['batch', a.KV, a.W, a.hd]);
     g.input(ATTENTION_INPUTS.mask, 'float', ['batch', 'seq', 'keys']);
     if (a.rope) {
       g.input(ATTENTION_INPUTS.cos, 'float', ['batch', 'seq', a.hd]);

@@ -104,18 +104,48 @@ export function windowMask(W, starts, L) {
 
 /**
  * Write a call's new keys (or values) of one batch row into its ring: position start + m goes
- * to slot (start + m) mod W; only the last W of them survive.
- * @param {Float32Array} ring [W * width]
- * @param {Float32Array} fresh [L * width] (this row's new keys, rotated)
+ * to slot (start + m) mod W of every KV head; only the last W of them survive. The ring is
+ * KV-major [KV, W, hd] (each head's window contiguous, as the graph's MatMuls read it); the
+ * new rows come as the graph returns them, [L, KV, hd].
+ * @param {Float32Array} ring [KV * W * hd]
+ * @param {Float32Array} fresh [L * KV * hd] (this row's new keys, rotated)
  * @param {number} W
- * @param {number} width KV * hd
+ * @param {number} kvHeads
+ * @param {number} hd
  * @param {number} start absolute position of fresh's first row
  */
-export function writeRing(ring, fresh, W, width, start) {
+export function writeRing(ring, fresh, W, kvHeads, hd, start) {
+  const width = kvHeads * hd;
   const L = fresh.length / width;
   for (let m = Math.max(0, L - W); m < L; m++) {
-    ring.set(fresh.subarray(m * width, (m + 1) * width), ((start + m) % W) * width);
+    const slot = (start + m) % W;
+    for (let kv = 0; kv < kvHeads; kv++) {
+      ring.set(fresh.subarray(m * width + kv * hd, m * width + (kv + 1) * hd), (kv * W + slot) * hd);
+    }
   }
+}
+
+/**
+ * Swap a ring's first two axes, layer by layer: [layers, a, b, hd] -> [layers, b, a, hd].
+ * The `.mstate` layout is [W, KV, hd] per layer (slot-major, like a KV cache); the ORT engine
+ * keeps [KV, W, hd]; import and export convert.
+ * @param {Float32Array} data
+ * @param {number} layers
+ * @param {number} a
+ * @param {number} b
+ * @param {number} hd
+ */
+export function swapRingAxes(data, layers, a, b, hd) {
+  const out = new Float32Array(data.length);
+  const layer = a * b * hd;
+  for (let l = 0; l < layers; l++) {
+    for (let i = 0; i < a; i++) {
+      for (let j = 0; j < b; j++) {
+        out.set(data.subarray(l * layer + (i * b + j) * hd, l * layer + (i * b + j + 1) * hd), l * layer + (j * a + i) * hd);
+      }
+    }
+  }
+  return out;
 }
 
 /** Bytes the scores of one attention layer may take in one prefill call. */

@@ -2,7 +2,7 @@
 // written out by position, the ring writes, the prefill piece size, and the RoPE tables against
 // angles reduced exactly (BigInt fixed point), far beyond where fp32 angles fall apart.
 import { describe, expect, it } from 'vitest';
-import { hybridPrefillChunk, ropeAngle, ropeInvFreq, ropeTables, windowMask, writeRing } from './window-inputs.mjs';
+import { hybridPrefillChunk, ropeAngle, ropeInvFreq, ropeTables, swapRingAxes, windowMask, writeRing } from './window-inputs.mjs';
 
 /** 2*pi to 60 decimals. */
 const TWO_PI_DIGITS = 6283185307179586476925286766559005768394338798750211641949889n; // x 10^-60
@@ -102,16 +102,30 @@ describe('window mask', () => {
 });
 
 describe('ring writes', () => {
-  it('put position p in slot p mod W and keep only the last W', () => {
+  it('put position p in slot p mod W of every KV head and keep only the last W', () => {
     const W = 3;
-    const width = 2;
-    const ring = new Float32Array(W * width);
-    const fresh = Float32Array.from({ length: 5 * width }, (_, i) => 100 + Math.floor(i / width)); // rows = positions 7..11
-    writeRing(ring, fresh, W, width, 7);
-    // positions 9, 10, 11 survive, in slots 0, 1, 2
-    expect(Array.from(ring)).toEqual([102, 102, 103, 103, 104, 104]);
-    writeRing(ring, Float32Array.of(7, 7), W, width, 12); // position 12 -> slot 0
-    expect(Array.from(ring)).toEqual([7, 7, 103, 103, 104, 104]);
+    const kvHeads = 2;
+    const hd = 2;
+    const ring = new Float32Array(kvHeads * W * hd);
+    // rows = positions 7..11, each [KV, hd]: head 0 holds 10*p, head 1 holds 10*p + 1
+    const fresh = Float32Array.from({ length: 5 * kvHeads * hd }, (_, i) => 10 * (7 + Math.floor(i / 4)) + (Math.floor(i / 2) % 2));
+    writeRing(ring, fresh, W, kvHeads, hd, 7);
+    // positions 9, 10, 11 survive in slots 0, 1, 2; the ring is [KV, W, hd]
+    expect(Array.from(ring)).toEqual([90, 90, 100, 100, 110, 110, 91, 91, 101, 101, 111, 111]);
+    writeRing(ring, Float32Array.of(5, 5, 6, 6), W, kvHeads, hd, 12); // position 12 -> slot 0
+    expect(Array.from(ring)).toEqual([5, 5, 100, 100, 110, 110, 6, 6, 101, 101, 111, 111]);
+  });
+
+  it('converts between the .mstate layout [W, KV, hd] and the engine layout [KV, W, hd], per layer', () => {
+    const layers = 2;
+    const W = 3;
+    const kv = 2;
+    const hd = 2;
+    const mstate = Float32Array.from({ length: layers * W * kv * hd }, (_, i) => i);
+    const graph = swapRingAxes(mstate, layers, W, kv, hd);
+    // layer 0, head 1, slot 2 = mstate [0][2][1] = (2 * 2 + 1) * 2 = 10
+    expect(Array.from(graph.subarray((1 * W + 2) * hd, (1 * W + 2) * hd + hd))).toEqual([10, 11]);
+    expect(Array.from(swapRingAxes(graph, layers, kv, W, hd))).toEqual(Array.from(mstate));
   });
 });
 
