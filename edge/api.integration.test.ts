@@ -3,6 +3,7 @@
 // nothing written, concurrency on one session, idempotency, chat prefix reuse and forks,
 // state export/import, SSE.
 import { request } from 'node:http';
+import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ErrorResponse, ModelList, SessionCreated, SessionInfo, TurnResponse, VersionList } from '../shared/api-schemas.ts';
 import { encodeMState, readMStateHeader } from '../shared/mstate.ts';
@@ -228,14 +229,34 @@ describe('one session, several requests', () => {
     expect(ok.json.version).toBe(2);
   });
 
-  it('the same Idempotency-Key is the same turn', async () => {
+  it('the same Idempotency-Key is the same turn; with another body it is 422', async () => {
     const s = await newSession();
-    const send = () => call('POST', `/v1/sessions/${s.id}/turns`, { input: 'once', max_tokens: 4 }, { headers: { 'Idempotency-Key': 'abc-123' } });
-    const first = await send();
-    const again = await send();
+    const send = (body: Record<string, unknown>) => call('POST', `/v1/sessions/${s.id}/turns`, { input: 'once', max_tokens: 4, ...body }, { headers: { 'Idempotency-Key': 'abc-123' } });
+    const first = await send({ if_version: 0 });
+    // Replayed from the stored result, though if_version no longer matches the head the turn moved.
+    const again = await send({ if_version: 0 });
     expect(first.status).toBe(200);
     expect(again.json).toEqual(first.json);
+    const reused = await send({ input: 'something else' });
+    expectError(reused, 422, 'idempotency_key_reused');
+    expect(reused.headers.get('x-should-retry')).toBe('false');
     expect((await versions(s.id)).head).toBe(1);
+  });
+
+  it('every error carries its retry hint: a busy session says retry after 1 s', async () => {
+    const s = await newSession();
+    const turns = `/v1/sessions/${s.id}/turns`;
+    const [a, b] = await Promise.all([
+      call('POST', turns, { input: 'long one', max_tokens: 1500, temperature: 0 }),
+      call('POST', turns, { input: 'second', max_tokens: 1, temperature: 0 }),
+    ]);
+    const busy = [a, b].find((r) => r.status === 409)!;
+    expectError(busy, 409, 'session_busy');
+    expect(busy.headers.get('x-should-retry')).toBe('true');
+    expect(busy.headers.get('retry-after')).toBe('1');
+    const missing = await call('GET', '/v1/sessions/not-there');
+    expect(missing.headers.get('x-should-retry')).toBe('false');
+    expect(missing.headers.get('retry-after')).toBeNull();
   });
 });
 
@@ -338,6 +359,64 @@ describe('chat completions with a session', () => {
     const list = await versions('chat-1');
     expect(list.head).toBe(3);
     expect(list.data.at(-1)).toMatchObject({ version: 3, parent: 1 });
+  });
+
+  it('append: only the new message, added to whatever the head holds; fork and append exclude each other', async () => {
+    const first = await chat({ messages: [{ role: 'user', content: 'My locker code is 4812.' }] }, { 'X-Session-Id': 'appender' });
+    expect(first.status, JSON.stringify(first.json)).toBe(200);
+    const v1 = (await versions('appender')).data.at(-1)!;
+    // Without append, a lone new message does not extend the head: 409, and the error says how to append.
+    const lone = [{ role: 'user', content: 'What is my locker code?' }];
+    const diverged = await chat({ messages: lone }, { 'X-Session-Id': 'appender' });
+    expectError(diverged, 409, 'conversation_diverged');
+    expect(diverged.json.error.message).toMatch(/append/);
+    expect(diverged.headers.get('x-should-retry')).toBe('false');
+    const byHeader = await chat({ messages: lone }, { 'X-Session-Id': 'appender', 'X-Session-Append': 'true' });
+    expect(byHeader.status, JSON.stringify(byHeader.json)).toBe(200);
+    expect(byHeader.json.usage.prompt_tokens_details.cached_tokens).toBe(v1.tokens_absorbed);
+    expect(byHeader.json.session_version).toBe(2);
+    const byBody = await chat({ messages: [{ role: 'user', content: 'Thanks.' }], session_id: 'appender', append: true });
+    expect(byBody.json.session_version).toBe(3);
+    expect((await versions('appender')).data.map((v) => v.parent)).toEqual([null, 0, 1, 2]);
+    expectError(await chat({ messages: lone, session_id: 'appender', append: true, fork: true }), 400, 'invalid_request');
+    expectError(await chat({ messages: lone, append: true }), 400, 'invalid_request');
+  });
+
+  it('a retried chat (same Idempotency-Key and body) after it succeeded gets the stored answer; another body is 422', async () => {
+    const messages = [{ role: 'user', content: 'Say something.' }];
+    const send = (body: Record<string, unknown>) => chat({ messages, session_id: 'retried', ...body }, { 'Idempotency-Key': 'chat-key-1' });
+    const first = await send({});
+    expect(first.status, JSON.stringify(first.json)).toBe(200);
+    const again = await send({});
+    expect(again.status, JSON.stringify(again.json)).toBe(200);
+    expect(again.json.id).toBe(first.json.id);
+    expect(again.json.choices).toEqual(first.json.choices);
+    expect((await versions('retried')).head).toBe(1);
+    expectError(await send({ messages: [{ role: 'user', content: 'Something else.' }] }), 422, 'idempotency_key_reused');
+    // Stateless chats are keyed per tenant: the same holds without a session.
+    const stateless = (content: string) => call('POST', '/v1/chat/completions', { model: 'tiny', max_tokens: 3, temperature: 0, messages: [{ role: 'user', content }] }, { headers: { 'Idempotency-Key': 'chat-key-2' } });
+    const s1 = await stateless('one');
+    expect((await stateless('one')).json.id).toBe(s1.json.id);
+    expectError(await stateless('two'), 422, 'idempotency_key_reused');
+  });
+
+  it('the official openai client does not resend a request that cannot succeed', async () => {
+    let requests = 0;
+    const client = new OpenAI({
+      baseURL: `${serving.url}/v1`,
+      apiKey: KEY_A,
+      fetch: (url, init) => {
+        requests++;
+        return fetch(url, init);
+      },
+    });
+    await client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'Hi.' }], max_tokens: 2 }, { headers: { 'X-Session-Id': 'no-resend' } });
+    requests = 0;
+    const diverged = await client.chat.completions
+      .create({ model: 'tiny', messages: [{ role: 'user', content: 'Another start.' }], max_tokens: 2 }, { headers: { 'X-Session-Id': 'no-resend' } })
+      .catch((e: unknown) => e);
+    expect(diverged).toBeInstanceOf(OpenAI.ConflictError);
+    expect(requests).toBe(1);
   });
 
   it('without a session it is stateless; session id and header must agree', async () => {

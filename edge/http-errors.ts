@@ -4,13 +4,15 @@
 import type { Context } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
-import { ApiError, RETRYABLE_CODES } from '../shared/errors.ts';
+import { ApiError, DEFAULT_RETRY_AFTER_S, RETRYABLE_CODES } from '../shared/errors.ts';
 import { StoreUnavailableError } from '../shared/state-store.ts';
 import type { Logger } from '../shared/logger.ts';
 
 export function errorResponse(c: Context, error: ApiError): Response {
-  if (error.retryAfterSeconds !== undefined) c.header('Retry-After', String(error.retryAfterSeconds));
-  // The OpenAI clients retry 408/409/429/5xx unless told otherwise (shared/errors.ts).
+  // Every error carries its retry hint (shared/errors.ts): the OpenAI clients retry
+  // 408/409/429/5xx unless told otherwise, and wait Retry-After when it is given.
+  const retryAfter = error.retryAfterSeconds ?? DEFAULT_RETRY_AFTER_S[error.code];
+  if (retryAfter !== undefined) c.header('Retry-After', String(retryAfter));
   c.header('x-should-retry', RETRYABLE_CODES.has(error.code) ? 'true' : 'false');
   return c.json(error.toBody(), error.status as ContentfulStatusCode);
 }

@@ -18,6 +18,7 @@ import { ResponseStore } from '../shared/response-store.ts';
 import type { CreateResponseRequest, ItemList, ItemListQuery } from '../shared/responses-api.ts';
 import type { EdgeDeps } from './deps.ts';
 import { pageOfItems } from './item-pages.ts';
+import { requestFingerprint } from './idempotency.ts';
 import { absorbInput, checkResponseParameters } from './response-input.ts';
 import { newSessionId, type SessionService } from './session-service.ts';
 import { checkMaxTokens, DEFAULT_MAX_TOKENS } from './turn-params.ts';
@@ -55,6 +56,7 @@ export class ResponseService {
     const input = await absorbInput(body.input, tenant, deps.sessions);
     // Under an Idempotency-Key every id is derived from it, so a retried request is the same response.
     const derived = idempotencyKey ? createHash('sha256').update(`${tenant}\0responses\0${idempotencyKey}`).digest('base64url') : undefined;
+    const requestHash = idempotencyKey ? requestFingerprint('response', body) : undefined;
 
     let session: string | null;
     let model: string;
@@ -106,11 +108,15 @@ export class ResponseService {
       parallel_tool_calls: body.parallel_tool_calls ?? true,
       tool_choice: body.tool_choice === 'none' ? 'none' : 'auto',
       input_items: input.messages.length,
+      ...(requestHash ? { request_sha256: requestHash } : {}),
     };
     if (derived && store) {
       // A retry of a finished response: replayed from its turn's token stream while that lasts
       // (the same events, numbered the same, so Last-Event-ID resumes), else from its record.
       const existing = await this.records.read(tenant, id);
+      if (existing?.request_sha256 !== undefined && existing.request_sha256 !== requestHash) {
+        throw new ApiError('idempotency_key_reused', `Idempotency-Key "${idempotencyKey}" was already used for a different request (response ${id}); use a new key for a new request`);
+      }
       if (existing && !(await deps.redis.exists(deps.keys.turnStream(existing.turn_id)))) return { spec: existing, session: existing.session, record: existing };
     }
     if (newChain && session !== null) await this.sessions.getOrCreate(tenant, session, model);
@@ -128,6 +134,7 @@ export class ResponseService {
       // Responses on one session run one after the other; continuing any of them never conflicts.
       onBusy: 'queue',
       idempotencyKey,
+      requestHash,
       instructions: spec.instructions,
       itemShapes: input.shapes,
       ...(store ? { response: spec } : { ephemeral: session !== null }),

@@ -128,6 +128,14 @@ describe('responses', () => {
     expect(whole.every((e) => e['event'] === JSON.parse(e['data']!).type)).toBe(true);
     const rest = sse(await post({ 'last-event-id': '5' }));
     expect(rest.map((e) => e['data'])).toEqual(whole.slice(6).map((e) => e['data']));
+    // The same key with another request is refused, not answered with the first one's reply.
+    const reused = await fetch(`${stack.url}/v1/responses`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${KEY_A}`, 'content-type': 'application/json', 'idempotency-key': 'resume-1' },
+      body: JSON.stringify({ ...base, input: 'Something else.' }),
+    });
+    expect(reused.status).toBe(422);
+    expect(((await reused.json()) as any).error.code).toBe('idempotency_key_reused');
 
     // The helper stream on create.
     const helper = ai.responses.stream({ ...base, input: 'Once more.', previous_response_id: id });

@@ -28,6 +28,17 @@ export interface TurnSubmission {
   readonly response?: ResponseSpec;
   /** Run on the session's stored state without committing (store: false): claims no turn slot. */
   readonly ephemeral?: boolean;
+  /** Fingerprint of the request (edge/idempotency.ts), checked against a turn its Idempotency-Key already names. */
+  readonly requestHash?: string;
+}
+
+/** What names an existing turn: an Idempotency-Key, on a session (or none), for a model's queue. */
+export interface ReplayKey {
+  readonly tenant: string;
+  readonly session: string | null;
+  readonly model: string;
+  readonly idempotencyKey: string | undefined;
+  readonly requestHash?: string | undefined;
 }
 
 export interface SubmittedTurn {
@@ -65,13 +76,33 @@ function compareStreamIds(a: string, b: string): number {
 export class TurnService {
   constructor(private readonly deps: EdgeDeps) {}
 
+  /**
+   * The turn an Idempotency-Key already names, while its job is retained (TURN_RETENTION_S):
+   * routes look it up before checking the request against the session's current head, which
+   * the turn itself has moved (a retried chat would otherwise no longer "extend the head").
+   * The same key with another request is 422 idempotency_key_reused.
+   */
+  async replay(k: ReplayKey): Promise<SubmittedTurn | undefined> {
+    if (!k.idempotencyKey) return undefined;
+    const turnId = turnIdFor(k.tenant, k.session, k.idempotencyKey);
+    const existing = await this.deps.queues.getJob(k.model, turnId);
+    if (!existing) return undefined;
+    const stored = existing.data.request_hash;
+    if (k.requestHash !== undefined && stored !== undefined && stored !== k.requestHash) {
+      throw new ApiError(
+        'idempotency_key_reused',
+        `Idempotency-Key "${k.idempotencyKey}" was already used for a different request (turn ${turnId}); use a new key for a new request`,
+        { details: { turn_id: turnId } },
+      );
+    }
+    return { turnId, model: k.model, deadlineMs: existing.data.deadline_ms, replayed: true };
+  }
+
   async submit(s: TurnSubmission): Promise<SubmittedTurn> {
     const { config, queues, leases, served } = this.deps;
     const turnId = turnIdFor(s.tenant, s.session, s.idempotencyKey);
-    if (s.idempotencyKey) {
-      const existing = await queues.getJob(s.model, turnId);
-      if (existing) return { turnId, model: s.model, deadlineMs: existing.data.deadline_ms, replayed: true };
-    }
+    const replayed = await this.replay({ tenant: s.tenant, session: s.session, model: s.model, idempotencyKey: s.idempotencyKey, requestHash: s.requestHash });
+    if (replayed) return replayed;
     // With QUEUE_WITHOUT_WORKERS the turn may wait for a worker to start (it waits at most
     // TURN_TIMEOUT_MS; the worker refuses it after its deadline).
     await served.assertRunnable(s.model);
@@ -116,6 +147,7 @@ export class TurnService {
       ...(s.itemShapes ? { item_shapes: [...s.itemShapes] } : {}),
       ...(s.response ? { response: s.response } : {}),
       ...(s.ephemeral ? { ephemeral: true } : {}),
+      ...(s.requestHash ? { request_hash: s.requestHash } : {}),
     };
     try {
       await queues.of(s.model).add('turn', job, {

@@ -213,6 +213,12 @@ export const ChatCompletionRequest = z.object({
    * Also settable with the header `X-Session-Fork: true`.
    */
   fork: z.boolean().optional(),
+  /**
+   * `messages` are new messages to add to the session's head, whatever it already holds (not
+   * the whole conversation): for clients that keep their history server-side and send one
+   * message a turn. Needs a session; excludes `fork`. Also settable with `X-Session-Append: true`.
+   */
+  append: z.boolean().optional(),
   on_busy: OnBusy.optional(),
 });
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;

@@ -12,6 +12,7 @@ export const ERROR_STATUS = {
   unsupported_content: 400, // input content other than text (images, files) or an unknown item type
   state_invalid: 400, // an imported .mstate is truncated, corrupt or fails its checksum
   state_model_mismatch: 400, // an imported .mstate belongs to another model
+  input_too_long: 400, // a cartridge's documents are more tokens than MAX_CARTRIDGE_TOKENS
   unauthorized: 401,
   session_not_found: 404,
   version_not_found: 404,
@@ -20,6 +21,7 @@ export const ERROR_STATUS = {
   response_not_found: 404, // unknown, deleted, stored with store: false, or another tenant's
   conversation_not_found: 404,
   item_not_found: 404,
+  cartridge_not_found: 404, // unknown, deleted, or another tenant's cartridge
   session_busy: 409, // another turn holds the session
   version_mismatch: 409, // if_version did not match the head
   conversation_diverged: 409, // messages do not extend any stored version
@@ -27,6 +29,10 @@ export const ERROR_STATUS = {
   model_mismatch: 409, // the session belongs to another model than the request names
   response_in_progress: 409, // the response is still being generated (delete it once it is done)
   item_immutable: 409, // a conversation item is part of the stored states and cannot be taken out
+  cartridge_not_ready: 409, // the cartridge is still being built (retryable: it will be ready)
+  cartridge_failed: 409, // the cartridge's build failed: nothing can start from it
+  cartridge_mismatch: 409, // the session exists and did not start from the cartridge named
+  idempotency_key_reused: 422, // an Idempotency-Key already names a request with another body
   payload_too_large: 413,
   queue_full: 429,
   no_worker: 503,
@@ -48,6 +54,7 @@ export type ErrorCode = keyof typeof ERROR_STATUS;
 export const RETRYABLE_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'session_busy',
   'response_in_progress',
+  'cartridge_not_ready',
   'queue_full',
   'no_worker',
   'unavailable',
@@ -55,6 +62,18 @@ export const RETRYABLE_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'turn_timeout',
   'internal_error',
 ]);
+
+/**
+ * Retry-After (seconds) of retryable errors that do not carry their own: the OpenAI clients
+ * wait this long instead of their short exponential backoff. Codes whose wait depends on the
+ * deployment (queue_full, no_worker, unavailable) are given RETRY_AFTER_S where they are raised.
+ */
+export const DEFAULT_RETRY_AFTER_S: Readonly<Partial<Record<ErrorCode, number>>> = {
+  session_busy: 1,
+  response_in_progress: 1,
+  cartridge_not_ready: 5,
+  shutting_down: 1,
+};
 
 export interface ErrorBody {
   error: { code: ErrorCode; message: string; details?: unknown };

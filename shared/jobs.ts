@@ -62,6 +62,11 @@ export const TurnJob = z.object({
   response: ResponseSpec.optional(),
   /** Run on a copy of the base state and commit nothing (Responses API `store: false`). */
   ephemeral: z.boolean().optional(),
+  /**
+   * Fingerprint of the request that made this turn (edge/idempotency.ts): a retry with the same
+   * Idempotency-Key must carry the same one, or it is refused (422 idempotency_key_reused).
+   */
+  request_hash: z.string().regex(/^[0-9a-f]{64}$/).optional(),
 });
 export type TurnJob = z.infer<typeof TurnJob>;
 

@@ -53,6 +53,8 @@ export const ResponseSpec = z.object({
   tool_choice: z.enum(['none', 'auto']),
   /** Input items the request carried (the reply's item index follows them). */
   input_items: z.number().int().nonnegative(),
+  /** Fingerprint of a request made with an Idempotency-Key: a retry with another body is refused. */
+  request_sha256: z.string().regex(/^[0-9a-f]{64}$/).optional(),
 });
 export type ResponseSpec = z.infer<typeof ResponseSpec>;
 

@@ -2,7 +2,9 @@
 // state, nothing stored). With one (`session_id` in the body or the X-Session-Id header; an
 // unknown id is created), `messages` is the whole conversation as OpenAI clients send it: the
 // longest stored version it extends is reused and only the rest is fed; the reused tokens are
-// reported as `usage.prompt_tokens_details.cached_tokens`.
+// reported as `usage.prompt_tokens_details.cached_tokens`. With `append` (or X-Session-Append)
+// `messages` are only the new ones, added to whatever the session's head holds: for agents
+// that keep their history server-side and send one message a turn.
 import { Hono } from 'hono';
 import { z } from 'zod';
 import { ChatCompletionRequest, SessionId, type ChatCompletion, type ChatCompletionChunk, type Message } from '../../../../shared/api-schemas.ts';
@@ -11,12 +13,13 @@ import type { TurnBase, TurnResult } from '../../../../shared/jobs.ts';
 import type { EdgeEnv } from '../../../auth.ts';
 import type { EdgeDeps } from '../../../deps.ts';
 import { toApiError } from '../../../http-errors.ts';
+import { requestFingerprint } from '../../../idempotency.ts';
 import { readJsonBody, validationError } from '../../../request-body.ts';
 import type { SessionService } from '../../../session-service.ts';
 import { sseResponse } from '../../../sse.ts';
 import { serverTiming } from '../sessions/turns.ts';
 import { checkMaxTokens, DEFAULT_MAX_TOKENS, idempotencyKey, stopList } from '../../../turn-params.ts';
-import type { TurnService } from '../../../turn-service.ts';
+import type { SubmittedTurn, TurnService } from '../../../turn-service.ts';
 
 type ChatMessageIn = ChatCompletionRequest['messages'][number];
 
@@ -54,21 +57,31 @@ export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, t
     }
     const sessionId = body.session_id ?? header;
     const fork = body.fork ?? truthy(c.req.header('x-session-fork'));
+    const append = body.append ?? truthy(c.req.header('x-session-append'));
+    if (append && fork) throw new ApiError('invalid_request', 'append and fork exclude each other: append adds the messages to the head, fork continues from an older version');
+    if (append && sessionId === undefined) throw new ApiError('invalid_request', 'append needs a session: send session_id or the X-Session-Id header');
     const maxTokens = checkMaxTokens(
       body.max_completion_tokens ?? body.max_tokens ?? Math.min(DEFAULT_MAX_TOKENS, deps.config.MAX_TOKENS_PER_TURN),
       deps.config,
       body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens',
     );
     const messages = body.messages.map(toMessage);
+    const key = idempotencyKey(c);
+    const requestHash = requestFingerprint('chat', body, { session: sessionId ?? null, fork, append });
 
     let model: string;
     let base: TurnBase = { kind: 'head', if_version: null };
     let toFeed: Message[] = messages;
+    let replayed: SubmittedTurn | undefined;
     if (sessionId === undefined) {
       model = await sessions.resolveModel(body.model);
+      replayed = await turns.replay({ tenant, session: null, model, idempotencyKey: key, requestHash });
     } else {
       const requested = body.model ?? undefined;
       const existing = await deps.sessions.read(tenant, sessionId);
+      // A retried request whose turn already ran is answered from it: matched against the head
+      // it moved, its messages would no longer extend it.
+      replayed = existing ? await turns.replay({ tenant, session: sessionId, model: existing.manifest.model, idempotencyKey: key, requestHash }) : undefined;
       let found = existing;
       if (!found) {
         const newModel = await sessions.resolveModel(requested);
@@ -81,33 +94,39 @@ export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, t
         throw new ApiError('model_mismatch', `session ${sessionId} belongs to model ${m.model}, not ${requested}`);
       }
       model = m.model;
-      const match = sessions.matchConversation(m, messages);
-      if (!match || (!match.isHead && !fork)) {
-        throw new ApiError(
-          'conversation_diverged',
-          `messages do not extend session ${sessionId}'s head (version ${m.head})` +
-            (match ? `; they extend version ${match.version.version} (its first ${match.absorbed} messages)` : '') +
-            '. Send the whole conversation the session has seen, or ask to fork ("fork": true or X-Session-Fork: true) to continue from the longest stored prefix.',
-          { details: { head: m.head, ...(match ? { matched_version: match.version.version, matched_messages: match.absorbed } : {}) } },
-        );
+      if (!replayed && !append) {
+        const match = sessions.matchConversation(m, messages);
+        if (!match || (!match.isHead && !fork)) {
+          throw new ApiError(
+            'conversation_diverged',
+            `messages do not extend session ${sessionId}'s head (version ${m.head})` +
+              (match ? `; they extend version ${match.version.version} (its first ${match.absorbed} messages)` : '') +
+              '. Send the whole conversation the session has seen, send only new messages with "append": true (or X-Session-Append: true), or ask to fork ("fork": true or X-Session-Fork: true) to continue from the longest stored prefix.',
+            { details: { head: m.head, ...(match ? { matched_version: match.version.version, matched_messages: match.absorbed } : {}) } },
+          );
+        }
+        base = { kind: 'version', version: match.version.version, must_be_head: match.isHead };
+        toFeed = messages.slice(match.absorbed);
       }
-      base = { kind: 'version', version: match.version.version, must_be_head: match.isHead };
-      toFeed = messages.slice(match.absorbed);
+      // With append every message is new: the turn runs on the head as the worker finds it.
     }
 
-    const turn = await turns.submit({
-      tenant,
-      session: sessionId ?? null,
-      model,
-      kind: 'turn',
-      base,
-      messages: toFeed,
-      maxTokens,
-      sampling: { temperature: body.temperature ?? 1, top_p: body.top_p ?? 1, top_k: body.top_k ?? 0, seed: body.seed ?? undefined },
-      stop: stopList(body.stop),
-      onBusy: body.on_busy ?? 'reject',
-      idempotencyKey: idempotencyKey(c),
-    });
+    const turn =
+      replayed ??
+      (await turns.submit({
+        tenant,
+        session: sessionId ?? null,
+        model,
+        kind: 'turn',
+        base,
+        messages: toFeed,
+        maxTokens,
+        sampling: { temperature: body.temperature ?? 1, top_p: body.top_p ?? 1, top_k: body.top_k ?? 0, seed: body.seed ?? undefined },
+        stop: stopList(body.stop),
+        onBusy: body.on_busy ?? 'reject',
+        idempotencyKey: key,
+        requestHash,
+      }));
     const id = `chatcmpl-${turn.turnId}`;
     const created = Math.floor(Date.now() / 1000);
     c.header('X-Turn-Id', turn.turnId);

@@ -7,6 +7,7 @@ import type { TurnResult } from '../../../../shared/jobs.ts';
 import type { EdgeEnv } from '../../../auth.ts';
 import type { EdgeDeps } from '../../../deps.ts';
 import { toApiError } from '../../../http-errors.ts';
+import { requestFingerprint } from '../../../idempotency.ts';
 import { readJsonBody } from '../../../request-body.ts';
 import type { SessionService } from '../../../session-service.ts';
 import { sseResponse } from '../../../sse.ts';
@@ -43,23 +44,31 @@ export function sessionTurnRoutes(deps: EdgeDeps, sessions: SessionService, turn
     const body = await readJsonBody(c, TurnRequest);
     checkMaxTokens(body.max_tokens, deps.config, 'max_tokens');
     const { manifest } = await sessions.get(tenant, id);
-    if (body.if_version !== undefined && body.if_version !== manifest.head) {
+    const key = idempotencyKey(c);
+    const requestHash = requestFingerprint('turn', body);
+    // A retry of a turn that already ran is answered from it, before if_version is compared
+    // with a head that the turn itself has moved.
+    const replayed = await turns.replay({ tenant, session: id, model: manifest.model, idempotencyKey: key, requestHash });
+    if (!replayed && body.if_version !== undefined && body.if_version !== manifest.head) {
       throw new ApiError('version_mismatch', `session ${id} is at version ${manifest.head}, not ${body.if_version}`, { details: { head: manifest.head } });
     }
     const messages: Message[] = typeof body.input === 'string' ? [{ role: 'user', content: body.input }] : body.input;
-    const turn = await turns.submit({
-      tenant,
-      session: id,
-      model: manifest.model,
-      kind: 'turn',
-      base: { kind: 'head', if_version: body.if_version ?? null },
-      messages,
-      maxTokens: body.max_tokens,
-      sampling: { temperature: body.temperature, top_p: body.top_p, top_k: body.top_k, seed: body.seed },
-      stop: stopList(body.stop),
-      onBusy: body.on_busy,
-      idempotencyKey: idempotencyKey(c),
-    });
+    const turn =
+      replayed ??
+      (await turns.submit({
+        tenant,
+        session: id,
+        model: manifest.model,
+        kind: 'turn',
+        base: { kind: 'head', if_version: body.if_version ?? null },
+        messages,
+        maxTokens: body.max_tokens,
+        sampling: { temperature: body.temperature, top_p: body.top_p, top_k: body.top_k, seed: body.seed },
+        stop: stopList(body.stop),
+        onBusy: body.on_busy,
+        idempotencyKey: key,
+        requestHash,
+      }));
     c.header('X-Turn-Id', turn.turnId);
     c.header('X-Session-Id', id);
     if (!body.stream) {
