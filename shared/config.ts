@@ -147,6 +147,13 @@ export const WorkerConfigSchema = z.object({
   MODEL_ID: z.string().trim().regex(/^[A-Za-z0-9._:/-]{1,128}$/).optional(),
   /** Where s3:// models are downloaded and ONNX graphs are built. */
   MODEL_CACHE_DIR: z.string().trim().default('.cache/mamba-serve'),
+  /** Hugging Face Hub (MODEL_DIR=org/name[@revision]): as for Python's huggingface_hub. */
+  HF_ENDPOINT: z.string().trim().url().default('https://huggingface.co'),
+  HF_TOKEN: z.string().trim().min(1).optional(),
+  HF_HUB_OFFLINE: bool.default(false),
+  /** The Hub cache; default $HF_HOME/hub, else ~/.cache/huggingface/hub. */
+  HF_HUB_CACHE: z.string().trim().min(1).optional(),
+  HF_HOME: z.string().trim().min(1).optional(),
   /** `reference` is the slow plain-JS engine: for tests with tiny models, never for serving. */
   ENGINE: z.enum(['auto', 'ort', 'cuda', 'reference']).default('auto'),
   ORT_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda']).default('cpu'),
@@ -174,7 +181,7 @@ export function parseEnv<S extends z.ZodType>(schema: S, env: Record<string, str
   const lines = result.error.issues.map((issue) => {
     const name = issue.path.join('.') || '(environment)';
     const value = present[name as keyof typeof present];
-    const shown = value === undefined || /KEY|PASSWORD|SECRET/.test(name) ? '' : ` (got "${String(value).slice(0, 80)}")`;
+    const shown = value === undefined || /KEY|PASSWORD|SECRET|TOKEN/.test(name) ? '' : ` (got "${String(value).slice(0, 80)}")`;
     return `  ${name}: ${issue.message}${shown}`;
   });
   throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);

@@ -11,6 +11,7 @@ import { SequenceDecoder } from './generate/sequence.ts';
 import { loadChatTemplate } from './model/chat-template.ts';
 import { openCheckpoint } from './model/checkpoint.ts';
 import { stateFloats } from './model/mamba-config.ts';
+import { hubOptionsOf } from './model/hub-options.ts';
 import { resolveModelDir } from './model/model-source.ts';
 import { loadTokenizer } from './model/tokenizer.ts';
 
@@ -77,11 +78,22 @@ function requireModel(model: string | undefined): string {
 }
 
 async function localModelDir(model: string, env: NodeJS.ProcessEnv): Promise<string> {
-  return resolveModelDir(model, env.MODEL_CACHE_DIR || '.cache/mamba-serve', {
-    endpoint: env.S3_ENDPOINT || undefined,
-    region: env.S3_REGION || undefined,
-    forcePathStyle: /^(1|true|yes)$/i.test(env.S3_FORCE_PATH_STYLE ?? ''),
-  });
+  return resolveModelDir(
+    model,
+    env.MODEL_CACHE_DIR || '.cache/mamba-serve',
+    {
+      endpoint: env.S3_ENDPOINT || undefined,
+      region: env.S3_REGION || undefined,
+      forcePathStyle: /^(1|true|yes)$/i.test(env.S3_FORCE_PATH_STYLE ?? ''),
+    },
+    hubOptionsOf({
+      HF_ENDPOINT: env.HF_ENDPOINT || undefined,
+      HF_TOKEN: env.HF_TOKEN || undefined,
+      HF_HUB_OFFLINE: /^(1|true|yes|on)$/i.test(env.HF_HUB_OFFLINE ?? ''),
+      HF_HUB_CACHE: env.HF_HUB_CACHE || undefined,
+      HF_HOME: env.HF_HOME || undefined,
+    }),
+  );
 }
 
 async function withEngine<T>(modelDir: string, choice: EngineChoice, env: NodeJS.ProcessEnv, fn: (engine: Engine) => Promise<T>): Promise<T> {

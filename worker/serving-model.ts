@@ -6,6 +6,8 @@ import type { RegisteredModel } from '../shared/model-registry.ts';
 import { createEngine } from './engine/create-engine.ts';
 import type { Engine } from './engine/engine.ts';
 import { loadChatTemplate, type ChatTemplate } from './model/chat-template.ts';
+import { hubOptionsOf } from './model/hub-options.ts';
+import { parseHubId } from './model/hub-source.ts';
 import { resolveModelDir } from './model/model-source.ts';
 import { loadTokenizer, type Tokenizer } from './model/tokenizer.ts';
 
@@ -21,18 +23,36 @@ export interface ServingModel {
 
 /** `models/demo` → `demo`; `s3://bucket/models/mamba-130m/` → `mamba-130m`. */
 export function defaultModelId(modelDir: string): string {
-  const last = basename(modelDir.replace(/\/+$/, '')) || 'model';
+  // A Hub id's revision is not part of the name clients use: state-spaces/mamba-130m-hf@v1 → mamba-130m-hf.
+  const hub = parseHubId(modelDir);
+  const last = (hub ? hub.repo.slice(hub.repo.indexOf('/') + 1) : basename(modelDir.replace(/\/+$/, ''))) || 'model';
   return last.replace(/[^A-Za-z0-9._:/-]/g, '_').slice(0, 128);
 }
 
 export async function loadServingModel(
-  config: Pick<WorkerConfig, 'MODEL_DIR' | 'MODEL_ID' | 'MODEL_CACHE_DIR' | 'ENGINE' | 'ORT_EXECUTION_PROVIDER' | 'ORT_INTRA_OP_THREADS' | 'S3_ENDPOINT' | 'S3_REGION' | 'S3_FORCE_PATH_STYLE'>,
+  config: Pick<
+    WorkerConfig,
+    | 'MODEL_DIR'
+    | 'MODEL_ID'
+    | 'MODEL_CACHE_DIR'
+    | 'ENGINE'
+    | 'ORT_EXECUTION_PROVIDER'
+    | 'ORT_INTRA_OP_THREADS'
+    | 'S3_ENDPOINT'
+    | 'S3_REGION'
+    | 'S3_FORCE_PATH_STYLE'
+    | 'HF_ENDPOINT'
+    | 'HF_TOKEN'
+    | 'HF_HUB_OFFLINE'
+    | 'HF_HUB_CACHE'
+    | 'HF_HOME'
+  >,
 ): Promise<ServingModel> {
   const dir = await resolveModelDir(config.MODEL_DIR, config.MODEL_CACHE_DIR, {
     endpoint: config.S3_ENDPOINT,
     region: config.S3_REGION,
     forcePathStyle: config.S3_FORCE_PATH_STYLE,
-  });
+  }, hubOptionsOf(config));
   const { engine, checkpoint } = await createEngine({
     modelDir: dir,
     engine: config.ENGINE,

@@ -1,6 +1,8 @@
-// Where a model comes from: a local directory, or an s3://bucket/prefix that is mirrored
-// into a local cache (MODEL_CACHE_DIR) first, because the loader reads tensors with
-// positioned reads and ONNX Runtime maps weight files from disk.
+// Where a model comes from: a local directory, a Hugging Face Hub id (`org/name[@revision]`,
+// fetched into the standard Hub cache: hub-source.ts), or an s3://bucket/prefix that is
+// mirrored into a local cache (MODEL_CACHE_DIR) first, because the loader reads tensors with
+// positioned reads and ONNX Runtime maps weight files from disk. Downloads that take longer
+// than a couple of seconds show their progress (shared/progress.ts).
 //
 // Files already cached with the same size and ETag are not fetched again, so a restarted
 // worker starts without re-downloading gigabytes. Each file is written to a temporary name
@@ -11,9 +13,12 @@ import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { Readable } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { startProgress, type Progress, type ProgressSink } from '../../shared/progress.ts';
 import { ModelError } from './errors.ts';
+import { fileExists } from './model-files.ts';
+import { parseHubId, resolveHubModel, type HubOptions } from './hub-source.ts';
 
 export interface S3SourceOptions {
   readonly endpoint?: string | undefined;
@@ -22,6 +27,8 @@ export interface S3SourceOptions {
   readonly credentials?: S3ClientConfig['credentials'];
   /** A client to use instead of one built from the options above. */
   readonly client?: S3Client;
+  /** Download progress (file, bytes done, bytes in all); default: a progress bar on stderr. */
+  readonly onProgress?: (file: string, done: number, total: number) => void;
 }
 
 /** The files of a model directory we fetch; anything else under the prefix is left alone. */
@@ -34,6 +41,27 @@ interface CachedFile {
 }
 type Manifest = { source: string; files: Record<string, CachedFile> };
 
+/** Where a model location points, decided without touching the network. */
+export async function modelLocationKind(location: string): Promise<'s3' | 'local' | 'hub'> {
+  if (location.startsWith('s3://')) return 's3';
+  // A local directory wins over a Hub id of the same spelling ("models/demo" is both).
+  if (await fileExists(location)) return 'local';
+  return parseHubId(location) ? 'hub' : 'local';
+}
+
+/** Per-file download progress on `sink` (the worker's and the CLI's stderr). */
+export function downloadProgress(what: string, sink?: ProgressSink): (file: string, done: number, total: number) => void {
+  let current: { file: string; progress: Progress } | undefined;
+  return (file, done, total) => {
+    if (current?.file !== file) {
+      current?.progress.finish();
+      current = { file, progress: startProgress({ label: `downloading ${what}: ${file}`, total, ...(sink ? { sink } : {}) }) };
+    }
+    current.progress.update(done);
+    if (done >= total) current.progress.finish();
+  };
+}
+
 export function parseS3Url(location: string): { bucket: string; prefix: string } | undefined {
   const m = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:\/(.*))?$/.exec(location);
   if (!m) return undefined;
@@ -44,8 +72,10 @@ export function parseS3Url(location: string): { bucket: string; prefix: string }
  * A local directory holding the model at `location`: `location` itself when it is a path,
  * else the s3:// prefix mirrored under `cacheDir`.
  */
-export async function resolveModelDir(location: string, cacheDir: string, s3Options: S3SourceOptions = {}): Promise<string> {
-  if (!location.startsWith('s3://')) return location;
+export async function resolveModelDir(location: string, cacheDir: string, s3Options: S3SourceOptions = {}, hubOptions: HubOptions = {}): Promise<string> {
+  const kind = await modelLocationKind(location);
+  if (kind === 'hub') return resolveHubModel(parseHubId(location)!, { onProgress: downloadProgress(location), ...hubOptions });
+  if (kind === 'local') return location;
   const parsed = parseS3Url(location);
   if (!parsed) throw new ModelError('model_not_found', `${location}: not a valid s3://bucket/prefix`);
   const { bucket, prefix } = parsed;
@@ -73,7 +103,7 @@ export async function resolveModelDir(location: string, cacheDir: string, s3Opti
     for (const [name, want] of remote) {
       const have = manifest.files[name];
       if (have && have.etag === want.etag && have.size === want.size && (await sizeOf(join(dir, name))) === want.size) continue;
-      await download(client, bucket, prefix === '' ? name : `${prefix}/${name}`, join(dir, name), want.size, location);
+      await download(client, bucket, prefix === '' ? name : `${prefix}/${name}`, join(dir, name), want.size, location, s3Options.onProgress ?? downloadProgress(location));
       manifest.files[name] = want;
       await writeManifest(dir, manifest);
     }
@@ -120,7 +150,15 @@ async function listModelFiles(client: S3Client, bucket: string, prefix: string, 
   return files;
 }
 
-async function download(client: S3Client, bucket: string, key: string, path: string, size: number, location: string): Promise<void> {
+async function download(
+  client: S3Client,
+  bucket: string,
+  key: string,
+  path: string,
+  size: number,
+  location: string,
+  onProgress: (file: string, done: number, total: number) => void,
+): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   try {
     let body;
@@ -130,8 +168,16 @@ async function download(client: S3Client, bucket: string, key: string, path: str
       throw s3Failure(location, `fetching ${key} failed`, cause);
     }
     if (!(body instanceof Readable)) throw new ModelError('model_download_failed', `${location}: ${key}: the response has no body stream`);
+    let done = 0;
+    const name = key.slice(key.lastIndexOf('/') + 1);
+    const counter = new Transform({
+      transform(chunk: Buffer, _encoding, callback) {
+        onProgress(name, (done += chunk.length), size);
+        callback(null, chunk);
+      },
+    });
     try {
-      await pipeline(body, createWriteStream(tmp));
+      await pipeline(body, counter, createWriteStream(tmp));
     } catch (cause) {
       throw s3Failure(location, `downloading ${key} failed`, cause);
     }

@@ -6,8 +6,9 @@ import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import type { Checkpoint } from '../../model/checkpoint.ts';
+import { startProgress, type ProgressSink } from '../../../shared/progress.ts';
 import { buildMambaGraph, GRAPH_VERSION } from './mamba-graph.ts';
-import { writeGraphWeights } from './weights-file.ts';
+import { graphWeightBytes, writeGraphWeights } from './weights-file.ts';
 
 const MODEL_FILE = 'model.onnx';
 const WEIGHTS_FILE = 'weights.bin';
@@ -50,7 +51,12 @@ async function readMeta(dir: string): Promise<z.infer<typeof BuildMeta> | undefi
   }
 }
 
-export async function ensureGraphBuild(ckpt: Checkpoint, cacheDir: string): Promise<GraphBuild> {
+/**
+ * The graph build of `ckpt` under `cacheDir`, built first if there is none. A build that takes
+ * more than a couple of seconds (a 130M model's takes ~10) shows its progress on `progressSink`
+ * (default stderr).
+ */
+export async function ensureGraphBuild(ckpt: Checkpoint, cacheDir: string, progressSink?: ProgressSink): Promise<GraphBuild> {
   const dir = join(cacheDir, 'ort', await buildKey(ckpt));
   const existing = await readMeta(dir);
   if (existing) return { modelPath: join(dir, MODEL_FILE), fingerprint: existing.fingerprint, built: false };
@@ -63,7 +69,17 @@ export async function ensureGraphBuild(ckpt: Checkpoint, cacheDir: string): Prom
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
   await mkdir(tmp, { recursive: true });
   try {
-    const weights = await writeGraphWeights(ckpt, join(tmp, WEIGHTS_FILE), WEIGHTS_FILE);
+    const progress = startProgress({
+      label: `building the ONNX graph of ${ckpt.dir} (once)`,
+      total: graphWeightBytes(ckpt),
+      ...(progressSink ? { sink: progressSink } : {}),
+    });
+    let weights;
+    try {
+      weights = await writeGraphWeights(ckpt, join(tmp, WEIGHTS_FILE), WEIGHTS_FILE, (written) => progress.update(written));
+    } finally {
+      progress.finish();
+    }
     await writeFile(join(tmp, MODEL_FILE), buildMambaGraph(ckpt, weights));
     const meta: z.infer<typeof BuildMeta> = {
       graph_version: GRAPH_VERSION,

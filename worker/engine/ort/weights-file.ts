@@ -17,9 +17,12 @@ const transpose = (m: Float32Array, rows: number, cols: number) => transposeLast
 
 class ExternalWriter {
   private offset = 0;
+  /** Bytes written so far (for progress). */
+  written = 0;
   constructor(
     private readonly fh: FileHandle,
     private readonly location: string,
+    private readonly onProgress: (written: number) => void = () => {},
   ) {}
 
   async write(data: Float32Array): Promise<ExternalRef> {
@@ -31,6 +34,8 @@ class ExternalWriter {
       done += bytesWritten;
     }
     this.offset = start + bytes.length;
+    this.written += bytes.length;
+    this.onProgress(this.written);
     return { location: this.location, offset: start, length: bytes.length };
   }
 }
@@ -61,8 +66,16 @@ async function writeAttentionLayer(ckpt: Checkpoint, i: number, out: ExternalWri
   return refs;
 }
 
-/** Write `ckpt`'s weights to `path` (file name `location` as the graph will reference it). */
-export async function writeGraphWeights(ckpt: Checkpoint, path: string, location: string): Promise<GraphWeights> {
+/** Bytes the weights file will hold (every tensor as fp32; the transposed copies of conv weights add little). */
+export function graphWeightBytes(ckpt: Checkpoint): number {
+  return [...ckpt.tensors.values()].reduce((n, t) => n + 4 * t.shape.reduce((a, b) => a * b, 1), 0);
+}
+
+/**
+ * Write `ckpt`'s weights to `path` (file name `location` as the graph will reference it);
+ * `onProgress` hears the bytes written so far.
+ */
+export async function writeGraphWeights(ckpt: Checkpoint, path: string, location: string, onProgress?: (written: number) => void): Promise<GraphWeights> {
   const c = ckpt.config;
   const d = c.hiddenSize;
   const D = c.intermediateSize;
@@ -70,7 +83,7 @@ export async function writeGraphWeights(ckpt: Checkpoint, path: string, location
   const R = c.timeStepRank;
   const fh = await open(path, 'w');
   try {
-    const out = new ExternalWriter(fh, location);
+    const out = new ExternalWriter(fh, location, onProgress);
     const layers: (LayerWeightRefs | AttentionWeightRefs)[] = [];
     const types = layerTypes(c);
     for (let i = 0; i < c.numLayers; i++) {
