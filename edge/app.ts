@@ -1,12 +1,13 @@
 // The edge's HTTP API as one Hono app, built from its dependencies. No I/O here and nothing
 // about the runtime: edge/node.ts serves it with @hono/node-server, edge/lambda.ts with Lambda
 // response streaming, and tests call app.request().
-import { Hono } from 'hono';
+import { createRoute, OpenAPIHono, z } from '@hono/zod-openapi';
 import { bodyLimit } from 'hono/body-limit';
 import { ApiError } from '../shared/errors.ts';
 import { authenticate, type EdgeEnv } from './auth.ts';
 import type { EdgeDeps } from './deps.ts';
 import { errorResponse, toApiError } from './http-errors.ts';
+import { mount, openApiInfo } from './openapi.ts';
 import { healthRoutes } from './routes/health.ts';
 import { metricsRoutes } from './routes/metrics.ts';
 import { ConversationService } from './conversation-service.ts';
@@ -23,8 +24,21 @@ import { sessionTurnRoutes } from './routes/v1/sessions/turns.ts';
 import { SessionService } from './session-service.ts';
 import { TurnService } from './turn-service.ts';
 
-export function createApp(deps: EdgeDeps): Hono<EdgeEnv> {
-  const app = new Hono<EdgeEnv>();
+const openApiDocument = createRoute({
+  method: 'get',
+  path: '/openapi.json',
+  operationId: 'openApiDocument',
+  tags: ['Operations'],
+  security: [],
+  summary: 'This document: OpenAPI 3.1, generated from the zod schemas the server validates with',
+  responses: { 200: { description: 'The OpenAPI document', content: { 'application/json': { schema: z.record(z.string(), z.unknown()) } } } },
+});
+
+/** The API's version in the OpenAPI document (the paths carry the major: /v1). */
+export const API_VERSION = '1.0.0';
+
+export function createApp(deps: EdgeDeps): OpenAPIHono<EdgeEnv> {
+  const app = new OpenAPIHono<EdgeEnv>();
   const sessions = new SessionService(deps);
   const turns = new TurnService(deps);
   const responses = new ResponseService(deps, sessions, turns);
@@ -55,5 +69,10 @@ export function createApp(deps: EdgeDeps): Hono<EdgeEnv> {
   app.route('/v1/responses', responseInputItemRoutes(responses));
   app.route('/v1/conversations', conversationRoutes(conversations));
   app.route('/v1/conversations', conversationItemRoutes(conversations));
+
+  // Built on first request (the routes above are all registered by then), then kept.
+  app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer', description: 'An API key of API_KEYS (none when the server runs without keys)' });
+  let document: unknown;
+  mount(app, openApiDocument, (c) => c.json((document ??= app.getOpenAPI31Document(openApiInfo(API_VERSION)))));
   return app;
 }

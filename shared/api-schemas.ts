@@ -2,6 +2,7 @@
 // answers, as zod schemas. Types are inferred from them; the edge validates requests with
 // them and the tests parse responses with them, so the contract lives in one place.
 import { z } from 'zod';
+import { ERROR_STATUS, type ErrorCode } from './errors.ts';
 
 /** Session ids may be chosen by clients; they are scoped to the tenant. */
 export const SessionId = z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, 'must match [A-Za-z0-9_-]{1,128}');
@@ -18,13 +19,13 @@ export const Text = z.string().refine((s) => !LONE_SURROGATE.test(s), 'contains 
 /** Small string → string map stored with the session and returned as given. */
 export const Metadata = z
   .record(z.string().min(1).max(64), z.string().max(512))
-  .refine((m) => Object.keys(m).length <= 16, 'at most 16 keys');
+  .refine((m) => Object.keys(m).length <= 16, 'at most 16 keys').meta({ id: 'Metadata' });
 
 export const ChatRole = z.enum(['system', 'user', 'assistant', 'tool']);
 export type ChatRole = z.infer<typeof ChatRole>;
 
 /** A message as the worker absorbs it: one role, plain text. */
-export const Message = z.object({ role: ChatRole, content: Text });
+export const Message = z.object({ role: ChatRole, content: Text }).meta({ id: 'Message' });
 export type Message = z.infer<typeof Message>;
 
 // ---------------------------------------------------------------------------- sessions
@@ -38,14 +39,14 @@ export const CreateSessionRequest = z.strictObject({
   /** Start from a copy of another session's state (default: its head). */
   from: z.strictObject({ session_id: SessionId, version: VersionNumber.optional() }).optional(),
   metadata: Metadata.optional(),
-});
+}).meta({ id: 'CreateSessionRequest' });
 export type CreateSessionRequest = z.infer<typeof CreateSessionRequest>;
 
 export const ForkSessionRequest = z.strictObject({
   version: VersionNumber.optional(),
   id: SessionId.optional(),
   metadata: Metadata.optional(),
-});
+}).meta({ id: 'ForkSessionRequest' });
 export type ForkSessionRequest = z.infer<typeof ForkSessionRequest>;
 
 export const SessionCreated = z.object({
@@ -53,7 +54,7 @@ export const SessionCreated = z.object({
   model: ModelId,
   version: VersionNumber,
   tokens_absorbed: z.number().int().nonnegative(),
-});
+}).meta({ id: 'SessionCreated' });
 export type SessionCreated = z.infer<typeof SessionCreated>;
 
 export const VersionInfo = z.object({
@@ -66,7 +67,7 @@ export const VersionInfo = z.object({
   created_at: z.string(),
   /** How the version came to be. */
   origin: z.enum(['created', 'turn', 'import', 'fork']),
-});
+}).meta({ id: 'VersionInfo' });
 export type VersionInfo = z.infer<typeof VersionInfo>;
 
 export const SessionInfo = z.object({
@@ -79,11 +80,11 @@ export const SessionInfo = z.object({
   updated_at: z.string(),
   metadata: z.record(z.string(), z.string()),
   versions: z.number().int().nonnegative(),
-});
+}).meta({ id: 'SessionInfo' });
 export type SessionInfo = z.infer<typeof SessionInfo>;
 
 /** One page of a session's versions; `has_more`: ask again with `after` = the last version listed. */
-export const VersionList = z.object({ session_id: SessionId, head: VersionNumber, data: z.array(VersionInfo), has_more: z.boolean() });
+export const VersionList = z.object({ session_id: SessionId, head: VersionNumber, data: z.array(VersionInfo), has_more: z.boolean() }).meta({ id: 'VersionList' });
 export type VersionList = z.infer<typeof VersionList>;
 
 const versionParam = (what: string) => z.string().regex(/^\d{1,15}$/, `must be a ${what}`).transform(Number);
@@ -97,7 +98,7 @@ export const VersionListQuery = z.strictObject({
   after: versionParam('version number').optional(),
 });
 
-export const SessionDeleted = z.object({ id: SessionId, deleted: z.literal(true), versions_removed: z.number().int() });
+export const SessionDeleted = z.object({ id: SessionId, deleted: z.literal(true), versions_removed: z.number().int() }).meta({ id: 'SessionDeleted' });
 
 export const StateQuery = z.strictObject({ version: z.string().regex(/^\d{1,15}$/, 'must be a version number').transform(Number).optional() });
 
@@ -106,7 +107,7 @@ export const StateImported = z.object({
   version: VersionNumber,
   tokens_absorbed: z.number().int().nonnegative(),
   state_bytes: z.number().int().nonnegative(),
-});
+}).meta({ id: 'StateImported' });
 
 // ---------------------------------------------------------------------------- turns
 
@@ -132,7 +133,7 @@ export const TurnRequest = z.strictObject({
   /** Run only if the session's head is this version (optimistic concurrency), else 409 version_mismatch. */
   if_version: VersionNumber.optional(),
   on_busy: OnBusy.default('reject'),
-});
+}).meta({ id: 'TurnRequest' });
 export type TurnRequest = z.infer<typeof TurnRequest>;
 
 export const FinishReason = z.enum(['stop', 'length']);
@@ -146,7 +147,7 @@ export const TurnUsage = z.object({
   cached_tokens: z.number().int().nonnegative(),
   /** Tokens the new version has absorbed in all. */
   tokens_absorbed: z.number().int().nonnegative(),
-});
+}).meta({ id: 'TurnUsage' });
 export type TurnUsage = z.infer<typeof TurnUsage>;
 
 /** Where the worker spent the turn, in milliseconds (also sent as a Server-Timing header). */
@@ -160,7 +161,7 @@ export const TurnTimings = z.object({
   decode_ms: z.number().nonnegative(),
   /** Export + durable write of the new version + head advance. */
   checkpoint_ms: z.number().nonnegative(),
-});
+}).meta({ id: 'TurnTimings' });
 export type TurnTimings = z.infer<typeof TurnTimings>;
 
 export const TurnResponse = z.object({
@@ -172,7 +173,7 @@ export const TurnResponse = z.object({
   finish_reason: FinishReason,
   usage: TurnUsage,
   timings: TurnTimings.optional(),
-});
+}).meta({ id: 'TurnResponse' });
 export type TurnResponse = z.infer<typeof TurnResponse>;
 
 // ---------------------------------------------------------------------------- OpenAI-compatible chat
@@ -189,7 +190,7 @@ export const ChatCompletionMessage = z.object({
   content: ChatContent.nullable(),
   name: z.string().max(64).optional(),
   tool_call_id: z.string().optional(),
-});
+}).meta({ id: 'ChatCompletionMessage' });
 
 /** Unknown fields are ignored as OpenAI-compatible servers do; fields we cannot honour are refused. */
 export const ChatCompletionRequest = z.object({
@@ -220,7 +221,7 @@ export const ChatCompletionRequest = z.object({
    */
   append: z.boolean().optional(),
   on_busy: OnBusy.optional(),
-});
+}).meta({ id: 'ChatCompletionRequest' });
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;
 
 export const ChatUsage = z.object({
@@ -228,7 +229,7 @@ export const ChatUsage = z.object({
   completion_tokens: z.number().int(),
   total_tokens: z.number().int(),
   prompt_tokens_details: z.object({ cached_tokens: z.number().int() }),
-});
+}).meta({ id: 'ChatUsage' });
 
 export const ChatCompletion = z.object({
   id: z.string(),
@@ -247,7 +248,7 @@ export const ChatCompletion = z.object({
   /** mamba-serve extension: the session and the version this answer produced (absent when stateless). */
   session_id: SessionId.optional(),
   session_version: VersionNumber.optional(),
-});
+}).meta({ id: 'ChatCompletion' });
 export type ChatCompletion = z.infer<typeof ChatCompletion>;
 
 export const ChatCompletionChunk = z.object({
@@ -266,7 +267,7 @@ export const ChatCompletionChunk = z.object({
   usage: ChatUsage.nullable().optional(),
   session_id: SessionId.optional(),
   session_version: VersionNumber.optional(),
-});
+}).meta({ id: 'ChatCompletionChunk' });
 export type ChatCompletionChunk = z.infer<typeof ChatCompletionChunk>;
 
 // ---------------------------------------------------------------------------- models, health
@@ -290,8 +291,11 @@ export const ModelList = z.object({
       workers: z.number().int(),
     }),
   ),
-});
+}).meta({ id: 'ModelList' });
 
-export const ErrorResponse = z.object({
-  error: z.object({ code: z.string(), message: z.string(), details: z.unknown().optional() }),
-});
+/** Every error answer: `code` is one of shared/errors.ts's, which also fixes the status. */
+export const ErrorResponse = z
+  .object({
+    error: z.object({ code: z.enum(Object.keys(ERROR_STATUS) as [ErrorCode, ...ErrorCode[]]), message: z.string(), details: z.unknown().optional() }),
+  })
+  .meta({ id: 'ErrorResponse' });

@@ -24,7 +24,7 @@ export const MessageItem = z.object({
   /** `incomplete`: a reply cut by its token limit. */
   status: z.enum(['completed', 'incomplete']),
   content: z.array(z.discriminatedUnion('type', [InputTextPart, OutputTextPart])),
-});
+}).meta({ id: 'MessageItem' });
 export type MessageItem = z.infer<typeof MessageItem>;
 
 export const FunctionCallOutputItem = z.object({
@@ -35,7 +35,7 @@ export const FunctionCallOutputItem = z.object({
   status: z.literal('completed'),
 });
 
-export const ConversationItem = z.discriminatedUnion('type', [MessageItem, FunctionCallOutputItem]);
+export const ConversationItem = z.discriminatedUnion('type', [MessageItem, FunctionCallOutputItem]).meta({ id: 'ConversationItem' });
 export type ConversationItem = z.infer<typeof ConversationItem>;
 
 /**

@@ -25,7 +25,7 @@ export const InputItemIn = z.looseObject({
   content: z.union([Text, z.array(ContentPartIn).max(4096)]).optional(),
   call_id: z.string().max(256).optional(),
   output: z.union([Text, z.array(ContentPartIn).max(4096)]).optional(),
-});
+}).meta({ id: 'InputItemIn' });
 export type InputItemIn = z.infer<typeof InputItemIn>;
 
 const nullish = <T extends z.ZodType>(t: T) => t.nullable().optional();
@@ -52,7 +52,7 @@ export const CreateResponseRequest = z.object({
   text: nullish(z.looseObject({ format: nullish(z.looseObject({ type: z.string() })) })),
   background: nullish(z.boolean()),
   prompt: z.unknown().optional(),
-});
+}).meta({ id: 'CreateResponseRequest' });
 export type CreateResponseRequest = z.infer<typeof CreateResponseRequest>;
 
 /** Query of GET /v1/responses/{id}: `stream=true` replays the response's events (resume after `starting_after`). */
@@ -69,7 +69,7 @@ export const ResponseUsage = z.object({
   output_tokens: z.number().int().nonnegative(),
   output_tokens_details: z.object({ reasoning_tokens: z.number().int().nonnegative() }),
   total_tokens: z.number().int().nonnegative(),
-});
+}).meta({ id: 'ResponseUsage' });
 export type ResponseUsage = z.infer<typeof ResponseUsage>;
 
 export const ResponseStatus = z.enum(['in_progress', 'completed', 'incomplete', 'failed']);
@@ -101,17 +101,18 @@ export const ResponseObject = z.object({
   top_p: z.number(),
   text: z.object({ format: z.object({ type: z.literal('text') }) }),
   tool_choice: z.enum(['none', 'auto']),
-  tools: z.array(z.never()),
+  // Always empty: tool calling is refused (docs/responses-api.md).
+  tools: z.array(z.unknown()).max(0),
   truncation: z.enum(['auto', 'disabled']),
   usage: ResponseUsage.nullable(),
   user: z.null(),
   /** mamba-serve extensions: the session and version this response is (null when not stored). */
   session_id: SessionId.nullable(),
   session_version: VersionNumber.nullable(),
-});
+}).meta({ id: 'ResponseObject' });
 export type ResponseObject = z.infer<typeof ResponseObject>;
 
-export const ResponseDeleted = z.object({ id: z.string(), object: z.literal('response'), deleted: z.literal(true) });
+export const ResponseDeleted = z.object({ id: z.string(), object: z.literal('response'), deleted: z.literal(true) }).meta({ id: 'ResponseDeleted' });
 
 // ---------------------------------------------------------------------------- streaming events
 
@@ -141,7 +142,7 @@ export const ConversationObject = z.object({
   object: z.literal('conversation'),
   created_at: z.number().int(),
   metadata: z.record(z.string(), z.string()),
-});
+}).meta({ id: 'ConversationObject' });
 export type ConversationObject = z.infer<typeof ConversationObject>;
 
 export const CreateConversationRequest = z.object({
@@ -150,13 +151,13 @@ export const CreateConversationRequest = z.object({
   metadata: nullish(Metadata),
   /** mamba-serve extension: the conversation's model (default: DEFAULT_MODEL, or the only one served). */
   model: ModelId.optional(),
-});
+}).meta({ id: 'CreateConversationRequest' });
 
-export const UpdateConversationRequest = z.object({ metadata: Metadata });
+export const UpdateConversationRequest = z.object({ metadata: Metadata }).meta({ id: 'UpdateConversationRequest' });
 
-export const CreateItemsRequest = z.object({ items: z.array(InputItemIn).min(1).max(MAX_ITEMS_PER_REQUEST) });
+export const CreateItemsRequest = z.object({ items: z.array(InputItemIn).min(1).max(MAX_ITEMS_PER_REQUEST) }).meta({ id: 'CreateItemsRequest' });
 
-export const ConversationDeleted = z.object({ id: z.string(), object: z.literal('conversation.deleted'), deleted: z.literal(true) });
+export const ConversationDeleted = z.object({ id: z.string(), object: z.literal('conversation.deleted'), deleted: z.literal(true) }).meta({ id: 'ConversationDeleted' });
 
 export const ItemList = z.object({
   object: z.literal('list'),
@@ -164,7 +165,7 @@ export const ItemList = z.object({
   first_id: z.string().nullable(),
   last_id: z.string().nullable(),
   has_more: z.boolean(),
-});
+}).meta({ id: 'ItemList' });
 export type ItemList = z.infer<typeof ItemList>;
 
 /** Query of the item listings (conversation items, a response's input items); `include` is accepted and ignored. */

@@ -2,15 +2,45 @@
 // (DEFAULT_MODEL, else any) — what a load balancer should route on. With QUEUE_WITHOUT_WORKERS
 // the edge is ready with no worker alive, since it accepts (queues) turns then; the answer still
 // says how many workers are alive, and why zero is ready.
-import { Hono } from 'hono';
+import { createRoute, OpenAPIHono } from '@hono/zod-openapi';
+import { z } from 'zod';
 import { ApiError } from '../../shared/errors.ts';
 import type { EdgeDeps } from '../deps.ts';
 import { errorResponse } from '../http-errors.ts';
+import { errors, json, mount } from '../openapi.ts';
 
-export function healthRoutes(deps: EdgeDeps): Hono {
-  const app = new Hono();
-  app.get('/healthz', (c) => c.json({ ok: true }));
-  app.get('/readyz', async (c) => {
+const tags = ['Operations'];
+
+const health = createRoute({
+  method: 'get',
+  path: '/healthz',
+  operationId: 'health',
+  tags,
+  security: [],
+  summary: 'The process answers',
+  responses: { 200: json(z.object({ ok: z.literal(true) }), 'Alive') },
+});
+
+const Readiness = z.object({
+  ok: z.literal(true),
+  workers: z.record(z.string(), z.number().int()),
+  queue_without_workers: z.array(z.string()).optional(),
+});
+
+const ready = createRoute({
+  method: 'get',
+  path: '/readyz',
+  operationId: 'ready',
+  tags,
+  security: [],
+  summary: 'Redis answers and a worker is alive (or turns may queue for one)',
+  responses: { 200: json(Readiness, 'Ready: live workers per model'), ...errors(503) },
+});
+
+export function healthRoutes(deps: EdgeDeps): OpenAPIHono {
+  const app = new OpenAPIHono();
+  mount(app, health, (c) => c.json({ ok: true }));
+  mount(app, ready, async (c) => {
     try {
       await Promise.race([deps.redis.ping(), new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), 2_000).unref())]);
     } catch {

@@ -1,13 +1,25 @@
 // GET /metrics: Prometheus text. Turn latency, time to first token, tokens, checkpoint size
 // and latency come from the workers through Redis (shared/metrics.ts); queue depth and live
 // workers are read at scrape time.
-import { Hono } from 'hono';
+import { createRoute, OpenAPIHono } from '@hono/zod-openapi';
+import { z } from 'zod';
 import { renderMetrics } from '../../shared/metrics.ts';
 import type { EdgeDeps } from '../deps.ts';
+import { mount } from '../openapi.ts';
 
-export function metricsRoutes(deps: EdgeDeps): Hono {
-  const app = new Hono();
-  app.get('/metrics', async (c) => {
+const metrics = createRoute({
+  method: 'get',
+  path: '/metrics',
+  operationId: 'metrics',
+  tags: ['Operations'],
+  security: [],
+  summary: 'Prometheus metrics of the whole cluster',
+  responses: { 200: { description: 'Prometheus text format 0.0.4', content: { 'text/plain': { schema: z.string() } } } },
+});
+
+export function metricsRoutes(deps: EdgeDeps): OpenAPIHono {
+  const app = new OpenAPIHono();
+  mount(app, metrics, async (c) => {
     // Served models include one whose turns wait for a worker no one has started yet.
     const models = await deps.served.list();
     const depth: Array<[Record<string, string>, number]> = [];

@@ -4,14 +4,24 @@
 // null until then). mamba-serve extensions beside OpenAI's fields: state_bytes (one session's
 // fixed-size state), layer_types and sliding_window (a hybrid's attention layers and window),
 // workers.
-import { Hono } from 'hono';
+import { createRoute, OpenAPIHono } from '@hono/zod-openapi';
 import type { EdgeEnv } from '../../auth.ts';
 import { ModelList } from '../../../shared/api-schemas.ts';
 import type { EdgeDeps } from '../../deps.ts';
+import { COMMON_ERRORS, errors, json, mount } from '../../openapi.ts';
 
-export function modelRoutes(deps: EdgeDeps): Hono<EdgeEnv> {
-  const app = new Hono<EdgeEnv>();
-  app.get('/', async (c) => {
+const listModels = createRoute({
+  method: 'get',
+  path: '/',
+  operationId: 'listModels',
+  tags: ['Models'],
+  summary: 'The models served here',
+  responses: { 200: json(ModelList, "OpenAI's model list, with each model's state size, layer types and live workers"), ...errors(...COMMON_ERRORS) },
+});
+
+export function modelRoutes(deps: EdgeDeps): OpenAPIHono<EdgeEnv> {
+  const app = new OpenAPIHono<EdgeEnv>();
+  mount(app, listModels, async (c) => {
     const models = await deps.served.list();
     const data = models.map((m) => ({
       id: m.id,

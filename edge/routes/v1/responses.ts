@@ -1,21 +1,62 @@
 // /v1/responses: create (JSON or SSE), retrieve (also as a replayed stream), delete. The
 // service (edge/response-service.ts) decides which session version a response continues; the
 // events are built in edge/response-events.ts and written through edge/sse.ts.
-import { Hono, type Context } from 'hono';
+import { createRoute, OpenAPIHono } from '@hono/zod-openapi';
+import type { Context } from 'hono';
+import { z } from 'zod';
 import { ApiError, isErrorCode } from '../../../shared/errors.ts';
 import { responseObject, viewOfRecord, viewOfResult, type ResponseView } from '../../../shared/response-record.ts';
-import { CreateResponseRequest, RetrieveResponseQuery, type ResponseStreamEvent } from '../../../shared/responses-api.ts';
+import { CreateResponseRequest, ResponseDeleted, ResponseObject, RetrieveResponseQuery, type ResponseStreamEvent } from '../../../shared/responses-api.ts';
 import type { EdgeEnv } from '../../auth.ts';
 import type { EdgeDeps } from '../../deps.ts';
 import { toApiError } from '../../http-errors.ts';
-import { readJsonBody } from '../../request-body.ts';
+import { bodyOf, COMMON_ERRORS, errors, IdempotencyHeader, json, jsonBody, jsonOrEvents, mount, paramsOf, queryOf, TURN_ERRORS } from '../../openapi.ts';
 import { ResponseEvents } from '../../response-events.ts';
 import type { ResponseService, StartedResponse } from '../../response-service.ts';
 import { sseResponse } from '../../sse.ts';
 import { idempotencyKey } from '../../turn-params.ts';
 import type { SubmittedTurn, TurnService } from '../../turn-service.ts';
-import { queryOf } from '../../validators.ts';
 import { serverTiming } from './sessions/turns.ts';
+
+const tags = ['Responses'];
+export const ResponsePath = z.object({ id: z.string().max(600) });
+const EVENTS = 'Responses API events named by their type, each with sequence_number (also the SSE id)';
+
+const createResponse = createRoute({
+  method: 'post',
+  path: '/',
+  operationId: 'createResponse',
+  tags,
+  summary: 'Generate a response: a new chain, a continuation of previous_response_id, or a turn of a conversation',
+  request: {
+    headers: z.object({
+      'idempotency-key': IdempotencyHeader,
+      'last-event-id': z.string().optional().meta({ description: 'With the same Idempotency-Key and stream: resume after this sequence number' }),
+    }),
+    body: jsonBody(CreateResponseRequest),
+  },
+  responses: { 200: jsonOrEvents(ResponseObject, 'The response, durable when stored', EVENTS), ...errors(...TURN_ERRORS) },
+});
+
+const getResponse = createRoute({
+  method: 'get',
+  path: '/{id}',
+  operationId: 'getResponse',
+  tags,
+  summary: 'A response (stream=true replays its events)',
+  request: { params: ResponsePath, query: RetrieveResponseQuery },
+  responses: { 200: jsonOrEvents(ResponseObject, 'The response as it stands', EVENTS), ...errors(...COMMON_ERRORS, 404) },
+});
+
+const deleteResponse = createRoute({
+  method: 'delete',
+  path: '/{id}',
+  operationId: 'deleteResponse',
+  tags,
+  summary: 'Forget a response (its session version stays)',
+  request: { params: ResponsePath },
+  responses: { 200: json(ResponseDeleted, 'Deleted'), ...errors(...COMMON_ERRORS, 404, 409) },
+});
 
 /** Last-Event-ID of a resumed response stream: the sequence number of the last event the client has. */
 function lastSequence(c: Context): number | undefined {
@@ -25,8 +66,8 @@ function lastSequence(c: Context): number | undefined {
   return Number(header);
 }
 
-export function responseRoutes(deps: EdgeDeps, responses: ResponseService, turns: TurnService): Hono<EdgeEnv> {
-  const app = new Hono<EdgeEnv>();
+export function responseRoutes(deps: EdgeDeps, responses: ResponseService, turns: TurnService): OpenAPIHono<EdgeEnv> {
+  const app = new OpenAPIHono<EdgeEnv>();
 
   /** A finished turn's view: a stored response's record (what GET will answer), else the turn's result. */
   async function finished(tenant: string, started: Pick<StartedResponse, 'spec' | 'session'>, turnId: string, result: Parameters<typeof viewOfResult>[3]): Promise<ResponseView> {
@@ -72,9 +113,9 @@ export function responseRoutes(deps: EdgeDeps, responses: ResponseService, turns
     );
   }
 
-  app.post('/', async (c) => {
+  mount(app, createResponse, async (c) => {
     const tenant = c.get('tenant');
-    const body = await readJsonBody(c, CreateResponseRequest);
+    const body = await bodyOf(c, createResponse);
     const started = await responses.create(tenant, body, idempotencyKey(c));
     if (started.session !== null) c.header('X-Session-Id', started.session);
     if (started.record) {
@@ -92,16 +133,16 @@ export function responseRoutes(deps: EdgeDeps, responses: ResponseService, turns
     return c.json(responseObject(await finished(tenant, started, turn.turnId, result)));
   });
 
-  app.get('/:id', queryOf(RetrieveResponseQuery), async (c) => {
-    const { view, turn } = await responses.view(c.get('tenant'), c.req.param('id'));
-    const q = c.req.valid('query');
+  mount(app, getResponse, async (c) => {
+    const { view, turn } = await responses.view(c.get('tenant'), paramsOf(c, getResponse).id);
+    const q = queryOf(c, getResponse);
     if (q.stream !== 'true') return c.json(responseObject(view));
     const initial: ResponseView = { spec: view.spec, status: 'in_progress', session: view.session, version: null, turnId: view.turnId };
     return stream(c, initial, turn ? { turn } : { done: view }, q.starting_after ?? lastSequence(c));
   });
 
-  app.delete('/:id', async (c) => {
-    const id = c.req.param('id');
+  mount(app, deleteResponse, async (c) => {
+    const id = paramsOf(c, deleteResponse).id;
     await responses.delete(c.get('tenant'), id);
     return c.json({ id, object: 'response' as const, deleted: true as const });
   });

@@ -1,24 +1,86 @@
 // /v1/sessions: create, read, list versions, fork, delete.
-import { Hono } from 'hono';
-import { CreateSessionRequest, ForkSessionRequest, VersionListQuery, type SessionCreated, type VersionList } from '../../../shared/api-schemas.ts';
+import { createRoute, OpenAPIHono } from '@hono/zod-openapi';
+import { z } from 'zod';
+import {
+  CreateSessionRequest,
+  ForkSessionRequest,
+  SessionCreated,
+  SessionDeleted,
+  SessionId,
+  SessionInfo,
+  VersionList,
+  VersionListQuery,
+} from '../../../shared/api-schemas.ts';
 import { headEntry, type SessionManifest } from '../../../shared/session-manifest.ts';
 import type { EdgeEnv } from '../../auth.ts';
 import type { EdgeDeps } from '../../deps.ts';
-import { readJsonBody } from '../../request-body.ts';
+import { bodyOf, COMMON_ERRORS, errors, json, jsonBody, mount, paramsOf, queryOf, TURN_ERRORS } from '../../openapi.ts';
 import { newSessionId, sessionInfo, versionInfo, type SessionService } from '../../session-service.ts';
 import type { TurnService } from '../../turn-service.ts';
-import { queryOf, sessionParam } from '../../validators.ts';
 
-function created(m: SessionManifest): SessionCreated {
+const tags = ['Sessions'];
+export const SessionPath = z.object({ id: SessionId });
+
+const createSession = createRoute({
+  method: 'post',
+  path: '/',
+  operationId: 'createSession',
+  tags,
+  summary: 'Create a session (optionally with a system prompt, from another session, or from a cartridge)',
+  request: { body: jsonBody(CreateSessionRequest) },
+  responses: { 201: json(SessionCreated, 'The session, durable: its head version and tokens absorbed'), ...errors(...TURN_ERRORS) },
+});
+
+const getSession = createRoute({
+  method: 'get',
+  path: '/{id}',
+  operationId: 'getSession',
+  tags,
+  summary: 'A session: head version, tokens absorbed, state bytes, metadata',
+  request: { params: SessionPath },
+  responses: { 200: json(SessionInfo, 'The session'), ...errors(...COMMON_ERRORS, 404) },
+});
+
+const listVersions = createRoute({
+  method: 'get',
+  path: '/{id}/versions',
+  operationId: 'listSessionVersions',
+  tags,
+  summary: "A page of a session's versions",
+  request: { params: SessionPath, query: VersionListQuery },
+  responses: { 200: json(VersionList, 'Versions in the order asked; has_more: ask again with after = the last one'), ...errors(...COMMON_ERRORS, 404) },
+});
+
+const forkSession = createRoute({
+  method: 'post',
+  path: '/{id}/fork',
+  operationId: 'forkSession',
+  tags,
+  summary: 'A new session holding a copy of a version of this one',
+  request: { params: SessionPath, body: jsonBody(ForkSessionRequest) },
+  responses: { 201: json(SessionCreated, 'The new session'), ...errors(...COMMON_ERRORS, 404, 409) },
+});
+
+const deleteSession = createRoute({
+  method: 'delete',
+  path: '/{id}',
+  operationId: 'deleteSession',
+  tags,
+  summary: 'Delete a session and every stored version',
+  request: { params: SessionPath },
+  responses: { 200: json(SessionDeleted, 'Deleted'), ...errors(...COMMON_ERRORS, 404, 409) },
+});
+
+function created(m: SessionManifest): z.output<typeof SessionCreated> {
   return { id: m.session, model: m.model, version: m.head, tokens_absorbed: headEntry(m).tokens_absorbed };
 }
 
-export function sessionRoutes(deps: EdgeDeps, sessions: SessionService, turns: TurnService): Hono<EdgeEnv> {
-  const app = new Hono<EdgeEnv>();
+export function sessionRoutes(deps: EdgeDeps, sessions: SessionService, turns: TurnService): OpenAPIHono<EdgeEnv> {
+  const app = new OpenAPIHono<EdgeEnv>();
 
-  app.post('/', async (c) => {
+  mount(app, createSession, async (c) => {
     const tenant = c.get('tenant');
-    const body = await readJsonBody(c, CreateSessionRequest);
+    const body = await bodyOf(c, createSession);
     const id = body.id ?? newSessionId();
     let manifest: SessionManifest;
     if (body.from) {
@@ -56,28 +118,29 @@ export function sessionRoutes(deps: EdgeDeps, sessions: SessionService, turns: T
     return c.json(created(manifest), 201);
   });
 
-  app.get('/:id', sessionParam, async (c) => {
-    const { manifest } = await sessions.get(c.get('tenant'), c.req.valid('param').id);
+  mount(app, getSession, async (c) => {
+    const { manifest } = await sessions.get(c.get('tenant'), paramsOf(c, getSession).id);
     return c.json(sessionInfo(manifest));
   });
 
   // Paginated: a long session's older entries live in manifest pages, read only as far as asked.
-  app.get('/:id/versions', sessionParam, queryOf(VersionListQuery), async (c) => {
+  mount(app, listVersions, async (c) => {
     const tenant = c.get('tenant');
-    const { manifest } = await sessions.get(tenant, c.req.valid('param').id);
-    const { limit, order, after } = c.req.valid('query');
+    const { manifest } = await sessions.get(tenant, paramsOf(c, listVersions).id);
+    const { limit, order, after } = queryOf(c, listVersions);
     const page = await deps.sessions.listVersions(tenant, manifest.session, manifest, { limit, order, ...(after === undefined ? {} : { after }) });
-    const body: VersionList = { session_id: manifest.session, head: manifest.head, data: page.data.map(versionInfo), has_more: page.hasMore };
+    const body: z.output<typeof VersionList> = { session_id: manifest.session, head: manifest.head, data: page.data.map(versionInfo), has_more: page.hasMore };
     return c.json(body);
   });
 
-  app.post('/:id/fork', sessionParam, async (c) => {
+  mount(app, forkSession, async (c) => {
     const tenant = c.get('tenant');
-    const body = await readJsonBody(c, ForkSessionRequest);
+    const source = paramsOf(c, forkSession).id;
+    const body = await bodyOf(c, forkSession);
     const target = body.id ?? newSessionId();
     const { manifest } = await sessions.fork({
       tenant,
-      source: c.req.valid('param').id,
+      source,
       version: body.version,
       target,
       model: undefined,
@@ -87,8 +150,8 @@ export function sessionRoutes(deps: EdgeDeps, sessions: SessionService, turns: T
     return c.json(created(manifest), 201);
   });
 
-  app.delete('/:id', sessionParam, async (c) => {
-    const id = c.req.valid('param').id;
+  mount(app, deleteSession, async (c) => {
+    const id = paramsOf(c, deleteSession).id;
     const removed = await sessions.delete(c.get('tenant'), id);
     return c.json({ id, deleted: true as const, versions_removed: removed });
   });

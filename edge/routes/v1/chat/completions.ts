@@ -5,16 +5,17 @@
 // reported as `usage.prompt_tokens_details.cached_tokens`. With `append` (or X-Session-Append)
 // `messages` are only the new ones, added to whatever the session's head holds: for agents
 // that keep their history server-side and send one message a turn.
-import { Hono } from 'hono';
+import { createRoute, OpenAPIHono } from '@hono/zod-openapi';
 import { z } from 'zod';
-import { ChatCompletionRequest, SessionId, type ChatCompletion, type ChatCompletionChunk, type Message } from '../../../../shared/api-schemas.ts';
+import { ChatCompletion, ChatCompletionRequest, SessionId, type ChatCompletionChunk, type Message } from '../../../../shared/api-schemas.ts';
 import { ApiError } from '../../../../shared/errors.ts';
 import type { TurnBase, TurnResult } from '../../../../shared/jobs.ts';
 import type { EdgeEnv } from '../../../auth.ts';
 import type { EdgeDeps } from '../../../deps.ts';
 import { toApiError } from '../../../http-errors.ts';
 import { requestFingerprint } from '../../../idempotency.ts';
-import { readJsonBody, validationError } from '../../../request-body.ts';
+import { bodyOf, errors, IdempotencyHeader, jsonBody, jsonOrEvents, mount, TURN_ERRORS } from '../../../openapi.ts';
+import { validationError } from '../../../request-body.ts';
 import type { SessionService } from '../../../session-service.ts';
 import { sseResponse } from '../../../sse.ts';
 import { serverTiming } from '../sessions/turns.ts';
@@ -39,14 +40,37 @@ function usage(r: TurnResult) {
   };
 }
 
+const flag = (description: string) => z.enum(['true', 'false', '1', '0', 'yes', 'no']).optional().meta({ description });
+
+const createChatCompletion = createRoute({
+  method: 'post',
+  path: '/completions',
+  operationId: 'createChatCompletion',
+  tags: ['Chat'],
+  summary: 'OpenAI-compatible chat completion: stateless (with the prefix cache), or on a session',
+  request: {
+    headers: z.object({
+      'x-session-id': SessionId.optional().meta({ description: 'The session (same as the body field session_id); an unknown id is created' }),
+      'x-session-fork': flag('Same as the body field fork'),
+      'x-session-append': flag('Same as the body field append'),
+      'idempotency-key': IdempotencyHeader,
+    }),
+    body: jsonBody(ChatCompletionRequest),
+  },
+  responses: {
+    200: jsonOrEvents(ChatCompletion, 'The completion (with session_id and session_version when on a session)', '`chat.completion.chunk` data events, then `data: [DONE]`'),
+    ...errors(...TURN_ERRORS),
+  },
+});
+
 const truthy = (v: string | undefined) => v !== undefined && /^(1|true|yes)$/i.test(v.trim());
 
-export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, turns: TurnService): Hono<EdgeEnv> {
-  const app = new Hono<EdgeEnv>();
+export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, turns: TurnService): OpenAPIHono<EdgeEnv> {
+  const app = new OpenAPIHono<EdgeEnv>();
 
-  app.post('/completions', async (c) => {
+  mount(app, createChatCompletion, async (c) => {
     const tenant = c.get('tenant');
-    const body = await readJsonBody(c, ChatCompletionRequest);
+    const body = await bodyOf(c, createChatCompletion);
     const header = c.req.header('x-session-id');
     if (header !== undefined) {
       const parsed = SessionId.safeParse(header);
@@ -139,7 +163,7 @@ export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, t
       if (r.version !== null) c.header('X-Session-Version', String(r.version));
       const timing = serverTiming(r);
       if (timing) c.header('Server-Timing', timing);
-      const answer: ChatCompletion = {
+      const answer: z.output<typeof ChatCompletion> = {
         id,
         object: 'chat.completion',
         created,

@@ -1,21 +1,42 @@
 // POST /v1/sessions/{id}/turns: the native turn. Input on top of the session's head, the reply
 // back as JSON, or as SSE `token` events then a `done` event whose data is the JSON answer.
-import { Hono } from 'hono';
-import { TurnRequest, type Message, type TurnResponse } from '../../../../shared/api-schemas.ts';
+import { createRoute, OpenAPIHono } from '@hono/zod-openapi';
+import { z } from 'zod';
+import { TurnRequest, TurnResponse, type Message } from '../../../../shared/api-schemas.ts';
 import { ApiError } from '../../../../shared/errors.ts';
 import type { TurnResult } from '../../../../shared/jobs.ts';
 import type { EdgeEnv } from '../../../auth.ts';
 import type { EdgeDeps } from '../../../deps.ts';
 import { toApiError } from '../../../http-errors.ts';
 import { requestFingerprint } from '../../../idempotency.ts';
-import { readJsonBody } from '../../../request-body.ts';
+import { bodyOf, errors, IdempotencyHeader, jsonBody, jsonOrEvents, mount, paramsOf, TURN_ERRORS } from '../../../openapi.ts';
 import type { SessionService } from '../../../session-service.ts';
 import { sseResponse } from '../../../sse.ts';
 import { checkMaxTokens, idempotencyKey, stopList } from '../../../turn-params.ts';
 import type { TurnService } from '../../../turn-service.ts';
-import { sessionParam } from '../../../validators.ts';
+import { SessionPath } from '../sessions.ts';
 
-export function turnResponse(r: TurnResult): TurnResponse {
+const runTurn = createRoute({
+  method: 'post',
+  path: '/{id}/turns',
+  operationId: 'runTurn',
+  tags: ['Sessions'],
+  summary: "A turn: input absorbed on top of the session's head, a reply generated, the new state stored as the next version",
+  request: {
+    params: SessionPath,
+    headers: z.object({
+      'idempotency-key': IdempotencyHeader,
+      'last-event-id': z.string().optional().meta({ description: 'With the same Idempotency-Key and stream: resume after this event' }),
+    }),
+    body: jsonBody(TurnRequest),
+  },
+  responses: {
+    200: jsonOrEvents(TurnResponse, 'The turn, its new version durable before this answer', '`token` events ({text}), then `done` (the JSON answer) or `error`'),
+    ...errors(...TURN_ERRORS),
+  },
+});
+
+export function turnResponse(r: TurnResult): z.output<typeof TurnResponse> {
   if (r.session === null || r.version === null) throw new Error('a session turn produced no version');
   return {
     turn_id: r.turn_id,
@@ -35,13 +56,13 @@ export function serverTiming(r: TurnResult): string | undefined {
   return (['queue', 'load', 'prefill', 'decode', 'checkpoint'] as const).map((k) => `${k};dur=${t[`${k}_ms`].toFixed(1)}`).join(', ');
 }
 
-export function sessionTurnRoutes(deps: EdgeDeps, sessions: SessionService, turns: TurnService): Hono<EdgeEnv> {
-  const app = new Hono<EdgeEnv>();
+export function sessionTurnRoutes(deps: EdgeDeps, sessions: SessionService, turns: TurnService): OpenAPIHono<EdgeEnv> {
+  const app = new OpenAPIHono<EdgeEnv>();
 
-  app.post('/:id/turns', sessionParam, async (c) => {
+  mount(app, runTurn, async (c) => {
     const tenant = c.get('tenant');
-    const id = c.req.valid('param').id;
-    const body = await readJsonBody(c, TurnRequest);
+    const id = paramsOf(c, runTurn).id;
+    const body = await bodyOf(c, runTurn);
     checkMaxTokens(body.max_tokens, deps.config, 'max_tokens');
     const { manifest } = await sessions.get(tenant, id);
     const key = idempotencyKey(c);
