@@ -39,7 +39,12 @@ export interface LocalStackOptions {
   readonly onOutput?: (chunk: string) => void;
   /** The first start builds the ONNX graph of the model: allow for it. */
   readonly readyTimeoutMs?: number;
+  /** Keep the private Redis out of the terminal's Ctrl-C (npm start): it is stopped last, after the services. */
+  readonly redisOwnProcessGroup?: boolean;
 }
+
+/** The local stack's default grace for in-flight turns on stop (a deployment's default is 30 s). */
+export const LOCAL_SHUTDOWN_GRACE_MS = 3000;
 
 export async function startLocalStack(options: LocalStackOptions = {}): Promise<LocalStack> {
   const base = { ...(options.env ?? process.env) };
@@ -49,7 +54,7 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
   try {
     let redisUrl = base['REDIS_URL'];
     if (!redisUrl) {
-      redis = await startRedisServer();
+      redis = await startRedisServer({ ownProcessGroup: options.redisOwnProcessGroup === true });
       redisUrl = redis.url;
     }
     let modelDir = base['MODEL_DIR'];
@@ -71,6 +76,10 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       PORT: base['PORT'] || '8787',
       // One local worker serves everything: it is the default model of every new session.
       WORKER_CONCURRENCY: base['WORKER_CONCURRENCY'] || '8',
+      // Ctrl-C should stop the stack in seconds: in-flight turns get this long to finish, then
+      // they are released to the queue (durably: the next start runs them from their session's
+      // last version). A deployment's workers keep the longer default.
+      SHUTDOWN_GRACE_MS: base['SHUTDOWN_GRACE_MS'] || String(LOCAL_SHUTDOWN_GRACE_MS),
     };
     // Fail here, with the variable named, rather than in a child's log.
     parseEnv(EdgeConfigSchema, env);
@@ -114,7 +123,9 @@ export async function startLocalStack(options: LocalStackOptions = {}): Promise<
       },
       async stop() {
         await edge.stop();
-        await Promise.all([stack.worker, ...extraWorkers].map((w) => w.stop(30_000)));
+        // The worker's own grace, then a little to release what is left, before SIGKILL.
+        const grace = Number(env['SHUTDOWN_GRACE_MS']) + 5000;
+        await Promise.all([stack.worker, ...extraWorkers].map((w) => w.stop(grace)));
         await redis?.stop();
       },
     };

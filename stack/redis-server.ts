@@ -39,14 +39,25 @@ function exited(child: ChildProcess): Promise<void> {
   return child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise((r) => child.once('exit', () => r()));
 }
 
-export async function startRedisServer(options: { binary?: string } = {}): Promise<RedisServer> {
+export interface RedisServerOptions {
+  readonly binary?: string;
+  /**
+   * Run it in a process group of its own, so that Ctrl-C in a terminal (SIGINT to the whole
+   * foreground group) does not stop it before the services that use it have stopped: they
+   * would then retry against a dead server (ECONNREFUSED spam) and wait out their grace time.
+   * The owner stops it last. (A hard kill of the owner leaves it running.)
+   */
+  readonly ownProcessGroup?: boolean;
+}
+
+export async function startRedisServer(options: RedisServerOptions = {}): Promise<RedisServer> {
   const binary = options.binary ?? 'redis-server';
   for (let attempt = 0; attempt < 5; attempt++) {
     const port = await freePort();
     const child = spawn(
       binary,
       ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--loglevel', 'warning', '--daemonize', 'no'],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
+      { stdio: ['ignore', 'pipe', 'pipe'], detached: options.ownProcessGroup === true },
     );
     let output = '';
     child.stdout?.on('data', (d: Buffer) => (output += d.toString()));

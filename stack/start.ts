@@ -11,7 +11,7 @@ async function main(): Promise<void> {
   say('  the first start builds the model\'s ONNX graph into .cache/ and takes longer');
   let stack;
   try {
-    stack = await startLocalStack({ stdio: 'inherit' });
+    stack = await startLocalStack({ stdio: 'inherit', redisOwnProcessGroup: true });
   } catch (e) {
     if (e instanceof RedisServerMissingError || e instanceof ConfigError) {
       process.stderr.write(`mamba-serve: ${e.message}\n`);
