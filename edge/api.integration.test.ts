@@ -5,7 +5,7 @@
 import { request } from 'node:http';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ErrorResponse, ModelList, SessionCreated, SessionInfo, TurnResponse, VersionList } from '../shared/api-schemas.ts';
+import { ErrorResponse, ModelList, SessionCreated, SessionInfo, SessionList, TurnResponse, VersionList } from '../shared/api-schemas.ts';
 import { encodeMState, readMStateHeader } from '../shared/mstate.ts';
 import { useRedisServer } from '../test-support/redis.ts';
 import { startTestServing, type TestServing } from '../test-support/serving.ts';
@@ -16,13 +16,14 @@ let model: TinyModel;
 let serving: TestServing;
 const KEY_A = 'key-alpha-0001';
 const KEY_B = 'key-bravo-0002';
+const KEY_C = 'key-charlie-0003';
 
 beforeAll(async () => {
   model = await writeTinyModel();
   serving = await startTestServing({
     redisUrl: redis().url,
     modelDir: model.dir,
-    env: { API_KEYS: `${KEY_A}:alpha,${KEY_B}:bravo`, MAX_REQUEST_BYTES: '65536', MAX_TOKENS_PER_TURN: '2000', MAX_STATE_UPLOAD_BYTES: '1048576' },
+    env: { API_KEYS: `${KEY_A}:alpha,${KEY_B}:bravo,${KEY_C}:charlie`, MAX_REQUEST_BYTES: '65536', MAX_TOKENS_PER_TURN: '2000', MAX_STATE_UPLOAD_BYTES: '1048576' },
   });
 });
 afterAll(async () => {
@@ -280,6 +281,37 @@ describe('sessions', () => {
     expectError(await call('GET', `/v1/sessions/${s.id}`), 404, 'session_not_found');
     // The fork is its own session and outlives its source.
     expect(SessionInfo.parse((await call('GET', '/v1/sessions/the-fork')).json).version).toBe(forkVersions.head);
+  });
+});
+
+describe('listing sessions', () => {
+  it("lists the tenant's sessions newest first, page by page, without deleted or other tenants' ones", async () => {
+    for (const id of ['c1', 'c2', 'c3', 'c4', 'c5']) {
+      await newSession({ id, metadata: { n: id } }, KEY_C);
+      await new Promise((r) => setTimeout(r, 3));
+    }
+    await call('POST', '/v1/sessions/c5/turns', { input: 'hello', max_tokens: 2 }, { key: KEY_C });
+    const list = async (q: string) => {
+      const r = await call('GET', `/v1/sessions${q}`, undefined, { key: KEY_C });
+      expect(r.status, JSON.stringify(r.json)).toBe(200);
+      return SessionList.parse(r.json);
+    };
+    const first = await list('?limit=2');
+    expect(first.data.map((s) => s.id)).toEqual(['c5', 'c4']);
+    expect(first).toMatchObject({ has_more: true, first_id: 'c5', last_id: 'c4' });
+    expect(first.data[0]).toMatchObject({ version: 1, metadata: { n: 'c5' } });
+    expect(first.data[0]!.tokens_absorbed).toBeGreaterThan(0);
+    expect((await list('?limit=2&after=c4')).data.map((s) => s.id)).toEqual(['c3', 'c2']);
+    expect(await call('DELETE', '/v1/sessions/c3', undefined, { key: KEY_C })).toMatchObject({ status: 200 });
+    const rest = await list('?after=c4');
+    expect(rest.data.map((s) => s.id)).toEqual(['c2', 'c1']);
+    expect(rest.has_more).toBe(false);
+    expect((await list('')).data.map((s) => s.id)).toEqual(['c5', 'c4', 'c2', 'c1']);
+    // Tenants are apart: alpha's listing holds none of charlie's sessions.
+    const alpha = SessionList.parse((await call('GET', '/v1/sessions?limit=100')).json);
+    expect(alpha.data.map((s) => s.id)).not.toContain('c5');
+    expectError(await call('GET', '/v1/sessions?limit=0', undefined, { key: KEY_C }), 400, 'invalid_request');
+    expectError(await call('GET', '/v1/sessions?after=c3', undefined, { key: KEY_C }), 400, 'invalid_request');
   });
 });
 

@@ -83,6 +83,25 @@ export const SessionInfo = z.object({
 }).meta({ id: 'SessionInfo' });
 export type SessionInfo = z.infer<typeof SessionInfo>;
 
+/** A page of the tenant's sessions, newest first; `has_more`: ask again with `after` = `last_id`. */
+export const SessionList = z
+  .object({
+    object: z.literal('list'),
+    data: z.array(SessionInfo),
+    first_id: SessionId.nullable(),
+    last_id: SessionId.nullable(),
+    has_more: z.boolean(),
+  })
+  .meta({ id: 'SessionList' });
+export type SessionList = z.infer<typeof SessionList>;
+
+export const SessionListQuery = z.strictObject({
+  /** Sessions per answer (1-100, default 20). */
+  limit: z.string().regex(/^\d{1,3}$/, 'must be a number from 1 to 100').transform(Number).pipe(z.number().int().min(1).max(100)).optional().default(20),
+  /** Continue after this session (the `last_id` of the previous answer). */
+  after: SessionId.optional(),
+});
+
 /** One page of a session's versions; `has_more`: ask again with `after` = the last version listed. */
 export const VersionList = z.object({ session_id: SessionId, head: VersionNumber, data: z.array(VersionInfo), has_more: z.boolean() }).meta({ id: 'VersionList' });
 export type VersionList = z.infer<typeof VersionList>;

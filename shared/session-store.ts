@@ -5,6 +5,7 @@
 //   {prefix}/tenants/{tenant}/sessions/{session}/manifest-page-{n}.json       (immutable; older version entries)
 //   {prefix}/tenants/{tenant}/sessions/{session}/v{version}.items.json         (immutable; what the version absorbed and answered)
 //   {prefix}/tenants/{tenant}/sessions/{session}/responses/{nonce}.json        (a Responses API response → version; response-store.ts)
+//   {prefix}/tenants/{tenant}/session-index/{inverted ms}-{session}           (one per session: listing, newest first)
 //
 // A commit writes the new version's file with create-if-absent, then replaces the manifest
 // with If-Match on the ETag it read. A crash between the two leaves an unreferenced file and
@@ -80,6 +81,9 @@ export interface CommitArgs {
 
 const encoder = new TextEncoder();
 
+/** 10^13 - 1 ms is the year 2286: index names stay 13 digits until then. */
+const INDEX_TIME_CEILING = 9_999_999_999_999;
+
 export interface SessionStoreOptions {
   /** Newest versions the manifest keeps besides version 0 (MANIFEST_RECENT_VERSIONS); older ones move to pages. */
   readonly recentVersions?: number;
@@ -125,6 +129,18 @@ export class SessionStore {
   }
   static itemsKey(tenant: string, session: string, version: number): string {
     return `${SessionStore.sessionPrefix(tenant, session)}v${version}.items.json`;
+  }
+  static sessionIndexPrefix(tenant: string): string {
+    return `tenants/${tenant}/session-index/`;
+  }
+  /**
+   * The session's entry in its tenant's index: named so that key order is newest first (the
+   * creation time's milliseconds subtracted from 10^13 - 1, zero-padded), so a listing is one
+   * paged LIST of the index, whatever the number of sessions.
+   */
+  static sessionIndexKey(tenant: string, session: string, createdAt: string): string {
+    const inverted = String(INDEX_TIME_CEILING - Date.parse(createdAt)).padStart(13, '0');
+    return `${SessionStore.sessionIndexPrefix(tenant)}${inverted}-${session}`;
   }
   /** Response records live inside their session, so deleting the session removes them too. */
   static responseKey(tenant: string, session: string, nonce: string): string {
@@ -185,12 +201,46 @@ export class SessionStore {
       const leftovers = await this.objects.list(SessionStore.sessionPrefix(init.tenant, init.session));
       if (leftovers.length > 0) await this.objects.delete(leftovers.filter((k) => k !== key));
     }
+    // The index entry first: a crash between the two leaves an entry whose session does not
+    // exist (listings skip it), never a session that no listing shows.
+    const indexKey = SessionStore.sessionIndexKey(init.tenant, init.session, now);
+    await this.objects.putIfAbsent(indexKey, encoder.encode(init.session)).catch((e) => {
+      if (!(e instanceof StorePreconditionError)) throw e;
+    });
     try {
       const etag = await this.objects.putIfAbsent(key, encoder.encode(JSON.stringify(manifest)));
       return { manifest, etag };
     } catch (e) {
-      if (e instanceof StorePreconditionError) throw new SessionExistsError(init.session);
+      if (e instanceof StorePreconditionError) {
+        await this.objects.delete([indexKey]).catch(() => {});
+        throw new SessionExistsError(init.session);
+      }
       throw e;
+    }
+  }
+
+  /**
+   * A page of the tenant's sessions, newest first, after the session `after` (its id and
+   * creation time, as listed). Index entries whose session is gone or was created again
+   * since (another creation time) are skipped.
+   */
+  async listSessions(tenant: string, options: { limit: number; after?: { session: string; created_at: string } }): Promise<{ data: SessionManifest[]; hasMore: boolean }> {
+    const prefix = SessionStore.sessionIndexPrefix(tenant);
+    let startAfter = options.after ? SessionStore.sessionIndexKey(tenant, options.after.session, options.after.created_at) : undefined;
+    const data: SessionManifest[] = [];
+    for (;;) {
+      const page = await this.objects.listPage(prefix, { startAfter, limit: options.limit - data.length + 1 });
+      const read = await Promise.all(
+        page.objects.map(async ({ key }) => {
+          const session = key.slice(prefix.length + 14);
+          const found = await this.read(tenant, session).catch(() => null);
+          return found && SessionStore.sessionIndexKey(tenant, session, found.manifest.created_at) === key ? found.manifest : null;
+        }),
+      );
+      for (const m of read) if (m && data.length <= options.limit) data.push(m);
+      if (data.length > options.limit) return { data: data.slice(0, options.limit), hasMore: true };
+      if (!page.hasMore) return { data, hasMore: false };
+      startAfter = page.objects.at(-1)!.key;
     }
   }
 
@@ -428,9 +478,12 @@ export class SessionStore {
    */
   async delete(tenant: string, session: string): Promise<number> {
     const manifestKey = SessionStore.manifestKey(tenant, session);
+    const createdAt = (await this.read(tenant, session).catch(() => null))?.manifest.created_at;
     await this.objects.delete([manifestKey]);
     const keys = await this.objects.list(SessionStore.sessionPrefix(tenant, session));
     await this.objects.delete(keys);
+    // Last: until here a listing shows the session, then skips the entry (its manifest is gone).
+    if (createdAt) await this.objects.delete([SessionStore.sessionIndexKey(tenant, session, createdAt)]);
     return keys.filter((k) => k.endsWith('.mstate')).length;
   }
 }

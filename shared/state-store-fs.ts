@@ -6,7 +6,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { link, mkdir, open, readdir, readFile, rename, rm, rmdir, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve, sep } from 'node:path';
-import { assertSafeKey, StorePreconditionError, type StateStore, type StoredObject } from './state-store.ts';
+import { assertSafeKey, StorePreconditionError, type ListedObject, type ListedPage, type StateStore, type StoredObject } from './state-store.ts';
 
 /** A replace holds the object's lock file this long at most; older lock files are a crashed writer's. */
 const STALE_LOCK_MS = 10_000;
@@ -104,6 +104,31 @@ export class FsStateStore implements StateStore {
     };
     await walk(dir);
     return out;
+  }
+
+  async listPage(prefix: string, options: { startAfter?: string | undefined; limit: number }): Promise<ListedPage> {
+    const dirKey = prefix.replace(/\/$/, '');
+    let entries;
+    try {
+      entries = await readdir(this.path(dirKey), { withFileTypes: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { objects: [], hasMore: false };
+      throw e;
+    }
+    // Byte order, as S3 lists keys (the names are ASCII).
+    const keys = entries
+      .filter((d) => d.isFile() && !d.name.startsWith('.'))
+      .map((d) => `${dirKey}/${d.name}`)
+      .filter((k) => options.startAfter === undefined || k > options.startAfter)
+      .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const page = keys.slice(0, options.limit);
+    const objects: ListedObject[] = [];
+    for (const key of page) {
+      // A file removed between readdir and stat (a concurrent delete) is simply not listed.
+      const size = await stat(this.path(key)).then((s) => s.size, () => undefined);
+      if (size !== undefined) objects.push({ key, bytes: size });
+    }
+    return { objects, hasMore: keys.length > options.limit };
   }
 
   async markSuperseded(): Promise<void> {}

@@ -13,7 +13,7 @@ import {
   S3ServiceException,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
-import { assertSafeKey, StorePreconditionError, StoreUnavailableError, type StateStore, type StoredObject } from './state-store.ts';
+import { assertSafeKey, StorePreconditionError, StoreUnavailableError, type ListedPage, type StateStore, type StoredObject } from './state-store.ts';
 import { SUPERSEDED_TAG } from './superseded-tag.ts';
 
 export interface S3StateStoreOptions {
@@ -142,6 +142,28 @@ export class S3StateStore implements StateStore {
       token = out.IsTruncated ? out.NextContinuationToken : undefined;
     } while (token);
     return keys;
+  }
+
+  async listPage(prefix: string, options: { startAfter?: string | undefined; limit: number }): Promise<ListedPage> {
+    const full = this.fullKey(prefix.replace(/\/$/, '')) + '/';
+    const strip = this.options.prefix ? this.options.prefix.length + 1 : 0;
+    let out;
+    try {
+      out = await this.client.send(
+        new ListObjectsV2Command({
+          Bucket: this.options.bucket,
+          Prefix: full,
+          // Only the level asked for: deeper keys fold into CommonPrefixes, which are not listed.
+          Delimiter: '/',
+          MaxKeys: Math.min(options.limit, 1000),
+          ...(options.startAfter !== undefined ? { StartAfter: this.fullKey(options.startAfter) } : {}),
+        }),
+      );
+    } catch (e) {
+      throw this.wrap(e, `list ${prefix}`);
+    }
+    const objects = (out.Contents ?? []).filter((o) => o.Key).map((o) => ({ key: o.Key!.slice(strip), bytes: o.Size ?? 0 }));
+    return { objects, hasMore: out.IsTruncated === true };
   }
 
   async markSuperseded(key: string): Promise<void> {

@@ -73,6 +73,20 @@ describe.each(stores)('%s state store', (_name, make) => {
     await store.close();
   });
 
+  it('lists one level of a prefix in key order, a page at a time, with sizes', async () => {
+    const store = await make();
+    const names = ['b', 'a', 'c-1', 'c-0', 'd'];
+    for (const n of names) await store.putIfAbsent(`t/idx/${n}`, bytes(n.repeat(3)));
+    await store.putIfAbsent('t/idx/deeper/x', bytes('not this level'));
+    const first = await store.listPage('t/idx/', { limit: 2 });
+    expect(first).toEqual({ objects: [{ key: 't/idx/a', bytes: 3 }, { key: 't/idx/b', bytes: 3 }], hasMore: true });
+    const rest = await store.listPage('t/idx/', { startAfter: 't/idx/b', limit: 10 });
+    expect(rest.objects.map((o) => o.key)).toEqual(['t/idx/c-0', 't/idx/c-1', 't/idx/d']);
+    expect(rest.hasMore).toBe(false);
+    expect(await store.listPage('t/none/', { limit: 5 })).toEqual({ objects: [], hasMore: false });
+    await store.close();
+  });
+
   it('refuses keys that could escape its root', async () => {
     const store = await make();
     await expect(store.get('../etc/passwd')).rejects.toThrow(/unsafe key/);

@@ -21,12 +21,29 @@ export interface StateStore {
   /** Every key under `prefix` (which ends with '/'), in no particular order. */
   list(prefix: string): Promise<string[]>;
   /**
+   * One page of the objects directly under `prefix` (which ends with '/'; keys with no further
+   * '/'), in ascending key order, starting after the key `startAfter`: what listings sorted by
+   * key (sessions newest first, cartridges) and the prefix cache's index rebuild read.
+   */
+  listPage(prefix: string, options: { startAfter?: string | undefined; limit: number }): Promise<ListedPage>;
+  /**
    * Mark an object as replaced by a newer one (S3: the tag `mamba-serve:superseded=true`, which
    * the deployment's lifecycle rule expires after a retention period). Best effort; the
    * filesystem store keeps everything.
    */
   markSuperseded(key: string): Promise<void>;
   close(): Promise<void>;
+}
+
+export interface ListedObject {
+  readonly key: string;
+  readonly bytes: number;
+}
+
+export interface ListedPage {
+  readonly objects: ListedObject[];
+  /** More objects follow the last one listed. */
+  readonly hasMore: boolean;
 }
 
 /** The conditional write lost: the object exists (putIfAbsent) or changed (putIfMatch). */

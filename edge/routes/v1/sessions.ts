@@ -8,9 +8,12 @@ import {
   SessionDeleted,
   SessionId,
   SessionInfo,
+  SessionList,
+  SessionListQuery,
   VersionList,
   VersionListQuery,
 } from '../../../shared/api-schemas.ts';
+import { ApiError } from '../../../shared/errors.ts';
 import { headEntry, type SessionManifest } from '../../../shared/session-manifest.ts';
 import type { EdgeEnv } from '../../auth.ts';
 import type { EdgeDeps } from '../../deps.ts';
@@ -29,6 +32,16 @@ const createSession = createRoute({
   summary: 'Create a session (optionally with a system prompt, from another session, or from a cartridge)',
   request: { body: jsonBody(CreateSessionRequest) },
   responses: { 201: json(SessionCreated, 'The session, durable: its head version and tokens absorbed'), ...errors(...TURN_ERRORS) },
+});
+
+const listSessions = createRoute({
+  method: 'get',
+  path: '/',
+  operationId: 'listSessions',
+  tags,
+  summary: "A page of the tenant's sessions, newest first (conversations and response chains are sessions too)",
+  request: { query: SessionListQuery },
+  responses: { 200: json(SessionList, 'Sessions with their head version, tokens absorbed, state bytes and metadata'), ...errors(...COMMON_ERRORS) },
 });
 
 const getSession = createRoute({
@@ -116,6 +129,21 @@ export function sessionRoutes(deps: EdgeDeps, sessions: SessionService, turns: T
     }
     c.header('Location', `/v1/sessions/${id}`);
     return c.json(created(manifest), 201);
+  });
+
+  mount(app, listSessions, async (c) => {
+    const tenant = c.get('tenant');
+    const { limit, after } = queryOf(c, listSessions);
+    let cursor: { session: string; created_at: string } | undefined;
+    if (after !== undefined) {
+      const found = await deps.sessions.read(tenant, after);
+      if (!found) throw new ApiError('invalid_request', `after: session ${after} no longer exists; list again from the start`, { details: [{ path: 'after', message: 'not found' }] });
+      cursor = { session: after, created_at: found.manifest.created_at };
+    }
+    const page = await deps.sessions.listSessions(tenant, { limit, ...(cursor ? { after: cursor } : {}) });
+    const data = page.data.map(sessionInfo);
+    const body: SessionList = { object: 'list', data, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null, has_more: page.hasMore };
+    return c.json(body);
   });
 
   mount(app, getSession, async (c) => {
