@@ -27,8 +27,11 @@ async function main(): Promise<void> {
   }
   if (!stack.env['API_KEYS']) say('  NOTE: API_KEYS is not set: no authentication, listening on loopback only.');
   say(`mamba-serve is ready at ${stack.url}  (model ${stack.modelId}, engine ${stack.engine}, Redis ${stack.redisUrl}, store ${stack.env['STATE_STORE']})`);
-  say(`  try: curl -s ${stack.url}/v1/chat/completions -H 'Content-Type: application/json'${auth} -H 'X-Session-Id: my-first-session' \\`);
-  say(`         -d '{"messages":[{"role":"user","content":"Hello! Who are you?"}],"max_tokens":64}'`);
+  // Append mode: the line answers on every run and after restarts (the session keeps what it
+  // was told before; a plain chat would have to resend the whole history).
+  say(`  try: curl -s ${stack.url}/v1/chat/completions -H 'Content-Type: application/json'${auth} \\`);
+  say(`         -H 'X-Session-Id: my-first-session' -H 'X-Session-Append: true' \\`);
+  say(`         -d '{"messages":[{"role":"user","content":"My locker code is 4812."}],"max_tokens":64,"temperature":0}'`);
   say('  Ctrl-C stops everything.');
 
   let stopping = false;

@@ -45,6 +45,14 @@ async function runAndStop(target: 'group' | 'npm', signal: NodeJS.Signals) {
   }
   const url = /is ready at (http:\/\/\S+)/.exec(output)![1]!;
   expect((await fetch(`${url}/v1/sessions`, { method: 'POST', body: '{}' })).status).toBe(201);
+  // The `try:` request it prints answers, and answers again (it appends to its session).
+  const tryBlock = output.slice(output.indexOf('try: curl'));
+  const headers = Object.fromEntries([...tryBlock.matchAll(/-H '([^:]+): ([^']+)'/g)].map((m) => [m[1]!, m[2]!]));
+  const body = /-d '([^']+)'/.exec(tryBlock)![1]!;
+  for (let i = 0; i < 2; i++) {
+    const res = await fetch(/curl -s (\S+)/.exec(tryBlock)![1]!, { method: 'POST', headers, body });
+    expect(res.status, await res.clone().text()).toBe(200);
+  }
   const redisPort = /Redis redis:\/\/127\.0\.0\.1:(\d+)/.exec(output)![1]!;
 
   const t0 = Date.now();
