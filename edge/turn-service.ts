@@ -30,6 +30,8 @@ export interface TurnSubmission {
   readonly ephemeral?: boolean;
   /** Fingerprint of the request (edge/idempotency.ts), checked against a turn its Idempotency-Key already names. */
   readonly requestHash?: string;
+  /** A stateless chat on the durable prefix cache (shared/prefix-cache.ts). */
+  readonly prefixCache?: boolean;
 }
 
 /** What names an existing turn: an Idempotency-Key, on a session (or none), for a model's queue. */
@@ -148,6 +150,7 @@ export class TurnService {
       ...(s.response ? { response: s.response } : {}),
       ...(s.ephemeral ? { ephemeral: true } : {}),
       ...(s.requestHash ? { request_hash: s.requestHash } : {}),
+      ...(s.prefixCache && s.session === null ? { prefix_cache: true } : {}),
     };
     try {
       await queues.of(s.model).add('turn', job, {

@@ -7,6 +7,7 @@ import { Validations } from 'aws-cdk-lib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EdgeConfigSchema, parseEnv, WorkerConfigSchema } from '../shared/config.ts';
 import { QueueMetricsEnvSchema } from '../edge/queue-metrics-lambda.ts';
+import { PREFIX_CACHE_ROOT } from '../shared/prefix-cache-root.ts';
 import { SUPERSEDED_TAG } from '../shared/superseded-tag.ts';
 import { asList, identityStatements, references, render, type Statement } from './cfn.ts';
 import { logicalIdOf, resourcesOfType, synthesize, type Synthesized } from './synth.ts';
@@ -69,6 +70,8 @@ describe('state bucket', () => {
         ExpirationInDays: 30,
         Status: 'Enabled',
       },
+      // The prefix cache, a cache: bounded by age here and by each tenant's budget in the workers.
+      { Id: 'expire-prefix-cache', Prefix: `state/${PREFIX_CACHE_ROOT}/`, ExpirationInDays: 7, Status: 'Enabled' },
     ]);
     expect(rules.some((r) => r['AbortIncompleteMultipartUpload']?.['DaysAfterInitiation'] === 1)).toBe(true);
   });
@@ -360,7 +363,7 @@ describe('IAM', () => {
     }
   });
 
-  it('lets both tag superseded versions (turns and imports advance heads), and only the edge delete', () => {
+  it('lets both tag superseded versions (turns and imports advance heads), and only the edge delete sessions', () => {
     const actionsOf = (fragment: string) =>
       new Set(
         statements()
@@ -372,7 +375,12 @@ describe('IAM', () => {
     expect(edge.has('s3:DeleteObject')).toBe(true);
     expect(edge.has('s3:PutObjectTagging')).toBe(true);
     expect(worker.has('s3:PutObjectTagging')).toBe(true);
-    expect(worker.has('s3:DeleteObject')).toBe(false);
+    // The worker deletes only prefix-cache entries it evicts, never a session's version.
+    const workerDeletes = statements()
+      .filter(({ policy, statement }) => policy.startsWith('WorkersTaskTaskRoleDefaultPolicy') && asList(statement.Action).includes('s3:DeleteObject'))
+      .flatMap(({ statement }) => asList(statement.Resource as unknown[]).map((r) => JSON.stringify(r)));
+    expect(workerDeletes).toHaveLength(1);
+    expect(workerDeletes[0]).toContain(`/state/${PREFIX_CACHE_ROOT}/*`);
   });
 
   it('has no Allow of every action of a service anywhere', () => {

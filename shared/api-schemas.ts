@@ -239,6 +239,11 @@ export const ChatCompletionRequest = z.object({
    * message a turn. Needs a session; excludes `fork`. Also settable with `X-Session-Append: true`.
    */
   append: z.boolean().optional(),
+  /**
+   * Without a session: reuse the longest stored prefix of `messages` and store this chat's own
+   * prefix states for later requests (default true). `false`: start from the empty state and store nothing.
+   */
+  prefix_cache: z.boolean().optional(),
   on_busy: OnBusy.optional(),
 }).meta({ id: 'ChatCompletionRequest' });
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;

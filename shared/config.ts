@@ -167,6 +167,13 @@ export const WorkerConfigSchema = z.object({
   QUEUE_LOCK_MS: int(1000, 600_000).default(30_000),
   /** Prefill is fed in chunks of this many tokens, with a batched decode step between chunks. */
   PREFILL_CHUNK_TOKENS: int(1, 1 << 20).default(256),
+  /**
+   * Bytes of stored prefix states (stateless chats' reusable history, shared/prefix-cache.ts)
+   * each tenant may keep before the least recently used are evicted. 0 = no prefix cache.
+   */
+  PREFIX_CACHE_TENANT_BYTES: int(0).default(1 << 30),
+  /** A stateless chat's state is stored for reuse only once it has absorbed this many tokens (shorter ones are cheaper to recompute). */
+  PREFIX_CACHE_MIN_TOKENS: int(1).default(256),
   /** Names this worker in leases and the worker registry; must differ between live workers. Default: {hostname}-{pid}-{random}. */
   WORKER_ID: z.string().trim().regex(/^[A-Za-z0-9._-]{1,64}$/).optional(),
 });

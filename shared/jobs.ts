@@ -63,6 +63,11 @@ export const TurnJob = z.object({
   /** Run on a copy of the base state and commit nothing (Responses API `store: false`). */
   ephemeral: z.boolean().optional(),
   /**
+   * A stateless chat that starts from the longest stored prefix of its messages and stores its
+   * own prefix states for later requests (shared/prefix-cache.ts).
+   */
+  prefix_cache: z.boolean().optional(),
+  /**
    * Fingerprint of the request that made this turn (edge/idempotency.ts): a retry with the same
    * Idempotency-Key must carry the same one, or it is refused (422 idempotency_key_reused).
    */

@@ -57,6 +57,24 @@ export class RedisKeys {
     return `${this.prefix}:response:${tenant}:${responseId}`;
   }
 
+  /**
+   * The prefix cache's index of one tenant (shared/prefix-cache.ts): a sorted set of entries
+   * scored by last use (LRU), their sizes (hash), the total (counter), and a marker saying the
+   * index has been built from the store (after a Redis loss it is rebuilt by listing).
+   */
+  prefixLru(tenant: string): string {
+    return `${this.prefix}:prefix-lru:${tenant}`;
+  }
+  prefixSizes(tenant: string): string {
+    return `${this.prefix}:prefix-sizes:${tenant}`;
+  }
+  prefixTotal(tenant: string): string {
+    return `${this.prefix}:prefix-total:${tenant}`;
+  }
+  prefixIndexed(tenant: string): string {
+    return `${this.prefix}:prefix-indexed:${tenant}`;
+  }
+
   /** Hash model id → JSON of what a worker reported about the model it serves (fingerprint, layout). */
   get models(): string {
     return `${this.prefix}:models`;

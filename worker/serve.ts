@@ -6,9 +6,11 @@ import type { WorkerConfig } from '../shared/config.ts';
 import { createStateStore } from '../shared/create-state-store.ts';
 import { createLogger, type Logger } from '../shared/logger.ts';
 import { ModelRegistry } from '../shared/model-registry.ts';
+import { PrefixCache } from '../shared/prefix-cache.ts';
 import { RedisKeys } from '../shared/redis-keys.ts';
 import { SessionLeases } from '../shared/session-lease.ts';
 import { SessionStore } from '../shared/session-store.ts';
+import { PrefixStates } from './prefix-states.ts';
 import { BatchScheduler } from './scheduler/batch-scheduler.ts';
 import { loadServingModel, type ServingModel } from './serving-model.ts';
 import { StateCache } from './state-cache.ts';
@@ -41,7 +43,14 @@ export async function startWorker(config: WorkerConfig, options: { log?: Logger;
   const registry = new ModelRegistry(redis, keys, config.WORKER_STALE_MS);
   const scheduler = new BatchScheduler(model.engine, config.PREFILL_CHUNK_TOKENS);
   const cache = new StateCache(model.engine, config.STATE_CACHE_BYTES, model.engine.model.stateBytes);
-  const runner = new TurnRunner({ model, scheduler, cache, sessions, leases, redis, keys, config, workerId: id, log });
+  const prefixes = new PrefixStates({
+    engine: model.engine,
+    cache,
+    store: new PrefixCache(objects, redis, keys, { tenantBytes: config.PREFIX_CACHE_TENANT_BYTES }),
+    minTokens: config.PREFIX_CACHE_MIN_TOKENS,
+    log,
+  });
+  const runner = new TurnRunner({ model, scheduler, cache, sessions, leases, redis, keys, config, workerId: id, log, prefixes });
   const consumer = new TurnConsumer({ redis, keys, modelId: model.id, runner, leases, config, log });
 
   const beat = () => registry.heartbeat(model.registration, id).catch((e) => log.warn('heartbeat failed', { error: String(e) }));

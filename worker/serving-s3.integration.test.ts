@@ -57,6 +57,8 @@ describe('serving on S3', () => {
     const client = new S3Client({ endpoint: moto.endpoint, forcePathStyle: true, region: 'us-east-1', credentials: moto.credentials });
     const listed = await client.send(new ListObjectsV2Command({ Bucket: 'states', Prefix: 'prod/v1/' }));
     expect((listed.Contents ?? []).map((o) => o.Key).sort()).toEqual([
+      // The tenant's session index (newest first: 10^13 - 1 minus the creation time in ms).
+      expect.stringMatching(/^prod\/v1\/tenants\/local\/session-index\/\d{13}-on-s3$/),
       'prod/v1/tenants/local/sessions/on-s3/manifest.json',
       'prod/v1/tenants/local/sessions/on-s3/v1.items.json',
       'prod/v1/tenants/local/sessions/on-s3/v1.mstate',

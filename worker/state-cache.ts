@@ -26,6 +26,10 @@ export class StateCache {
     return this.entries.size;
   }
 
+  has(key: string): boolean {
+    return this.entries.has(key);
+  }
+
   /** Remove and return the state (ownership passes to the caller). */
   take(key: string): StateHandle | undefined {
     const state = this.entries.get(key);

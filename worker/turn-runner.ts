@@ -21,13 +21,14 @@ import { ResponseStore } from '../shared/response-store.ts';
 import { findVersion, type ManifestVersion, type SessionManifest } from '../shared/session-manifest.ts';
 import { isLease, type SessionLease, type SessionLeases } from '../shared/session-lease.ts';
 import { CommitConflictError, FencedOutError, type SessionStore } from '../shared/session-store.ts';
-import { extendTranscript } from '../shared/transcript-hash.ts';
+import { EMPTY_TRANSCRIPT_ROOT, extendTranscript } from '../shared/transcript-hash.ts';
 import { TurnStreamWriter, type TurnEvent } from '../shared/turn-stream.ts';
 import { EngineError, type StateHandle } from './engine/engine.ts';
 import { Sampler } from './generate/sampling.ts';
 import { SequenceDecoder } from './generate/sequence.ts';
 import type { ChatMessage } from './model/chat-template.ts';
 import { WorkAborted, type BatchScheduler } from './scheduler/batch-scheduler.ts';
+import type { PrefixStates } from './prefix-states.ts';
 import type { ServingModel } from './serving-model.ts';
 import { stateCacheKey, type StateCache } from './state-cache.ts';
 
@@ -69,6 +70,8 @@ export interface TurnRunnerDeps {
   readonly config: Pick<WorkerConfig, 'MAX_INPUT_TOKENS_PER_TURN' | 'MAX_TOKENS_PER_TURN' | 'TURN_RETENTION_S'>;
   readonly workerId: string;
   readonly log: Logger;
+  /** Stateless chats' prefix states (shared/prefix-cache.ts); absent: stateless chats start empty. */
+  readonly prefixes?: PrefixStates;
 }
 
 /** How long a turn's stream outlives its deadline (late readers, Last-Event-ID resumes). */
@@ -85,6 +88,8 @@ interface StartingState {
   readonly state: StateHandle;
   readonly base: ManifestVersion | null;
   readonly source: 'cache' | 'store' | 'empty';
+  /** A stateless chat on the prefix cache: how many of the job's messages the state holds, and the hash chain. */
+  readonly prefix?: { readonly messages: number; readonly hashes: readonly string[] };
 }
 
 export class TurnRunner {
@@ -160,8 +165,11 @@ export class TurnRunner {
       const instructions = job.instructions ?? null;
       const instructionsHash = instructions === null ? start.base?.instructions_sha256 : sha256(instructions);
       const feedInstructions = instructions !== null && start.base?.instructions_sha256 !== instructionsHash;
-      const fed: Message[] = [...(feedInstructions ? [{ role: 'system' as const, content: instructions }] : []), ...job.messages];
-      const inputIds = [...template.encodeMessages(fed.map(templateMessage)), ...(job.kind === 'turn' ? template.generationPromptIds : [])];
+      const newMessages = start.prefix ? job.messages.slice(start.prefix.messages) : job.messages;
+      const fed: Message[] = [...(feedInstructions ? [{ role: 'system' as const, content: instructions }] : []), ...newMessages];
+      const messageIds = template.encodeMessages(fed.map(templateMessage));
+      const promptIds = job.kind === 'turn' ? template.generationPromptIds : [];
+      const inputIds = [...messageIds, ...promptIds];
       if (inputIds.length > deps.config.MAX_INPUT_TOKENS_PER_TURN) {
         throw new TurnRejected('invalid_request', `the input is ${inputIds.length} tokens; this server takes at most ${deps.config.MAX_INPUT_TOKENS_PER_TURN} per turn`);
       }
@@ -184,7 +192,22 @@ export class TurnRunner {
 
       let logits: Float32Array | undefined;
       const prefillStart = performance.now();
-      if (inputIds.length > 0) logits = await deps.scheduler.prefill(start.state, Int32Array.from(inputIds), abort.signal);
+      // Prefix states being written (stateless chats): all durable before `done`.
+      const prefixWrites: Array<() => Promise<void>> = [];
+      const prefixes = start.prefix ? deps.prefixes : undefined;
+      if (start.prefix && prefixes && messageIds.length > 0) {
+        // The state after the request's messages, before the generation prompt: what the same
+        // history sent again (or a regenerated reply) starts from.
+        await deps.scheduler.prefill(start.state, Int32Array.from(messageIds), abort.signal);
+        if (prefixes.worthKeeping(start.state.tokensAbsorbed)) {
+          const hash = start.prefix.hashes[job.messages.length]!;
+          prefixWrites.push(await prefixes.save(job.tenant, hash, start.state));
+          prefixes.keepHot(job.tenant, hash, await deps.model.engine.cloneState(start.state));
+        }
+        if (promptIds.length > 0) logits = await deps.scheduler.prefill(start.state, Int32Array.from(promptIds), abort.signal);
+      } else if (inputIds.length > 0) {
+        logits = await deps.scheduler.prefill(start.state, Int32Array.from(inputIds), abort.signal);
+      }
       timings.prefill_ms = performance.now() - prefillStart;
       metrics.inc(METRICS.prefillTokens, labels, inputIds.length);
       if (job.kind === 'turn') {
@@ -219,6 +242,14 @@ export class TurnRunner {
       const usage = { input_tokens: inputIds.length, output_tokens: outputTokens, cached_tokens: cachedTokens, tokens_absorbed: start.state.tokensAbsorbed };
       let result: TurnResult;
       if (job.session === null || !manifest || !lease) {
+        if (start.prefix && prefixes && job.kind === 'turn' && prefixes.worthKeeping(start.state.tokensAbsorbed)) {
+          // The state after the reply: what the conversation's next request (which resends it) starts from.
+          const hash = extendTranscript(start.prefix.hashes[job.messages.length]!, { role: 'assistant', content: output });
+          prefixWrites.push(await prefixes.save(job.tenant, hash, start.state));
+          prefixes.keepHot(job.tenant, hash, start.state);
+          owned = undefined;
+        }
+        await Promise.all(prefixWrites.map((written) => written()));
         result = { turn_id: job.turn_id, session: null, version: null, base_version: start.base?.version ?? null, output, finish_reason: finishReason, usage, timings };
       } else {
         const transcript = [...fed, ...(job.kind === 'turn' ? [{ role: 'assistant' as const, content: output }] : [])].reduce(
@@ -326,7 +357,14 @@ export class TurnRunner {
   /** The state the turn starts from, owned by the caller. */
   private async startingState(job: TurnJob, manifest: SessionManifest | null): Promise<StartingState> {
     const { engine } = this.deps.model;
-    if (job.session === null || !manifest) return { state: await engine.newState(), base: null, source: 'empty' };
+    if (job.session === null || !manifest) {
+      if (job.prefix_cache && this.deps.prefixes) {
+        const empty = async () => ({ state: await engine.newState(), source: 'empty' as const });
+        const start = await this.deps.prefixes.start(job.tenant, EMPTY_TRANSCRIPT_ROOT, job.messages, empty);
+        return { state: start.state, base: null, source: start.source, prefix: { messages: start.messages, hashes: start.hashes } };
+      }
+      return { state: await engine.newState(), base: null, source: 'empty' };
+    }
     const base = await this.baseVersion(job, manifest);
     const key = stateCacheKey(job.tenant, job.session, manifest.incarnation, base.version);
     // An ephemeral turn reads the stored copy: taking the cached one (and discarding it after)

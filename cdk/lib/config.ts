@@ -77,6 +77,13 @@ export const StackConfigSchema = z
     supersededVersionRetentionDays: int(1, 36500).default(30),
     /** Deny writes of `.mstate` objects that are not conditional (If-None-Match), see state-bucket.ts. */
     requireConditionalWrites: bool.default(false),
+    /**
+     * Days a prefix-cache state (stateless chats' reusable history) lives at most, counted from
+     * when it was written; within that, each tenant's budget evicts the least recently used.
+     */
+    prefixCacheRetentionDays: int(1, 36500).default(7),
+    /** PREFIX_CACHE_TENANT_BYTES of the workers, in MiB: stored prefix states per tenant (0 = no prefix cache). */
+    prefixCacheTenantMiB: int(0, 1 << 24).default(1024),
 
     // --- network ---
     /** `nat`: one NAT gateway + S3 gateway endpoint. `endpoints`: no internet path at all (see network.ts). */

@@ -61,6 +61,8 @@ export interface GpuWorkersProps {
   readonly maxQueueDepth: number;
   readonly maxTokensPerTurn: number;
   readonly maxInputTokensPerTurn: number;
+  /** PREFIX_CACHE_TENANT_BYTES: stored prefix states per tenant (0 = no prefix cache). */
+  readonly prefixCacheTenantBytes: number;
   readonly logLevel: string;
   readonly logRetention: logs.RetentionDays;
   /** Scaling events of the instance group are sent here. */
@@ -190,6 +192,7 @@ export class GpuWorkers extends Construct {
       MAX_QUEUE_DEPTH: String(props.maxQueueDepth),
       MAX_TOKENS_PER_TURN: String(props.maxTokensPerTurn),
       MAX_INPUT_TOKENS_PER_TURN: String(props.maxInputTokensPerTurn),
+      PREFIX_CACHE_TENANT_BYTES: String(props.prefixCacheTenantBytes),
       LOG_LEVEL: props.logLevel,
       // No WORKER_ID: one task definition serves every task, so any value here would be shared;
       // the worker's default adds a random part to host and pid, unique per task.
@@ -233,8 +236,9 @@ export class GpuWorkers extends Construct {
     });
 
     // Sessions: read and write versions, tag superseded ones (the lifecycle rule's signal);
-    // no delete (versions are immutable; deleting sessions is the edge's job).
-    props.state.grantState(this.taskDefinition.taskRole, { delete: false, tagSuperseded: true });
+    // no delete (versions are immutable; deleting sessions is the edge's job), except of the
+    // prefix cache's least recently used entries, which the worker that stores evicts.
+    props.state.grantState(this.taskDefinition.taskRole, { delete: false, tagSuperseded: true, evictPrefixCache: true });
 
     this.taskSecurityGroup = new ec2.SecurityGroup(this, 'TaskSecurityGroup', {
       vpc: props.vpc,

@@ -46,6 +46,7 @@ export class MambaServeStack extends Stack {
     this.state = new StateBucket(this, 'State', {
       encryption: c.bucketEncryption,
       supersededVersionRetentionDays: c.supersededVersionRetentionDays,
+      prefixCacheRetentionDays: c.prefixCacheRetentionDays,
       requireConditionalWrites: c.requireConditionalWrites,
       logRetentionDays: c.logRetentionDays,
     });
@@ -110,6 +111,7 @@ export class MambaServeStack extends Stack {
       maxQueueDepth: c.maxQueueDepth,
       maxTokensPerTurn: c.maxTokensPerTurn,
       maxInputTokensPerTurn: c.maxInputTokensPerTurn,
+      prefixCacheTenantBytes: c.prefixCacheTenantMiB * 1024 * 1024,
       logLevel: c.logLevel,
       logRetention,
       notifications: topic,

@@ -15,19 +15,27 @@
 // (counted from when the version was written, as S3 counts age from creation). A head version
 // is never tagged and never expires. Until something is tagged, nothing expires: the failure
 // mode is keeping too much, never losing a head.
+//
+// The prefix cache (stateless chats' reusable states, shared/prefix-cache.ts) lives under
+// `state/prefix-cache/`: a cache, bounded per tenant by the workers' LRU eviction, and here by
+// age as well (`prefixCacheRetentionDays`), so entries the eviction never saw (an index lost
+// with Redis) cannot pile up. Losing one costs a recomputation, never data.
 import { Aws, Duration, RemovalPolicy, Stack, Validations } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import { Construct, type IConstruct } from 'constructs';
+import { PREFIX_CACHE_ROOT } from '../../shared/prefix-cache-root.ts';
 import { SUPERSEDED_TAG } from '../../shared/superseded-tag.ts';
 
 export const STATE_PREFIX = 'state';
 export const MODELS_PREFIX = 'models';
+export const PREFIX_CACHE_PREFIX = `${STATE_PREFIX}/${PREFIX_CACHE_ROOT}`;
 
 export interface StateBucketProps {
   readonly encryption: 's3' | 'kms';
   readonly supersededVersionRetentionDays: number;
+  readonly prefixCacheRetentionDays: number;
   /** Deny `.mstate` writes without If-None-Match (versions are immutable; see the policy below). */
   readonly requireConditionalWrites: boolean;
   readonly logRetentionDays: number;
@@ -84,6 +92,11 @@ export class StateBucket extends Construct {
           tagFilters: { [SUPERSEDED_TAG.key]: SUPERSEDED_TAG.value },
           expiration: Duration.days(props.supersededVersionRetentionDays),
         },
+        {
+          id: 'expire-prefix-cache',
+          prefix: `${PREFIX_CACHE_PREFIX}/`,
+          expiration: Duration.days(props.prefixCacheRetentionDays),
+        },
         { id: 'abort-incomplete-multipart-uploads', abortIncompleteMultipartUploadAfter: Duration.days(1) },
       ],
       // Tenants' sessions must survive a `cdk destroy`; docs/deploy.md says how to delete them.
@@ -123,7 +136,10 @@ export class StateBucket extends Construct {
    * Least privilege, spelled out: CDK's grantRead/grantReadWrite use wildcard actions
    * (`s3:GetObject*`, `s3:List*`, `s3:DeleteObject*`), which would also allow ACL and retention calls.
    */
-  grantState(grantee: iam.IGrantable, access: { readonly delete: boolean; readonly tagSuperseded: boolean }): void {
+  grantState(
+    grantee: iam.IGrantable,
+    access: { readonly delete: boolean; readonly tagSuperseded: boolean; readonly evictPrefixCache?: boolean },
+  ): void {
     const actions = ['s3:GetObject', 's3:PutObject', 's3:AbortMultipartUpload'];
     if (access.delete) actions.push('s3:DeleteObject');
     if (access.tagSuperseded) actions.push('s3:PutObjectTagging');
@@ -132,6 +148,14 @@ export class StateBucket extends Construct {
     );
     this.grantList(grantee, STATE_PREFIX);
     this.acknowledgePrefixWildcard(grantee, STATE_PREFIX, 'its sessions');
+    if (access.evictPrefixCache && !access.delete) {
+      // Evicting a tenant's least recently used prefix states (shared/prefix-cache.ts): deletes
+      // confined to the cache, never a session's versions.
+      grantee.grantPrincipal.addToPrincipalPolicy(
+        new iam.PolicyStatement({ actions: ['s3:DeleteObject'], resources: [this.bucket.arnForObjects(`${PREFIX_CACHE_PREFIX}/*`)] }),
+      );
+      this.acknowledgePrefixWildcard(grantee, PREFIX_CACHE_PREFIX, 'the prefix cache entries it evicts');
+    }
     if (this.key) {
       // GenerateDataKey for writes, Decrypt for reads (and for multipart completion).
       this.key.grant(grantee, 'kms:Decrypt', 'kms:GenerateDataKey');

@@ -150,6 +150,7 @@ export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, t
         onBusy: body.on_busy ?? 'reject',
         idempotencyKey: key,
         requestHash,
+        prefixCache: body.prefix_cache ?? true,
       }));
     const id = `chatcmpl-${turn.turnId}`;
     const created = Math.floor(Date.now() / 1000);
