@@ -12,6 +12,10 @@ import { healthRoutes } from './routes/health.ts';
 import { metricsRoutes } from './routes/metrics.ts';
 import { ConversationService } from './conversation-service.ts';
 import { ResponseService } from './response-service.ts';
+import { CartridgeService } from './cartridge-service.ts';
+import { cartridgeRoutes } from './routes/v1/cartridges.ts';
+import { cartridgeEventRoutes } from './routes/v1/cartridges/events.ts';
+import { cartridgeStateRoutes } from './routes/v1/cartridges/state.ts';
 import { chatCompletionRoutes } from './routes/v1/chat/completions.ts';
 import { conversationRoutes } from './routes/v1/conversations.ts';
 import { conversationItemRoutes } from './routes/v1/conversations/items.ts';
@@ -41,8 +45,9 @@ export function createApp(deps: EdgeDeps): OpenAPIHono<EdgeEnv> {
   const app = new OpenAPIHono<EdgeEnv>();
   const sessions = new SessionService(deps);
   const turns = new TurnService(deps);
-  const responses = new ResponseService(deps, sessions, turns);
-  const conversations = new ConversationService(deps, sessions, turns);
+  const cartridges = new CartridgeService(deps, sessions);
+  const responses = new ResponseService(deps, sessions, turns, cartridges);
+  const conversations = new ConversationService(deps, sessions, turns, cartridges);
 
   app.onError((err, c) => errorResponse(c, toApiError(err, deps.log)));
   app.notFound((c) => errorResponse(c, new ApiError('route_not_found', `no route ${c.req.method} ${c.req.path}`)));
@@ -56,19 +61,23 @@ export function createApp(deps: EdgeDeps): OpenAPIHono<EdgeEnv> {
       throw new ApiError('payload_too_large', `request body is larger than ${deps.config.MAX_REQUEST_BYTES} bytes`);
     },
   });
-  // State uploads have their own, larger limit (edge/routes/v1/sessions/state.ts).
-  app.use('/v1/*', (c, next) => (c.req.method === 'PUT' && c.req.path.endsWith('/state') ? next() : jsonLimit(c, next)));
+  // State uploads have their own, larger limit (edge/routes/v1/sessions/state.ts, cartridges.ts).
+  const stateUpload = (method: string, path: string) => (method === 'PUT' && path.endsWith('/state')) || (method === 'POST' && path === '/v1/cartridges/import');
+  app.use('/v1/*', (c, next) => (stateUpload(c.req.method, c.req.path) ? next() : jsonLimit(c, next)));
   app.use('/v1/*', authenticate(deps.apiKeys));
 
-  app.route('/v1/sessions', sessionRoutes(deps, sessions, turns));
+  app.route('/v1/sessions', sessionRoutes(deps, sessions, turns, cartridges));
   app.route('/v1/sessions', sessionStateRoutes(deps, sessions));
   app.route('/v1/sessions', sessionTurnRoutes(deps, sessions, turns));
-  app.route('/v1/chat', chatCompletionRoutes(deps, sessions, turns));
+  app.route('/v1/chat', chatCompletionRoutes(deps, sessions, turns, cartridges));
   app.route('/v1/models', modelRoutes(deps));
   app.route('/v1/responses', responseRoutes(deps, responses, turns));
   app.route('/v1/responses', responseInputItemRoutes(responses));
   app.route('/v1/conversations', conversationRoutes(conversations));
   app.route('/v1/conversations', conversationItemRoutes(conversations));
+  app.route('/v1/cartridges', cartridgeRoutes(deps, cartridges));
+  app.route('/v1/cartridges', cartridgeStateRoutes(cartridges));
+  app.route('/v1/cartridges', cartridgeEventRoutes(deps, cartridges));
 
   // Built on first request (the routes above are all registered by then), then kept.
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer', description: 'An API key of API_KEYS (none when the server runs without keys)' });

@@ -13,6 +13,7 @@ import type { EdgeDeps } from './deps.ts';
 import { itemList, unknownCursor } from './item-pages.ts';
 import { absorbInput } from './response-input.ts';
 import { createdItems } from './response-service.ts';
+import type { CartridgeService } from './cartridge-service.ts';
 import type { SessionService } from './session-service.ts';
 import type { TurnService } from './turn-service.ts';
 
@@ -29,6 +30,7 @@ export class ConversationService {
     private readonly deps: EdgeDeps,
     private readonly sessions: SessionService,
     private readonly turns: TurnService,
+    private readonly cartridges: CartridgeService,
   ) {}
 
   async get(tenant: string, id: string): Promise<ManifestRead> {
@@ -37,13 +39,21 @@ export class ConversationService {
     return found;
   }
 
-  async create(tenant: string, args: { items: InputItemIn[]; metadata: Record<string, string>; model?: string | undefined }, signal?: AbortSignal): Promise<SessionManifest> {
+  async create(
+    tenant: string,
+    args: { items: InputItemIn[]; metadata: Record<string, string>; model?: string | undefined; cartridge?: string | undefined },
+    signal?: AbortSignal,
+  ): Promise<SessionManifest> {
     const { items, metadata } = args;
     const input = items.length > 0 ? await absorbInput(items, tenant, this.deps.sessions, 'items') : undefined;
-    const model = await this.sessions.resolveModel(args.model);
+    // From a cartridge: the conversation's first version is a copy of the cartridge's state.
+    const start = args.cartridge !== undefined ? await this.cartridges.readyState(tenant, args.cartridge, args.model) : undefined;
+    const model = start?.record.model ?? (await this.sessions.resolveModel(args.model));
     if (input) await this.deps.served.assertRunnable(model, 'absorb the items');
     const id = newConversationId();
-    const { manifest } = await this.sessions.create({ tenant, session: id, model, metadata });
+    const { manifest } = start
+      ? await this.sessions.fromCartridge({ tenant, target: id, cartridge: start.record, bytes: start.bytes, metadata })
+      : await this.sessions.create({ tenant, session: id, model, metadata });
     if (!input) return manifest;
     try {
       await this.absorb(tenant, id, input, signal);

@@ -105,4 +105,9 @@ export function checkResponseParameters(body: CreateResponseRequest): void {
       details: [{ path: 'conversation', message: 'mutually exclusive with previous_response_id' }],
     });
   }
+  if (body.cartridge !== undefined && (body.conversation != null || body.previous_response_id != null)) {
+    throw new ApiError('invalid_request', 'cartridge starts a new chain: it cannot be used with conversation or previous_response_id (a conversation takes its cartridge when it is created)', {
+      details: [{ path: 'cartridge', message: 'only for a new chain of responses' }],
+    });
+  }
 }

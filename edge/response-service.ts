@@ -10,15 +10,17 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { SessionId } from '../shared/api-schemas.ts';
+import type { CartridgeRecord } from '../shared/cartridge-record.ts';
 import { buildItemsFile, type ConversationItem } from '../shared/conversation-items.ts';
 import { ApiError } from '../shared/errors.ts';
 import { decodeFailure, type TurnBase } from '../shared/jobs.ts';
 import { newResponseId, responseIdOf, ResponseSpec, viewOfRecord, type ResponseRecord, type ResponseView } from '../shared/response-record.ts';
 import { ResponseStore } from '../shared/response-store.ts';
 import type { CreateResponseRequest, ItemList, ItemListQuery } from '../shared/responses-api.ts';
+import type { CartridgeService } from './cartridge-service.ts';
 import type { EdgeDeps } from './deps.ts';
-import { pageOfItems } from './item-pages.ts';
 import { requestFingerprint } from './idempotency.ts';
+import { pageOfItems } from './item-pages.ts';
 import { absorbInput, checkResponseParameters } from './response-input.ts';
 import { newSessionId, type SessionService } from './session-service.ts';
 import { checkMaxTokens, DEFAULT_MAX_TOKENS } from './turn-params.ts';
@@ -44,6 +46,7 @@ export class ResponseService {
     private readonly deps: EdgeDeps,
     private readonly sessions: SessionService,
     private readonly turns: TurnService,
+    private readonly cartridges: CartridgeService,
   ) {
     this.records = new ResponseStore(deps.sessions.objects);
   }
@@ -63,6 +66,7 @@ export class ResponseService {
     let base: TurnBase = { kind: 'head', if_version: null };
     let conversation: string | null = null;
     let newChain = false;
+    let cartridge: CartridgeRecord | undefined;
     const mismatch = (owner: string, actual: string) => {
       if (body.model !== undefined && body.model !== actual) throw new ApiError('model_mismatch', `${owner} belongs to model ${actual}, not ${body.model}`);
     };
@@ -84,7 +88,8 @@ export class ResponseService {
       model = found.manifest.model;
       conversation = id;
     } else {
-      model = await this.sessions.resolveModel(body.model);
+      cartridge = body.cartridge !== undefined ? await this.cartridges.ready(tenant, body.cartridge, body.model) : undefined;
+      model = cartridge?.model ?? (await this.sessions.resolveModel(body.model));
       newChain = store;
       session = store ? (derived ? `s_${derived.slice(0, 22)}` : newSessionId()) : null;
     }
@@ -119,7 +124,17 @@ export class ResponseService {
       }
       if (existing && !(await deps.redis.exists(deps.keys.turnStream(existing.turn_id)))) return { spec: existing, session: existing.session, record: existing };
     }
-    if (newChain && session !== null) await this.sessions.getOrCreate(tenant, session, model);
+    if (newChain && session !== null && cartridge) {
+      // The chain's session starts as a copy of the cartridge (a retried request finds it made).
+      if (!(await deps.sessions.read(tenant, session))) {
+        const { bytes } = await this.cartridges.readyState(tenant, cartridge.id);
+        await this.sessions.fromCartridge({ tenant, target: session, cartridge, bytes, metadata: {} }).catch((e: unknown) => {
+          if (!(e instanceof ApiError && e.code === 'session_exists')) throw e;
+        });
+      }
+    } else if (newChain && session !== null) {
+      await this.sessions.getOrCreate(tenant, session, model);
+    }
 
     const turn = await this.turns.submit({
       tenant,
@@ -138,6 +153,8 @@ export class ResponseService {
       instructions: spec.instructions,
       itemShapes: input.shapes,
       ...(store ? { response: spec } : { ephemeral: session !== null }),
+      // store: false on a new chain from a cartridge: a stateless turn on a copy of its state.
+      ...(session === null && cartridge ? { cartridge: { id: cartridge.id, transcript_hash: cartridge.transcript_hash! } } : {}),
     });
     if (store && session !== null) {
       const pending = { spec, session, turn_id: turn.turnId, deadline_ms: turn.deadlineMs };

@@ -3,6 +3,7 @@
 // messages to the longest stored version they extend.
 import { randomBytes } from 'node:crypto';
 import type { Message, SessionInfo, VersionInfo } from '../shared/api-schemas.ts';
+import type { CartridgeRecord } from '../shared/cartridge-record.ts';
 import { ApiError } from '../shared/errors.ts';
 import { assertStateModel, readMStateHeader, StateFormatError } from '../shared/mstate.ts';
 import { headEntry, type ManifestVersion, type SessionManifest } from '../shared/session-manifest.ts';
@@ -38,6 +39,7 @@ export function sessionInfo(m: SessionManifest): SessionInfo {
     updated_at: m.updated_at,
     metadata: m.metadata,
     versions: m.versions.length + m.paged_versions,
+    cartridge: m.cartridge ?? null,
   };
 }
 
@@ -84,6 +86,7 @@ export class SessionService {
     model: string;
     metadata: Record<string, string>;
     transcriptRoot?: string;
+    cartridge?: string;
   }): Promise<ManifestRead> {
     try {
       return await this.deps.sessions.create({
@@ -92,6 +95,7 @@ export class SessionService {
         model: args.model,
         metadata: args.metadata,
         transcriptRoot: args.transcriptRoot ?? EMPTY_TRANSCRIPT_ROOT,
+        ...(args.cartridge ? { cartridge: args.cartridge } : {}),
       });
     } catch (e) {
       if (e instanceof SessionExistsError) throw new ApiError('session_exists', `session ${args.session} already exists`);
@@ -138,6 +142,32 @@ export class SessionService {
         version: { parent: null, tokens_absorbed: entry.tokens_absorbed, transcript_hash: entry.transcript_hash, origin: 'fork' },
       }),
     );
+  }
+
+  /**
+   * A new session started from a ready cartridge: version 1 is a copy of the cartridge's state
+   * (one read and one write of a fixed-size state, whatever the documents' length), and the
+   * cartridge's transcript hash is the session's root, so chats on it send only their own messages.
+   */
+  async fromCartridge(args: { tenant: string; target: string; cartridge: CartridgeRecord; bytes: Uint8Array; metadata: Record<string, string> }): Promise<ManifestRead> {
+    const { tenant, target, cartridge } = args;
+    const root = cartridge.transcript_hash!;
+    await this.create({ tenant, session: target, model: cartridge.model, metadata: args.metadata, transcriptRoot: root, cartridge: cartridge.id });
+    try {
+      return await this.withLease(tenant, target, (lease) =>
+        this.deps.sessions.commitVersion({
+          tenant,
+          session: target,
+          fence: lease.fence,
+          state: args.bytes,
+          version: { parent: null, tokens_absorbed: cartridge.tokens_absorbed, transcript_hash: root, origin: 'cartridge' },
+        }),
+      );
+    } catch (e) {
+      // A session without its cartridge's state is not the session asked for.
+      await this.deps.sessions.delete(tenant, target).catch(() => {});
+      throw e;
+    }
   }
 
   /** A version's entry, from the manifest or (an older version) its manifest page. */

@@ -32,6 +32,8 @@ export interface TurnSubmission {
   readonly requestHash?: string;
   /** A stateless chat on the durable prefix cache (shared/prefix-cache.ts). */
   readonly prefixCache?: boolean;
+  /** A stateless turn from a ready cartridge's state (its transcript hash roots the prefix chain). */
+  readonly cartridge?: { readonly id: string; readonly transcript_hash: string };
 }
 
 /** What names an existing turn: an Idempotency-Key, on a session (or none), for a model's queue. */
@@ -151,6 +153,7 @@ export class TurnService {
       ...(s.ephemeral ? { ephemeral: true } : {}),
       ...(s.requestHash ? { request_hash: s.requestHash } : {}),
       ...(s.prefixCache && s.session === null ? { prefix_cache: true } : {}),
+      ...(s.cartridge && s.session === null ? { cartridge: { id: s.cartridge.id, transcript_hash: s.cartridge.transcript_hash } } : {}),
     };
     try {
       await queues.of(s.model).add('turn', job, {

@@ -8,6 +8,8 @@ import { ERROR_STATUS, type ErrorCode } from './errors.ts';
 export const SessionId = z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, 'must match [A-Za-z0-9_-]{1,128}');
 export const ModelId = z.string().regex(/^[A-Za-z0-9._:/-]{1,128}$/, 'must match [A-Za-z0-9._:/-]{1,128}');
 export const VersionNumber = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+/** Server-made: `cart_` + the creation time, inverted, in base 36 (ids sort newest first) + random. */
+export const CartridgeId = z.string().regex(/^cart_[A-Za-z0-9_-]{16,64}$/, 'must be a cartridge id (cart_…)');
 
 /**
  * Text that reaches the tokenizer. JSON can carry lone UTF-16 surrogates ("\ud800") that no
@@ -38,8 +40,12 @@ export const CreateSessionRequest = z.strictObject({
   system: Text.max(1_000_000).optional(),
   /** Start from a copy of another session's state (default: its head). */
   from: z.strictObject({ session_id: SessionId, version: VersionNumber.optional() }).optional(),
+  /** Start from a ready cartridge's state (one state load, never a re-read of its documents); excludes `from`. */
+  cartridge: CartridgeId.optional(),
   metadata: Metadata.optional(),
-}).meta({ id: 'CreateSessionRequest' });
+})
+  .refine((r) => r.from === undefined || r.cartridge === undefined, { message: 'from and cartridge exclude each other', path: ['cartridge'] })
+  .meta({ id: 'CreateSessionRequest' });
 export type CreateSessionRequest = z.infer<typeof CreateSessionRequest>;
 
 export const ForkSessionRequest = z.strictObject({
@@ -66,7 +72,7 @@ export const VersionInfo = z.object({
   state_bytes: z.number().int().nonnegative(),
   created_at: z.string(),
   /** How the version came to be. */
-  origin: z.enum(['created', 'turn', 'import', 'fork']),
+  origin: z.enum(['created', 'turn', 'import', 'fork', 'cartridge']),
 }).meta({ id: 'VersionInfo' });
 export type VersionInfo = z.infer<typeof VersionInfo>;
 
@@ -80,6 +86,8 @@ export const SessionInfo = z.object({
   updated_at: z.string(),
   metadata: z.record(z.string(), z.string()),
   versions: z.number().int().nonnegative(),
+  /** The cartridge the session started from, or null. */
+  cartridge: z.string().nullable(),
 }).meta({ id: 'SessionInfo' });
 export type SessionInfo = z.infer<typeof SessionInfo>;
 
@@ -244,6 +252,11 @@ export const ChatCompletionRequest = z.object({
    * prefix states for later requests (default true). `false`: start from the empty state and store nothing.
    */
   prefix_cache: z.boolean().optional(),
+  /**
+   * Start from this ready cartridge's state: a new session (session_id) is created from it, and
+   * a stateless chat runs on a copy of it. Also settable with the header `X-Cartridge-Id`.
+   */
+  cartridge: CartridgeId.optional(),
   on_busy: OnBusy.optional(),
 }).meta({ id: 'ChatCompletionRequest' });
 export type ChatCompletionRequest = z.infer<typeof ChatCompletionRequest>;

@@ -104,6 +104,10 @@ const common = {
    * long the session. Chat prefix matching (and `fork`) looks only at these and version 0.
    */
   MANIFEST_RECENT_VERSIONS: int(16, 100_000).default(64),
+  /** Tokens a cartridge's input may be (the worker refuses more: 400 input_too_long on the cartridge). */
+  MAX_CARTRIDGE_TOKENS: int(1, 100_000_000).default(1_048_576),
+  /** A cartridge build's deadline from when it is accepted, queue wait included (then it fails with turn_timeout). */
+  CARTRIDGE_TIMEOUT_MS: int(10_000, 24 * 3_600_000).default(3_600_000),
 };
 
 export const EdgeConfigSchema = z.object({

@@ -2,6 +2,7 @@
 // Both sides parse them with these schemas, so a change here is a change of the contract.
 import { z } from 'zod';
 import { FinishReason, Message, ModelId, SessionId, TurnTimings, TurnUsage, VersionNumber } from './api-schemas.ts';
+import { CartridgeId } from './cartridges-api.ts';
 import { ItemShape } from './conversation-items.ts';
 import { isErrorCode, type ErrorCode } from './errors.ts';
 import { ResponseSpec } from './response-record.ts';
@@ -63,6 +64,11 @@ export const TurnJob = z.object({
   /** Run on a copy of the base state and commit nothing (Responses API `store: false`). */
   ephemeral: z.boolean().optional(),
   /**
+   * A stateless turn that starts from this cartridge's state (not the empty one); its transcript
+   * hash roots the turn's prefix-cache chain.
+   */
+  cartridge: z.object({ id: CartridgeId, transcript_hash: z.string().regex(/^[0-9a-f]{64}$/) }).optional(),
+  /**
    * A stateless chat that starts from the longest stored prefix of its messages and stores its
    * own prefix states for later requests (shared/prefix-cache.ts).
    */
@@ -74,6 +80,24 @@ export const TurnJob = z.object({
   request_hash: z.string().regex(/^[0-9a-f]{64}$/).optional(),
 });
 export type TurnJob = z.infer<typeof TurnJob>;
+
+/**
+ * A `cartridge` job (same queue as the model's turns, so builds share the worker's batches):
+ * build cartridge `cartridge` of `tenant` from its stored input. The record and the input are
+ * in the store (shared/cartridge-store.ts); the job carries only what names them.
+ */
+export const CartridgeJob = z.object({
+  tenant: TenantId,
+  cartridge: CartridgeId,
+  model: ModelId,
+  /** Epoch ms after which the build gives up (CARTRIDGE_TIMEOUT_MS from when it was accepted). */
+  deadline_ms: z.number().int(),
+  enqueued_at: z.number().int(),
+});
+export type CartridgeJob = z.infer<typeof CartridgeJob>;
+
+/** BullMQ job names on a model's queue. */
+export const JOB_NAMES = { turn: 'turn', cartridge: 'cartridge' } as const;
 
 export const TurnResult = z.object({
   turn_id: TurnId,

@@ -75,6 +75,14 @@ export class RedisKeys {
     return `${this.prefix}:prefix-indexed:${tenant}`;
   }
 
+  /**
+   * A cartridge build's progress (hash: tokens_absorbed, tokens_total), written by the worker
+   * after every chunk, read by GET and the events stream; expires a day after the last write.
+   */
+  cartridgeProgress(tenant: string, cartridge: string): string {
+    return `${this.prefix}:cartridge-progress:${tenant}:${cartridge}`;
+  }
+
   /** Hash model id → JSON of what a worker reported about the model it serves (fingerprint, layout). */
   get models(): string {
     return `${this.prefix}:models`;

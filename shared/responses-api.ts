@@ -4,7 +4,7 @@
 // do; fields a Mamba model cannot honour are refused by the edge (edge/response-input.ts).
 // See docs/responses-api.md.
 import { z } from 'zod';
-import { Metadata, ModelId, SessionId, Text, VersionNumber } from './api-schemas.ts';
+import { CartridgeId, Metadata, ModelId, SessionId, Text, VersionNumber } from './api-schemas.ts';
 import { ConversationItem, MessageItem } from './conversation-items.ts';
 
 /** Items one request may carry (input, conversation items). */
@@ -52,6 +52,8 @@ export const CreateResponseRequest = z.object({
   text: nullish(z.looseObject({ format: nullish(z.looseObject({ type: z.string() })) })),
   background: nullish(z.boolean()),
   prompt: z.unknown().optional(),
+  /** mamba-serve extension: a new chain (no previous_response_id, no conversation) starts from this ready cartridge's state. */
+  cartridge: CartridgeId.optional(),
 }).meta({ id: 'CreateResponseRequest' });
 export type CreateResponseRequest = z.infer<typeof CreateResponseRequest>;
 
@@ -151,6 +153,8 @@ export const CreateConversationRequest = z.object({
   metadata: nullish(Metadata),
   /** mamba-serve extension: the conversation's model (default: DEFAULT_MODEL, or the only one served). */
   model: ModelId.optional(),
+  /** mamba-serve extension: start from this ready cartridge's state (docs/cartridges.md). */
+  cartridge: CartridgeId.optional(),
 }).meta({ id: 'CreateConversationRequest' });
 
 export const UpdateConversationRequest = z.object({ metadata: Metadata }).meta({ id: 'UpdateConversationRequest' });

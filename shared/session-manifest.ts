@@ -15,7 +15,7 @@ import { ModelId, SessionId, VersionNumber } from './api-schemas.ts';
 
 export const TenantId = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/);
 
-export const VersionOrigin = z.enum(['created', 'turn', 'import', 'fork']);
+export const VersionOrigin = z.enum(['created', 'turn', 'import', 'fork', 'cartridge']);
 export type VersionOrigin = z.infer<typeof VersionOrigin>;
 
 export const ManifestVersion = z.object({
@@ -59,6 +59,8 @@ export const SessionManifest = z.object({
   metadata: z.record(z.string(), z.string()),
   /** H_0 of the session's transcript chain. */
   transcript_root: z.string().regex(/^[0-9a-f]{64}$/),
+  /** The cartridge the session started from (its version 1 is a copy of the cartridge's state). */
+  cartridge: z.string().optional(),
   head: VersionNumber,
   /** Version numbers are never reused, even after a failed commit or a branch. */
   next_version: VersionNumber,

@@ -172,6 +172,8 @@ export class SessionStore {
     model: string;
     metadata: Record<string, string>;
     transcriptRoot: string;
+    /** The cartridge the session starts from (its version 1 is then committed by the caller). */
+    cartridge?: string;
     now?: Date;
   }): Promise<ManifestRead> {
     const now = (init.now ?? new Date()).toISOString();
@@ -185,6 +187,7 @@ export class SessionStore {
       updated_at: now,
       metadata: init.metadata,
       transcript_root: init.transcriptRoot,
+      ...(init.cartridge ? { cartridge: init.cartridge } : {}),
       head: 0,
       next_version: 1,
       fence: 0,

@@ -9,7 +9,7 @@ import type { Logger } from '../shared/logger.ts';
 import type { PrefixCache } from '../shared/prefix-cache.ts';
 import { transcriptPrefixHashes } from '../shared/transcript-hash.ts';
 import type { Engine, StateHandle } from './engine/engine.ts';
-import type { StateCache } from './state-cache.ts';
+import { prefixCacheKey, type StateCache } from './state-cache.ts';
 
 export interface PrefixStart {
   readonly state: StateHandle;
@@ -18,10 +18,6 @@ export interface PrefixStart {
   readonly source: 'cache' | 'store' | 'empty';
   /** Transcript hashes after 0..n messages. */
   readonly hashes: readonly string[];
-}
-
-export function prefixCacheKey(tenant: string, transcriptHash: string): string {
-  return `prefix:${tenant}/${transcriptHash}`;
 }
 
 export class PrefixStates {

@@ -3,6 +3,7 @@
 // benchmarks run it in-process.
 import { Redis } from 'ioredis';
 import type { WorkerConfig } from '../shared/config.ts';
+import { CartridgeStore } from '../shared/cartridge-store.ts';
 import { createStateStore } from '../shared/create-state-store.ts';
 import { createLogger, type Logger } from '../shared/logger.ts';
 import { ModelRegistry } from '../shared/model-registry.ts';
@@ -10,6 +11,7 @@ import { PrefixCache } from '../shared/prefix-cache.ts';
 import { RedisKeys } from '../shared/redis-keys.ts';
 import { SessionLeases } from '../shared/session-lease.ts';
 import { SessionStore } from '../shared/session-store.ts';
+import { CartridgeBuilder } from './cartridge-builder.ts';
 import { PrefixStates } from './prefix-states.ts';
 import { BatchScheduler } from './scheduler/batch-scheduler.ts';
 import { loadServingModel, type ServingModel } from './serving-model.ts';
@@ -50,8 +52,10 @@ export async function startWorker(config: WorkerConfig, options: { log?: Logger;
     minTokens: config.PREFIX_CACHE_MIN_TOKENS,
     log,
   });
-  const runner = new TurnRunner({ model, scheduler, cache, sessions, leases, redis, keys, config, workerId: id, log, prefixes });
-  const consumer = new TurnConsumer({ redis, keys, modelId: model.id, runner, leases, config, log });
+  const cartridges = new CartridgeStore(objects);
+  const runner = new TurnRunner({ model, scheduler, cache, sessions, cartridges, leases, redis, keys, config, workerId: id, log, prefixes });
+  const builder = new CartridgeBuilder({ model, scheduler, cartridges, cache, redis, keys, config, log });
+  const consumer = new TurnConsumer({ redis, keys, modelId: model.id, runner, builder, leases, config, log });
 
   const beat = () => registry.heartbeat(model.registration, id).catch((e) => log.warn('heartbeat failed', { error: String(e) }));
   await registry.heartbeat(model.registration, id);

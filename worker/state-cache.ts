@@ -8,6 +8,16 @@ export function stateCacheKey(tenant: string, session: string, incarnation: stri
   return `${tenant}/${session}/${incarnation}@${version}`;
 }
 
+/** A built cartridge's state (copied, never advanced: sessions and chats start from copies). */
+export function cartridgeCacheKey(tenant: string, cartridge: string): string {
+  return `cartridge:${tenant}/${cartridge}`;
+}
+
+/** A stateless chat's prefix state (worker/prefix-states.ts), by transcript hash. */
+export function prefixCacheKey(tenant: string, transcriptHash: string): string {
+  return `prefix:${tenant}/${transcriptHash}`;
+}
+
 export class StateCache {
   /** Map iteration order is insertion order: the first entry is the least recently used. */
   private readonly entries = new Map<string, StateHandle>();

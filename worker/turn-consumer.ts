@@ -8,12 +8,13 @@ import { setMaxListeners } from 'node:events';
 import { DelayedError, UnrecoverableError, WaitingError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { WorkerConfig } from '../shared/config.ts';
-import { encodeFailure, TurnJob, type TurnResult } from '../shared/jobs.ts';
+import { CartridgeJob, encodeFailure, JOB_NAMES, TurnJob, type TurnResult } from '../shared/jobs.ts';
 import type { Logger } from '../shared/logger.ts';
 import { MetricsBatch, METRICS } from '../shared/metrics.ts';
 import type { RedisKeys } from '../shared/redis-keys.ts';
 import type { SessionLeases } from '../shared/session-lease.ts';
 import { TurnStreamWriter } from '../shared/turn-stream.ts';
+import type { CartridgeBuilder } from './cartridge-builder.ts';
 import { SessionLeaseBusy, TurnRejected, TurnReleased, type TurnRunner } from './turn-runner.ts';
 
 /** How soon a turn waiting behind a busy session looks again. */
@@ -24,13 +25,14 @@ export interface TurnConsumerOptions {
   readonly keys: RedisKeys;
   readonly modelId: string;
   readonly runner: TurnRunner;
+  readonly builder: CartridgeBuilder;
   readonly leases: SessionLeases;
   readonly config: Pick<WorkerConfig, 'WORKER_CONCURRENCY' | 'QUEUE_LOCK_MS' | 'TURN_ATTEMPTS'>;
   readonly log: Logger;
 }
 
 export class TurnConsumer {
-  private worker: Worker<TurnJob, TurnResult> | undefined;
+  private worker: Worker<unknown, TurnResult | null> | undefined;
   private readonly shutdown = new AbortController();
   private readonly inFlight = new Set<Promise<unknown>>();
 
@@ -45,7 +47,10 @@ export class TurnConsumer {
 
   start(): void {
     const { o } = this;
-    this.worker = new Worker<TurnJob, TurnResult>(o.keys.turnQueue(o.modelId), (job, token) => this.track(this.process(job, token)), {
+    this.worker = new Worker<unknown, TurnResult | null>(
+      o.keys.turnQueue(o.modelId),
+      (job, token) => this.track(job.name === JOB_NAMES.cartridge ? this.build(job, token).then(() => null) : this.process(job, token)),
+      {
       connection: o.redis,
       prefix: o.keys.bullPrefix,
       concurrency: o.config.WORKER_CONCURRENCY,
@@ -53,7 +58,8 @@ export class TurnConsumer {
       // A turn whose worker died is noticed within one interval and retried (its lease expires meanwhile).
       stalledInterval: o.config.QUEUE_LOCK_MS,
       maxStalledCount: Math.max(1, o.config.TURN_ATTEMPTS - 1),
-    });
+      },
+    );
     this.worker.on('error', (e) => o.log.warn('queue error', { error: e.message }));
     this.worker.on('failed', (job, e) => {
       if (job && !(e instanceof DelayedError) && !(e instanceof WaitingError)) {
@@ -68,7 +74,32 @@ export class TurnConsumer {
     return p;
   }
 
-  private async process(job: Job<TurnJob, TurnResult>, token: string | undefined): Promise<TurnResult> {
+  /** A cartridge build: outcomes map onto BullMQ's as a turn's do; a final failure marks the cartridge failed. */
+  private async build(job: Job<unknown, unknown>, token: string | undefined): Promise<void> {
+    const { o } = this;
+    const data = CartridgeJob.safeParse(job.data);
+    if (!data.success) throw new UnrecoverableError(encodeFailure('invalid_request', 'malformed cartridge job'));
+    const build = data.data;
+    try {
+      await o.builder.build(build, this.shutdown.signal);
+    } catch (e) {
+      if (e instanceof TurnReleased) {
+        await job.moveToWait(token);
+        throw new WaitingError();
+      }
+      if (e instanceof TurnRejected) {
+        await o.builder.fail(build, e.code, e.message);
+        throw new UnrecoverableError(encodeFailure(e.code, e.message));
+      }
+      const message = e instanceof Error ? e.message : String(e);
+      const final = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+      o.log.warn('cartridge build attempt failed', { cartridge: build.cartridge, final, error: e instanceof Error ? (e.stack ?? message) : message });
+      if (final) await o.builder.fail(build, 'turn_failed', 'the build failed after retries').catch(() => {});
+      throw new Error(encodeFailure('turn_failed', 'the build failed'));
+    }
+  }
+
+  private async process(job: Job<unknown, unknown>, token: string | undefined): Promise<TurnResult> {
     const { o } = this;
     const data = TurnJob.safeParse(job.data);
     if (!data.success) throw new UnrecoverableError(encodeFailure('invalid_request', 'malformed turn job'));

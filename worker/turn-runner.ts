@@ -20,6 +20,7 @@ import { completeRecord } from '../shared/response-record.ts';
 import { ResponseStore } from '../shared/response-store.ts';
 import { findVersion, type ManifestVersion, type SessionManifest } from '../shared/session-manifest.ts';
 import { isLease, type SessionLease, type SessionLeases } from '../shared/session-lease.ts';
+import type { CartridgeStore } from '../shared/cartridge-store.ts';
 import { CommitConflictError, FencedOutError, type SessionStore } from '../shared/session-store.ts';
 import { EMPTY_TRANSCRIPT_ROOT, extendTranscript } from '../shared/transcript-hash.ts';
 import { TurnStreamWriter, type TurnEvent } from '../shared/turn-stream.ts';
@@ -30,7 +31,7 @@ import type { ChatMessage } from './model/chat-template.ts';
 import { WorkAborted, type BatchScheduler } from './scheduler/batch-scheduler.ts';
 import type { PrefixStates } from './prefix-states.ts';
 import type { ServingModel } from './serving-model.ts';
-import { stateCacheKey, type StateCache } from './state-cache.ts';
+import { cartridgeCacheKey, stateCacheKey, type StateCache } from './state-cache.ts';
 
 /** A turn that cannot succeed by retrying (bad input, conflict, timeout): reported with its code. */
 export class TurnRejected extends Error {
@@ -64,6 +65,7 @@ export interface TurnRunnerDeps {
   readonly scheduler: BatchScheduler;
   readonly cache: StateCache;
   readonly sessions: SessionStore;
+  readonly cartridges: CartridgeStore;
   readonly leases: SessionLeases;
   readonly redis: Redis;
   readonly keys: RedisKeys;
@@ -80,7 +82,7 @@ const STREAM_LINGER_MS = 5 * 60_000;
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
 
 /** The chat template knows system, user and assistant; a tool result is read as a user message. */
-function templateMessage(m: Message): ChatMessage {
+export function templateMessage(m: Message): ChatMessage {
   return { role: m.role === 'tool' ? 'user' : m.role, content: m.content };
 }
 
@@ -358,12 +360,15 @@ export class TurnRunner {
   private async startingState(job: TurnJob, manifest: SessionManifest | null): Promise<StartingState> {
     const { engine } = this.deps.model;
     if (job.session === null || !manifest) {
+      const cartridge = job.cartridge;
+      const base = async (): Promise<{ state: StateHandle; source: StartingState['source'] }> =>
+        cartridge ? await this.cartridgeState(job.tenant, cartridge.id) : { state: await engine.newState(), source: 'empty' };
       if (job.prefix_cache && this.deps.prefixes) {
-        const empty = async () => ({ state: await engine.newState(), source: 'empty' as const });
-        const start = await this.deps.prefixes.start(job.tenant, EMPTY_TRANSCRIPT_ROOT, job.messages, empty);
+        const root = cartridge?.transcript_hash ?? EMPTY_TRANSCRIPT_ROOT;
+        const start = await this.deps.prefixes.start(job.tenant, root, job.messages, base);
         return { state: start.state, base: null, source: start.source, prefix: { messages: start.messages, hashes: start.hashes } };
       }
-      return { state: await engine.newState(), base: null, source: 'empty' };
+      return { ...(await base()), base: null };
     }
     const base = await this.baseVersion(job, manifest);
     const key = stateCacheKey(job.tenant, job.session, manifest.incarnation, base.version);
@@ -372,11 +377,44 @@ export class TurnRunner {
     const cached = job.ephemeral ? undefined : this.deps.cache.take(key);
     if (cached) return { state: cached, base, source: 'cache' };
     if (base.state_bytes === 0) return { state: await engine.newState(), base, source: 'empty' };
+    // A session's first version copied from a cartridge: the cartridge's state, if held hot, is the
+    // same state (N sessions started from one cartridge on this worker read the store once).
+    if (base.origin === 'cartridge' && manifest.cartridge) {
+      const hot = await this.hotCartridge(job.tenant, manifest.cartridge);
+      if (hot) return { state: hot, base, source: 'cache' };
+    }
     const bytes = await this.deps.sessions.readState(job.tenant, job.session, base.version);
     // Listed but gone: expired under the store's retention rule for superseded versions (retrying cannot help).
     if (!bytes) throw new TurnRejected('version_not_found', `the state of version ${base.version} of session ${job.session} is no longer stored`);
     const imported = await engine.importState(bytes);
     return { state: imported.state, base, source: 'store' };
+  }
+
+  /** A copy of the cartridge's state held hot on this worker, or undefined. */
+  private async hotCartridge(tenant: string, cartridge: string): Promise<StateHandle | undefined> {
+    const { cache, model } = this.deps;
+    const key = cartridgeCacheKey(tenant, cartridge);
+    // Taken out while it is copied, so no eviction frees it meanwhile; then put back.
+    const held = cache.take(key);
+    if (!held) return undefined;
+    try {
+      return await model.engine.cloneState(held);
+    } finally {
+      cache.put(key, held);
+    }
+  }
+
+  /** A stateless turn's starting state from a cartridge: a copy of the hot one, else one load from the store. */
+  private async cartridgeState(tenant: string, cartridge: string): Promise<{ state: StateHandle; source: 'cache' | 'store' }> {
+    const hot = await this.hotCartridge(tenant, cartridge);
+    if (hot) return { state: hot, source: 'cache' };
+    const bytes = await this.deps.cartridges.readState(tenant, cartridge);
+    // Checked ready by the edge when the turn was accepted: gone now means deleted since.
+    if (!bytes) throw new TurnRejected('cartridge_not_found', `cartridge ${cartridge} is no longer stored`);
+    const { engine } = this.deps.model;
+    const imported = await engine.importState(bytes);
+    this.deps.cache.put(cartridgeCacheKey(tenant, cartridge), await engine.cloneState(imported.state));
+    return { state: imported.state, source: 'store' };
   }
 
   private async baseVersion(job: TurnJob, m: SessionManifest): Promise<ManifestVersion> {

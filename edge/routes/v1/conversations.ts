@@ -55,7 +55,7 @@ export function conversationRoutes(conversations: ConversationService): OpenAPIH
 
   mount(app, createConversation, async (c) => {
     const body = await bodyOf(c, createConversation);
-    const m = await conversations.create(c.get('tenant'), { items: body.items ?? [], metadata: body.metadata ?? {}, model: body.model }, c.req.raw.signal);
+    const m = await conversations.create(c.get('tenant'), { items: body.items ?? [], metadata: body.metadata ?? {}, model: body.model, cartridge: body.cartridge }, c.req.raw.signal);
     c.header('X-Session-Id', m.session);
     return c.json(conversationObject(m));
   });

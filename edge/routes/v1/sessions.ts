@@ -19,6 +19,7 @@ import type { EdgeEnv } from '../../auth.ts';
 import type { EdgeDeps } from '../../deps.ts';
 import { bodyOf, COMMON_ERRORS, errors, json, jsonBody, mount, paramsOf, queryOf, TURN_ERRORS } from '../../openapi.ts';
 import { newSessionId, sessionInfo, versionInfo, type SessionService } from '../../session-service.ts';
+import type { CartridgeService } from '../../cartridge-service.ts';
 import type { TurnService } from '../../turn-service.ts';
 
 const tags = ['Sessions'];
@@ -88,7 +89,7 @@ function created(m: SessionManifest): z.output<typeof SessionCreated> {
   return { id: m.session, model: m.model, version: m.head, tokens_absorbed: headEntry(m).tokens_absorbed };
 }
 
-export function sessionRoutes(deps: EdgeDeps, sessions: SessionService, turns: TurnService): OpenAPIHono<EdgeEnv> {
+export function sessionRoutes(deps: EdgeDeps, sessions: SessionService, turns: TurnService, cartridges: CartridgeService): OpenAPIHono<EdgeEnv> {
   const app = new OpenAPIHono<EdgeEnv>();
 
   mount(app, createSession, async (c) => {
@@ -100,6 +101,10 @@ export function sessionRoutes(deps: EdgeDeps, sessions: SessionService, turns: T
       manifest = (
         await sessions.fork({ tenant, source: body.from.session_id, version: body.from.version, target: id, model: body.model, metadata: body.metadata ?? {} })
       ).manifest;
+    } else if (body.cartridge) {
+      const { record, bytes } = await cartridges.readyState(tenant, body.cartridge, body.model);
+      if (body.system !== undefined) await deps.served.assertRunnable(record.model, 'absorb the system prompt');
+      manifest = (await sessions.fromCartridge({ tenant, target: id, cartridge: record, bytes, metadata: body.metadata ?? {} })).manifest;
     } else {
       const model = await sessions.resolveModel(body.model);
       if (body.system !== undefined) await deps.served.assertRunnable(model, 'absorb the system prompt');

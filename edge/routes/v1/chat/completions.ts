@@ -7,7 +7,7 @@
 // that keep their history server-side and send one message a turn.
 import { createRoute, OpenAPIHono } from '@hono/zod-openapi';
 import { z } from 'zod';
-import { ChatCompletion, ChatCompletionRequest, SessionId, type ChatCompletionChunk, type Message } from '../../../../shared/api-schemas.ts';
+import { CartridgeId, ChatCompletion, ChatCompletionRequest, SessionId, type ChatCompletionChunk, type Message } from '../../../../shared/api-schemas.ts';
 import { ApiError } from '../../../../shared/errors.ts';
 import type { TurnBase, TurnResult } from '../../../../shared/jobs.ts';
 import type { EdgeEnv } from '../../../auth.ts';
@@ -16,6 +16,7 @@ import { toApiError } from '../../../http-errors.ts';
 import { requestFingerprint } from '../../../idempotency.ts';
 import { bodyOf, errors, IdempotencyHeader, jsonBody, jsonOrEvents, mount, TURN_ERRORS } from '../../../openapi.ts';
 import { validationError } from '../../../request-body.ts';
+import type { CartridgeService } from '../../../cartridge-service.ts';
 import type { SessionService } from '../../../session-service.ts';
 import { sseResponse } from '../../../sse.ts';
 import { serverTiming } from '../sessions/turns.ts';
@@ -53,6 +54,7 @@ const createChatCompletion = createRoute({
       'x-session-id': SessionId.optional().meta({ description: 'The session (same as the body field session_id); an unknown id is created' }),
       'x-session-fork': flag('Same as the body field fork'),
       'x-session-append': flag('Same as the body field append'),
+      'x-cartridge-id': CartridgeId.optional().meta({ description: 'Same as the body field cartridge' }),
       'idempotency-key': IdempotencyHeader,
     }),
     body: jsonBody(ChatCompletionRequest),
@@ -65,7 +67,7 @@ const createChatCompletion = createRoute({
 
 const truthy = (v: string | undefined) => v !== undefined && /^(1|true|yes)$/i.test(v.trim());
 
-export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, turns: TurnService): OpenAPIHono<EdgeEnv> {
+export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, turns: TurnService, cartridges: CartridgeService): OpenAPIHono<EdgeEnv> {
   const app = new OpenAPIHono<EdgeEnv>();
 
   mount(app, createChatCompletion, async (c) => {
@@ -80,6 +82,13 @@ export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, t
       }
     }
     const sessionId = body.session_id ?? header;
+    const cartridgeHeader = c.req.header('x-cartridge-id');
+    if (cartridgeHeader !== undefined) {
+      const parsed = CartridgeId.safeParse(cartridgeHeader);
+      if (!parsed.success) throw validationError(new z.ZodError(parsed.error.issues.map((i) => ({ ...i, path: ['X-Cartridge-Id'] }))), 'header');
+      if (body.cartridge !== undefined && body.cartridge !== cartridgeHeader) throw new ApiError('invalid_request', 'cartridge and the X-Cartridge-Id header name different cartridges');
+    }
+    const cartridge = body.cartridge ?? cartridgeHeader;
     const fork = body.fork ?? truthy(c.req.header('x-session-fork'));
     const append = body.append ?? truthy(c.req.header('x-session-append'));
     if (append && fork) throw new ApiError('invalid_request', 'append and fork exclude each other: append adds the messages to the head, fork continues from an older version');
@@ -91,14 +100,22 @@ export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, t
     );
     const messages = body.messages.map(toMessage);
     const key = idempotencyKey(c);
-    const requestHash = requestFingerprint('chat', body, { session: sessionId ?? null, fork, append });
+    const requestHash = requestFingerprint('chat', body, { session: sessionId ?? null, fork, append, cartridge: cartridge ?? null });
 
     let model: string;
     let base: TurnBase = { kind: 'head', if_version: null };
     let toFeed: Message[] = messages;
     let replayed: SubmittedTurn | undefined;
+    let statelessBase: { id: string; transcript_hash: string } | undefined;
     if (sessionId === undefined) {
-      model = await sessions.resolveModel(body.model);
+      if (cartridge !== undefined) {
+        // A stateless chat on a copy of the cartridge's state (the worker loads it once and keeps it hot).
+        const record = await cartridges.ready(tenant, cartridge, body.model ?? undefined);
+        model = record.model;
+        statelessBase = { id: record.id, transcript_hash: record.transcript_hash! };
+      } else {
+        model = await sessions.resolveModel(body.model);
+      }
       replayed = await turns.replay({ tenant, session: null, model, idempotencyKey: key, requestHash });
     } else {
       const requested = body.model ?? undefined;
@@ -107,13 +124,24 @@ export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, t
       // it moved, its messages would no longer extend it.
       replayed = existing ? await turns.replay({ tenant, session: sessionId, model: existing.manifest.model, idempotencyKey: key, requestHash }) : undefined;
       let found = existing;
-      if (!found) {
+      if (!found && cartridge !== undefined) {
+        const { record, bytes } = await cartridges.readyState(tenant, cartridge, requested);
+        await deps.served.assertRunnable(record.model);
+        found = await sessions.fromCartridge({ tenant, target: sessionId, cartridge: record, bytes, metadata: {} }).catch(async (e: unknown) => {
+          // Created by a concurrent request meanwhile: use it (its cartridge is checked below).
+          if (e instanceof ApiError && e.code === 'session_exists') return sessions.get(tenant, sessionId);
+          throw e;
+        });
+      } else if (!found) {
         const newModel = await sessions.resolveModel(requested);
         // Refuse before creating anything when no worker could run the turn.
         await deps.served.assertRunnable(newModel);
         found = (await sessions.getOrCreate(tenant, sessionId, newModel)).found;
       }
       const m = found.manifest;
+      if (cartridge !== undefined && m.cartridge !== cartridge) {
+        throw new ApiError('cartridge_mismatch', `session ${sessionId} exists and ${m.cartridge ? `started from cartridge ${m.cartridge}` : 'did not start from a cartridge'}, not ${cartridge}`);
+      }
       if (requested !== undefined && requested !== m.model) {
         throw new ApiError('model_mismatch', `session ${sessionId} belongs to model ${m.model}, not ${requested}`);
       }
@@ -151,6 +179,7 @@ export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, t
         idempotencyKey: key,
         requestHash,
         prefixCache: body.prefix_cache ?? true,
+        ...(statelessBase ? { cartridge: statelessBase } : {}),
       }));
     const id = `chatcmpl-${turn.turnId}`;
     const created = Math.floor(Date.now() / 1000);
