@@ -10,6 +10,8 @@ const BENCHMARKS = [
   'bench/serving-overhead.ts',
   'bench/serving-throughput.ts',
   'bench/resume-cost.ts',
+  'bench/prefix-cache.ts', // stateless chats: a 4k-token history cold, reused, after a restart
+  'bench/cartridges.ts', // N sessions from one 32k-token cartridge vs each re-reading it
 ];
 
 let failed = 0;

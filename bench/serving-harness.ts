@@ -93,3 +93,47 @@ export const fmt = (ms: number) => `${ms.toFixed(1)} ms`;
 export function row(label: string, values: readonly number[]): string {
   return `  ${label.padEnd(44)} p50 ${fmt(percentile(values, 50)).padStart(10)}   p99 ${fmt(percentile(values, 99)).padStart(10)}`;
 }
+
+/** A streamed chat completion: milliseconds to the first content chunk and to [DONE], the text and the usage. */
+export async function streamedChat(
+  url: string,
+  body: Record<string, unknown>,
+  headers: Record<string, string> = {},
+): Promise<{ ttftMs: number; totalMs: number; text: string; cachedTokens: number; promptTokens: number }> {
+  const t0 = performance.now();
+  const res = await fetch(`${url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),
+  });
+  if (res.status !== 200 || !res.body) throw new Error(`chat: ${res.status} ${await res.text()}`);
+  const decoder = new TextDecoder();
+  let buffer = '';
+  let ttftMs: number | undefined;
+  let text = '';
+  let usage: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } } | undefined;
+  for await (const chunk of res.body) {
+    buffer += decoder.decode(chunk as Uint8Array, { stream: true });
+    let end;
+    while ((end = buffer.indexOf('\n\n')) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = /^data: (.*)$/m.exec(block)?.[1];
+      if (data === undefined) continue;
+      if (data === '[DONE]') {
+        if (!usage) throw new Error('no usage chunk');
+        const totalMs = performance.now() - t0;
+        return { ttftMs: ttftMs ?? totalMs, totalMs, text, cachedTokens: usage.prompt_tokens_details.cached_tokens, promptTokens: usage.prompt_tokens };
+      }
+      const json = JSON.parse(data);
+      if (json.error) throw new Error(`chat failed: ${data}`);
+      const delta = json.choices?.[0]?.delta?.content;
+      if (delta) {
+        ttftMs ??= performance.now() - t0;
+        text += delta;
+      }
+      if (json.usage) usage = json.usage;
+    }
+  }
+  throw new Error('stream ended without [DONE]');
+}
