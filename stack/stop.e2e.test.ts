@@ -26,9 +26,10 @@ afterAll(async () => {
 
 const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
 
-async function runAndStop(target: 'group' | 'npm', signal: NodeJS.Signals) {
+async function runAndStop(target: 'group' | 'npm', signal: NodeJS.Signals, command: 'npm start' | 'mamba-serve serve' = 'npm start') {
   // A process group of its own, as a terminal gives a foreground job.
-  const child = spawn(npm, ['start'], {
+  const [file, args] = command === 'npm start' ? [npm, ['start']] : [process.execPath, [join(REPO_ROOT, 'bin', 'mamba-serve.mjs'), 'serve']];
+  const child = spawn(file, args, {
     cwd: REPO_ROOT,
     env: testStackEnv(dataDir, { MODEL_DIR: model.dir, MODEL_ID: 'tiny', ENGINE: 'reference', LOG_LEVEL: 'warn' }) as NodeJS.ProcessEnv,
     detached: true,
@@ -70,12 +71,14 @@ async function runAndStop(target: 'group' | 'npm', signal: NodeJS.Signals) {
 }
 
 describe('npm start stops', () => {
-  it.each([
-    ['Ctrl-C (SIGINT to the foreground group)', 'group', 'SIGINT'],
-    ['SIGINT to the npm process alone', 'npm', 'SIGINT'],
-    ['SIGTERM to the npm process alone', 'npm', 'SIGTERM'],
-  ] as const)('%s: within a few seconds, with no error spam and nothing left running', async (_, target, signal) => {
-    const r = await runAndStop(target, signal);
+  const cases: [string, 'group' | 'npm', NodeJS.Signals, 'npm start' | 'mamba-serve serve'][] = [
+    ['Ctrl-C (SIGINT to the foreground group)', 'group', 'SIGINT', 'npm start'],
+    ['SIGINT to the npm process alone', 'npm', 'SIGINT', 'npm start'],
+    ['SIGTERM to the npm process alone', 'npm', 'SIGTERM', 'npm start'],
+    ['`mamba-serve serve`, Ctrl-C', 'group', 'SIGINT', 'mamba-serve serve'],
+  ];
+  it.each(cases)('%s: within a few seconds, with no error spam and nothing left running', async (_, target, signal, command) => {
+    const r = await runAndStop(target, signal, command);
     expect(r.code, r.output).not.toBe('timeout');
     expect(r.seconds).toBeLessThan(8);
     expect(r.output).toContain('mamba-serve: stopped.');

@@ -6,6 +6,7 @@ import { mkdtemp, mkdir, readFile, readlink, readdir, rm, stat, symlink, writeFi
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { freePort } from '../../stack/free-port.ts';
 import { startFakeHub, type FakeHub } from '../../test-support/fake-hub.ts';
 import { ReferenceEngine } from '../engine/reference/reference-engine.ts';
 import { openCheckpoint } from './checkpoint.ts';
@@ -176,11 +177,11 @@ describe('resolveHubModel', () => {
 
   it('an unreachable Hub falls back to the cached snapshot, and says how to go offline when there is none', async () => {
     const dir = await resolveHubModel(parseHubId('state-spaces/tiny-hf')!, options());
-    const nowhere = { endpoint: 'http://127.0.0.1:9', cacheDir: cache };
+    const nowhere = { endpoint: `http://127.0.0.1:${await freePort()}`, cacheDir: cache }; // nothing listens there
     expect(await resolveHubModel(parseHubId('state-spaces/tiny-hf')!, nowhere)).toBe(dir);
     const err = await failure(resolveHubModel(parseHubId('state-spaces/uncached')!, nowhere));
     expect(err.code).toBe('model_download_failed');
-    expect(err.message).toMatch(/cannot reach http:\/\/127\.0\.0\.1:9 .* HF_HUB_OFFLINE=1/);
+    expect(err.message).toMatch(/cannot reach http:\/\/127\.0\.0\.1:\d+ .* HF_HUB_OFFLINE=1/);
   });
 
   it('reports progress per file', async () => {
