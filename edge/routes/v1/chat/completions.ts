@@ -1,10 +1,13 @@
-// POST /v1/chat/completions, OpenAI-compatible. Without a session it is stateless (a fresh
-// state, nothing stored). With one (`session_id` in the body or the X-Session-Id header; an
-// unknown id is created), `messages` is the whole conversation as OpenAI clients send it: the
-// longest stored version it extends is reused and only the rest is fed; the reused tokens are
-// reported as `usage.prompt_tokens_details.cached_tokens`. With `append` (or X-Session-Append)
-// `messages` are only the new ones, added to whatever the session's head holds: for agents
-// that keep their history server-side and send one message a turn.
+// POST /v1/chat/completions, OpenAI-compatible.
+// - Without a session it keeps no session: it starts from the longest stored prefix of its
+//   messages and stores its own (the prefix cache, docs/prefix-cache.md), or from a cartridge's
+//   state (`cartridge`).
+// - With one (`session_id` in the body or the X-Session-Id header; an unknown id is created),
+//   `messages` is the whole conversation as OpenAI clients send it: the longest stored version it
+//   extends is reused and only the rest is fed; the reused tokens are reported as
+//   `usage.prompt_tokens_details.cached_tokens`.
+// - With `append` (or X-Session-Append) `messages` are only the new ones, added to whatever the
+//   session's head holds: for agents that keep their history server-side and send one a turn.
 import { createRoute, OpenAPIHono } from '@hono/zod-openapi';
 import { z } from 'zod';
 import { CartridgeId, ChatCompletion, ChatCompletionRequest, SessionId, type ChatCompletionChunk, type Message } from '../../../../shared/api-schemas.ts';
