@@ -71,20 +71,41 @@ export class CartridgeService {
     };
     // Durable before acknowledged: the input and the record are stored before the job exists.
     await this.store.create(record, { format: 1, messages });
-    const job: CartridgeJob = { tenant, cartridge: id, model, deadline_ms: now + deps.config.CARTRIDGE_TIMEOUT_MS, enqueued_at: now };
     try {
-      await deps.queues.of(model).add(JOB_NAMES.cartridge, job as never, {
-        jobId: cartridgeJobId(tenant, id),
-        attempts: deps.config.TURN_ATTEMPTS,
-        backoff: { type: 'exponential', delay: deps.config.TURN_BACKOFF_MS },
-        removeOnComplete: { age: deps.config.TURN_RETENTION_S },
-        removeOnFail: { age: deps.config.TURN_RETENTION_S },
-      });
+      await this.enqueue(record);
     } catch (e) {
       await this.store.delete(tenant, id).catch(() => {});
       throw e;
     }
     return cartridgeObject(record);
+  }
+
+  /** Queue the build (a job id per cartridge: queueing it again while it exists is a no-op). */
+  private async enqueue(record: CartridgeRecord): Promise<void> {
+    const { config, queues } = this.deps;
+    const now = Date.now();
+    const job: CartridgeJob = { tenant: record.tenant, cartridge: record.id, model: record.model, deadline_ms: now + config.CARTRIDGE_TIMEOUT_MS, enqueued_at: now };
+    await queues.of(record.model).add(JOB_NAMES.cartridge, job as never, {
+      jobId: cartridgeJobId(record.tenant, record.id),
+      attempts: config.TURN_ATTEMPTS,
+      backoff: { type: 'exponential', delay: config.TURN_BACKOFF_MS },
+      removeOnComplete: { age: config.TURN_RETENTION_S },
+      removeOnFail: { age: config.TURN_RETENTION_S },
+    });
+  }
+
+  /**
+   * A cartridge the store says is queued or building whose job the queue no longer knows (Redis
+   * lost it, or it ended without marking the record) is queued again: the record and input in
+   * the store are what was accepted, and the build starts over from them.
+   */
+  private async ensureQueued(record: CartridgeRecord): Promise<void> {
+    if (record.status !== 'queued' && record.status !== 'building') return;
+    const job = await this.deps.queues.getJob(record.model, cartridgeJobId(record.tenant, record.id));
+    if (!job) {
+      this.deps.log.warn('cartridge build not in the queue: queueing it again', { tenant: record.tenant, cartridge: record.id });
+      await this.enqueue(record);
+    }
   }
 
   /** The record, or 404 as if absent (another tenant's id included). */
@@ -97,6 +118,7 @@ export class CartridgeService {
   /** The public object: the record, and while it builds, its progress. */
   async view(tenant: string, id: string): Promise<Cartridge> {
     const record = await this.record(tenant, id);
+    await this.ensureQueued(record);
     return cartridgeObject(record, record.status === 'building' ? await this.progress(tenant, id) : undefined);
   }
 

@@ -195,4 +195,18 @@ describe('cartridges', () => {
     expect(building.headers.get('x-should-retry')).toBe('true');
     expect(building.headers.get('retry-after')).toBe('5');
   });
+
+  it('queues an accepted build again when the queue has lost it (Redis lost its data)', async () => {
+    // What a restart with an empty Redis leaves: the record and the input in the store, no job.
+    const store = new CartridgeStore(serving.edge.deps.sessions.objects);
+    const id = newCartridgeId();
+    const now = new Date().toISOString();
+    await store.create(
+      { format: 1, id, tenant: 'alpha', name: 'orphan', model: 'tiny', status: 'queued', created_at: now, ready_at: null, metadata: {}, source: { kind: 'text', items: 1 }, tokens_total: null, tokens_absorbed: 0, state_bytes: null, transcript_hash: null, error: null },
+      { format: 1, messages: asMessages },
+    );
+    const done = (await events(id)).at(-1)!;
+    expect(done.data).toMatchObject({ status: 'ready', name: 'orphan' });
+    expect(done.data.progress.tokens_absorbed).toBeGreaterThan(4096);
+  });
 });
