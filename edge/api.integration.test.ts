@@ -410,6 +410,10 @@ describe('chat completions with a session', () => {
     const byBody = await chat({ messages: [{ role: 'user', content: 'Thanks.' }], session_id: 'appender', append: true });
     expect(byBody.json.session_version).toBe(3);
     expect((await versions('appender')).data.map((v) => v.parent)).toEqual([null, 0, 1, 2]);
+    // A session started from another: a chat client that never saw the base's transcript appends to it.
+    const branch = await newSession({ id: 'appender-branch', from: { session_id: 'appender' } });
+    const onBranch = await chat({ messages: lone }, { 'X-Session-Id': branch.id, 'X-Session-Append': '1' });
+    expect(onBranch.json.usage.prompt_tokens_details.cached_tokens).toBe(branch.tokens_absorbed);
     expectError(await chat({ messages: lone, session_id: 'appender', append: true, fork: true }), 400, 'invalid_request');
     expectError(await chat({ messages: lone, append: true }), 400, 'invalid_request');
   });
