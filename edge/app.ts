@@ -10,6 +10,7 @@ import { errorResponse, toApiError } from './http-errors.ts';
 import { mount, openApiInfo } from './openapi.ts';
 import { healthRoutes } from './routes/health.ts';
 import { metricsRoutes } from './routes/metrics.ts';
+import { playgroundRoutes } from './routes/playground.ts';
 import { ConversationService } from './conversation-service.ts';
 import { ResponseService } from './response-service.ts';
 import { CartridgeService } from './cartridge-service.ts';
@@ -54,6 +55,7 @@ export function createApp(deps: EdgeDeps): OpenAPIHono<EdgeEnv> {
 
   app.route('/', healthRoutes(deps));
   app.route('/', metricsRoutes(deps));
+  if (deps.config.PLAYGROUND) app.route('/', playgroundRoutes());
 
   const jsonLimit = bodyLimit({
     maxSize: deps.config.MAX_REQUEST_BYTES,

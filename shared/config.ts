@@ -135,6 +135,8 @@ export const EdgeConfigSchema = z.object({
    * so proxies do not close it as idle while it waits (a cold worker can take minutes). 0 = off.
    */
   SSE_KEEPALIVE_MS: int(0, 300_000).default(15_000),
+  /** Serve the playground page at `/` (a client of this API in the browser). On locally; the AWS stack sets it from its `playground` context key. */
+  PLAYGROUND: bool.default(true),
 })
   // The edge queues for a model it has never seen a worker of, so it must be told which.
   .refine((c) => !c.QUEUE_WITHOUT_WORKERS || c.DEFAULT_MODEL !== undefined, {

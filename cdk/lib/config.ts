@@ -108,6 +108,8 @@ export const StackConfigSchema = z
     maxTokensPerTurn: int(1, 1_000_000).default(4096),
     maxInputTokensPerTurn: int(1, 10_000_000).default(65_536),
     logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+    /** Serve the playground page at the endpoint's `/` (PLAYGROUND); off in a deployment unless asked for. */
+    playground: bool.default(false),
 
     // --- operations ---
     logRetentionDays: int(1, 3653)

@@ -74,6 +74,8 @@ export interface EdgeFunctionProps {
   readonly maxTokensPerTurn: number;
   readonly maxInputTokensPerTurn: number;
   readonly logLevel: string;
+  /** PLAYGROUND: serve the playground page at `/`. */
+  readonly playground: boolean;
   readonly logRetention: logs.RetentionDays;
 }
 
@@ -123,6 +125,7 @@ export class EdgeFunction extends Construct {
       MAX_REQUEST_BYTES: String(LAMBDA_MAX_REQUEST_BYTES),
       MAX_STATE_UPLOAD_BYTES: String(LAMBDA_MAX_STATE_UPLOAD_BYTES),
       LOG_LEVEL: props.logLevel,
+      PLAYGROUND: String(props.playground),
     };
 
     this.lambda = new NodeLambda(this, 'Lambda', {

@@ -71,6 +71,7 @@ export class MambaServeStack extends Stack {
       maxTokensPerTurn: c.maxTokensPerTurn,
       maxInputTokensPerTurn: c.maxInputTokensPerTurn,
       logLevel: c.logLevel,
+      playground: c.playground,
       logRetention,
     });
 
