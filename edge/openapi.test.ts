@@ -90,6 +90,8 @@ function shellWords(line: string): string[] {
   return words;
 }
 
+const EXAMPLE_CARTRIDGE_ID = 'cart_readme00000000000';
+
 /** Every `curl … $U/…` in the ```sh blocks of a Markdown file. */
 function curlExamples(file: string): CurlExample[] {
   const text = readFileSync(new URL(`../${file}`, import.meta.url), 'utf8');
@@ -97,7 +99,8 @@ function curlExamples(file: string): CurlExample[] {
   for (const block of text.matchAll(/```sh\n([\s\S]*?)```/g)) {
     const lines = block[1]!.replace(/\\\n\s*/g, ' ').split('\n');
     for (const line of lines) {
-      const words = shellWords(line.trim());
+      // Shell variables the examples set ($C: a cartridge id from an earlier command) stand for values of their kind.
+      const words = shellWords(line.trim().replace(/\$C\b/g, EXAMPLE_CARTRIDGE_ID));
       if (words[0] !== 'curl') continue;
       const url = words.find((w) => w.startsWith('$U/'));
       if (!url) continue;
