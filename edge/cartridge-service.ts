@@ -10,7 +10,7 @@ import { CartridgeStore } from '../shared/cartridge-store.ts';
 import type { Cartridge, CreateCartridgeRequest } from '../shared/cartridges-api.ts';
 import { ApiError } from '../shared/errors.ts';
 import { JOB_NAMES, type CartridgeJob } from '../shared/jobs.ts';
-import { assertStateModel, readMStateHeader, StateFormatError } from '../shared/mstate.ts';
+import { assertStateImportable, readMStateHeader, StateFormatError } from '../shared/mstate.ts';
 import { opaqueTranscriptRoot } from '../shared/transcript-hash.ts';
 import type { EdgeDeps } from './deps.ts';
 import type { SessionService } from './session-service.ts';
@@ -189,7 +189,7 @@ export class CartridgeService {
         if (options.model !== undefined && !candidates[0]) throw new ApiError('model_not_found', `model ${options.model} has no registered worker (GET /v1/models)`);
         throw new ApiError('state_model_mismatch', `the state belongs to no model served here${options.model !== undefined ? ` (not to ${options.model})` : ''}: its fingerprint is ${header.model_fingerprint}`);
       }
-      assertStateModel(header, match.fingerprint, match.layout);
+      assertStateImportable(bytes, match.fingerprint, match.layout);
       model = match.id;
     } catch (e) {
       if (e instanceof StateFormatError) throw new ApiError(e.code, e.message);

@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import type { Message, SessionInfo, VersionInfo } from '../shared/api-schemas.ts';
 import type { CartridgeRecord } from '../shared/cartridge-record.ts';
 import { ApiError } from '../shared/errors.ts';
-import { assertStateModel, readMStateHeader, StateFormatError } from '../shared/mstate.ts';
+import { assertStateImportable, readMStateHeader, StateFormatError } from '../shared/mstate.ts';
 import { headEntry, type ManifestVersion, type SessionManifest } from '../shared/session-manifest.ts';
 import { isLease, type SessionLease } from '../shared/session-lease.ts';
 import { FencedOutError, SessionExistsError, CommitConflictError, type ManifestRead } from '../shared/session-store.ts';
@@ -188,7 +188,7 @@ export class SessionService {
     return { bytes, entry };
   }
 
-  /** Validate an uploaded `.mstate` against the session's model and store it as the new head. */
+  /** Validate an uploaded `.mstate` against the session's model (format, fingerprint, layout, every tensor) and store it as the new head. */
   async importState(tenant: string, session: string, bytes: Uint8Array): Promise<ManifestRead & { entry: ManifestVersion }> {
     const { manifest } = await this.get(tenant, session);
     let header;
@@ -204,7 +204,8 @@ export class SessionService {
           { retryAfterSeconds: this.deps.config.RETRY_AFTER_S },
         );
       }
-      assertStateModel(header, model.fingerprint, model.layout);
+      // Every tensor checked too: a poison state stored here would fail every later turn of the session.
+      assertStateImportable(bytes, model.fingerprint, model.layout);
     } catch (e) {
       if (e instanceof StateFormatError) throw new ApiError(e.code, e.message);
       throw e;

@@ -30,6 +30,13 @@ const ALIGN = 64;
 const CHECKSUM_BYTES = 32;
 /** Bounds what a header may claim, so a hostile file cannot make us allocate gigabytes for JSON. */
 const MAX_HEADER_BYTES = 1 << 20;
+/**
+ * The most tokens a state may claim to have absorbed: 2^40 (about 1.1 trillion, 16 million
+ * turns of the largest input). Far beyond any real session, far below 2^53, where the counter
+ * (and a hybrid's ring slot and RoPE position, which read it) would stop being exact integers:
+ * a crafted file claiming 2^53 - 1 would be accepted and then fail every later turn.
+ */
+export const MAX_TOKENS_ABSORBED = 2 ** 40;
 
 export type StateErrorCode = 'state_invalid' | 'state_model_mismatch';
 
@@ -117,7 +124,7 @@ const TensorHeader = z.object({
 export const MStateHeader = z.object({
   model_fingerprint: Hex64,
   /** Tokens the state has absorbed since it was zero. */
-  tokens_absorbed: z.number().int().nonnegative(),
+  tokens_absorbed: z.number().int().nonnegative().max(MAX_TOKENS_ABSORBED),
   /** The session version this state was derived from, if any. */
   parent_version: z.number().int().nonnegative().nullable(),
   /** Hash of the conversation text absorbed, for prefix reuse; null when unknown. */
@@ -263,4 +270,44 @@ export function assertStateModel(header: MStateHeader, fingerprint: string, layo
       `state layout ${JSON.stringify(l)} (${kind(l)}) does not match the model's ${JSON.stringify(layout)} (${kind(layout)})`,
     );
   }
+}
+
+/** Bit patterns of Infinity and NaN: the exponent field all ones. */
+const NON_FINITE = { F32: { bytes: 4, mask: 0x7f800000 }, F16: { bytes: 2, mask: 0x7c00 }, BF16: { bytes: 2, mask: 0x7f80 } } as const;
+
+/**
+ * A state that can be imported as it is: a valid file (readMStateHeader) of this model
+ * (assertStateModel) holding exactly the tensors the layout has (stateTensorShapes: none
+ * missing, none extra or twice, each of its shape, so an empty or transposed tensor, or two
+ * swapped tensors of different shapes, is refused) and only finite values. What passes here
+ * can be loaded by every engine and continued by every later turn; what fails is a 400
+ * state_invalid before anything is stored, instead of a session whose every turn then fails.
+ * Reads the tensors in place (no decoded copy): an upload may be hundreds of megabytes.
+ */
+export function assertStateImportable(bytes: Uint8Array, fingerprint: string, layout: StateLayout): MStateHeader {
+  const { header, dataStart } = readMStateHeader(bytes);
+  assertStateModel(header, fingerprint, layout);
+  const fail = (why: string): never => {
+    throw new StateFormatError('state_invalid', `not a usable state of this model: ${why}`);
+  };
+  const expected = stateTensorShapes(layout);
+  const seen = new Set<string>();
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (const t of header.tensors) {
+    const shape = expected.get(t.name);
+    if (!shape) fail(`tensor "${t.name}" is not part of this model's state (it has ${[...expected.keys()].join(', ')})`);
+    if (seen.has(t.name)) fail(`tensor "${t.name}" appears twice`);
+    seen.add(t.name);
+    if (t.shape.length !== shape!.length || t.shape.some((v, i) => v !== shape![i])) {
+      fail(`tensor "${t.name}" has shape [${t.shape.join(', ')}], expected [${shape!.join(', ')}]`);
+    }
+    const { bytes: width, mask } = NON_FINITE[t.dtype];
+    const start = dataStart + t.offset;
+    for (let at = start; at < start + t.byte_length; at += width) {
+      const bits = width === 4 ? view.getUint32(at, true) : view.getUint16(at, true);
+      if ((bits & mask) === mask) fail(`tensor "${t.name}" holds a non-finite value (NaN or Infinity) at element ${(at - start) / width}`);
+    }
+  }
+  for (const name of expected.keys()) if (!seen.has(name)) fail(`tensor "${name}" is missing`);
+  return header;
 }
