@@ -12,7 +12,7 @@ export const ERROR_STATUS = {
   unsupported_content: 400, // input content other than text (images, files) or an unknown item type
   state_invalid: 400, // an imported .mstate is truncated, corrupt or fails its checksum
   state_model_mismatch: 400, // an imported .mstate belongs to another model
-  input_too_long: 400, // a cartridge's documents are more tokens than MAX_CARTRIDGE_TOKENS
+  input_too_long: 400, // a turn's input is more tokens than MAX_INPUT_TOKENS_PER_TURN, a cartridge's than MAX_CARTRIDGE_TOKENS
   unauthorized: 401,
   session_not_found: 404,
   version_not_found: 404,

@@ -173,7 +173,7 @@ export class TurnRunner {
       const promptIds = job.kind === 'turn' ? template.generationPromptIds : [];
       const inputIds = [...messageIds, ...promptIds];
       if (inputIds.length > deps.config.MAX_INPUT_TOKENS_PER_TURN) {
-        throw new TurnRejected('invalid_request', `the input is ${inputIds.length} tokens; this server takes at most ${deps.config.MAX_INPUT_TOKENS_PER_TURN} per turn`);
+        throw new TurnRejected('input_too_long', `the input is ${inputIds.length} tokens; this server takes at most ${deps.config.MAX_INPUT_TOKENS_PER_TURN} per turn (MAX_INPUT_TOKENS_PER_TURN)`);
       }
       const maxTokens = Math.min(job.max_tokens, deps.config.MAX_TOKENS_PER_TURN);
       const metrics = new MetricsBatch();

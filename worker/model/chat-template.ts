@@ -97,11 +97,17 @@ class SegmentTemplate implements ChatTemplate {
   encodeMessages(messages: readonly ChatMessage[]): number[] {
     checkMessages(messages);
     const ids: number[] = [];
+    // Appended one id at a time: spreading a long message's ids as call arguments
+    // (ids.push(...encoded)) overflows the call stack past ~100k tokens, before the caller
+    // can compare the length with its limit.
+    const append = (encoded: readonly number[]) => {
+      for (const id of encoded) ids.push(id);
+    };
     for (const m of messages) {
       const r = this.renderOne(m);
-      ids.push(...this.tokenizer.encode(r.before, { allowSpecial: true }));
-      ids.push(...this.tokenizer.encode(r.content, { allowSpecial: false }));
-      ids.push(...this.tokenizer.encode(r.after, { allowSpecial: true }));
+      append(this.tokenizer.encode(r.before, { allowSpecial: true }));
+      append(this.tokenizer.encode(r.content, { allowSpecial: false }));
+      append(this.tokenizer.encode(r.after, { allowSpecial: true }));
     }
     return ids;
   }
