@@ -274,7 +274,8 @@ export class SessionService {
     const { leases, sessions } = this.deps;
     const owner = `edge-${process.pid}`;
     let got = await leases.tryAcquire(tenant, session, owner);
-    if (!isLease(got)) throw new ApiError('session_busy', `session ${session} is being written by ${got.held.split(':').slice(1).join(':')}; retry shortly`);
+    // Who holds it (a worker's id: host name and pid) is internal: the client learns only that it is busy.
+    if (!isLease(got)) throw new ApiError('session_busy', `session ${session} is being written by a turn; retry shortly`);
     const current = await sessions.read(tenant, session);
     if (current && current.manifest.fence >= got.fence) {
       // The fence counter in Redis is behind the store (Redis lost data): lift it.
