@@ -17,6 +17,7 @@ import type { CartridgeJob } from '../shared/jobs.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { RedisKeys } from '../shared/redis-keys.ts';
 import { EMPTY_TRANSCRIPT_ROOT, extendTranscript } from '../shared/transcript-hash.ts';
+import { startProgress } from '../shared/progress.ts';
 import type { StateHandle } from './engine/engine.ts';
 import { WorkAborted, type BatchScheduler } from './scheduler/batch-scheduler.ts';
 import type { ServingModel } from './serving-model.ts';
@@ -69,11 +70,14 @@ export class CartridgeBuilder {
     shutdown.addEventListener('abort', onShutdown);
     const deadline = setTimeout(() => abort.abort(new TurnRejected('turn_timeout', 'the build ran past its deadline (CARTRIDGE_TIMEOUT_MS)')), Math.max(0, job.deadline_ms - Date.now()));
     let state: StateHandle | undefined = await model.engine.newState();
+    // For the person watching the worker (the API reports the same through GET and /events).
+    const shown = startProgress({ label: `building cartridge ${job.cartridge}`, total: tokens.length, unit: 'tokens' });
     try {
       const ids = Int32Array.from(tokens);
       for (let at = 0; at < ids.length; at += CARTRIDGE_PROGRESS_TOKENS) {
         await deps.scheduler.prefill(state, ids.subarray(at, at + CARTRIDGE_PROGRESS_TOKENS), abort.signal);
         await this.progress(job, Math.min(ids.length, at + CARTRIDGE_PROGRESS_TOKENS), ids.length);
+        shown.update(Math.min(ids.length, at + CARTRIDGE_PROGRESS_TOKENS));
         // A deleted cartridge stops here rather than building on for minutes.
         if (!(await cartridges.read(job.tenant, job.cartridge))) return;
       }
@@ -102,6 +106,7 @@ export class CartridgeBuilder {
       if (reason instanceof CartridgeChangedError) return;
       throw reason;
     } finally {
+      shown.finish();
       clearTimeout(deadline);
       shutdown.removeEventListener('abort', onShutdown);
       if (state) model.engine.freeState(state);

@@ -14,6 +14,7 @@ import { stateFloats } from './model/mamba-config.ts';
 import { hubOptionsOf } from './model/hub-options.ts';
 import { resolveModelDir } from './model/model-source.ts';
 import { loadTokenizer } from './model/tokenizer.ts';
+import { startProgress, type ProgressSink } from '../shared/progress.ts';
 
 export const USAGE = `usage:
   mamba-serve generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P]
@@ -111,6 +112,23 @@ function write(stream: NodeJS.WritableStream, text: string): Promise<void> {
   });
 }
 
+const PREFILL_PIECE = 1024;
+
+/** Absorb `tokens` into `state` in pieces, showing progress on `sink`; the number absorbed. */
+async function prefillWithProgress(engine: Engine, state: StateHandle, tokens: Int32Array, sink: NodeJS.WritableStream): Promise<number> {
+  if (tokens.length === 0) return 0;
+  const progress = startProgress({ label: 'reading the prompt', total: tokens.length, unit: 'tokens', sink: sink as ProgressSink });
+  try {
+    for (let at = 0; at < tokens.length; at += PREFILL_PIECE) {
+      await engine.prefill(state, tokens.subarray(at, Math.min(tokens.length, at + PREFILL_PIECE)));
+      progress.update(Math.min(tokens.length, at + PREFILL_PIECE));
+    }
+  } finally {
+    progress.finish();
+  }
+  return tokens.length;
+}
+
 async function cmdGenerate(args: string[], io: CliIo): Promise<void> {
   const v = parse(args, {
     prompt: { type: 'string' },
@@ -154,7 +172,11 @@ async function cmdGenerate(args: string[], io: CliIo): Promise<void> {
     const state = await engine.newState();
     const started = performance.now();
     let firstAt: number | undefined;
-    for await (const event of generate(engine, state, Int32Array.from(prompt), decoder)) {
+    // A long prompt is absorbed in pieces first, with a progress bar (shown past ~2 s), so a
+    // 100k-token prompt on a CPU does not look hung; generate() then gets the last token.
+    const ids = Int32Array.from(prompt);
+    const absorbed = await prefillWithProgress(engine, state, ids.subarray(0, ids.length - 1), io.stderr);
+    for await (const event of generate(engine, state, ids.subarray(absorbed), decoder)) {
       if (event.type === 'text') {
         firstAt ??= performance.now();
         await write(io.stdout, event.text);
@@ -163,7 +185,7 @@ async function cmdGenerate(args: string[], io: CliIo): Promise<void> {
         const seconds = (performance.now() - started) / 1000;
         await write(
           io.stderr,
-          `[${event.finishReason}: ${event.promptTokens} prompt + ${event.generatedTokens} generated tokens in ${seconds.toFixed(2)} s, engine ${engine.kind}]\n`,
+          `[${event.finishReason}: ${event.promptTokens + absorbed} prompt + ${event.generatedTokens} generated tokens in ${seconds.toFixed(2)} s, engine ${engine.kind}]\n`,
         );
       }
     }

@@ -216,6 +216,15 @@ describe('ORT engine behaviour', () => {
     expect(run.status).toBe(0);
   });
 
+  it('starts and runs with a long command line (ONNX Runtime walks it recursively on its thread)', () => {
+    // A 16 KB prompt given as `--prompt` crashed the process (SIGSEGV) on the thread's default stack.
+    const script = join(import.meta.dirname, 'testing', 'close-after-free.mts');
+    const padding = 'x'.repeat(120_000);
+    const run = spawnSync(process.execPath, ['--import', 'tsx', script, ckpt.dir, cacheDir(), padding], { encoding: 'utf8', timeout: 120_000 });
+    expect(run.signal).toBeNull();
+    expect(run.stdout).toContain('closed cleanly');
+  });
+
   it('keeps the event loop free while a prefill runs', async () => {
     const tokens = tokensFor(2000, ckpt.config.vocabSize, 4);
     let ticks = 0;

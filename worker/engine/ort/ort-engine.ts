@@ -1,6 +1,7 @@
 // The portable engine: the checkpoint compiled to one ONNX graph (see mamba-graph.ts) and
 // run by onnxruntime-node on a worker thread (see ort-thread.mjs for why a thread). States
 // live on that thread; handles here are ids.
+import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { Checkpoint } from '../../model/checkpoint.ts';
@@ -47,6 +48,24 @@ interface Pending {
   reject(err: Error): void;
 }
 
+/**
+ * The ORT thread's stack. ONNX Runtime reads the process's command line (/proc/self/cmdline)
+ * when a session is created and walks it recursively, a few hundred bytes of stack per
+ * character: with a worker thread's default 4 MiB, a 16 KB command line (`mamba-serve generate
+ * --prompt "<a long text>"`) crashed the process with SIGSEGV. 64 MiB covers the longest single
+ * argument Linux allows (128 KiB); more is reserved for longer command lines. The stack is
+ * address space, committed only as it is used.
+ */
+function ortThreadStackMb(): number {
+  let bytes = 0;
+  try {
+    bytes = readFileSync('/proc/self/cmdline').length;
+  } catch {
+    bytes = [...process.execArgv, ...process.argv].reduce((n, a) => n + Buffer.byteLength(a) + 1, 0);
+  }
+  return Math.min(1024, Math.max(64, Math.ceil((bytes * 512) / 2 ** 20) + 16));
+}
+
 export class OrtEngine implements Engine {
   readonly kind = 'ort' as const;
   private nextRequest = 1;
@@ -90,6 +109,7 @@ export class OrtEngine implements Engine {
       : null;
     const threads = options.intraOpThreads || availableParallelism();
     const thread = new Worker(new URL('./ort-thread.mjs', import.meta.url), {
+      resourceLimits: { stackSizeMb: ortThreadStackMb() },
       workerData: {
         modelPath: build.modelPath,
         layers,
