@@ -2,6 +2,7 @@
 // zod at start. README's configuration table documents exactly these variables; a bad
 // value stops the process with an error that names the variable.
 import { z } from 'zod';
+import { DEFAULT_STORE_TIMEOUT_MS } from './state-store.ts';
 
 export class ConfigError extends Error {
   readonly code = 'config_invalid';
@@ -81,6 +82,11 @@ const common = {
   S3_ENDPOINT: z.string().trim().url().optional(),
   S3_FORCE_PATH_STYLE: bool.default(false),
   S3_REGION: z.string().trim().optional(),
+  /**
+   * Deadline of one request to the state store (uploads get a second more per 8 MiB): a store
+   * that hangs answers 503 unavailable after this instead of holding every request as long.
+   */
+  STORE_TIMEOUT_MS: int(100, 600_000).default(DEFAULT_STORE_TIMEOUT_MS),
   MAX_QUEUE_DEPTH: int(1).default(256),
   TURN_TIMEOUT_MS: int(1000, 3_600_000).default(120_000),
   /** Output tokens a single turn may ask for. */

@@ -3,6 +3,9 @@
 // the manifest's ETag makes the head advance compare-and-swap. A server that answers
 // 501 NotImplemented to them is used without (logged once): the session lease in Redis then
 // is the only guard against two writers.
+//
+// Every request has a deadline (STORE_TIMEOUT_MS; uploads get a second more per 8 MiB): a
+// frozen server makes it fail with StoreUnavailableError, and the request is aborted.
 import {
   DeleteObjectsCommand,
   GetObjectCommand,
@@ -13,7 +16,16 @@ import {
   S3ServiceException,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
-import { assertSafeKey, StorePreconditionError, StoreUnavailableError, type ListedPage, type StateStore, type StoredObject } from './state-store.ts';
+import {
+  assertSafeKey,
+  DEFAULT_STORE_TIMEOUT_MS,
+  StorePreconditionError,
+  StoreUnavailableError,
+  withDeadline,
+  type ListedPage,
+  type StateStore,
+  type StoredObject,
+} from './state-store.ts';
 import { SUPERSEDED_TAG } from './superseded-tag.ts';
 
 export interface S3StateStoreOptions {
@@ -28,7 +40,12 @@ export interface S3StateStoreOptions {
   readonly log?: (message: string) => void;
   /** Keys per ListObjectsV2 page (S3's maximum is 1000; tests page with fewer). */
   readonly listPageSize?: number;
+  /** Deadline of one request, ms (STORE_TIMEOUT_MS). */
+  readonly timeoutMs?: number;
 }
+
+/** Upload throughput every store is assumed to sustain: an upload's deadline grows by a second per this many bytes. */
+const UPLOAD_BYTES_PER_S = 8 * 1024 * 1024;
 
 export class S3StateStore implements StateStore {
   readonly description: string;
@@ -50,6 +67,12 @@ export class S3StateStore implements StateStore {
     this.description = `s3://${options.bucket}/${options.prefix}${options.endpoint ? ` at ${options.endpoint}` : ''}`;
   }
 
+  /** One request under its deadline; the SDK's own retries happen inside it. */
+  private request<T>(what: string, run: (abortSignal: AbortSignal) => Promise<T>, uploadBytes = 0): Promise<T> {
+    const ms = (this.options.timeoutMs ?? DEFAULT_STORE_TIMEOUT_MS) + Math.ceil((1000 * uploadBytes) / UPLOAD_BYTES_PER_S);
+    return withDeadline(ms, what, run);
+  }
+
   private fullKey(key: string): string {
     assertSafeKey(key);
     return this.options.prefix ? `${this.options.prefix}/${key}` : key;
@@ -57,9 +80,12 @@ export class S3StateStore implements StateStore {
 
   async get(key: string): Promise<StoredObject | null> {
     try {
-      const out = await this.client.send(new GetObjectCommand({ Bucket: this.options.bucket, Key: this.fullKey(key) }));
-      const bytes = await out.Body!.transformToByteArray();
-      return { bytes, etag: out.ETag ?? '' };
+      return await this.request(`get ${key}`, async (abortSignal) => {
+        const out = await this.client.send(new GetObjectCommand({ Bucket: this.options.bucket, Key: this.fullKey(key) }), { abortSignal });
+        // The body is read under the same deadline: a server can freeze halfway through it.
+        const bytes = await out.Body!.transformToByteArray();
+        return { bytes, etag: out.ETag ?? '' };
+      });
     } catch (e) {
       if (e instanceof S3ServiceException && (e.name === 'NoSuchKey' || e.$metadata.httpStatusCode === 404)) return null;
       throw this.wrap(e, `get ${key}`);
@@ -76,8 +102,14 @@ export class S3StateStore implements StateStore {
 
   private async put(key: string, bytes: Uint8Array, condition: { IfNoneMatch?: string; IfMatch?: string }): Promise<string> {
     const send = (cond: typeof condition) =>
-      this.client.send(
-        new PutObjectCommand({ Bucket: this.options.bucket, Key: this.fullKey(key), Body: bytes, ContentLength: bytes.byteLength, ...cond }),
+      this.request(
+        `put ${key}`,
+        (abortSignal) =>
+          this.client.send(
+            new PutObjectCommand({ Bucket: this.options.bucket, Key: this.fullKey(key), Body: bytes, ContentLength: bytes.byteLength, ...cond }),
+            { abortSignal },
+          ),
+        bytes.byteLength,
       );
     try {
       const out = await send(this.conditionalWrites ? condition : {});
@@ -107,8 +139,8 @@ export class S3StateStore implements StateStore {
     for (let i = 0; i < keys.length; i += 1000) {
       const chunk = keys.slice(i, i + 1000).map((k) => ({ Key: this.fullKey(k) }));
       try {
-        const out = await this.client.send(
-          new DeleteObjectsCommand({ Bucket: this.options.bucket, Delete: { Objects: chunk, Quiet: true } }),
+        const out = await this.request('delete', (abortSignal) =>
+          this.client.send(new DeleteObjectsCommand({ Bucket: this.options.bucket, Delete: { Objects: chunk, Quiet: true } }), { abortSignal }),
         );
         if (out.Errors && out.Errors.length > 0) {
           throw new StoreUnavailableError(`delete: ${out.Errors.length} objects failed (${out.Errors[0]?.Code}: ${out.Errors[0]?.Message})`);
@@ -127,13 +159,17 @@ export class S3StateStore implements StateStore {
     do {
       let out;
       try {
-        out = await this.client.send(
-          new ListObjectsV2Command({
-            Bucket: this.options.bucket,
-            Prefix: full,
-            MaxKeys: this.options.listPageSize ?? 1000,
-            ...(token ? { ContinuationToken: token } : {}),
-          }),
+        const continuation = token;
+        out = await this.request(`list ${prefix}`, (abortSignal) =>
+          this.client.send(
+            new ListObjectsV2Command({
+              Bucket: this.options.bucket,
+              Prefix: full,
+              MaxKeys: this.options.listPageSize ?? 1000,
+              ...(continuation ? { ContinuationToken: continuation } : {}),
+            }),
+            { abortSignal },
+          ),
         );
       } catch (e) {
         throw this.wrap(e, `list ${prefix}`);
@@ -149,15 +185,18 @@ export class S3StateStore implements StateStore {
     const strip = this.options.prefix ? this.options.prefix.length + 1 : 0;
     let out;
     try {
-      out = await this.client.send(
-        new ListObjectsV2Command({
-          Bucket: this.options.bucket,
-          Prefix: full,
-          // Only the level asked for: deeper keys fold into CommonPrefixes, which are not listed.
-          Delimiter: '/',
-          MaxKeys: Math.min(options.limit, 1000),
-          ...(options.startAfter !== undefined ? { StartAfter: this.fullKey(options.startAfter) } : {}),
-        }),
+      out = await this.request(`list ${prefix}`, (abortSignal) =>
+        this.client.send(
+          new ListObjectsV2Command({
+            Bucket: this.options.bucket,
+            Prefix: full,
+            // Only the level asked for: deeper keys fold into CommonPrefixes, which are not listed.
+            Delimiter: '/',
+            MaxKeys: Math.min(options.limit, 1000),
+            ...(options.startAfter !== undefined ? { StartAfter: this.fullKey(options.startAfter) } : {}),
+          }),
+          { abortSignal },
+        ),
       );
     } catch (e) {
       throw this.wrap(e, `list ${prefix}`);
@@ -168,12 +207,15 @@ export class S3StateStore implements StateStore {
 
   async markSuperseded(key: string): Promise<void> {
     try {
-      await this.client.send(
-        new PutObjectTaggingCommand({
-          Bucket: this.options.bucket,
-          Key: this.fullKey(key),
-          Tagging: { TagSet: [{ Key: SUPERSEDED_TAG.key, Value: SUPERSEDED_TAG.value }] },
-        }),
+      await this.request(`tag ${key}`, (abortSignal) =>
+        this.client.send(
+          new PutObjectTaggingCommand({
+            Bucket: this.options.bucket,
+            Key: this.fullKey(key),
+            Tagging: { TagSet: [{ Key: SUPERSEDED_TAG.key, Value: SUPERSEDED_TAG.value }] },
+          }),
+          { abortSignal },
+        ),
       );
     } catch (e) {
       throw this.wrap(e, `tag ${key}`);

@@ -9,7 +9,8 @@ import { startMotoServer, type MotoServer } from '../test-support/moto-server.ts
 import { SessionStore, FencedOutError, SessionExistsError, CommitConflictError } from './session-store.ts';
 import { FsStateStore } from './state-store-fs.ts';
 import { S3StateStore } from './state-store-s3.ts';
-import { StorePreconditionError, type StateStore } from './state-store.ts';
+import { DeadlineStateStore } from './state-store-deadline.ts';
+import { StorePreconditionError, StoreUnavailableError, type StateStore } from './state-store.ts';
 import { SUPERSEDED_TAG } from './superseded-tag.ts';
 import { EMPTY_TRANSCRIPT_ROOT, extendTranscript } from './transcript-hash.ts';
 
@@ -193,5 +194,58 @@ describe('fs state store durability', () => {
     await utimes(join(root, 'x', '.y.lock'), old, old);
     await store.putIfMatch('x/y', bytes('2'), e);
     expect(text((await store.get('x/y'))!.bytes)).toBe('2');
+  });
+});
+
+describe('deadlines: a store that hangs fails fast instead of holding its callers', () => {
+  it('s3: every call to a frozen server (SIGSTOP) fails with StoreUnavailableError at its deadline, and works again after', async () => {
+    const bucket = `bucket-${++bucketCounter}`;
+    await moto.createBucket(bucket);
+    const store = new S3StateStore({ bucket, prefix: 'p', endpoint: moto.endpoint, forcePathStyle: true, credentials: moto.credentials, timeoutMs: 400 });
+    const etag = await store.putIfAbsent('a/b', bytes('one'));
+    moto.freeze();
+    try {
+      for (const call of [
+        () => store.get('a/b'),
+        () => store.putIfAbsent('a/c', bytes('x')),
+        () => store.putIfMatch('a/b', bytes('two'), etag),
+        () => store.list('a/'),
+        () => store.listPage('a/', { limit: 10 }),
+        () => store.delete(['a/c']),
+      ]) {
+        const t0 = Date.now();
+        const err = await call().then(() => undefined, (e: unknown) => e);
+        expect(err).toBeInstanceOf(StoreUnavailableError);
+        expect((err as Error).message).toMatch(/no answer within 4\d\d ms/);
+        expect(Date.now() - t0).toBeLessThan(2_000);
+      }
+    } finally {
+      moto.thaw();
+    }
+    // What reached the frozen server before the deadline may still have been applied: the
+    // caller could not know (the commit protocol settles such writes by reading again).
+    const after = await store.get('a/b');
+    expect(['one', 'two']).toContain(text(after!.bytes));
+    await store.close();
+  }, 30_000);
+
+  it('fs (through DeadlineStateStore): a call that never returns fails at its deadline', async () => {
+    const never = new Promise<never>(() => {});
+    const hung: StateStore = {
+      description: 'hung',
+      get: () => never,
+      putIfAbsent: () => never,
+      putIfMatch: () => never,
+      delete: () => never,
+      list: () => never,
+      listPage: () => never,
+      markSuperseded: () => never,
+      close: async () => {},
+    };
+    const store = new DeadlineStateStore(hung, 100);
+    const t0 = Date.now();
+    await expect(store.get('k')).rejects.toThrow(/state store get k: no answer within 100 ms/);
+    await expect(store.putIfMatch('k', bytes('x'), 'e')).rejects.toBeInstanceOf(StoreUnavailableError);
+    expect(Date.now() - t0).toBeLessThan(1_000);
   });
 });

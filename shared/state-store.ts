@@ -64,6 +64,36 @@ export class StoreUnavailableError extends Error {
   }
 }
 
+/**
+ * Default deadline of one request to the store (STORE_TIMEOUT_MS). A store that hangs (a frozen
+ * server, a stalled network path) must not hang every request that reads a session: past this
+ * the call fails with StoreUnavailableError, which clients see as a 503 `unavailable`.
+ */
+export const DEFAULT_STORE_TIMEOUT_MS = 5_000;
+
+/**
+ * Run `call` with a deadline: past `ms` it is aborted (its signal fires, for stores that can
+ * cancel the request) and a StoreUnavailableError naming `what` is thrown, whether or not the
+ * call itself stops. A write whose deadline passed may still land later: callers treat its
+ * outcome as unknown (the session store's commit protocol settles it by a later read).
+ */
+export async function withDeadline<T>(ms: number, what: string, call: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const abort = new AbortController();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      const e = new StoreUnavailableError(`state store ${what}: no answer within ${ms} ms`);
+      abort.abort(e);
+      reject(e);
+    }, ms);
+  });
+  try {
+    return await Promise.race([call(abort.signal), expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Keys are built by session-store.ts only; refuse anything that could escape the store's root. */
 export function assertSafeKey(key: string): void {
   if (!/^[A-Za-z0-9_.\/-]{1,900}$/.test(key) || key.split('/').some((part) => part === '..' || part === '.' || part === '') ) {

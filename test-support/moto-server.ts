@@ -8,8 +8,13 @@ import { freePort } from '../stack/free-port.ts';
 
 export interface MotoServer {
   readonly endpoint: string;
+  readonly port: number;
   readonly credentials: { accessKeyId: string; secretAccessKey: string };
   createBucket(name: string): Promise<void>;
+  /** SIGSTOP: the server keeps its sockets (connections are accepted by the kernel) but answers nothing, as a hung server does. */
+  freeze(): void;
+  /** SIGCONT after freeze(): it answers again, what it received meanwhile included. */
+  thaw(): void;
   stop(): Promise<void>;
 }
 
@@ -42,12 +47,21 @@ export async function startMotoServer(): Promise<MotoServer> {
   const client = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: MOTO_CREDENTIALS });
   return {
     endpoint,
+    port,
     credentials: MOTO_CREDENTIALS,
     async createBucket(name: string) {
       await client.send(new CreateBucketCommand({ Bucket: name }));
     },
+    freeze() {
+      child.kill('SIGSTOP');
+    },
+    thaw() {
+      child.kill('SIGCONT');
+    },
     async stop() {
       client.destroy();
+      // A frozen process would never handle the SIGTERM below.
+      child.kill('SIGCONT');
       if (child.exitCode === null && child.signalCode === null) {
         child.kill('SIGTERM');
         await new Promise<void>((r) => child.once('exit', () => r()));
