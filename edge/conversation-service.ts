@@ -97,6 +97,7 @@ export class ConversationService {
       sampling: { temperature: 0, top_p: 1, top_k: 0 },
       stop: [],
       onBusy: 'queue',
+      incarnation: manifest.incarnation,
       itemShapes: input.shapes,
     });
     await this.turns.result(turn, signal);

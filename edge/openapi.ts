@@ -19,6 +19,7 @@ import { readJsonBody, validationError } from './request-body.ts';
 type SchemaOutput<S> = S extends z.ZodType ? z.output<S> : never;
 type ParamsOf<R> = R extends { request: { params: infer S } } ? SchemaOutput<S> : never;
 type QueryOf<R> = R extends { request: { query: infer S } } ? SchemaOutput<S> : never;
+type HeadersOf<R> = R extends { request: { headers: infer S } } ? SchemaOutput<S> : never;
 type JsonBodyOf<R> = R extends { request: { body: { content: { 'application/json': { schema: infer S } } } } } ? SchemaOutput<S> : never;
 
 type Handler<E extends Env> = (c: Context<E>) => Response | Promise<Response>;
@@ -49,6 +50,15 @@ export function queryOf<R extends RouteConfig>(c: Context, route: R): QueryOf<R>
   const parsed = schema.safeParse(c.req.query());
   if (!parsed.success) throw validationError(parsed.error, 'query');
   return parsed.data as QueryOf<R>;
+}
+
+/** The request headers the route declares, validated (names lowercase, as declared). */
+export function headersOf<R extends RouteConfig>(c: Context, route: R): HeadersOf<R> {
+  const schema = route.request?.headers as z.ZodType | undefined;
+  if (!schema) throw new Error(`route ${route.method} ${route.path} declares no headers`);
+  const parsed = schema.safeParse(c.req.header());
+  if (!parsed.success) throw validationError(parsed.error, 'header');
+  return parsed.data as HeadersOf<R>;
 }
 
 /** The JSON body the route declares, read strictly (edge/request-body.ts). */

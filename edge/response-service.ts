@@ -67,6 +67,7 @@ export class ResponseService {
     let conversation: string | null = null;
     let newChain = false;
     let cartridge: CartridgeRecord | undefined;
+    let incarnation: string | undefined;
     const mismatch = (owner: string, actual: string) => {
       if (body.model !== undefined && body.model !== actual) throw new ApiError('model_mismatch', `${owner} belongs to model ${actual}, not ${body.model}`);
     };
@@ -76,6 +77,7 @@ export class ResponseService {
       mismatch(`response ${previous.id}`, previous.model);
       const { manifest } = await this.sessions.get(tenant, previous.session);
       if (!(await deps.sessions.findVersion(tenant, previous.session, manifest, previous.version))) throw notFound(previous.id);
+      incarnation = manifest.incarnation;
       session = previous.session;
       model = previous.model;
       base = { kind: 'version', version: previous.version, must_be_head: false };
@@ -86,6 +88,7 @@ export class ResponseService {
       mismatch(`conversation ${id}`, found.manifest.model);
       session = id;
       model = found.manifest.model;
+      incarnation = found.manifest.incarnation;
       conversation = id;
     } else {
       cartridge = body.cartridge !== undefined ? await this.cartridges.ready(tenant, body.cartridge, body.model) : undefined;
@@ -126,14 +129,17 @@ export class ResponseService {
     }
     if (newChain && session !== null && cartridge) {
       // The chain's session starts as a copy of the cartridge (a retried request finds it made).
-      if (!(await deps.sessions.read(tenant, session))) {
+      let made = await deps.sessions.read(tenant, session);
+      if (!made) {
         const { bytes } = await this.cartridges.readyState(tenant, cartridge.id);
-        await this.sessions.fromCartridge({ tenant, target: session, cartridge, bytes, metadata: {} }).catch((e: unknown) => {
+        made = await this.sessions.fromCartridge({ tenant, target: session, cartridge, bytes, metadata: {} }).catch((e: unknown) => {
           if (!(e instanceof ApiError && e.code === 'session_exists')) throw e;
+          return this.sessions.get(tenant, session!);
         });
       }
+      incarnation = made.manifest.incarnation;
     } else if (newChain && session !== null) {
-      await this.sessions.getOrCreate(tenant, session, model);
+      incarnation = (await this.sessions.getOrCreate(tenant, session, model)).found.manifest.incarnation;
     }
 
     const turn = await this.turns.submit({
@@ -148,6 +154,7 @@ export class ResponseService {
       stop: [],
       // Responses on one session run one after the other; continuing any of them never conflicts.
       onBusy: 'queue',
+      incarnation,
       idempotencyKey,
       requestHash,
       instructions: spec.instructions,
@@ -172,14 +179,20 @@ export class ResponseService {
     if (record) {
       // While its token stream lasts, a finished response replays from it (exact event numbering).
       const live = await this.deps.redis.exists(this.deps.keys.turnStream(record.turn_id));
-      const turn: SubmittedTurn = { turnId: record.turn_id, model: record.model, deadlineMs: Date.now() + this.deps.config.TURN_TIMEOUT_MS, replayed: true };
+      const turn: SubmittedTurn = {
+        turnId: record.turn_id,
+        model: record.model,
+        deadlineMs: Date.now() + this.deps.config.TURN_TIMEOUT_MS,
+        replayed: true,
+        ref: { tenant, session: record.session, turnId: record.turn_id },
+      };
       return { view: viewOfRecord(record), ...(live ? { turn } : {}) };
     }
     const raw = await this.deps.redis.get(this.deps.keys.pendingResponse(tenant, id));
     const parsed = raw ? Pending.safeParse(JSON.parse(raw)) : undefined;
     if (!parsed?.success) throw notFound(id);
     const { spec, session, turn_id: turnId, deadline_ms: deadlineMs } = parsed.data;
-    const turn: SubmittedTurn = { turnId, model: spec.model, deadlineMs, replayed: true };
+    const turn: SubmittedTurn = { turnId, model: spec.model, deadlineMs, replayed: true, ref: { tenant, session, turnId } };
     const outcome = await this.deps.queues.outcome(spec.model, turnId);
     if (outcome?.state === 'completed') {
       // The record is written before the turn completes: read it again (it raced this request).

@@ -7,7 +7,7 @@ import type { CartridgeRecord } from '../shared/cartridge-record.ts';
 import { ApiError } from '../shared/errors.ts';
 import { assertStateImportable, readMStateHeader, StateFormatError } from '../shared/mstate.ts';
 import { headEntry, type ManifestVersion, type SessionManifest } from '../shared/session-manifest.ts';
-import { isLease, type SessionLease } from '../shared/session-lease.ts';
+import { FENCE_GAP_AFTER_REDIS_LOSS, isLease, type SessionLease } from '../shared/session-lease.ts';
 import { FencedOutError, SessionExistsError, CommitConflictError, type ManifestRead } from '../shared/session-store.ts';
 import { EMPTY_TRANSCRIPT_ROOT, opaqueTranscriptRoot, transcriptPrefixHashes } from '../shared/transcript-hash.ts';
 import type { EdgeDeps } from './deps.ts';
@@ -277,10 +277,10 @@ export class SessionService {
     // Who holds it (a worker's id: host name and pid) is internal: the client learns only that it is busy.
     if (!isLease(got)) throw new ApiError('session_busy', `session ${session} is being written by a turn; retry shortly`);
     const current = await sessions.read(tenant, session);
-    if (current && current.manifest.fence >= got.fence) {
-      // The fence counter in Redis is behind the store (Redis lost data): lift it.
+    if (current && (got.fresh || current.manifest.fence >= got.fence)) {
+      // Redis had no counter, or one behind the store (it lost its data): lift the fence past any handed out before.
       await leases.release(got);
-      got = await leases.tryAcquire(tenant, session, owner, current.manifest.fence);
+      got = await leases.tryAcquire(tenant, session, owner, current.manifest.fence + FENCE_GAP_AFTER_REDIS_LOSS);
       if (!isLease(got)) throw new ApiError('session_busy', `session ${session} is busy; retry shortly`);
     }
     const lease = got;

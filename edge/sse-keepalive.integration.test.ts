@@ -78,7 +78,7 @@ describe('SSE keep-alive while a turn waits for a worker', () => {
       .map((block) => Object.fromEntries(block.split('\n').map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 2)])));
     const done = TurnResponse.parse(JSON.parse(events.at(-1)!['data']!));
     expect(events.at(-1)!['event']).toBe('done');
-    expect(events.slice(0, -1).every((e) => e['event'] === 'token' && /^\d+-\d+$/.test(e['id']!))).toBe(true);
+    expect(events.slice(0, -1).every((e) => e['event'] === 'token' && /^\d+$/.test(e['id']!))).toBe(true);
     expect(events.slice(0, -1).map((e) => JSON.parse(e['data']!).text).join('')).toBe(done.output);
     expect(done.version).toBe(1);
   });

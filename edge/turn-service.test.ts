@@ -73,11 +73,11 @@ async function streamedButActiveTurn(turnId: string): Promise<{ job: Job<TurnJob
   const token = `tok-${turnId}`;
   const job = (await worker.getNextJob(token, { block: false })) as Job<TurnJob, TurnResult>;
   expect(job.id).toBe(turnId);
-  const stream = new TurnStreamWriter(deps.redis, deps.keys.turnStream(turnId), 60_000);
-  await stream.append({ type: 'start', attempt: 0, base_version: 0, cached_tokens: 0 });
-  for (const text of ['a', 'b', 'c']) await stream.append({ type: 'token', attempt: 0, text });
+  const stream = new TurnStreamWriter(deps.redis, { stream: deps.keys.turnStream(turnId), owner: deps.keys.turnStreamOwner(turnId) }, 60_000, 'a0');
+  await stream.claim();
+  for (const text of ['a', 'b', 'c']) await stream.token(text, [text.charCodeAt(0)]);
   const result = resultOf(turnId, 'abc');
-  await stream.append({ type: 'done', attempt: 0, result });
+  await stream.append({ type: 'done', result });
   return { job, token, result };
 }
 
@@ -113,7 +113,7 @@ describe('following a turn', () => {
     queue.getJobState = completeAfter(originals.getJobState.bind(queue));
     deps.queues.getJob = completeAfter(originals.turnQueuesGetJob.bind(deps.queues));
     try {
-      const rest = await collect(turns.follow({ turnId: 'race-1', model: MODEL, deadlineMs: Date.now() + 10_000, replayed: true }, { afterId: all[1]!.id }));
+      const rest = await collect(turns.follow({ turnId: 'race-1', model: MODEL, deadlineMs: Date.now() + 10_000, replayed: true }, { afterChars: Number(all[1]!.id) }));
       expect(rest.map((o) => o.id)).toEqual(all.slice(2).map((o) => o.id));
       expect(rest.at(-1)).toMatchObject({ type: 'done', result });
     } finally {
@@ -131,13 +131,18 @@ describe('following a turn', () => {
     const turn = { turnId: 'done-1', model: MODEL, deadlineMs: Date.now() + 10_000, replayed: true };
     const all = await collect(turns.follow(turn));
     expect(all.map((o) => (o.type === 'text' ? o.text : o.type))).toEqual(['a', 'b', 'c', 'done']);
-    const rest = await collect(turns.follow(turn, { afterId: all[0]!.id }));
+    const rest = await collect(turns.follow(turn, { afterChars: Number(all[0]!.id) }));
     expect(rest.map((o) => o.id)).toEqual(all.slice(1).map((o) => o.id));
 
     await deps.redis.del(deps.keys.turnStream('done-1'));
     expect(await collect(turns.follow(turn))).toEqual([
-      { type: 'text', text: 'abc', id: '0-1' },
-      { type: 'done', result, id: '0-2' },
+      { type: 'text', text: 'abc', id: '3' },
+      { type: 'done', result, id: '3' },
+    ]);
+    // Ids count the characters sent, so a resume is exact whichever way the turn is replayed.
+    expect(await collect(turns.follow(turn, { afterChars: 2 }))).toEqual([
+      { type: 'text', text: 'c', id: '3' },
+      { type: 'done', result, id: '3' },
     ]);
   });
 });

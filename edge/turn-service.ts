@@ -1,12 +1,21 @@
 // Turns from the edge's side: admission (worker alive or allowed to wait for one, queue depth, the session's turn slot,
 // idempotency), enqueueing the job, and following its token stream to a result. Native turns,
 // chat completions and session creation with a system prompt all go through here.
+//
+// What a client is told about a session turn is its one outcome, as the store decides it
+// (shared/session-store.ts): a result only once it is committed, a failure only once the
+// store records the turn refused (the worker's final error, or this edge's own decision at
+// the deadline or when the queue lost the job), and, when the store cannot be asked, 503
+// `unavailable` saying the outcome is not known yet, never a failure that may be false.
 import { createHash, randomBytes } from 'node:crypto';
 import type { Message } from '../shared/api-schemas.ts';
 import type { ItemShape } from '../shared/conversation-items.ts';
 import type { ResponseSpec } from '../shared/response-record.ts';
 import { ApiError } from '../shared/errors.ts';
 import { decodeFailure, TurnResult, type TurnBase, type TurnJob } from '../shared/jobs.ts';
+import type { TurnOutcome } from '../shared/session-store.ts';
+import { StoreUnavailableError } from '../shared/state-store.ts';
+import { answerOf, outcomeUnknown, type SessionTurnRef } from '../shared/turn-outcome.ts';
 import { readTurnStream } from '../shared/turn-stream.ts';
 import type { EdgeDeps } from './deps.ts';
 
@@ -21,6 +30,8 @@ export interface TurnSubmission {
   readonly sampling: { temperature: number; top_p: number; top_k: number; seed?: number | undefined };
   readonly stop: readonly string[];
   readonly onBusy: 'reject' | 'queue';
+  /** The session's incarnation as the request found it (SessionManifest.incarnation): required with a session. */
+  readonly incarnation?: string | undefined;
   readonly idempotencyKey?: string | undefined;
   /** Responses API: instructions, how messages are listed as items, the response to record. */
   readonly instructions?: string | null;
@@ -51,14 +62,23 @@ export interface SubmittedTurn {
   readonly deadlineMs: number;
   /** An Idempotency-Key named a turn that already exists: this is that turn. */
   readonly replayed: boolean;
+  /** A session turn (not ephemeral): where its outcome is decided. */
+  readonly ref?: SessionTurnRef | undefined;
+  /** Its outcome, already found in the store (a replay whose job Redis no longer has). */
+  readonly decided?: TurnOutcome | undefined;
+  /** The request's fingerprint (edge/idempotency.ts), kept with a refusal this edge decides. */
+  readonly requestHash?: string | undefined;
 }
 
 export type TurnOutput =
+  /** `id`: the characters of the reply sent through this piece, what a client resumes after (SSE Last-Event-ID). */
   | { readonly type: 'text'; readonly text: string; readonly id: string }
   | { readonly type: 'done'; readonly result: TurnResult; readonly id: string };
 
-/** How long past its deadline the edge still waits for a turn's final event (the worker stops committing at the deadline). */
+/** How long past its deadline the edge waits for a turn's final event before it has the store decide. */
 const DEADLINE_GRACE_MS = 2_000;
+/** How often a quiet stream's job is looked at: a turn that ended without a final event (its job failed or lost) is noticed this soon. */
+const JOB_CHECK_MS = 2_000;
 
 export function turnIdFor(tenant: string, session: string | null, idempotencyKey: string | undefined): string {
   if (!idempotencyKey) return `t_${randomBytes(16).toString('base64url')}`;
@@ -71,35 +91,44 @@ export function seedFor(turnId: string): number {
   return createHash('sha256').update(turnId).digest().readUInt32LE(0);
 }
 
-function compareStreamIds(a: string, b: string): number {
-  const [am = 0, as = 0] = a.split('-').map(Number);
-  const [bm = 0, bs = 0] = b.split('-').map(Number);
-  return am - bm || as - bs;
-}
-
 export class TurnService {
   constructor(private readonly deps: EdgeDeps) {}
 
   /**
-   * The turn an Idempotency-Key already names, while its job is retained (TURN_RETENTION_S):
-   * routes look it up before checking the request against the session's current head, which
-   * the turn itself has moved (a retried chat would otherwise no longer "extend the head").
-   * The same key with another request is 422 idempotency_key_reused.
+   * The turn an Idempotency-Key already names: its job while retained (TURN_RETENTION_S), else,
+   * for a session turn, its outcome in the store (Redis may have lost the job). Routes look it
+   * up before checking the request against the session's current head, which the turn itself
+   * has moved (a retried chat would otherwise no longer "extend the head"). The same key with
+   * another request is 422 idempotency_key_reused.
    */
   async replay(k: ReplayKey): Promise<SubmittedTurn | undefined> {
     if (!k.idempotencyKey) return undefined;
     const turnId = turnIdFor(k.tenant, k.session, k.idempotencyKey);
+    const reused = (stored: string | undefined) => {
+      if (k.requestHash !== undefined && stored !== undefined && stored !== k.requestHash) {
+        throw new ApiError(
+          'idempotency_key_reused',
+          `Idempotency-Key "${k.idempotencyKey}" was already used for a different request (turn ${turnId}); use a new key for a new request`,
+          { details: { turn_id: turnId } },
+        );
+      }
+    };
     const existing = await this.deps.queues.getJob(k.model, turnId);
-    if (!existing) return undefined;
-    const stored = existing.data.request_hash;
-    if (k.requestHash !== undefined && stored !== undefined && stored !== k.requestHash) {
-      throw new ApiError(
-        'idempotency_key_reused',
-        `Idempotency-Key "${k.idempotencyKey}" was already used for a different request (turn ${turnId}); use a new key for a new request`,
-        { details: { turn_id: turnId } },
-      );
+    if (existing) {
+      reused(existing.data.request_hash);
+      const d = existing.data;
+      const ref = d.session !== null && !d.ephemeral ? { tenant: d.tenant, session: d.session, turnId, incarnation: d.incarnation } : undefined;
+      return { turnId, model: k.model, deadlineMs: d.deadline_ms, replayed: true, ref, requestHash: d.request_hash };
     }
-    return { turnId, model: k.model, deadlineMs: existing.data.deadline_ms, replayed: true };
+    if (k.session === null) return undefined;
+    const decided = await this.deps.sessions.findTurn(k.tenant, k.session, { id: turnId }, { searchPages: true });
+    if (!decided || decided.state === 'gone') return undefined;
+    reused(decided.state === 'committed' ? undefined : decided.refusal.request_sha256);
+    if (decided.state === 'committed') {
+      const items = decided.entry.items ? await this.deps.sessions.readItems(k.tenant, k.session, decided.entry.version) : null;
+      reused(items?.result?.request_sha256);
+    }
+    return { turnId, model: k.model, deadlineMs: Date.now(), replayed: true, ref: { tenant: k.tenant, session: k.session, turnId }, decided };
   }
 
   async submit(s: TurnSubmission): Promise<SubmittedTurn> {
@@ -107,6 +136,7 @@ export class TurnService {
     const turnId = turnIdFor(s.tenant, s.session, s.idempotencyKey);
     const replayed = await this.replay({ tenant: s.tenant, session: s.session, model: s.model, idempotencyKey: s.idempotencyKey, requestHash: s.requestHash });
     if (replayed) return replayed;
+    if (s.session !== null && !s.ephemeral && s.incarnation === undefined) throw new Error('a session turn is submitted with the incarnation it was accepted for');
     // With QUEUE_WITHOUT_WORKERS the turn may wait for a worker to start (it waits at most
     // TURN_TIMEOUT_MS; the worker refuses it after its deadline).
     await served.assertRunnable(s.model);
@@ -132,6 +162,7 @@ export class TurnService {
       turn_id: turnId,
       tenant: s.tenant,
       session: s.session,
+      ...(s.incarnation !== undefined && s.session !== null ? { incarnation: s.incarnation } : {}),
       model: s.model,
       kind: s.kind,
       base: s.base,
@@ -167,75 +198,111 @@ export class TurnService {
       if (ownsSlot && s.session !== null) await leases.releaseTurn(s.tenant, s.session, turnId).catch(() => {});
       throw e;
     }
-    return { turnId, model: s.model, deadlineMs, replayed: false };
+    const ref = s.session !== null && !s.ephemeral ? { tenant: s.tenant, session: s.session, turnId, incarnation: s.incarnation } : undefined;
+    return { turnId, model: s.model, deadlineMs, replayed: false, ref, requestHash: s.requestHash };
   }
 
   /**
-   * The turn's reply as it is generated, then its result. Text is deduplicated across attempts:
-   * a retried attempt (same seed, same tokens) is only forwarded past what was already sent.
-   * `afterId` (an SSE Last-Event-ID) skips what the client already has.
+   * The turn's reply as it is generated, then its result. The stream's text only grows (every
+   * attempt continues what earlier ones streamed: shared/turn-stream.ts), so it is forwarded as
+   * it comes, each piece with the count of characters sent through it as its id;
+   * `afterChars` (an SSE Last-Event-ID) skips what the client already has.
    */
-  async *follow(turn: SubmittedTurn, options: { afterId?: string | undefined; signal?: AbortSignal } = {}): AsyncGenerator<TurnOutput> {
-    const { redis, keys, queues } = this.deps;
+  async *follow(turn: SubmittedTurn, options: { afterChars?: number | undefined; signal?: AbortSignal } = {}): AsyncGenerator<TurnOutput> {
+    const { redis, keys } = this.deps;
+    const after = options.afterChars ?? 0;
+    /** The rest of a finished reply, past what was already sent, then `done`. */
+    const finish = function* (result: TurnResult, sent: string): Generator<TurnOutput> {
+      const from = Math.max(after, sent.length);
+      if (result.output.length > from && result.output.startsWith(sent)) yield { type: 'text', text: result.output.slice(from), id: String(result.output.length) };
+      yield { type: 'done', result, id: String(result.output.length) };
+    };
+    if (turn.decided) {
+      yield* finish(await this.answerDecided(turn, turn.decided), '');
+      return;
+    }
+    // A finished turn is replayed from its token stream while that exists (the same pieces),
+    // else from the stored result.
     const finished = await this.finishedResult(turn);
-    // A finished turn is replayed from its token stream while that exists (exact event ids, so
-    // Last-Event-ID works), else from the stored result.
     if (finished && !(await redis.exists(keys.turnStream(turn.turnId)))) {
-      if (finished.output && !options.afterId) yield { type: 'text', text: finished.output, id: '0-1' };
-      yield { type: 'done', result: finished, id: '0-2' };
+      yield* finish(finished, '');
       return;
     }
     let sent = '';
-    let attempt = -1;
-    let attemptText = '';
-    const visible = (id: string) => !options.afterId || compareStreamIds(id, options.afterId) > 0;
-    for await (const { id, event } of readTurnStream(redis, keys.turnStream(turn.turnId), {
+    let ended: TurnResult | undefined;
+    const ticks = readTurnStream(redis, keys.turnStream(turn.turnId), {
       deadlineMs: turn.deadlineMs + DEADLINE_GRACE_MS,
+      idleMs: JOB_CHECK_MS,
+      // A quiet stream: the job may have ended without a final event (failed by its queue, lost
+      // with Redis). Looked at here so the client hears of it now, not at the deadline.
+      onIdle: async () => !(await this.deps.queues.getJob(turn.model, turn.turnId)) || (ended = await this.finishedResult(turn)) !== undefined,
       ...(options.signal ? { signal: options.signal } : {}),
-    })) {
-      if (event.type === 'start' || event.type === 'token') {
-        if (event.attempt !== attempt) {
-          attempt = event.attempt;
-          attemptText = '';
-        }
-      }
+    });
+    for await (const { event } of ticks) {
       if (event.type === 'token') {
-        attemptText += event.text;
-        const consistent = attemptText.length <= sent.length ? sent.startsWith(attemptText) : attemptText.startsWith(sent);
-        if (!consistent) {
-          throw new ApiError('turn_failed', 'the turn was retried after a worker fault and the retry produced different text; its result is in the session, re-read it');
-        }
-        if (attemptText.length > sent.length) {
-          const delta = attemptText.slice(sent.length);
-          sent = attemptText;
-          if (visible(id)) yield { type: 'text', text: delta, id };
-        }
+        const before = sent.length;
+        sent += event.text;
+        if (sent.length > after) yield { type: 'text', text: sent.slice(Math.max(before, after)), id: String(sent.length) };
       } else if (event.type === 'done') {
-        const rest = event.result.output.startsWith(sent) ? event.result.output.slice(sent.length) : '';
-        if (rest && visible(id)) yield { type: 'text', text: rest, id };
-        yield { type: 'done', result: event.result, id };
+        if (!event.result.output.startsWith(sent)) {
+          // Cannot happen while attempts continue each other's text; said loudly if it ever does.
+          this.deps.log.error('a turn committed a reply that does not extend what its stream sent', { turn: turn.turnId });
+        }
+        yield* finish(event.result, sent);
         return;
       } else if (event.type === 'error' && event.final) {
         throw new ApiError(event.code, event.message);
       }
     }
     if (options.signal?.aborted) return;
-    // The stream ended without a final event: the turn finished while we were not looking
-    // (its stream trimmed or expired), or it ran out of time.
-    const late = await this.finishedResult(turn);
+    const late = ended ?? (await this.finishedResult(turn));
     if (late) {
-      yield { type: 'done', result: late, id: '0-2' };
+      yield* finish(late, sent);
       return;
     }
-    const job = await queues.getJob(turn.model, turn.turnId);
-    if (!job) throw new ApiError('turn_failed', `turn ${turn.turnId} is no longer known`);
-    throw new ApiError('turn_timeout', `the turn did not finish within ${this.deps.config.TURN_TIMEOUT_MS} ms`);
+    // No final event and no finished job: past the deadline, or the job is gone (Redis lost it).
+    yield* finish(await this.decide(turn), sent);
   }
 
   /** Gather the whole turn. */
   async result(turn: SubmittedTurn, signal?: AbortSignal): Promise<TurnResult> {
     for await (const out of this.follow(turn, signal ? { signal } : {})) if (out.type === 'done') return out.result;
     throw new ApiError('turn_timeout', 'the client went away before the turn finished');
+  }
+
+  /**
+   * The turn ran out of time, or its job is gone: the store decides (session turns), refusing
+   * it unless it committed; the answer is that decision. Its turn slot is freed when refused,
+   * so the session takes its next turn at once.
+   */
+  private async decide(turn: SubmittedTurn): Promise<TurnResult> {
+    const { config, queues, sessions, leases } = this.deps;
+    const gone = !(await queues.getJob(turn.model, turn.turnId));
+    const why = gone
+      ? { code: 'turn_failed' as const, message: `turn ${turn.turnId} was lost by the queue (Redis lost its data) before it finished; it was not saved` }
+      : { code: 'turn_timeout' as const, message: `the turn did not finish within ${config.TURN_TIMEOUT_MS} ms; it was not saved` };
+    const ref = turn.ref;
+    if (!ref) throw new ApiError(why.code, gone ? `turn ${turn.turnId} was lost by the queue before it finished` : `the turn did not finish within ${config.TURN_TIMEOUT_MS} ms`);
+    let outcome: TurnOutcome;
+    try {
+      const incarnation = ref.incarnation ?? (await sessions.read(ref.tenant, ref.session))?.manifest.incarnation;
+      const refusal = { ...why, request_sha256: turn.requestHash };
+      outcome = incarnation === undefined ? { state: 'gone' } : await sessions.settleTurn(ref.tenant, ref.session, { id: ref.turnId, incarnation }, refusal);
+    } catch (e) {
+      if (e instanceof StoreUnavailableError) throw outcomeUnknown(turn.turnId, e);
+      throw e;
+    }
+    if (outcome.state !== 'committed') await leases.releaseTurn(ref.tenant, ref.session, ref.turnId).catch(() => {});
+    return this.answerDecided(turn, outcome);
+  }
+
+  private async answerDecided(turn: SubmittedTurn, outcome: TurnOutcome): Promise<TurnResult> {
+    try {
+      return await answerOf(this.deps.sessions, turn.ref!, outcome);
+    } catch (e) {
+      if (e instanceof StoreUnavailableError) throw outcomeUnknown(turn.turnId, e);
+      throw e;
+    }
   }
 
   /** The stored result of a turn that has already completed or failed (idempotent replays, expired streams). */

@@ -9,7 +9,7 @@
 // records each version's turn id), and the index in that version's items. They are base64url,
 // opaque to clients, and resolve only inside the tenant that asks.
 import { z } from 'zod';
-import type { Message } from './api-schemas.ts';
+import { FinishReason, TurnUsage, type Message } from './api-schemas.ts';
 
 export const ItemRole = z.enum(['user', 'assistant', 'system', 'developer']);
 export type ItemRole = z.infer<typeof ItemRole>;
@@ -56,6 +56,11 @@ export const ItemsFile = z.object({
   input: z.array(ConversationItem),
   /** The reply (empty for versions that only absorbed input). */
   output: z.array(ConversationItem),
+  /**
+   * How the turn ended and what it cost (versions committed since this was kept): with the
+   * reply, the turn's whole answer, so a retry finds it in the store even after Redis lost it.
+   */
+  result: z.object({ finish_reason: FinishReason, usage: TurnUsage, request_sha256: z.string().regex(/^[0-9a-f]{64}$/).optional() }).optional(),
 });
 export type ItemsFile = z.infer<typeof ItemsFile>;
 
@@ -100,6 +105,7 @@ export function buildItemsFile(args: {
   shapes?: readonly ItemShape[] | undefined;
   instructions: string | null;
   reply?: { text: string; complete: boolean } | undefined;
+  result?: ItemsFile['result'];
 }): ItemsFile {
   const { session, turnId, messages } = args;
   const input = messages.map((m, i) => itemOf(session, turnId, i, m, args.shapes?.[i] ?? defaultShape(m)));
@@ -114,7 +120,7 @@ export function buildItemsFile(args: {
         },
       ]
     : [];
-  return { format: 1, turn_id: turnId, instructions: args.instructions, input, output };
+  return { format: 1, turn_id: turnId, instructions: args.instructions, input, output, ...(args.result ? { result: args.result } : {}) };
 }
 
 /** An item's text, as it was fed (item_reference inputs resolve to this). */

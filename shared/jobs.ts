@@ -37,6 +37,12 @@ export const TurnJob = z.object({
   tenant: TenantId,
   /** null: a stateless chat completion (zero state, nothing stored). */
   session: SessionId.nullable(),
+  /**
+   * The session's incarnation (SessionManifest.incarnation) when the turn was accepted: a turn
+   * queued before a DELETE never runs in a session created again under the same id. Absent only
+   * in jobs queued before it was recorded.
+   */
+  incarnation: z.string().regex(/^[0-9a-f]{16,64}$/).optional(),
   model: ModelId,
   /** `absorb` feeds the messages and generates nothing (a session created with a system prompt). */
   kind: z.enum(['turn', 'absorb']),
@@ -46,7 +52,10 @@ export const TurnJob = z.object({
   max_tokens: z.number().int().min(0),
   sampling: SamplingSettings,
   stop: z.array(z.string()),
-  /** Epoch ms after which the turn must not commit (the edge has answered 504 by then). */
+  /**
+   * Epoch ms after which the turn does not commit: its commit refuses it instead (turn_timeout),
+   * and the edge, waiting past it, has the store decide (shared/session-store.ts).
+   */
   deadline_ms: z.number().int(),
   /** Whether the edge claimed the session's turn slot for this turn (the worker frees it at the end). */
   owns_turn_slot: z.boolean(),
@@ -78,6 +87,11 @@ export const TurnJob = z.object({
    * Idempotency-Key must carry the same one, or it is refused (422 idempotency_key_reused).
    */
   request_hash: z.string().regex(/^[0-9a-f]{64}$/).optional(),
+  /**
+   * Set by a worker: the turn failed, but the store did not answer when asked to decide it
+   * (worker/turn-runner.ts finishFailed), so nothing was reported; the next attempt decides it first.
+   */
+  settling: z.object({ code: z.string().regex(/^[a-z_]{1,64}$/), message: z.string() }).optional(),
 });
 export type TurnJob = z.infer<typeof TurnJob>;
 

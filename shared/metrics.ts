@@ -4,6 +4,7 @@
 // /metrics reads the hash and adds live gauges (queue depth, workers).
 import type { Redis } from 'ioredis';
 import type { RedisKeys } from './redis-keys.ts';
+import { RedisScript } from './redis-script.ts';
 
 export interface MetricDefinition {
   readonly name: string;
@@ -43,6 +44,30 @@ function compareSeries(a: string, b: string): number {
   };
   const base = (f: string) => f.replace(/,?le="[^"]*"/, '');
   return base(a).localeCompare(base(b)) || le(a) - le(b);
+}
+
+/** KEYS: once-marker, metrics hash. ARGV: marker ttl s, field. → 1 if counted now, 0 if it had been. */
+const countOnce = new RedisScript(
+  'countTurnOutcomeOnce',
+  2,
+  `
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('HINCRBYFLOAT', KEYS[2], ARGV[2], 1)
+  return 1
+end
+return 0
+`,
+);
+
+/**
+ * Count a turn's outcome in mamba_turns_total exactly once: a turn can be reported by the
+ * attempt that committed it, by a retry that finds the commit after that attempt died, or by
+ * the edge deciding it at its deadline; counting at each would count it twice, counting only at
+ * the first would miss the turns whose first reporter crashed. `retentionS` bounds the marker.
+ */
+export async function countTurnOnce(redis: Redis, keys: RedisKeys, labels: { model: string; outcome: string }, turnId: string, retentionS: number): Promise<void> {
+  const field = `${METRICS.turns.name}${labelText(labels)}`;
+  await countOnce.run(redis, [keys.turnCounted(turnId), keys.metrics], [retentionS, field]);
 }
 
 /** A batch of metric updates sent in one round trip. */

@@ -43,9 +43,17 @@ export class RedisKeys {
     return `${this.prefix}:turn-of:${tenant}:${session}`;
   }
 
-  /** A finished turn's result (JSON), written before the head advances so a retry can report it. */
-  turnResult(turnId: string): string {
-    return `${this.prefix}:turn-result:${turnId}`;
+  /**
+   * The attempt that owns a turn's stream (shared/turn-stream.ts): only it may append tokens,
+   * so an earlier attempt still running somewhere can never interleave its text with it.
+   */
+  turnStreamOwner(turnId: string): string {
+    return `${this.prefix}:stream-owner:${turnId}`;
+  }
+
+  /** Set once a turn's outcome has been counted in the metrics: every turn is counted once, whoever reports it and however often. */
+  turnCounted(turnId: string): string {
+    return `${this.prefix}:turn-counted:${turnId}`;
   }
 
   /**

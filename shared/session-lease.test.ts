@@ -67,31 +67,47 @@ describe('session lease', () => {
 });
 
 describe('turn stream', () => {
+  const writerOf = (turn: string, attempt: string) => new TurnStreamWriter(redis, { stream: keys.turnStream(turn), owner: keys.turnStreamOwner(turn) }, 60_000, attempt);
+
   it('delivers every event in order, resumes after an id, and stops at done', async () => {
     const key = keys.turnStream('turn-x');
-    const writer = new TurnStreamWriter(redis, key, 60_000);
+    const writer = writerOf('turn-x', 'a1');
     const reading = (async () => {
       const got = [];
       for await (const e of readTurnStream(redis, key, { deadlineMs: Date.now() + 10_000 })) got.push(e);
       return got;
     })();
-    await writer.append({ type: 'start', attempt: 1, base_version: 0, cached_tokens: 0 });
-    for (const text of ['a', 'b', 'c']) await writer.append({ type: 'token', attempt: 1, text });
+    expect(await writer.claim()).toEqual({ text: '', ids: [], earlier: false });
+    for (const text of ['a', 'b', 'c']) expect(await writer.token(text, [text.charCodeAt(0)])).toBe(true);
     await writer.append({
       type: 'done',
-      attempt: 1,
       result: {
         turn_id: 'turn-x', session: 's', version: 1, base_version: 0, output: 'abc', finish_reason: 'length',
         usage: { input_tokens: 1, output_tokens: 3, cached_tokens: 0, tokens_absorbed: 4 },
       },
     });
-    await writer.append({ type: 'token', attempt: 1, text: 'after done' });
+    await writer.token('after done', []);
     const got = await reading;
     expect(got.map((e) => e.event.type)).toEqual(['start', 'token', 'token', 'token', 'done']);
     const resumed = [];
     for await (const e of readTurnStream(redis, key, { fromId: got[1]!.id, deadlineMs: Date.now() + 5_000 })) resumed.push(e.event);
     expect(resumed.map((e) => (e.type === 'token' ? e.text : e.type))).toEqual(['b', 'c', 'done']);
     expect(await redis.pttl(key)).toBeGreaterThan(50_000);
+  });
+
+  it('one writer at a time: a later attempt takes over what was streamed, the earlier one can append nothing more', async () => {
+    const first = writerOf('turn-y', 'first');
+    await first.claim();
+    expect(await first.token('Hel', [72, 101, 108])).toBe(true);
+    expect(await first.token('lo', [108, 111])).toBe(true);
+    const second = writerOf('turn-y', 'second');
+    // The reply so far and its token ids, to be continued, not started over.
+    expect(await second.claim()).toEqual({ text: 'Hello', ids: [72, 101, 108, 108, 111], earlier: true });
+    expect(await first.token(' interleaved', [32])).toBe(false);
+    expect(await second.token(', world', [44])).toBe(true);
+    const texts: string[] = [];
+    for await (const { event } of readTurnStream(redis, keys.turnStream('turn-y'), { deadlineMs: Date.now() + 300 })) if (event.type === 'token') texts.push(event.text);
+    expect(texts.join('')).toBe('Hello, world');
   });
 
   it('returns at the deadline when nothing arrives', async () => {

@@ -9,7 +9,15 @@ import type { Redis } from 'ioredis';
 import { RedisScript } from './redis-script.ts';
 import type { RedisKeys } from './redis-keys.ts';
 
-/** KEYS: lease, fence counter. ARGV: owner, ttl ms, fence floor. → {1, fence} or {0, holder}. */
+/**
+ * How far a session's fence is lifted above the store's when Redis has no counter for it (its
+ * first lease, or Redis lost its data): past every fence handed out before a loss to a holder
+ * that may still be running (fewer than this many leases between two writes of a session's
+ * manifest), so no two holders ever share a fence. 2^20 leaves room for 2^33 such lifts below 2^53.
+ */
+export const FENCE_GAP_AFTER_REDIS_LOSS = 2 ** 20;
+
+/** KEYS: lease, fence counter. ARGV: owner, ttl ms, fence floor. → {1, fence, fresh} or {0, holder}. */
 const acquireSessionLease = new RedisScript(
   'acquireSessionLease',
   2,
@@ -17,13 +25,15 @@ const acquireSessionLease = new RedisScript(
 local holder = redis.call('GET', KEYS[1])
 if holder then return {0, holder} end
 local fence = redis.call('INCR', KEYS[2])
+local fresh = 0
+if fence == 1 then fresh = 1 end
 local floor = tonumber(ARGV[3])
 if fence <= floor then
   fence = floor + 1
   redis.call('SET', KEYS[2], fence)
 end
 redis.call('SET', KEYS[1], fence .. ':' .. ARGV[1], 'PX', ARGV[2])
-return {1, fence}
+return {1, fence, fresh}
 `,
 );
 
@@ -70,6 +80,8 @@ export interface SessionLease {
   readonly fence: number;
   /** The value stored in Redis: "{fence}:{owner}". */
   readonly token: string;
+  /** Redis had no fence counter for the session before this lease (see FENCE_GAP_AFTER_REDIS_LOSS). */
+  readonly fresh: boolean;
 }
 
 export class SessionLeases {
@@ -85,10 +97,10 @@ export class SessionLeases {
       this.redis,
       [this.keys.sessionLease(tenant, session), this.keys.sessionFence(tenant, session)],
       [owner, this.ttlMs, fenceFloor],
-    )) as [number, string | number];
+    )) as [number, string | number, number?];
     if (out[0] === 0) return { held: String(out[1]) };
     const fence = Number(out[1]);
-    return { tenant, session, fence, token: `${fence}:${owner}` };
+    return { tenant, session, fence, token: `${fence}:${owner}`, fresh: out[2] === 1 };
   }
 
   async renew(lease: SessionLease): Promise<boolean> {

@@ -44,6 +44,26 @@ export const ManifestVersion = z.object({
 });
 export type ManifestVersion = z.infer<typeof ManifestVersion>;
 
+/**
+ * A turn decided failed: it never committed, and no attempt of it ever will (commitVersion
+ * refuses a turn listed here, and settleTurn lists a turn only while it has no version). The
+ * failure a client was told is thus true for good, and a retry with the same Idempotency-Key
+ * finds it here even after Redis lost the turn's job.
+ */
+export const RefusedTurn = z.object({
+  turn_id: z.string().max(100),
+  /** An error code of shared/errors.ts. */
+  code: z.string().regex(/^[a-z_]{1,64}$/),
+  message: z.string().max(1000),
+  at: z.string(),
+  /** The request's fingerprint (edge/idempotency.ts): the same Idempotency-Key with another request is refused, as for a retained job. */
+  request_sha256: z.string().regex(/^[0-9a-f]{64}$/).optional(),
+});
+export type RefusedTurn = z.infer<typeof RefusedTurn>;
+
+/** Refused turns a manifest remembers (the newest): a bound on its size, documented in README. */
+export const REFUSED_TURNS_KEPT = 32;
+
 export const SessionManifest = z.object({
   format: z.literal(1),
   tenant: TenantId,
@@ -75,6 +95,8 @@ export const SessionManifest = z.object({
   paged_below: VersionNumber.default(0),
   /** How many version entries the pages hold: the session has `versions.length + paged_versions` versions. */
   paged_versions: z.number().int().nonnegative().default(0),
+  /** The newest REFUSED_TURNS_KEPT turns decided failed (session-store.ts settleTurn), oldest first. */
+  refused_turns: z.array(RefusedTurn).max(REFUSED_TURNS_KEPT).default([]),
 });
 export type SessionManifest = z.infer<typeof SessionManifest>;
 

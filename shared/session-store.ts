@@ -12,9 +12,25 @@
 // the old head: readers never see a head whose state is missing or torn. The writer must
 // hold the session's lease; its fencing token is recorded in the manifest and a smaller one
 // is refused, so a writer that lost its lease cannot advance the head behind its successor.
+//
+// A turn's outcome is decided here, by whichever replaces the manifest first: its commit (the
+// version, recording the turn's id) or settleTurn (the turn listed as refused). Each refuses
+// to act on a manifest that already records the other, and both are compare-and-swaps on the
+// same object, so exactly one wins, whatever crashes, retries, zombie attempts, deadlines or
+// slow stores do. A turn's deadline is checked by its commit, against every manifest it would
+// replace: past it, the commit refuses the turn instead (turn_timeout).
 import { randomBytes } from 'node:crypto';
 import { ItemsFile } from './conversation-items.ts';
-import { ManifestPage, pageOut, SessionManifest, VERSIONS_PER_PAGE, headEntry, type ManifestVersion } from './session-manifest.ts';
+import {
+  ManifestPage,
+  pageOut,
+  REFUSED_TURNS_KEPT,
+  SessionManifest,
+  VERSIONS_PER_PAGE,
+  headEntry,
+  type ManifestVersion,
+  type RefusedTurn,
+} from './session-manifest.ts';
 import { StorePreconditionError, type StateStore } from './state-store.ts';
 
 export interface ManifestRead {
@@ -56,6 +72,52 @@ export class CorruptManifestError extends Error {
   }
 }
 
+/** How a turn ended, as the session's manifest records it. */
+export type TurnOutcome =
+  /** Its version is stored and was the head when committed: the turn happened, exactly once. */
+  | { readonly state: 'committed'; readonly entry: ManifestVersion }
+  /** Decided failed: it has no version and never will. */
+  | { readonly state: 'refused'; readonly refusal: RefusedTurn }
+  /** The session was deleted (or deleted and created again) since the turn was accepted: it can never commit. */
+  | { readonly state: 'gone' };
+
+/** Why a turn is refused: an error code (shared/errors.ts), its message, and the request's fingerprint. */
+export interface TurnRefusal {
+  readonly code: string;
+  readonly message: string;
+  readonly request_sha256?: string | undefined;
+}
+
+/** The turn a commit belongs to. */
+export interface CommitTurn {
+  readonly id: string;
+  /** The session's incarnation when the turn was accepted: a session deleted and created again since is another session. */
+  readonly incarnation: string;
+  /** Epoch ms after which the turn is refused (turn_timeout) instead of committed. */
+  readonly deadlineMs?: number | undefined;
+  /** The request's fingerprint, kept with a refusal. */
+  readonly requestSha256?: string | undefined;
+}
+
+/** The turn's outcome was already decided (or is decided now, by its deadline): the commit did not happen. */
+export class TurnSettledError extends Error {
+  readonly code = 'turn_settled';
+  constructor(readonly outcome: TurnOutcome) {
+    super(`turn already ${outcome.state}`);
+    this.name = 'TurnSettledError';
+  }
+}
+
+/** The outcome `m` records for the turn, if any; `undefined`: not decided yet. Looks only at the manifest's own versions (the newest). */
+export function recordedOutcome(m: SessionManifest, turn: { readonly id: string; readonly incarnation: string }): TurnOutcome | undefined {
+  if (m.incarnation !== turn.incarnation) return { state: 'gone' };
+  const entry = m.versions.find((v) => v.turn_id === turn.id);
+  if (entry) return { state: 'committed', entry };
+  const refusal = m.refused_turns.find((r) => r.turn_id === turn.id);
+  if (refusal) return { state: 'refused', refusal };
+  return undefined;
+}
+
 export interface NewVersion {
   readonly parent: number | null;
   readonly tokens_absorbed: number;
@@ -76,10 +138,19 @@ export interface CommitArgs {
   readonly items?: ItemsFile;
   /** Re-checked against every manifest read (e.g. "the head is still what the turn started from"); throws to abort. */
   readonly precondition?: (manifest: SessionManifest) => void;
+  /**
+   * The turn this version is the outcome of: the commit happens only while the manifest records
+   * no outcome of it (TurnSettledError otherwise), and only before its deadline (past it the
+   * turn is refused with turn_timeout, in the same compare-and-swap, and TurnSettledError thrown).
+   */
+  readonly turn?: CommitTurn;
   readonly now?: () => Date;
 }
 
 const encoder = new TextEncoder();
+
+/** Why a commit past its turn's deadline refuses the turn instead. */
+const DEADLINE_REFUSAL: TurnRefusal = { code: 'turn_timeout', message: 'the turn did not finish within its deadline; it was not saved' };
 
 /** 10^13 - 1 ms is the year 2286: index names stay 13 digits until then. */
 const INDEX_TIME_CEILING = 9_999_999_999_999;
@@ -196,6 +267,7 @@ export class SessionStore {
       ],
       paged_below: 0,
       paged_versions: 0,
+      refused_turns: [],
     };
     const key = SessionStore.manifestKey(init.tenant, init.session);
     // Files left by a deleted session whose deletion crashed midway would collide with the
@@ -315,7 +387,16 @@ export class SessionStore {
       const current = await this.read(tenant, session);
       if (!current) throw new CommitConflictError(`session ${session} no longer exists`);
       const m = current.manifest;
+      if (args.turn) {
+        const decided = recordedOutcome(m, args.turn);
+        if (decided) throw new TurnSettledError(decided);
+      }
       if (m.fence > fence) throw new FencedOutError(`session ${session} was written under lease ${m.fence}; ours is ${fence}`);
+      if (args.turn && this.pastDeadline(args.turn)) {
+        const refused = await this.refuseOn(current, args.turn.id, { ...DEADLINE_REFUSAL, request_sha256: args.turn.requestSha256 });
+        if (refused) throw new TurnSettledError(refused);
+        continue;
+      }
       args.precondition?.(m);
       const version = m.next_version;
       const versionKey = SessionStore.versionKey(tenant, session, version);
@@ -348,7 +429,7 @@ export class SessionStore {
         transcript_hash: args.version.transcript_hash,
         created_at: now,
         origin: args.version.origin,
-        ...(args.version.turn_id ? { turn_id: args.version.turn_id } : {}),
+        ...((args.turn?.id ?? args.version.turn_id) ? { turn_id: args.turn?.id ?? args.version.turn_id } : {}),
         ...(args.items ? { items: true as const } : {}),
         ...(args.version.instructions_sha256 ? { instructions_sha256: args.version.instructions_sha256 } : {}),
       };
@@ -360,6 +441,13 @@ export class SessionStore {
         SessionStore.MAX_PAGES_PER_COMMIT,
       );
       for (const { index, page } of pages) await this.writePage(tenant, session, index, page);
+      // The state file may have taken long (a slow store): the deadline is checked again at the
+      // last moment. Refused now, the file stays unreferenced, like a crashed commit's.
+      if (args.turn && this.pastDeadline(args.turn)) {
+        const refused = await this.refuseOn(current, args.turn.id, { ...DEADLINE_REFUSAL, request_sha256: args.turn.requestSha256 });
+        if (refused) throw new TurnSettledError(refused);
+        continue;
+      }
       try {
         const etag = await this.objects.putIfMatch(manifestKey, encoder.encode(JSON.stringify(next)), current.etag);
         // The replaced head may now expire under the deployment's retention rule (the new head never does).
@@ -370,12 +458,105 @@ export class SessionStore {
         return { manifest: next, etag, entry };
       } catch (e) {
         if (e instanceof StorePreconditionError) {
+          // Another writer replaced the manifest meanwhile. For a turn, it may have been a
+          // refusal of it (its deadline, decided elsewhere) or an earlier attempt's commit:
+          // read again, and report that outcome rather than a conflict.
+          if (args.turn) {
+            const now = await this.read(tenant, session);
+            const decided = now ? recordedOutcome(now.manifest, args.turn) : ({ state: 'gone' } as const);
+            if (decided) throw new TurnSettledError(decided);
+          }
           throw new CommitConflictError(`session ${session} changed while version ${version} was being committed`);
         }
         throw e;
       }
     }
     throw new CommitConflictError(`session ${session}: could not commit after 3 attempts`);
+  }
+
+  private pastDeadline(turn: CommitTurn): boolean {
+    return turn.deadlineMs !== undefined && Date.now() > turn.deadlineMs;
+  }
+
+  /**
+   * List `turnId` as refused in the manifest read as `current`, by compare-and-swap. Returns
+   * the outcome, or undefined when the manifest changed meanwhile (read again and retry).
+   */
+  private async refuseOn(current: ManifestRead, turnId: string, why: TurnRefusal): Promise<TurnOutcome | undefined> {
+    const m = current.manifest;
+    const refusal: RefusedTurn = {
+      turn_id: turnId,
+      code: why.code,
+      message: why.message.slice(0, 1000),
+      at: new Date().toISOString(),
+      ...(why.request_sha256 ? { request_sha256: why.request_sha256 } : {}),
+    };
+    const next: SessionManifest = { ...m, refused_turns: [...m.refused_turns, refusal].slice(-REFUSED_TURNS_KEPT) };
+    try {
+      await this.objects.putIfMatch(SessionStore.manifestKey(m.tenant, m.session), encoder.encode(JSON.stringify(next)), current.etag);
+      return { state: 'refused', refusal };
+    } catch (e) {
+      if (e instanceof StorePreconditionError) return undefined;
+      throw e;
+    }
+  }
+
+  /**
+   * Decide a turn failed, unless it is already decided: the outcome the manifest records (its
+   * commit, an earlier refusal, or the session gone), else the turn listed as refused with
+   * `why`, after which no attempt of it can commit. Whoever tells a client that a session turn
+   * failed calls this first and reports what it returns (a commit, if it finds one).
+   * Throws StoreUnavailableError (nothing decided: the caller must not report a failure).
+   */
+  async settleTurn(tenant: string, session: string, turn: { readonly id: string; readonly incarnation: string }, why: TurnRefusal): Promise<TurnOutcome> {
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const current = await this.read(tenant, session);
+      if (!current) return { state: 'gone' };
+      const decided = recordedOutcome(current.manifest, turn);
+      if (decided) return decided;
+      const refused = await this.refuseOn(current, turn.id, why);
+      if (refused) return refused;
+    }
+    throw new CommitConflictError(`session ${session} kept changing while turn ${turn.id} was being settled`);
+  }
+
+  /**
+   * The outcome the store records for a turn, or undefined while it has none. With
+   * `searchPages`, versions moved to manifest pages are searched too (a replay of an old turn
+   * whose job Redis has lost), else only the manifest's newest.
+   */
+  async findTurn(tenant: string, session: string, turn: { readonly id: string; readonly incarnation?: string | undefined }, options: { searchPages?: boolean } = {}): Promise<TurnOutcome | undefined> {
+    const current = await this.read(tenant, session);
+    if (!current) return { state: 'gone' };
+    const m = current.manifest;
+    const recorded = recordedOutcome(m, { id: turn.id, incarnation: turn.incarnation ?? m.incarnation });
+    if (recorded || !options.searchPages || m.paged_below === 0) return recorded;
+    const entry = await this.versionReader(tenant, session, m).byTurn(turn.id);
+    return entry ? { state: 'committed', entry } : undefined;
+  }
+
+  /**
+   * Record `fence` as the session's last writer's before writing anything else, so that every
+   * holder of a smaller fence (an earlier attempt of a turn, still running somewhere after its
+   * lease expired) can no longer commit: its compare-and-swap fails and, read again, the
+   * manifest fences it out. FencedOutError if a larger fence is already recorded.
+   */
+  async claimFence(tenant: string, session: string, fence: number): Promise<ManifestRead | null> {
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const current = await this.read(tenant, session);
+      if (!current) return null;
+      const m = current.manifest;
+      if (m.fence > fence) throw new FencedOutError(`session ${session} was written under lease ${m.fence}; ours is ${fence}`);
+      if (m.fence === fence) return current;
+      const next: SessionManifest = { ...m, fence };
+      try {
+        const etag = await this.objects.putIfMatch(SessionStore.manifestKey(tenant, session), encoder.encode(JSON.stringify(next)), current.etag);
+        return { manifest: next, etag };
+      } catch (e) {
+        if (!(e instanceof StorePreconditionError)) throw e;
+      }
+    }
+    throw new CommitConflictError(`session ${session} kept changing while lease ${fence} was being recorded`);
   }
 
   /** The entry of `version`: in the manifest, or in the page that holds it; undefined if the session has no such version. */

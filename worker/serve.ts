@@ -55,7 +55,7 @@ export async function startWorker(config: WorkerConfig, options: { log?: Logger;
   const cartridges = new CartridgeStore(objects);
   const runner = new TurnRunner({ model, scheduler, cache, sessions, cartridges, leases, redis, keys, config, workerId: id, log, prefixes });
   const builder = new CartridgeBuilder({ model, scheduler, cartridges, cache, redis, keys, config, log });
-  const consumer = new TurnConsumer({ redis, keys, modelId: model.id, runner, builder, leases, config, log });
+  const consumer = new TurnConsumer({ redis, keys, modelId: model.id, runner, builder, config, log });
 
   const beat = () => registry.heartbeat(model.registration, id).catch((e) => log.warn('heartbeat failed', { error: String(e) }));
   await registry.heartbeat(model.registration, id);

@@ -5,25 +5,34 @@
 // Nothing is reported done before the version is durable and the head has advanced. Any
 // failure before that leaves the session at its last version; the state handle that was
 // being advanced is freed, never cached.
+//
+// Exactly once: a session turn's outcome is decided by the store (session-store.ts: its commit
+// or its refusal, whichever replaces the manifest first). An attempt that finds it decided
+// reports that outcome and runs nothing; a failure is reported only through finishFailed,
+// which has the store decide first (and reports the commit instead if one won). An attempt
+// that may have an earlier attempt still running somewhere records its fence in the store
+// before it generates anything, so that earlier attempt can no longer commit; and it continues
+// the reply the earlier attempts streamed (shared/turn-stream.ts) instead of starting over.
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { Message } from '../shared/api-schemas.ts';
 import type { WorkerConfig } from '../shared/config.ts';
 import type { ErrorCode } from '../shared/errors.ts';
 import { buildItemsFile } from '../shared/conversation-items.ts';
-import { TurnResult, type TurnJob } from '../shared/jobs.ts';
+import { type TurnJob, type TurnResult } from '../shared/jobs.ts';
 import type { Logger } from '../shared/logger.ts';
-import { MetricsBatch, METRICS } from '../shared/metrics.ts';
+import { countTurnOnce, MetricsBatch, METRICS } from '../shared/metrics.ts';
 import { StateFormatError } from '../shared/mstate.ts';
 import type { RedisKeys } from '../shared/redis-keys.ts';
 import { completeRecord } from '../shared/response-record.ts';
 import { ResponseStore } from '../shared/response-store.ts';
 import { findVersion, type ManifestVersion, type SessionManifest } from '../shared/session-manifest.ts';
-import { isLease, type SessionLease, type SessionLeases } from '../shared/session-lease.ts';
+import { FENCE_GAP_AFTER_REDIS_LOSS, isLease, type SessionLease, type SessionLeases } from '../shared/session-lease.ts';
 import type { CartridgeStore } from '../shared/cartridge-store.ts';
-import { CommitConflictError, FencedOutError, type SessionStore } from '../shared/session-store.ts';
+import { CommitConflictError, FencedOutError, recordedOutcome, TurnSettledError, type SessionStore, type TurnOutcome } from '../shared/session-store.ts';
 import { EMPTY_TRANSCRIPT_ROOT, extendTranscript } from '../shared/transcript-hash.ts';
-import { TurnStreamWriter, type TurnEvent } from '../shared/turn-stream.ts';
+import { committedResult, failureOf, type SessionTurnRef } from '../shared/turn-outcome.ts';
+import { TurnStreamWriter, type StreamedSoFar } from '../shared/turn-stream.ts';
 import { EngineError, type StateHandle } from './engine/engine.ts';
 import { Sampler } from './generate/sampling.ts';
 import { SequenceDecoder } from './generate/sequence.ts';
@@ -50,6 +59,12 @@ export class SessionLeaseBusy extends Error {
     super(`session lease held by ${holder}`);
     this.name = 'SessionLeaseBusy';
   }
+}
+
+/** One attempt of a turn: a unique id (its stream writes), and whether an earlier attempt of the turn was started. */
+export interface TurnAttempt {
+  readonly id: string;
+  readonly retried: boolean;
 }
 
 /** The worker is shutting down: the turn goes back to the queue untouched. */
@@ -102,13 +117,14 @@ export class TurnRunner {
   }
 
   /**
-   * Run `job` (attempt `attempt`); `shutdown` aborts it for release back to the queue.
-   * Throws TurnRejected (final), SessionLeaseBusy (delay and retry), TurnReleased, or any
+   * Run `job` as `attempt`; `shutdown` aborts it for release back to the queue. Throws
+   * TurnRejected (fails the turn: the consumer then calls finishFailed), TurnSettledError (the
+   * store already decided it failed), SessionLeaseBusy (delay and retry), TurnReleased, or any
    * other error (transient: BullMQ retries with backoff).
    */
-  async run(job: TurnJob, attempt: number, shutdown: AbortSignal): Promise<TurnResult> {
+  async run(job: TurnJob, attempt: TurnAttempt, shutdown: AbortSignal): Promise<TurnResult> {
     const { deps } = this;
-    const stream = new TurnStreamWriter(deps.redis, deps.keys.turnStream(job.turn_id), Math.max(0, job.deadline_ms - Date.now()) + STREAM_LINGER_MS);
+    const stream = this.streamOf(job, attempt.id);
     const startedAt = Date.now();
     if (startedAt > job.deadline_ms) throw new TurnRejected('turn_timeout', 'the turn waited in the queue past its deadline');
 
@@ -125,26 +141,43 @@ export class TurnRunner {
       stopKeepAlive();
       if (lease) await deps.leases.release(lease).catch(() => {});
       lease = undefined;
-      if (job.owns_turn_slot && job.session !== null) await deps.leases.releaseTurn(job.tenant, job.session, job.turn_id).catch(() => {});
+      await this.freeTurnSlot(job);
     };
     try {
       let manifest: SessionManifest | null = null;
+      let streamed: StreamedSoFar;
       if (job.session !== null && job.ephemeral) {
         // Reads a stored version and writes nothing: no lease, no turn slot.
         manifest = (await deps.sessions.read(job.tenant, job.session))?.manifest ?? null;
-        if (!manifest) throw new TurnRejected('session_not_found', `session ${job.session} not found`);
-        if (manifest.model !== deps.model.id) throw new TurnRejected('model_mismatch', `session ${job.session} belongs to model ${manifest.model}`);
+        this.checkSession(job, manifest);
+        streamed = await stream.claim();
       } else if (job.session !== null) {
-        lease = await this.acquireLease(job);
+        const acquired = await this.acquireLease(job);
+        lease = acquired.lease;
         stopKeepAlive = deps.leases.keepAlive(lease, (why) => abort.abort(new Error(`session lease lost (${why})`)));
         manifest = (await deps.sessions.read(job.tenant, job.session))?.manifest ?? null;
-        if (!manifest) throw new TurnRejected('session_not_found', `session ${job.session} not found`);
-        if (manifest.model !== deps.model.id) throw new TurnRejected('model_mismatch', `session ${job.session} belongs to model ${manifest.model}`);
-        // A previous attempt committed and then died before reporting: report its result. Its
-        // version is among the manifest's newest (MANIFEST_RECENT_VERSIONS, at least 16) unless
-        // that many other turns committed between its commit and this retry (about QUEUE_LOCK_MS).
-        const committed = manifest.versions.find((v) => v.turn_id === job.turn_id);
-        if (committed) return await this.replayCommitted(job, committed, attempt, stream, releaseSession);
+        this.checkSession(job, manifest);
+        const ref = this.refOf(job, manifest!);
+        // Decided already (an earlier attempt committed and died before reporting; or the turn
+        // was refused, e.g. at its deadline by the edge): report that, run nothing.
+        const decided = recordedOutcome(manifest!, { id: job.turn_id, incarnation: ref.incarnation! });
+        if (decided) return await this.reportDecided(job, attempt.id, decided, releaseSession);
+        streamed = await stream.claim();
+        if (streamed.earlier || attempt.retried || acquired.counterWasFresh) {
+          // An earlier attempt may still be running somewhere (its worker frozen past its
+          // lease, or Redis restarted under it). Our fence in the store first: from here on
+          // it cannot commit, so what we generate is the one reply.
+          const claimed = await deps.sessions.claimFence(job.tenant, job.session, lease.fence).catch((e: unknown) => {
+            if (e instanceof FencedOutError) throw new Error(`lost the session to a newer lease before starting: ${e.message}`);
+            throw e;
+          });
+          manifest = claimed?.manifest ?? null;
+          this.checkSession(job, manifest);
+          const now = recordedOutcome(manifest!, { id: job.turn_id, incarnation: ref.incarnation! });
+          if (now) return await this.reportDecided(job, attempt.id, now, releaseSession);
+        }
+      } else {
+        streamed = await stream.claim();
       }
 
       const loadStart = performance.now();
@@ -159,7 +192,6 @@ export class TurnRunner {
       };
       owned = start.state;
       const cachedTokens = start.state.tokensAbsorbed;
-      await stream.append({ type: 'start', attempt, base_version: start.base?.version ?? null, cached_tokens: cachedTokens });
 
       const { template, tokenizer } = deps.model;
       // Instructions already in effect on the base state (the Agents SDK sends its agent's with
@@ -186,11 +218,6 @@ export class TurnRunner {
       let outputTokens = 0;
       let firstTokenAt: number | undefined;
       let streamWrites: Promise<unknown> = Promise.resolve();
-      const push = (event: TurnEvent) => {
-        // Stream writes are ordered but not awaited per token; a lost write costs the client a
-        // late token (the `done` event carries the whole output), never the turn.
-        streamWrites = streamWrites.then(() => stream.append(event)).catch((e) => deps.log.warn('stream write failed', { turn: job.turn_id, error: String(e) }));
-      };
 
       let logits: Float32Array | undefined;
       const prefillStart = performance.now();
@@ -217,15 +244,39 @@ export class TurnRunner {
         const decoder = new SequenceDecoder(
           tokenizer,
           new Sampler({ temperature: job.sampling.temperature, topP: job.sampling.top_p, topK: job.sampling.top_k, seed: job.sampling.seed }, tokenizer.vocabSize),
-          { maxTokens, stop: [...template.stopStrings, ...job.stop], stopTokenIds: template.stopTokenIds },
+          // The tokens earlier attempts streamed are this attempt's first tokens too.
+          { maxTokens, stop: [...template.stopStrings, ...job.stop], stopTokenIds: template.stopTokenIds, forced: streamed.ids },
         );
+        let streamedChars = streamed.text.length;
+        let idsStreamed = streamed.ids.length;
+        let ownsStream = true;
         const outcome = await deps.scheduler.decode(
           start.state,
           logits,
           decoder,
-          (text) => {
+          () => {
+            // The text a step released, past what earlier attempts streamed (replayed, not
+            // sent again). The final step's text goes out with `done` only: an attempt that
+            // dies before committing must not have streamed what the next one might not end with.
+            if (decoder.finishReason !== undefined || !ownsStream) return;
+            const all = decoder.text;
+            if (all.length <= streamedChars) return;
+            const text = all.slice(streamedChars);
+            const ids = decoder.tokenIds.slice(idsStreamed);
+            streamedChars = all.length;
+            idsStreamed = decoder.tokenIds.length;
             firstTokenAt ??= Date.now();
-            push({ type: 'token', attempt, text });
+            // Ordered, not awaited per token; a lost write costs the client a late token (the
+            // `done` event carries the whole output), never the turn.
+            streamWrites = streamWrites
+              .then(async () => {
+                if (ownsStream && !(await stream.token(text, ids))) {
+                  // A later attempt took the turn over (this one's worker stalled): stop writing.
+                  ownsStream = false;
+                  abort.abort(new Error('a later attempt of the turn has taken its stream over'));
+                }
+              })
+              .catch((e) => deps.log.warn('stream write failed', { turn: job.turn_id, error: String(e) }));
           },
           abort.signal,
         );
@@ -260,20 +311,7 @@ export class TurnRunner {
         );
         const checkpointStart = performance.now();
         const bytes = await deps.model.engine.exportState(start.state, { parentVersion: start.base!.version, transcriptHash: transcript });
-        if (Date.now() > job.deadline_ms) throw new TurnRejected('turn_timeout', 'the turn ran past its deadline before its state was stored');
         const headAtStart = manifest.head;
-        const pending: TurnResult = {
-          turn_id: job.turn_id,
-          session: job.session,
-          version: manifest.next_version,
-          base_version: start.base!.version,
-          output,
-          finish_reason: finishReason,
-          usage,
-          timings,
-        };
-        // Written before the head advances, so an attempt that commits and then dies can still be reported by its retry.
-        await deps.redis.set(deps.keys.turnResult(job.turn_id), JSON.stringify(pending), 'EX', deps.config.TURN_RETENTION_S);
         let committed;
         try {
           committed = await deps.sessions.commitVersion({
@@ -281,12 +319,13 @@ export class TurnRunner {
             session: job.session,
             fence: lease.fence,
             state: bytes,
+            // The turn's deadline is decided here, against the manifest the commit replaces.
+            turn: { id: job.turn_id, incarnation: this.refOf(job, manifest).incarnation!, deadlineMs: job.deadline_ms, requestSha256: job.request_hash },
             version: {
               parent: start.base!.version,
               tokens_absorbed: start.state.tokensAbsorbed,
               transcript_hash: transcript,
               origin: 'turn',
-              turn_id: job.turn_id,
               instructions_sha256: instructionsHash,
             },
             items: buildItemsFile({
@@ -296,20 +335,28 @@ export class TurnRunner {
               shapes: job.item_shapes,
               instructions: feedInstructions ? instructions : null,
               reply: job.kind === 'turn' ? { text: output, complete: finishReason !== 'length' } : undefined,
+              result: { finish_reason: finishReason, usage, ...(job.request_hash ? { request_sha256: job.request_hash } : {}) },
             }),
             precondition: (m) => {
               if (m.head !== headAtStart) throw new CommitConflictError(`the head moved from ${headAtStart} to ${m.head} during the turn`);
             },
           });
         } catch (e) {
+          if (e instanceof TurnSettledError) return await this.reportDecided(job, attempt.id, e.outcome, releaseSession);
           if (e instanceof FencedOutError) throw new Error(`lost the session lease before committing: ${e.message}`);
           throw e;
         }
         timings.checkpoint_ms = performance.now() - checkpointStart;
-        result = { ...pending, version: committed.entry.version, timings };
-        if (result.version !== pending.version) {
-          await deps.redis.set(deps.keys.turnResult(job.turn_id), JSON.stringify(result), 'EX', deps.config.TURN_RETENTION_S);
-        }
+        result = {
+          turn_id: job.turn_id,
+          session: job.session,
+          version: committed.entry.version,
+          base_version: start.base!.version,
+          output,
+          finish_reason: finishReason,
+          usage,
+          timings,
+        };
         metrics.observe(METRICS.checkpointSeconds, labels, (performance.now() - checkpointStart) / 1000).observe(METRICS.checkpointBytes, labels, bytes.byteLength);
         deps.cache.put(stateCacheKey(job.tenant, job.session, manifest.incarnation, committed.entry.version), start.state);
         owned = undefined;
@@ -317,9 +364,10 @@ export class TurnRunner {
         if (job.response) await this.responses.write(completeRecord(job.tenant, job.response, result));
       }
       await releaseSession();
-      await stream.append({ type: 'done', attempt, result });
-      metrics.inc(METRICS.turns, { ...labels, outcome: 'ok' }).observe(METRICS.turnSeconds, labels, (Date.now() - job.enqueued_at) / 1000);
+      metrics.observe(METRICS.turnSeconds, labels, (Date.now() - job.enqueued_at) / 1000);
       await metrics.send(deps.redis, deps.keys).catch(() => {});
+      await this.countOutcome(job, 'ok');
+      await stream.append({ type: 'done', result });
       return result;
     } catch (e) {
       throw this.classify(e, abort.signal);
@@ -332,28 +380,91 @@ export class TurnRunner {
     }
   }
 
+  /**
+   * The one way a turn ends in failure. A session turn's failure is first decided by the store
+   * (settleTurn): if the turn committed after all (an earlier attempt, a write whose answer was
+   * lost), its result is reported instead; if it was refused before, that refusal. Then the
+   * turn slot is freed, the final `error` written and the outcome counted. Returns what was
+   * reported. Throws (StoreUnavailableError, Redis errors) when nothing could be decided: the
+   * caller must then not report a failure, and tries again later.
+   */
+  async finishFailed(job: TurnJob, attemptId: string, why: { code: ErrorCode; message: string }): Promise<{ result: TurnResult } | { failure: { code: ErrorCode; message: string } }> {
+    let failure = why;
+    if (job.session !== null && !job.ephemeral) {
+      const ref = { tenant: job.tenant, session: job.session, turnId: job.turn_id, incarnation: job.incarnation };
+      const incarnation = job.incarnation ?? (await this.deps.sessions.read(job.tenant, job.session))?.manifest.incarnation;
+      const refusal = { ...why, request_sha256: job.request_hash };
+      const outcome: TurnOutcome = incarnation === undefined ? { state: 'gone' } : await this.deps.sessions.settleTurn(job.tenant, job.session, { id: job.turn_id, incarnation }, refusal);
+      if (outcome.state === 'committed') return { result: await this.reportDecided(job, attemptId, outcome, () => this.freeTurnSlot(job)) };
+      failure = failureOf(outcome, ref);
+    }
+    await this.freeTurnSlot(job);
+    await this.streamOf(job, attemptId).append({ type: 'error', code: failure.code, message: failure.message, final: true });
+    await this.countOutcome(job, failure.code);
+    return { failure };
+  }
+
+  /** Tell readers this attempt failed and the turn will be retried (they wait on; nothing is decided). */
+  async noteRetry(job: TurnJob, attemptId: string): Promise<void> {
+    await this.streamOf(job, attemptId).append({ type: 'error', code: 'turn_failed', message: 'retrying after a fault', final: false }).catch(() => {});
+  }
+
+  private streamOf(job: TurnJob, attemptId: string): TurnStreamWriter {
+    const ttl = Math.max(0, job.deadline_ms - Date.now()) + STREAM_LINGER_MS;
+    return new TurnStreamWriter(this.deps.redis, { stream: this.deps.keys.turnStream(job.turn_id), owner: this.deps.keys.turnStreamOwner(job.turn_id) }, ttl, attemptId);
+  }
+
+  private async freeTurnSlot(job: TurnJob): Promise<void> {
+    if (job.owns_turn_slot && job.session !== null) await this.deps.leases.releaseTurn(job.tenant, job.session, job.turn_id).catch(() => {});
+  }
+
+  private async countOutcome(job: TurnJob, outcome: string): Promise<void> {
+    const { deps } = this;
+    await countTurnOnce(deps.redis, deps.keys, { model: deps.model.id, outcome }, job.turn_id, deps.config.TURN_RETENTION_S).catch(() => {});
+  }
+
+  private refOf(job: TurnJob, manifest: SessionManifest): SessionTurnRef {
+    // Jobs queued before the edge recorded the incarnation take the one the turn found.
+    return { tenant: job.tenant, session: job.session!, turnId: job.turn_id, incarnation: job.incarnation ?? manifest.incarnation };
+  }
+
+  /** The session exists, is the incarnation the turn was accepted for, and belongs to this model. */
+  private checkSession(job: TurnJob, manifest: SessionManifest | null): void {
+    if (!manifest) throw new TurnRejected('session_not_found', `session ${job.session} not found`);
+    if (job.incarnation !== undefined && manifest.incarnation !== job.incarnation) {
+      throw new TurnRejected('session_not_found', `session ${job.session} was deleted after turn ${job.turn_id} was accepted; the turn was not saved`);
+    }
+    if (manifest.model !== this.deps.model.id) throw new TurnRejected('model_mismatch', `session ${job.session} belongs to model ${manifest.model}`);
+  }
+
   /** The error as the consumer should treat it. */
   private classify(e: unknown, signal: AbortSignal): unknown {
     const reason = e instanceof WorkAborted ? e.reason : signal.aborted && !(e instanceof TurnRejected) ? signal.reason : e;
-    if (reason instanceof TurnRejected || reason instanceof TurnReleased || reason instanceof SessionLeaseBusy) return reason;
+    if (reason instanceof TurnRejected || reason instanceof TurnReleased || reason instanceof SessionLeaseBusy || reason instanceof TurnSettledError) return reason;
     if (reason instanceof StateFormatError) return new TurnRejected(reason.code, reason.message);
     if (reason instanceof EngineError && reason.code === 'token_out_of_range') return new TurnRejected('token_out_of_range', reason.message);
     return reason;
   }
 
-  private async acquireLease(job: TurnJob): Promise<SessionLease> {
+  /**
+   * The session's lease. `counterWasFresh`: Redis had no fence counter for the session (its
+   * first turn, or Redis lost its data): the fence is then lifted FENCE_GAP_AFTER_REDIS_LOSS
+   * above the store's, past any fence handed out before the loss to a turn that may still be
+   * running, and the caller records it in the store before it runs.
+   */
+  private async acquireLease(job: TurnJob): Promise<{ lease: SessionLease; counterWasFresh: boolean }> {
     const { leases, sessions, workerId } = this.deps;
     const session = job.session!;
     let got = await leases.tryAcquire(job.tenant, session, workerId);
     if (!isLease(got)) throw new SessionLeaseBusy(got.held);
+    const fresh = got.fresh;
     const current = await sessions.read(job.tenant, session);
-    if (current && current.manifest.fence >= got.fence) {
-      // Redis's fence counter is behind the store's (Redis lost data): lift it above.
+    if (current && (fresh || current.manifest.fence >= got.fence)) {
       await leases.release(got);
-      got = await leases.tryAcquire(job.tenant, session, workerId, current.manifest.fence);
+      got = await leases.tryAcquire(job.tenant, session, workerId, current.manifest.fence + FENCE_GAP_AFTER_REDIS_LOSS);
       if (!isLease(got)) throw new SessionLeaseBusy(got.held);
     }
-    return got;
+    return { lease: got, counterWasFresh: fresh };
   }
 
   /** The state the turn starts from, owned by the caller. */
@@ -434,32 +545,19 @@ export class TurnRunner {
     return entry;
   }
 
-  private async replayCommitted(
-    job: TurnJob,
-    committed: ManifestVersion,
-    attempt: number,
-    stream: TurnStreamWriter,
-    releaseSession: () => Promise<void>,
-  ): Promise<TurnResult> {
-    const raw = await this.deps.redis.get(this.deps.keys.turnResult(job.turn_id));
-    const parsed = raw ? TurnResult.safeParse(JSON.parse(raw)) : undefined;
-    const result: TurnResult = parsed?.success
-      ? { ...parsed.data, version: committed.version }
-      : {
-          // The result record is gone (Redis lost it): the version is durable, its text is not known here.
-          turn_id: job.turn_id,
-          session: job.session,
-          version: committed.version,
-          base_version: committed.parent,
-          output: '',
-          finish_reason: 'stop',
-          usage: { input_tokens: 0, output_tokens: 0, cached_tokens: 0, tokens_absorbed: committed.tokens_absorbed },
-        };
-    // The first attempt may have died between its commit and its response record.
-    if (job.response && parsed?.success) await this.responses.write(completeRecord(job.tenant, job.response, result));
-    await stream.append({ type: 'start', attempt, base_version: committed.parent, cached_tokens: result.usage.cached_tokens });
-    await releaseSession();
-    await stream.append({ type: 'done', attempt, result });
+  /**
+   * Report an outcome the store already records: a committed turn's result, read back from the
+   * store (the attempt that committed it died before reporting, or lost a race it had won), or
+   * a refusal, thrown as TurnSettledError for the consumer to report.
+   */
+  private async reportDecided(job: TurnJob, attemptId: string, outcome: TurnOutcome, release: () => Promise<void>): Promise<TurnResult> {
+    if (outcome.state !== 'committed') throw new TurnSettledError(outcome);
+    const result = await committedResult(this.deps.sessions, { tenant: job.tenant, session: job.session!, turnId: job.turn_id }, outcome.entry);
+    // The committing attempt may have died between its commit and its response record.
+    if (job.response) await this.responses.write(completeRecord(job.tenant, job.response, result));
+    await release();
+    await this.countOutcome(job, 'ok');
+    await this.streamOf(job, attemptId).append({ type: 'done', result });
     return result;
   }
 }

@@ -117,4 +117,21 @@ describe('SequenceDecoder', () => {
     expect(run(bytesOf('ab'), { maxTokens: 2, stop: [''] }).d.text).toBe('ab');
     expect(() => new SequenceDecoder(tok, new Sampler({ temperature: 0, topP: 1, topK: 0 }, 260), { maxTokens: -1, stop: [] })).toThrow(RangeError);
   });
+
+  it('continues tokens an earlier attempt streamed, whatever it would sample, then samples again', () => {
+    const earlier = bytesOf('Hello');
+    const d = new SequenceDecoder(tok, new Sampler({ temperature: 0, topP: 1, topK: 0 }, tok.vocabSize), { maxTokens: 8, stop: [], forced: earlier });
+    // The logits point elsewhere (this attempt's numbers differ): the forced tokens win.
+    const steps: StepResult[] = [];
+    for (let i = 0; i < 7; i++) steps.push(d.next(oneHot(bytesOf('x')[0]!)));
+    expect(steps.slice(0, 5).map((s) => (s.done ? -1 : s.token))).toEqual(earlier);
+    expect(d.text).toBe('Helloxx');
+    expect(d.tokenIds).toEqual([...earlier, ...bytesOf('xx')]);
+  });
+
+  it('a forced stop id ends the reply as a sampled one would (it is never returned)', () => {
+    const d = new SequenceDecoder(tok, new Sampler({ temperature: 0, topP: 1, topK: 0 }, tok.vocabSize), { maxTokens: 8, stop: [], forced: [...bytesOf('a'), END] });
+    expect(d.next(oneHot(98))).toMatchObject({ done: false, text: 'a' });
+    expect(d.next(oneHot(98))).toMatchObject({ done: true, finishReason: 'stop' });
+  });
 });

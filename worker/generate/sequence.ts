@@ -23,6 +23,13 @@ export interface SequenceLimits {
   readonly stop: readonly string[];
   /** Extra ids that end the reply besides the tokenizer's (a chat template's end marker: ChatTemplate.stopTokenIds). */
   readonly stopTokenIds?: readonly number[];
+  /**
+   * Tokens an earlier attempt of this reply generated and streamed: taken in place of the first
+   * sampled ones (the sampler still draws, so its random sequence stays the one the earlier
+   * attempt used), so the reply continues exactly what a client has already been sent, even
+   * where this attempt's numbers would have sampled differently.
+   */
+  readonly forced?: readonly number[];
 }
 
 export type FinishReason = 'stop' | 'length';
@@ -39,6 +46,7 @@ export class SequenceDecoder {
   private held = '';
   private released = '';
   private generated = 0;
+  private readonly returned: number[] = [];
   private finished: FinishReason | undefined;
 
   constructor(
@@ -62,6 +70,11 @@ export class SequenceDecoder {
     return this.generated;
   }
 
+  /** The ids of those tokens, in order. */
+  get tokenIds(): readonly number[] {
+    return this.returned;
+  }
+
   get finishReason(): FinishReason | undefined {
     return this.finished;
   }
@@ -70,7 +83,9 @@ export class SequenceDecoder {
     if (this.finished) throw new Error('SequenceDecoder.next() called after the reply finished');
     if (this.generated >= this.limits.maxTokens) return this.finish('length', this.held + this.detok.flush());
 
-    const token = this.sampler.sample(logits);
+    const sampled = this.sampler.sample(logits);
+    const forced = this.limits.forced;
+    const token = forced && this.generated < forced.length ? forced[this.generated]! : sampled;
     if (this.stopIds.has(token)) return this.finish('stop', this.held + this.detok.flush());
     const pending = this.held + this.detok.push(token);
 
@@ -81,6 +96,7 @@ export class SequenceDecoder {
     const text = pending.slice(0, pending.length - hold);
     this.released += text;
     this.generated++;
+    this.returned.push(token);
     return { done: false, token, text };
   }
 

@@ -123,6 +123,7 @@ export function sessionRoutes(deps: EdgeDeps, sessions: SessionService, turns: T
           sampling: { temperature: 0, top_p: 1, top_k: 0 },
           stop: [],
           onBusy: 'reject',
+          incarnation: manifest.incarnation,
         });
         await turns.result(turn, c.req.raw.signal);
       } catch (e) {

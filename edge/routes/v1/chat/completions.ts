@@ -110,6 +110,7 @@ export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, t
     let toFeed: Message[] = messages;
     let replayed: SubmittedTurn | undefined;
     let statelessBase: { id: string; transcript_hash: string } | undefined;
+    let incarnation: string | undefined;
     if (sessionId === undefined) {
       if (cartridge !== undefined) {
         // A stateless chat on a copy of the cartridge's state (the worker loads it once and keeps it hot).
@@ -149,6 +150,7 @@ export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, t
         throw new ApiError('model_mismatch', `session ${sessionId} belongs to model ${m.model}, not ${requested}`);
       }
       model = m.model;
+      incarnation = m.incarnation;
       if (!replayed && !append) {
         const match = sessions.matchConversation(m, messages);
         if (!match || (!match.isHead && !fork)) {
@@ -179,6 +181,7 @@ export function chatCompletionRoutes(deps: EdgeDeps, sessions: SessionService, t
         sampling: { temperature: body.temperature ?? 1, top_p: body.top_p ?? 1, top_k: body.top_k ?? 0, seed: body.seed ?? undefined },
         stop: stopList(body.stop),
         onBusy: body.on_busy ?? 'reject',
+        incarnation,
         idempotencyKey: key,
         requestHash,
         prefixCache: body.prefix_cache ?? true,

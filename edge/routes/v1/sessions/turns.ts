@@ -9,7 +9,7 @@ import type { EdgeEnv } from '../../../auth.ts';
 import type { EdgeDeps } from '../../../deps.ts';
 import { toApiError } from '../../../http-errors.ts';
 import { requestFingerprint } from '../../../idempotency.ts';
-import { bodyOf, errors, IdempotencyHeader, jsonBody, jsonOrEvents, mount, paramsOf, TURN_ERRORS } from '../../../openapi.ts';
+import { bodyOf, errors, headersOf, IdempotencyHeader, jsonBody, jsonOrEvents, mount, paramsOf, TURN_ERRORS } from '../../../openapi.ts';
 import type { SessionService } from '../../../session-service.ts';
 import { sseResponse } from '../../../sse.ts';
 import { checkMaxTokens, idempotencyKey, stopList } from '../../../turn-params.ts';
@@ -26,7 +26,11 @@ const runTurn = createRoute({
     params: SessionPath,
     headers: z.object({
       'idempotency-key': IdempotencyHeader,
-      'last-event-id': z.string().optional().meta({ description: 'With the same Idempotency-Key and stream: resume after this event' }),
+      'last-event-id': z
+        .string()
+        .regex(/^\d{1,9}$/, 'must be the id of an event of this stream')
+        .optional()
+        .meta({ description: 'With the same Idempotency-Key and stream: resume after this event (ids count the characters of the reply sent so far)' }),
     }),
     body: jsonBody(TurnRequest),
   },
@@ -63,6 +67,8 @@ export function sessionTurnRoutes(deps: EdgeDeps, sessions: SessionService, turn
     const tenant = c.get('tenant');
     const id = paramsOf(c, runTurn).id;
     const body = await bodyOf(c, runTurn);
+    const lastEventId = headersOf(c, runTurn)['last-event-id'];
+    const afterChars = lastEventId !== undefined ? Number(lastEventId) : undefined;
     checkMaxTokens(body.max_tokens, deps.config, 'max_tokens');
     const { manifest } = await sessions.get(tenant, id);
     const key = idempotencyKey(c);
@@ -87,6 +93,7 @@ export function sessionTurnRoutes(deps: EdgeDeps, sessions: SessionService, turn
         sampling: { temperature: body.temperature, top_p: body.top_p, top_k: body.top_k, seed: body.seed },
         stop: stopList(body.stop),
         onBusy: body.on_busy,
+        incarnation: manifest.incarnation,
         idempotencyKey: key,
         requestHash,
       }));
@@ -99,11 +106,10 @@ export function sessionTurnRoutes(deps: EdgeDeps, sessions: SessionService, turn
       if (timing) c.header('Server-Timing', timing);
       return c.json(turnResponse(result));
     }
-    const afterId = c.req.header('last-event-id');
     return sseResponse(
       c,
       async (sse) => {
-        for await (const out of turns.follow(turn, { afterId, signal: sse.signal })) {
+        for await (const out of turns.follow(turn, { afterChars, signal: sse.signal })) {
           if (out.type === 'text') await sse.send({ text: out.text }, { event: 'token', id: out.id });
           else await sse.send(turnResponse(out.result), { event: 'done', id: out.id });
         }
