@@ -347,16 +347,22 @@ def _misspell(r: random.Random, name: str) -> str:
             return out
 
 
-COPY_PROBE_KINDS = ("8-digit code", "misspelt name")
+COPY_PROBE_KINDS = ("8-digit code", "misspelt name", "8-digit order number", "made-up name")
 
 
 def copy_probe(r: random.Random, kind: str, where: str) -> dict:
     """Exact short-range copying of a value the model cannot have memorised: an 8-digit locker
-    code (trained codes have 4 digits), or a misspelt name of a sister, best friend or dog.
+    code (trained locker codes have 4 digits) or a misspelt name of a sister, best friend or dog
+    (both against a habit the training data taught), and, in formats the copy facts train
+    (train.py --copy-facts), an 8-digit order number or a made-up cousin's name.
     `where` = "ack": the reply right after the fact must restate it; "question": the fact, its
     acknowledgement (given), then the question, whose answer must contain it."""
     if kind == "8-digit code":
         k, v = "locker code", _digits(r, 8)
+    elif kind == "8-digit order number":
+        k, v = "order number", _digits(r, 8)
+    elif kind == "made-up name":
+        k, v = "cousin's name", _made_up_name(r)
     else:
         k = r.choice(["sister's name", "best friend", "dog's name"])
         v = _misspell(r, r.choice([n for n in (PETS if k == "dog's name" else NAMES) if len(n) >= 5]))
