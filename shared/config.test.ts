@@ -33,3 +33,13 @@ it('README documents every variable, and only those', () => {
   const known = [...new Set([...Object.keys(EdgeConfigSchema.shape), ...Object.keys(WorkerConfigSchema.shape)])].sort();
   expect(documented).toEqual(known);
 });
+
+describe('worker config: WEIGHTS_DTYPE', () => {
+  it('is exact fp32 unless told otherwise, and quantized weights need the ORT engine', () => {
+    expect(parseEnv(WorkerConfigSchema, base).WEIGHTS_DTYPE).toBe('f32');
+    expect(parseEnv(WorkerConfigSchema, { ...base, WEIGHTS_DTYPE: 'int4' })).toMatchObject({ WEIGHTS_DTYPE: 'int4', ENGINE: 'auto' });
+    expect(parseEnv(WorkerConfigSchema, { ...base, WEIGHTS_DTYPE: 'int8', ENGINE: 'ort' }).WEIGHTS_DTYPE).toBe('int8');
+    expect(() => parseEnv(WorkerConfigSchema, { ...base, WEIGHTS_DTYPE: 'int4', ENGINE: 'cuda' })).toThrow(/WEIGHTS_DTYPE: int8 and int4 weights run on the ort engine only/);
+    expect(() => parseEnv(WorkerConfigSchema, { ...base, WEIGHTS_DTYPE: 'fp8' })).toThrow(/WEIGHTS_DTYPE/);
+  });
+});

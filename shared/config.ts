@@ -170,6 +170,12 @@ export const WorkerConfigSchema = z.object({
   ENGINE: z.enum(['auto', 'ort', 'cuda', 'reference']).default('auto'),
   ORT_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda']).default('cpu'),
   ORT_INTRA_OP_THREADS: int(0, 1024).default(0),
+  /**
+   * Weights of the ORT engine's graph build: f32 (exact; the default), or int8 / int4 block-
+   * quantized projections and LM head (ONNX Runtime's MatMulNBits; SSM parameters, norms, conv
+   * and states stay fp32). Quantized weights exist on the ORT engine only.
+   */
+  WEIGHTS_DTYPE: z.enum(['f32', 'int8', 'int4']).default('f32'),
   WORKER_CONCURRENCY: int(1, 1024).default(8),
   /** Bytes of hot session states kept in the worker's LRU cache. */
   STATE_CACHE_BYTES: int(0).default(1 << 30),
@@ -188,7 +194,12 @@ export const WorkerConfigSchema = z.object({
   PREFIX_CACHE_MIN_TOKENS: int(1).default(256),
   /** Names this worker in leases and the worker registry; must differ between live workers. Default: {hostname}-{pid}-{random}. */
   WORKER_ID: z.string().trim().regex(/^[A-Za-z0-9._-]{1,64}$/).optional(),
-});
+})
+  // 'auto' picks ORT for quantized weights; naming another engine with them is a mistake to report at start.
+  .refine((c) => c.WEIGHTS_DTYPE === 'f32' || c.ENGINE === 'auto' || c.ENGINE === 'ort', {
+    path: ['WEIGHTS_DTYPE'],
+    message: 'int8 and int4 weights run on the ort engine only (ENGINE=auto or ort)',
+  });
 export type WorkerConfig = z.output<typeof WorkerConfigSchema>;
 
 /** Parse `env` with `schema`; unknown variables are ignored, bad ones are one clear error. */

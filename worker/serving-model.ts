@@ -38,6 +38,7 @@ export async function loadServingModel(
     | 'ENGINE'
     | 'ORT_EXECUTION_PROVIDER'
     | 'ORT_INTRA_OP_THREADS'
+    | 'WEIGHTS_DTYPE'
     | 'S3_ENDPOINT'
     | 'S3_REGION'
     | 'S3_FORCE_PATH_STYLE'
@@ -59,6 +60,7 @@ export async function loadServingModel(
     cacheDir: config.MODEL_CACHE_DIR,
     ortExecutionProvider: config.ORT_EXECUTION_PROVIDER,
     intraOpThreads: config.ORT_INTRA_OP_THREADS,
+    weightsDtype: config.WEIGHTS_DTYPE,
   });
   const tokenizer = await loadTokenizer(dir, checkpoint.vocabRows);
   const template = await loadChatTemplate(dir, tokenizer);

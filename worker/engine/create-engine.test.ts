@@ -31,6 +31,16 @@ describe('createEngine', () => {
     await expect(createEngine({ modelDir: join(root, 'model'), engine: 'cuda' })).rejects.toMatchObject({ code: 'cuda_unavailable' });
   });
 
+  it("quantized weights run on 'ort' ('auto' picks it for them) and are refused by the other engines", async () => {
+    const { engine } = await createEngine({ modelDir: join(root, 'model'), cacheDir: join(root, 'cache'), intraOpThreads: 1, weightsDtype: 'int8' });
+    try {
+      expect(engine.kind).toBe('ort');
+    } finally {
+      await engine.close();
+    }
+    await expect(createEngine({ modelDir: join(root, 'model'), engine: 'reference', weightsDtype: 'int4' })).rejects.toMatchObject({ code: 'weights_dtype_unsupported' });
+  });
+
   it('a missing model directory is a model_not_found error', async () => {
     await expect(createEngine({ modelDir: join(root, 'nope') })).rejects.toMatchObject({ code: 'model_not_found' });
   });

@@ -5,6 +5,7 @@ import { cudaAvailability } from './cuda/cuda-addon.ts';
 import { CudaEngine } from './cuda/cuda-engine.ts';
 import type { Engine, EngineKind } from './engine.ts';
 import { OrtEngine } from './ort/ort-engine.ts';
+import type { WeightsDtype } from './ort/quantize.ts';
 import { ReferenceEngine } from './reference/reference-engine.ts';
 
 export type EngineChoice = EngineKind | 'auto';
@@ -19,14 +20,30 @@ export interface CreateEngineOptions {
   readonly ortExecutionProvider?: 'cpu' | 'cuda';
   /** 0 = one per core. */
   readonly intraOpThreads?: number;
+  /** WEIGHTS_DTYPE: quantized weights (int8, int4) exist on the ORT engine only. */
+  readonly weightsDtype?: WeightsDtype;
+}
+
+/** A weights dtype the chosen engine cannot run (quantized weights on the reference or CUDA engine). */
+export class WeightsDtypeError extends Error {
+  readonly code = 'weights_dtype_unsupported';
+  constructor(message: string) {
+    super(message);
+    this.name = 'WeightsDtypeError';
+  }
 }
 
 export const DEFAULT_CACHE_DIR = '.cache/mamba-serve';
 
 export async function createEngine(options: CreateEngineOptions): Promise<{ engine: Engine; checkpoint: Checkpoint }> {
   const checkpoint = await openCheckpoint(options.modelDir);
+  const dtype = options.weightsDtype ?? 'f32';
   let choice = options.engine ?? 'auto';
-  if (choice === 'auto') choice = cudaAvailability().ok ? 'cuda' : 'ort';
+  // Quantized weights are an ORT engine build: 'auto' means ORT for them, even beside a GPU.
+  if (choice === 'auto') choice = dtype === 'f32' && cudaAvailability().ok ? 'cuda' : 'ort';
+  if (dtype !== 'f32' && choice !== 'ort') {
+    throw new WeightsDtypeError(`WEIGHTS_DTYPE=${dtype} runs on the ort engine only; the ${choice} engine computes with the checkpoint's weights in fp32`);
+  }
   switch (choice) {
     case 'reference':
       return { engine: await ReferenceEngine.load(checkpoint), checkpoint };
@@ -38,6 +55,7 @@ export async function createEngine(options: CreateEngineOptions): Promise<{ engi
         cacheDir: options.cacheDir ?? DEFAULT_CACHE_DIR,
         executionProvider: options.ortExecutionProvider ?? 'cpu',
         intraOpThreads: options.intraOpThreads ?? 0,
+        weightsDtype: dtype,
       });
       return { engine, checkpoint };
     }

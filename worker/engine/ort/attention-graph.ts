@@ -16,32 +16,26 @@
 // layout [W, KV, hd] is converted on import/export only);
 // shared: attn_mask [B, L, W + L], and rope_cos / rope_sin [B, L, hd] when the model uses RoPE.
 // Outputs per layer: attn_k_new_{a}, attn_v_new_{a} [B, L, KV, hd].
+import { emitLinear, registerLinear, type LinearNames, type LinearRef, type NBitsActivations } from './linear.ts';
 import type { ExternalRef, GraphBuilder } from './onnx-builder.ts';
 
+/** The projections (with their biases) in the build's weights dtype, like a Mamba layer's. */
 export interface AttentionWeightRefs {
   readonly kind: 'attention';
   norm: ExternalRef; // [d]
-  qT: ExternalRef; // [d, H*hd], pre-scaled by 1/sqrt(hd) (RoPE is linear, so scaling before it is the same)
-  kT: ExternalRef; // [d, KV*hd]
-  vT: ExternalRef; // [d, KV*hd]
-  oT: ExternalRef; // [H*hd, d]
-  qBias?: ExternalRef; // [H*hd], pre-scaled like qT
-  kBias?: ExternalRef;
-  vBias?: ExternalRef;
-  oBias?: ExternalRef; // [d]
+  q: LinearRef; // d -> H*hd, weight and bias pre-scaled by 1/sqrt(hd) (RoPE is linear, so scaling before it is the same)
+  k: LinearRef; // d -> KV*hd
+  v: LinearRef; // d -> KV*hd
+  o: LinearRef; // H*hd -> d
 }
 
 export interface AttentionWeightNames {
   readonly kind: 'attention';
   norm: string;
-  qT: string;
-  kT: string;
-  vT: string;
-  oT: string;
-  qBias?: string;
-  kBias?: string;
-  vBias?: string;
-  oBias?: string;
+  q: LinearNames;
+  k: LinearNames;
+  v: LinearNames;
+  o: LinearNames;
 }
 
 export interface AttentionDims {
@@ -57,22 +51,15 @@ export const ATTENTION_INPUTS = { mask: 'attn_mask', cos: 'rope_cos', sin: 'rope
 export const ringInput = (kind: 'k' | 'v', slot: number) => `attn_${kind}_${slot}`;
 export const ringOutput = (kind: 'k' | 'v', slot: number) => `attn_${kind}_new_${slot}`;
 
-export function registerAttentionWeights(g: GraphBuilder, prefix: string, refs: AttentionWeightRefs, dims: AttentionDims): AttentionWeightNames {
-  const { d, H, KV, hd } = dims;
-  const w = (name: string, shape: number[], ref: ExternalRef) => g.externalFloat(`${prefix}${name}`, shape, ref);
-  const names: AttentionWeightNames = {
+export function registerAttentionWeights(g: GraphBuilder, prefix: string, refs: AttentionWeightRefs, dims: AttentionDims, activations: NBitsActivations): AttentionWeightNames {
+  return {
     kind: 'attention',
-    norm: w('norm', [d], refs.norm),
-    qT: w('q_proj_t', [d, H * hd], refs.qT),
-    kT: w('k_proj_t', [d, KV * hd], refs.kT),
-    vT: w('v_proj_t', [d, KV * hd], refs.vT),
-    oT: w('o_proj_t', [H * hd, d], refs.oT),
+    norm: g.externalFloat(`${prefix}norm`, [dims.d], refs.norm),
+    q: registerLinear(g, `${prefix}q_proj`, refs.q, activations),
+    k: registerLinear(g, `${prefix}k_proj`, refs.k, activations),
+    v: registerLinear(g, `${prefix}v_proj`, refs.v, activations),
+    o: registerLinear(g, `${prefix}o_proj`, refs.o, activations),
   };
-  if (refs.qBias) names.qBias = w('q_proj_b', [H * hd], refs.qBias);
-  if (refs.kBias) names.kBias = w('k_proj_b', [KV * hd], refs.kBias);
-  if (refs.vBias) names.vBias = w('v_proj_b', [KV * hd], refs.vBias);
-  if (refs.oBias) names.oBias = w('o_proj_b', [d], refs.oBias);
-  return names;
 }
 
 /** Values every attention layer of one branch reads: the mask tiled over query groups, the RoPE tables with a head axis. */
@@ -109,10 +96,6 @@ export function emitAttentionLayer(
   const { H, KV, hd } = dims;
   const group = H / KV;
   const i64 = (...v: number[]) => g.constInt64(v);
-  const linear = (x: string, wT: string, bias?: string) => {
-    const y = g.op('MatMul', [x, wT]);
-    return bias ? g.op('Add', [y, bias]) : y;
-  };
   const heads = (x: string, n: number) => g.op('Reshape', [x, i64(0, 0, n, hd)]); // [B, L, n, hd]
   // x * cos + rotate_half(x) * sin, rotate_half(x) = concat(-x[hd/2:], x[:hd/2]) on the last axis.
   const rope = (x: string) => {
@@ -124,9 +107,9 @@ export function emitAttentionLayer(
     return g.op('Add', [g.op('Mul', [x, shared.cos]), g.op('Mul', [rot, shared.sin])]);
   };
 
-  const q = rope(heads(linear(h, w.qT, w.qBias), H)); // [B, L, H, hd], already scaled by 1/sqrt(hd)
-  const kNew = rope(heads(linear(h, w.kT, w.kBias), KV)); // [B, L, KV, hd]
-  const vNew = heads(linear(h, w.vT, w.vBias), KV);
+  const q = rope(heads(emitLinear(g, h, w.q), H)); // [B, L, H, hd], already scaled by 1/sqrt(hd)
+  const kNew = rope(heads(emitLinear(g, h, w.k), KV)); // [B, L, KV, hd]
+  const vNew = heads(emitLinear(g, h, w.v), KV);
 
   // Query head h = kv * group + g reads key/value head kv: rows of one KV head are (g, position).
   const qG = g.op('Reshape', [q, i64(0, 0, KV, group, hd)]);
@@ -147,5 +130,5 @@ export function emitAttentionLayer(
   ]); // [B, KV, G*L, hd]
   const ctxG = g.op('Reshape', [ctx, i64(0, KV, group, -1, hd)]); // [B, KV, G, L, hd]
   const merged = g.op('Reshape', [g.op('Transpose', [ctxG], { perm: [0, 3, 1, 2, 4] }), i64(0, 0, H * hd)]); // [B, L, H*hd]
-  return { out: linear(merged, w.oT, w.oBias), kNew, vNew };
+  return { out: emitLinear(g, merged, w.o), kNew, vNew };
 }

@@ -38,14 +38,17 @@ import {
   type AttentionWeightNames,
   type AttentionWeightRefs,
 } from './attention-graph.ts';
-import { GraphBuilder, encodeModel, type ExternalRef } from './onnx-builder.ts';
+import { emitLinear, registerLinear, type LinearNames, type LinearRef, type NBitsActivations } from './linear.ts';
+import { GraphBuilder, encodeModel, MS_DOMAIN, type ExternalRef } from './onnx-builder.ts';
+import { blocksPerRow, type WeightsDtype } from './quantize.ts';
 
 /** Where each weight lives in the external weights file, as the graph needs it. */
 export interface GraphWeights {
-  /** [V, d] token embeddings; also the head when tied. */
-  embeddings: ExternalRef;
-  /** [V, d] untied head, if any. */
-  lmHead?: ExternalRef;
+  readonly dtype: WeightsDtype;
+  /** f32: the [V, d] table; quantized: the [V, d] matrix block-quantized by rows. */
+  embeddings: { readonly kind: 'f32'; readonly table: ExternalRef } | { readonly kind: 'nbits'; readonly matrix: Extract<LinearRef, { kind: 'nbits' }> };
+  /** f32: a [V, d] matrix the head's Gemm reads transposed (a tied head is the table itself); quantized: a projection d -> V. */
+  head: { readonly kind: 'f32'; readonly rows: ExternalRef } | Extract<LinearRef, { kind: 'nbits' }>;
   normF: ExternalRef;
   /** In layer order; attention entries only in a hybrid. */
   layers: (LayerWeightRefs | AttentionWeightRefs)[];
@@ -54,20 +57,16 @@ export interface GraphWeights {
 export interface LayerWeightRefs {
   readonly kind: 'mamba';
   norm: ExternalRef; // [d]
-  inProjXT: ExternalRef; // [d, D] (in_proj rows 0..D-1, transposed)
-  inProjZT: ExternalRef; // [d, D] (in_proj rows D..2D-1, transposed)
-  inProjXBias?: ExternalRef; // [D]
-  inProjZBias?: ExternalRef; // [D]
+  inProjX: LinearRef; // d -> D (in_proj rows 0..D-1)
+  inProjZ: LinearRef; // d -> D (in_proj rows D..2D-1)
   convW: ExternalRef; // [D, 1, K] for Conv (prefill)
   convWKD: ExternalRef; // [K, D] the same weights for the single-step form
   convBias?: ExternalRef; // [D]
-  xProjT: ExternalRef; // [D, R + 2N]
-  dtProjT: ExternalRef; // [R, D]
-  dtBias: ExternalRef; // [D]
+  xProj: LinearRef; // D -> R + 2N
+  dtProj: LinearRef; // R -> D, with dt_proj's bias
   negExpAT: ExternalRef; // [N, D] = -exp(A_log)^T
   Dskip: ExternalRef; // [D]
-  outProjT: ExternalRef; // [D, d]
-  outProjBias?: ExternalRef; // [d]
+  outProj: LinearRef; // D -> d
 }
 
 export const GRAPH_INPUTS = { tokens: 'tokens', logitsStart: 'logits_start' } as const;
@@ -77,35 +76,33 @@ export const stateInput = (kind: 'conv' | 'ssm', layer: number) => `${kind}_stat
 export const stateOutput = (kind: 'conv' | 'ssm', layer: number) => `${kind}_state_out_${layer}`;
 
 /** Bumped whenever the graph changes, so cached builds of an older graph are rebuilt. */
-export const GRAPH_VERSION = 7;
+export const GRAPH_VERSION = 8;
 
 type Mode = 'step' | 'seq';
 
 /** Names of the weights as initializers of the main graph, visible to both branches. */
 interface WeightNames {
-  embeddings: string;
-  head: string;
+  /** f32: Gather's table; quantized: GatherBlockQuantized's rows and their scales. */
+  embeddings: { kind: 'f32'; table: string } | { kind: 'nbits'; data: string; scales: string; attrs: Record<string, number>; cols: number };
+  /** rows: the f32 [V, d] matrix for Gemm transB; else a projection. */
+  head: { kind: 'rows'; rows: string } | LinearNames;
   normF: string;
   layers: (MambaWeightNames | AttentionWeightNames)[];
 }
 
 interface MambaWeightNames {
   kind: 'mamba';
-    norm: string;
-    inProjXT: string;
-    inProjZT: string;
-    inProjXBias?: string;
-    inProjZBias?: string;
-    convW: string;
-    convWKD: string;
-    convBias?: string;
-    xProjT: string;
-    dtProjT: string;
-    dtBias: string;
-    negExpAT: string;
-    Dskip: string;
-    outProjT: string;
-    outProjBias?: string;
+  norm: string;
+  inProjX: LinearNames;
+  inProjZ: LinearNames;
+  convW: string;
+  convWKD: string;
+  convBias?: string;
+  xProj: LinearNames;
+  dtProj: LinearNames;
+  negExpAT: string;
+  Dskip: string;
+  outProj: LinearNames;
 }
 
 interface Dims {
@@ -121,41 +118,54 @@ interface Dims {
   attention?: AttentionDims;
 }
 
-function registerWeights(g: GraphBuilder, weights: GraphWeights, dims: Dims): WeightNames {
-  const { d, D, N, K, R, V } = dims;
+function registerWeights(g: GraphBuilder, weights: GraphWeights, dims: Dims, activations: NBitsActivations): WeightNames {
+  const linear = (name: string, ref: LinearRef) => registerLinear(g, name, ref, activations);
+  const { d, D, N, K, V } = dims;
   const w = (name: string, shape: number[], ref: ExternalRef) => g.externalFloat(name, shape, ref);
-  const opt = (name: string, shape: number[], ref: ExternalRef | undefined) => (ref ? w(name, shape, ref) : undefined);
-  const embeddings = w('embeddings', [V, d], weights.embeddings);
+  let embeddings: WeightNames['embeddings'];
+  if (weights.embeddings.kind === 'f32') embeddings = { kind: 'f32', table: w('embeddings', [V, d], weights.embeddings.table) };
+  else {
+    // GatherBlockQuantized wants the scales with the data's rank ([V, blocks, 1]); MatMulNBits
+    // wants them flat. Two initializers over the same bytes of the weights file: ORT maps the
+    // file, so they are one copy in memory, and the head's (packed by MatMulNBits at load) is
+    // released while the gather's is only ever touched at the rows it reads.
+    const m = weights.embeddings.matrix;
+    const kb = blocksPerRow(m.in, m.block);
+    embeddings = {
+      kind: 'nbits',
+      data: g.external(`embeddings_q${m.bits}`, 'uint8', [V, kb, (m.block * m.bits) / 8], m.data),
+      scales: g.externalFloat('embeddings_scales', [V, kb, 1], m.scales),
+      attrs: { gather_axis: 0, quantize_axis: 2, block_size: m.block, bits: m.bits },
+      cols: m.in,
+    };
+  }
+  // A tied head reads the embedding bytes under a second name (Gemm with transB reads the
+  // [V, d] rows as stored; MatMulNBits reads the quantized rows). One name would keep the whole
+  // table resident twice: ORT pre-packs the head's copy at load, and releases the original only
+  // when no other node reads it; under its own name the gather's mapping of the file is
+  // touched only at the rows it gathers.
+  const head: WeightNames['head'] = weights.head.kind === 'f32' ? { kind: 'rows', rows: w('lm_head', [V, d], weights.head.rows) } : linear('lm_head', weights.head);
   return {
     embeddings,
-    // Gemm with transB reads the [V, d] matrix as stored, so a tied head needs no second copy.
-    head: weights.lmHead ? w('lm_head', [V, d], weights.lmHead) : embeddings,
+    head,
     normF: w('norm_f', [d], weights.normF),
     layers: weights.layers.map((lw, i) => {
       const p = `l${i}.`;
-      if (lw.kind === 'attention') return registerAttentionWeights(g, p, lw, dims.attention!);
+      if (lw.kind === 'attention') return registerAttentionWeights(g, p, lw, dims.attention!, activations);
       const names: MambaWeightNames = {
         kind: 'mamba',
         norm: w(`${p}norm`, [d], lw.norm),
-        inProjXT: w(`${p}in_proj_x_t`, [d, D], lw.inProjXT),
-        inProjZT: w(`${p}in_proj_z_t`, [d, D], lw.inProjZT),
+        inProjX: linear(`${p}in_proj_x`, lw.inProjX),
+        inProjZ: linear(`${p}in_proj_z`, lw.inProjZ),
         convW: w(`${p}conv_w`, [D, 1, K], lw.convW),
         convWKD: w(`${p}conv_w_kd`, [K, D], lw.convWKD),
-        xProjT: w(`${p}x_proj_t`, [D, R + 2 * N], lw.xProjT),
-        dtProjT: w(`${p}dt_proj_t`, [R, D], lw.dtProjT),
-        dtBias: w(`${p}dt_b`, [D], lw.dtBias),
+        xProj: linear(`${p}x_proj`, lw.xProj),
+        dtProj: linear(`${p}dt_proj`, lw.dtProj),
         negExpAT: w(`${p}neg_exp_a_t`, [N, D], lw.negExpAT),
         Dskip: w(`${p}d_skip`, [D], lw.Dskip),
-        outProjT: w(`${p}out_proj_t`, [D, d], lw.outProjT),
+        outProj: linear(`${p}out_proj`, lw.outProj),
       };
-      const inX = opt(`${p}in_proj_x_b`, [D], lw.inProjXBias);
-      const inZ = opt(`${p}in_proj_z_b`, [D], lw.inProjZBias);
-      const convB = opt(`${p}conv_b`, [D], lw.convBias);
-      const outB = opt(`${p}out_proj_b`, [d], lw.outProjBias);
-      if (inX) names.inProjXBias = inX;
-      if (inZ) names.inProjZBias = inZ;
-      if (convB) names.convBias = convB;
-      if (outB) names.outProjBias = outB;
+      if (lw.convBias) names.convBias = w(`${p}conv_b`, [D], lw.convBias);
       return names;
     }),
   };
@@ -183,12 +193,17 @@ function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): str
   const eighty = g.constFloat([80], [], 'eighty');
   const softplus = (v: string) =>
     g.op('Max', [v, g.op('Log', [g.op('Add', [g.op('Exp', [g.op('Min', [v, eighty])]), oneF])])]);
-  const linear = (x: string, wT: string, bias?: string) => {
-    const y = g.op('MatMul', [x, wT]);
-    return bias ? g.op('Add', [y, bias]) : y;
-  };
+  const linear = (x: string, w: LinearNames) => emitLinear(g, x, w);
 
-  let resid = g.op('Gather', [W.embeddings, GRAPH_INPUTS.tokens], { axis: 0 }); // [B, L, d]
+  let resid: string; // [B, L, d]
+  const E = W.embeddings;
+  if (E.kind === 'f32') resid = g.op('Gather', [E.table, GRAPH_INPUTS.tokens], { axis: 0 });
+  else {
+    // [B, L, blocks, block] -> [B, L, blocks * block], cut to d if the last block is padded.
+    const rows = g.opN('GatherBlockQuantized', [E.data, GRAPH_INPUTS.tokens, E.scales], [g.fresh('emb_q')], E.attrs, MS_DOMAIN)[0]!;
+    resid = g.op('Reshape', [rows, i64(0, 0, -1)]);
+    if (E.cols % E.attrs.block_size! !== 0) resid = g.op('Slice', [resid, i64(0), i64(E.cols), i64(2)]);
+  }
   const convOuts: string[] = [];
   const ssmOuts: string[] = [];
   const kOuts: string[] = [];
@@ -205,8 +220,8 @@ function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): str
     }
     const i = convOuts.length; // rank among the Mamba layers: names the state inputs
     const h = rmsNorm(resid, lw.norm);
-    const x = linear(h, lw.inProjXT, lw.inProjXBias); // [B, L, D]
-    const z = linear(h, lw.inProjZT, lw.inProjZBias);
+    const x = linear(h, lw.inProjX); // [B, L, D]
+    const z = linear(h, lw.inProjZ);
 
     // Causal depthwise conv over [last K-1 inputs | new inputs] (time on axis 1): exactly L
     // outputs, and the last K rows are the new conv state (the oldest input falls off).
@@ -226,9 +241,9 @@ function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): str
     }
     const xc = silu(convOut); // [B, L, D]
 
-    const xdbl = linear(xc, lw.xProjT); // [B, L, R+2N]
+    const xdbl = linear(xc, lw.xProj); // [B, L, R+2N]
     const [dtIn, Bm, Cm] = g.opN('Split', [xdbl, i64(R, N, N)], [g.fresh('dt_in'), g.fresh('B'), g.fresh('C')], { axis: -1 });
-    const dt = softplus(linear(dtIn!, lw.dtProjT, lw.dtBias)); // [B, L, D]
+    const dt = softplus(linear(dtIn!, lw.dtProj)); // [B, L, D]
     const dtx = g.op('Mul', [dt, xc]);
     const h0 = stateInput('ssm', i); // [B, N, D]
 
@@ -242,45 +257,47 @@ function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): str
       hLast = g.op('Add', [g.op('Mul', [decay, h0]), inject]);
       yScan = g.op('MatMul', [Cm!, hLast]); // [B,1,N] x [B,N,D] -> [B,1,D]
     } else {
+      // The scanned inputs are reshaped once, outside, so that each step's slice already has
+      // the shape its broadcast wants ([B,1,D], [B,N,1], [B,1,N]): the body is the six ops of
+      // the step and nothing else. (Unsqueezing per step cost, under ORT's profiler, about as
+      // much as the arithmetic: every body op pays the same per-iteration dispatch.)
       const scope = `${g.fresh('sb')}_`;
       const body = new GraphBuilder(`scan_body${i}`, scope);
       const bh = body.input(`${scope}h`, 'float', ['batch', N, D]);
-      const bdt = body.input(`${scope}dt`, 'float', ['batch', D]);
-      const bdtx = body.input(`${scope}dtx`, 'float', ['batch', D]);
-      const bB = body.input(`${scope}b`, 'float', ['batch', N]);
-      const bC = body.input(`${scope}c`, 'float', ['batch', N]);
-      const bOne = body.constInt64([1]);
-      const bTwo = body.constInt64([2]);
-      const decay = body.op('Exp', [body.op('Mul', [body.op('Unsqueeze', [bdt, bOne]), lw.negExpAT])]);
-      const inject = body.op('Mul', [body.op('Unsqueeze', [bdtx, bOne]), body.op('Unsqueeze', [bB, bTwo])]);
-      const hNew = body.op('Add', [body.op('Mul', [decay, bh]), inject]);
-      body.op('Identity', [hNew], {}, `${scope}h_out`);
-      body.op('Squeeze', [body.op('MatMul', [body.op('Unsqueeze', [bC, bOne]), hNew]), bOne], {}, `${scope}y`);
+      const bdt = body.input(`${scope}dt`, 'float', ['batch', 1, D]);
+      const bdtx = body.input(`${scope}dtx`, 'float', ['batch', 1, D]);
+      const bB = body.input(`${scope}b`, 'float', ['batch', N, 1]);
+      const bC = body.input(`${scope}c`, 'float', ['batch', 1, N]);
+      const decay = body.op('Exp', [body.op('Mul', [bdt, lw.negExpAT])]);
+      const hNew = body.op('Add', [body.op('Mul', [decay, bh]), body.op('Mul', [bdtx, bB])], {}, `${scope}h_out`);
+      body.op('MatMul', [bC, hNew], {}, `${scope}y`);
       body.output(`${scope}h_out`, 'float', ['batch', N, D]);
-      body.output(`${scope}y`, 'float', ['batch', D]);
-      [hLast, yScan] = g.opN('Scan', [h0, dt, dtx, Bm!, Cm!], [g.fresh('h_last'), g.fresh('y_scan')], {
+      body.output(`${scope}y`, 'float', ['batch', 1, D]);
+      const steps = (v: string, ...shape: number[]) => g.op('Reshape', [v, i64(0, 0, ...shape)]);
+      let yRows: string;
+      [hLast, yRows] = g.opN('Scan', [h0, steps(dt, 1, D), steps(dtx, 1, D), steps(Bm!, N, 1), steps(Cm!, 1, N)], [g.fresh('h_last'), g.fresh('y_scan')], {
         num_scan_inputs: 4,
         body: { graph: body.build() },
         scan_input_axes: [1, 1, 1, 1],
         scan_output_axes: [1],
       }) as [string, string];
+      yScan = g.op('Reshape', [yRows, i64(0, 0, D)]); // [B, L, 1, D] -> [B, L, D]
     }
     ssmOuts.push(hLast);
 
     const y = g.op('Mul', [g.op('Add', [yScan, g.op('Mul', [xc, lw.Dskip])]), silu(z)]);
-    resid = g.op('Add', [resid, linear(y, lw.outProjT, lw.outProjBias)]);
+    resid = g.op('Add', [resid, linear(y, lw.outProj)]);
   });
 
   const hf = rmsNorm(resid, W.normF);
+  const picked = mode === 'step' ? hf : g.op('Slice', [hf, GRAPH_INPUTS.logitsStart, BIG, one]); // [B, L', d]
   let logits: string;
-  if (mode === 'step') {
-    const flat = g.op('Reshape', [hf, i64(-1, d)]);
-    logits = g.op('Reshape', [g.op('Gemm', [flat, W.head], { transB: 1 }), i64(-1, 1, V)]);
-  } else {
-    const picked = g.op('Slice', [hf, GRAPH_INPUTS.logitsStart, BIG, one]); // [B, L', d]
+  if (W.head.kind !== 'rows') logits = linear(picked, W.head); // MatMulNBits takes [B, L', d] as it is
+  else {
+    // Gemm (2-D only) reads the [V, d] rows transposed; the batch axes are flattened around it.
     const flat = g.op('Reshape', [picked, i64(-1, d)]);
-    const shape = g.op('Concat', [g.op('Slice', [g.op('Shape', [picked]), i64(0), i64(2), i64(0)]), i64(V)], { axis: 0 });
-    logits = g.op('Reshape', [g.op('Gemm', [flat, W.head], { transB: 1 }), shape]);
+    const shape = mode === 'step' ? i64(-1, 1, V) : g.op('Concat', [g.op('Slice', [g.op('Shape', [picked]), i64(0), i64(2), i64(0)]), i64(V)], { axis: 0 });
+    logits = g.op('Reshape', [g.op('Gemm', [flat, W.head.rows], { transB: 1 }), shape]);
   }
   g.output(logits, 'float', ['batch', 'rows', V]);
   for (const c of convOuts) g.output(c, 'float', ['batch', K, D]);
@@ -290,7 +307,12 @@ function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): str
   return [logits, ...convOuts, ...ssmOuts, ...kOuts, ...vOuts];
 }
 
-export function buildMambaGraph(ckpt: Pick<Checkpoint, 'config' | 'vocabRows'>, weights: GraphWeights): Uint8Array {
+export interface GraphOptions {
+  /** Quantized builds: how MatMulNBits treats activations (linear.ts; default int8). */
+  readonly activations?: NBitsActivations;
+}
+
+export function buildMambaGraph(ckpt: Pick<Checkpoint, 'config' | 'vocabRows'>, weights: GraphWeights, options: GraphOptions = {}): Uint8Array {
   const c = ckpt.config;
   const h = c.hybrid;
   const dims: Dims = {
@@ -323,7 +345,7 @@ export function buildMambaGraph(ckpt: Pick<Checkpoint, 'config' | 'vocabRows'>, 
       g.input(ATTENTION_INPUTS.sin, 'float', ['batch', 'seq', a.hd]);
     }
   }
-  const W = registerWeights(g, weights, dims);
+  const W = registerWeights(g, weights, dims, options.activations ?? 'int8');
 
   const seqLen = g.op('Slice', [g.op('Shape', [GRAPH_INPUTS.tokens]), g.constInt64([1]), g.constInt64([2]), g.constInt64([0])]);
   const isStep = g.op('Squeeze', [g.op('Equal', [seqLen, g.constInt64([1])]), g.constInt64([0])]);
@@ -344,5 +366,5 @@ export function buildMambaGraph(ckpt: Pick<Checkpoint, 'config' | 'vocabRows'>, 
   for (const h of ssmOuts) g.output(h, 'float', ['batch', N, D]);
   for (const k of [...kOuts, ...vOuts]) g.output(k, 'float', ['batch', 'seq', a!.KV, a!.hd]);
   const shape = h ? `hybrid ${nMamba} Mamba + ${nAttn} attention (W ${h.window})` : `Mamba ${dims.nL}`;
-  return encodeModel(g.build(), `${shape} x ${dims.d}, built by mamba-serve graph v${GRAPH_VERSION}`);
+  return encodeModel(g.build(), `${shape} x ${dims.d}, ${weights.dtype} weights, built by mamba-serve graph v${GRAPH_VERSION}`);
 }

@@ -12,14 +12,18 @@ type ITensorProto = onnxProto.onnx.ITensorProto;
 type IValueInfoProto = onnxProto.onnx.IValueInfoProto;
 
 export const DataType = onnx.TensorProto.DataType;
-export type ElemType = 'float' | 'int64' | 'int32' | 'bool';
+export type ElemType = 'float' | 'int64' | 'int32' | 'bool' | 'uint8';
 
 const ELEM: Record<ElemType, number> = {
   float: DataType.FLOAT,
   int64: DataType.INT64,
   int32: DataType.INT32,
   bool: DataType.BOOL,
+  uint8: DataType.UINT8,
 };
+
+/** ONNX Runtime's contrib ops (MatMulNBits, GatherBlockQuantized): the quantized kernels live there. */
+export const MS_DOMAIN = 'com.microsoft';
 
 /** A dimension: a fixed size or a symbolic name (e.g. "batch"). */
 export type Dim = number | string;
@@ -125,9 +129,14 @@ export class GraphBuilder {
 
   /** A float initializer whose bytes live in an external weights file. */
   externalFloat(name: string, dims: readonly number[], ref: ExternalRef): string {
+    return this.external(name, 'float', dims, ref);
+  }
+
+  /** An initializer of any element type whose bytes live in an external weights file. */
+  external(name: string, elem: ElemType, dims: readonly number[], ref: ExternalRef): string {
     this.initializers.push({
       name,
-      dataType: DataType.FLOAT,
+      dataType: ELEM[elem],
       dims: [...dims],
       dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
       externalData: [
@@ -142,6 +151,12 @@ export class GraphBuilder {
   /** A float initializer stored inline. */
   inlineFloat(name: string, dims: readonly number[], data: Float32Array): string {
     this.initializers.push({ name, dataType: DataType.FLOAT, dims: [...dims], rawData: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) });
+    return name;
+  }
+
+  /** An initializer of any element type stored inline (raw little-endian bytes). */
+  inlineRaw(name: string, elem: ElemType, dims: readonly number[], bytes: Uint8Array): string {
+    this.initializers.push({ name, dataType: ELEM[elem], dims: [...dims], rawData: bytes });
     return name;
   }
 
@@ -166,7 +181,10 @@ export function encodeModel(graph: IGraphProto, docString = ''): Uint8Array {
     producerVersion: '1',
     docString,
     graph,
-    opsetImport: [{ domain: '', version: OPSET }],
+    opsetImport: [
+      { domain: '', version: OPSET },
+      { domain: MS_DOMAIN, version: 1 },
+    ],
   });
   return onnx.ModelProto.encode(model).finish();
 }

@@ -21,6 +21,8 @@ import { exportHostState, HostState, importHostState } from '../host-state.ts';
 import { layersOfType } from '../../model/mamba-config.ts';
 import { modelInfoFromCheckpoint } from '../model-info.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
+import type { NBitsActivations } from './linear.ts';
+import type { WeightsDtype } from './quantize.ts';
 import { transposeLast2 } from './transpose.ts';
 import { swapRingAxes } from './window-inputs.mjs';
 
@@ -32,6 +34,10 @@ export interface OrtEngineOptions {
   readonly intraOpThreads?: number;
   /** Longest piece of a prompt run in one graph call (bounds activation memory). */
   readonly maxPrefillChunk?: number;
+  /** Weights of the graph build: f32 (exact, the default) or block-quantized int8 / int4. */
+  readonly weightsDtype?: WeightsDtype;
+  /** Quantized builds: 'f32' multiplies exactly by the dequantized weights (slow; tests). Default int8. */
+  readonly quantizedActivations?: NBitsActivations;
 }
 
 class OrtState implements StateHandle {
@@ -99,7 +105,11 @@ export class OrtEngine implements Engine {
   }
 
   static async load(ckpt: Checkpoint, options: OrtEngineOptions): Promise<OrtEngine> {
-    const build = await ensureGraphBuild(ckpt, options.cacheDir);
+    const weightsDtype = options.weightsDtype ?? 'f32';
+    const build = await ensureGraphBuild(ckpt, options.cacheDir, {
+      dtype: weightsDtype,
+      ...(options.quantizedActivations ? { activations: options.quantizedActivations } : {}),
+    });
     const info = await modelInfoFromCheckpoint(ckpt, build.fingerprint);
     const { intermediate_size: dInner, conv_kernel: dConv, state_size: dState } = info.layout;
     const layers = layersOfType(ckpt.config, 'mamba').length;

@@ -1,0 +1,141 @@
+// Quantized builds (WEIGHTS_DTYPE int8 / int4) held to independent numbers: the float64
+// reference engine run on the dequantized weights (testing/quantized-view.ts). With exact
+// activations the only difference left is rounding (1e-4); as served (int8 activations, like
+// llama.cpp's Q8_0/Q4_0 dot products) the logits stay within a few percent of their range,
+// and the engine's own consistency (full prompt == step by step == batched == resumed) is as
+// tight as in fp32.
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openCheckpoint, type Checkpoint } from '../../model/checkpoint.ts';
+import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../../model/testing/random-checkpoint.ts';
+import type { Engine } from '../engine.ts';
+import { ReferenceEngine } from '../reference/reference-engine.ts';
+import { ensureGraphBuild } from './graph-cache.ts';
+import { OrtEngine } from './ort-engine.ts';
+import { quantizedView } from './testing/quantized-view.ts';
+
+let root: string;
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'ms-ortq-'));
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  expect(a.length).toBe(b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+const maxAbs = (a: Float32Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+const tokensFor = (n: number, vocab: number, seed: number) => Int32Array.from({ length: n }, (_, i) => (i * 7919 + seed * 104729) % vocab);
+
+async function stepLogits(engine: Engine, tokens: Int32Array): Promise<Float32Array> {
+  const state = await engine.newState();
+  const V = engine.model.vocabRows;
+  const out = new Float32Array(tokens.length * V);
+  for (let t = 0; t < tokens.length; t++) out.set((await engine.decode([{ state, token: tokens[t]! }])).data, t * V);
+  return out;
+}
+
+const layouts: [string, RandomCheckpointOptions][] = [
+  ['HF naming, tied, conv bias', { seed: 1 }],
+  // dt_proj's K (time_step_rank 2) is far below a quantization block; x_proj's N is odd-sized.
+  ['biases everywhere, untied head, fp16, odd sizes', { seed: 2, bias: true, tied: false, dtype: 'F16', convKernel: 3, stateSize: 5, expand: 1.5, hiddenSize: 24, numLayers: 3 }],
+  ['hybrid: grouped KV heads, attention biases, RoPE', { seed: 7, hiddenSize: 32, numLayers: 3, vocabSize: 64, hybrid: { attentionLayers: [1], window: 5, heads: 4, kvHeads: 2, headDim: 8, bias: true } }],
+];
+
+describe.each(['int8', 'int4'] as const)('%s weights', (dtype) => {
+  describe.each(layouts)('%s', (name, options) => {
+    let ckpt: Checkpoint;
+    let ref: ReferenceEngine;
+    let served: OrtEngine;
+    const L = 19;
+
+    beforeAll(async () => {
+      const dir = join(root, `${dtype}-${name.replace(/[^a-z0-9]+/gi, '-')}`);
+      await writeRandomCheckpoint(dir, options);
+      ckpt = await openCheckpoint(dir);
+      ref = await ReferenceEngine.load(quantizedView(ckpt, dtype));
+      served = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 1, weightsDtype: dtype });
+    });
+    afterAll(async () => {
+      await served?.close();
+      await ref?.close();
+    });
+
+    it('with exact activations, every position matches the float64 reference on the dequantized weights within 1e-4', async () => {
+      const exact = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 1, weightsDtype: dtype, quantizedActivations: 'f32' });
+      try {
+        const tokens = tokensFor(L, ckpt.config.vocabSize, 1);
+        const expected = await ref.prefill(await ref.newState(), tokens, { allLogits: true });
+        const got = await exact.prefill(await exact.newState(), tokens, { allLogits: true });
+        expect(maxAbsDiff(got.data, expected.data)).toBeLessThan(1e-4);
+        expect(maxAbsDiff(await stepLogits(exact, tokens), expected.data)).toBeLessThan(1e-4);
+      } finally {
+        await exact.close();
+      }
+    });
+
+    it('as served (int8 activations): within 3% of the logit range of that reference', async () => {
+      const tokens = tokensFor(L, ckpt.config.vocabSize, 2);
+      const expected = await ref.prefill(await ref.newState(), tokens, { allLogits: true });
+      const got = await served.prefill(await served.newState(), tokens, { allLogits: true });
+      expect(maxAbsDiff(got.data, expected.data)).toBeLessThan(0.03 * maxAbs(expected.data));
+    });
+
+    it('as served: step by step == full prompt (1e-4), batched == alone (1e-5), resumed from bytes == uninterrupted (1e-4)', async () => {
+      const tokens = tokensFor(L, ckpt.config.vocabSize, 3);
+      const V = ckpt.vocabRows;
+      const full = await served.prefill(await served.newState(), tokens, { allLogits: true });
+      expect(maxAbsDiff(await stepLogits(served, tokens), full.data)).toBeLessThan(1e-4);
+
+      const histories = [3, 11, 1].map((n, i) => tokensFor(n, ckpt.config.vocabSize, 10 + i));
+      const batch = [];
+      const alone = [];
+      for (const h of histories) {
+        const s = await served.newState();
+        await served.prefill(s, h);
+        batch.push(s);
+        alone.push(await served.cloneState(s));
+      }
+      const batched = await served.decode(batch.map((state, i) => ({ state, token: i + 1 })));
+      for (let i = 0; i < alone.length; i++) {
+        const solo = await served.decode([{ state: alone[i]!, token: i + 1 }]);
+        expect(maxAbsDiff(batched.data.subarray(i * V, (i + 1) * V), solo.data)).toBeLessThan(1e-5);
+      }
+
+      const K = 7;
+      const first = await served.newState();
+      await served.prefill(first, tokens.subarray(0, K));
+      const bytes = await served.exportState(first, { parentVersion: null, transcriptHash: null });
+      const resumed = (await served.importState(bytes)).state;
+      const rest = await served.prefill(resumed, tokens.subarray(K), { allLogits: true });
+      expect(maxAbsDiff(rest.data, full.data.subarray(K * V))).toBeLessThan(1e-4);
+    });
+  });
+});
+
+describe('graph cache across weights dtypes', () => {
+  it('f32, int8 and int4 builds of one checkpoint live side by side and are each reused', async () => {
+    const dir = join(root, 'cache-dtypes');
+    await writeRandomCheckpoint(dir, { seed: 9 });
+    const ckpt = await openCheckpoint(dir);
+    const cacheDir = join(root, 'cache-dtypes-builds');
+    const builds = [];
+    for (const dtype of ['f32', 'int8', 'int4'] as const) builds.push(await ensureGraphBuild(ckpt, cacheDir, { dtype }));
+    expect(new Set(builds.map((b) => dirname(b.modelPath))).size).toBe(3);
+    expect(builds.every((b) => b.built)).toBe(true);
+    expect(new Set(builds.map((b) => b.fingerprint)).size).toBe(1); // states carry the checkpoint's identity, not the dtype's
+    for (const [i, dtype] of (['f32', 'int8', 'int4'] as const).entries()) {
+      const again = await ensureGraphBuild(ckpt, cacheDir, { dtype });
+      expect(again).toEqual({ ...builds[i], built: false });
+      const meta = JSON.parse(await readFile(join(dirname(again.modelPath), 'meta.json'), 'utf8')) as { weights_dtype: string };
+      expect(meta.weights_dtype).toBe(dtype);
+    }
+  });
+});
