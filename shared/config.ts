@@ -194,6 +194,15 @@ export const WorkerConfigSchema = z.object({
   PREFIX_CACHE_MIN_TOKENS: int(1).default(256),
   /** Names this worker in leases and the worker registry; must differ between live workers. Default: {hostname}-{pid}-{random}. */
   WORKER_ID: z.string().trim().regex(/^[A-Za-z0-9._-]{1,64}$/).optional(),
+  /**
+   * Tests only (the fault suite): `point=probability,…`, the worker kills itself with SIGKILL
+   * at these named points of a turn (worker/fault-points.ts), e.g. `after-commit=0.1`.
+   */
+  FAULT_CRASH_POINTS: z
+    .string()
+    .trim()
+    .regex(/^[a-z-]+=(0(\.\d+)?|1(\.0+)?)(,[a-z-]+=(0(\.\d+)?|1(\.0+)?))*$/, 'must be point=probability,… (probabilities from 0 to 1)')
+    .optional(),
 })
   // 'auto' picks ORT for quantized weights; naming another engine with them is a mistake to report at start.
   .refine((c) => c.WEIGHTS_DTYPE === 'f32' || c.ENGINE === 'auto' || c.ENGINE === 'ort', {

@@ -18,6 +18,7 @@ import { loadServingModel, type ServingModel } from './serving-model.ts';
 import { StateCache } from './state-cache.ts';
 import { TurnConsumer } from './turn-consumer.ts';
 import { TurnRunner } from './turn-runner.ts';
+import { FaultPoints } from './fault-points.ts';
 import { defaultWorkerId } from './worker-id.ts';
 
 export interface RunningWorker {
@@ -53,7 +54,9 @@ export async function startWorker(config: WorkerConfig, options: { log?: Logger;
     log,
   });
   const cartridges = new CartridgeStore(objects);
-  const runner = new TurnRunner({ model, scheduler, cache, sessions, cartridges, leases, redis, keys, config, workerId: id, log, prefixes });
+  const faults = new FaultPoints(config.FAULT_CRASH_POINTS);
+  if (faults.enabled) log.warn('FAULT_CRASH_POINTS is set: this worker kills itself at random (tests only)', { points: config.FAULT_CRASH_POINTS });
+  const runner = new TurnRunner({ model, scheduler, cache, sessions, cartridges, leases, redis, keys, config, workerId: id, log, prefixes, ...(faults.enabled ? { faults } : {}) });
   const builder = new CartridgeBuilder({ model, scheduler, cartridges, cache, redis, keys, config, log });
   const consumer = new TurnConsumer({ redis, keys, modelId: model.id, runner, builder, config, log });
 

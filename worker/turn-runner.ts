@@ -34,6 +34,7 @@ import { EMPTY_TRANSCRIPT_ROOT, extendTranscript } from '../shared/transcript-ha
 import { committedResult, failureOf, type SessionTurnRef } from '../shared/turn-outcome.ts';
 import { TurnStreamWriter, type StreamedSoFar } from '../shared/turn-stream.ts';
 import { EngineError, type StateHandle } from './engine/engine.ts';
+import type { FaultPoints } from './fault-points.ts';
 import { Sampler } from './generate/sampling.ts';
 import { SequenceDecoder } from './generate/sequence.ts';
 import type { ChatMessage } from './model/chat-template.ts';
@@ -89,6 +90,8 @@ export interface TurnRunnerDeps {
   readonly log: Logger;
   /** Stateless chats' prefix states (shared/prefix-cache.ts); absent: stateless chats start empty. */
   readonly prefixes?: PrefixStates;
+  /** Crash points of the fault suite (FAULT_CRASH_POINTS); absent in normal operation. */
+  readonly faults?: FaultPoints;
 }
 
 /** How long a turn's stream outlives its deadline (late readers, Last-Event-ID resumes). */
@@ -154,6 +157,7 @@ export class TurnRunner {
       } else if (job.session !== null) {
         const acquired = await this.acquireLease(job);
         lease = acquired.lease;
+        deps.faults?.reach('after-lease');
         stopKeepAlive = deps.leases.keepAlive(lease, (why) => abort.abort(new Error(`session lease lost (${why})`)));
         manifest = (await deps.sessions.read(job.tenant, job.session))?.manifest ?? null;
         this.checkSession(job, manifest);
@@ -266,6 +270,7 @@ export class TurnRunner {
             streamedChars = all.length;
             idsStreamed = decoder.tokenIds.length;
             firstTokenAt ??= Date.now();
+            deps.faults?.reach('mid-decode');
             // Ordered, not awaited per token; a lost write costs the client a late token (the
             // `done` event carries the whole output), never the turn.
             streamWrites = streamWrites
@@ -313,6 +318,7 @@ export class TurnRunner {
         const bytes = await deps.model.engine.exportState(start.state, { parentVersion: start.base!.version, transcriptHash: transcript });
         const headAtStart = manifest.head;
         let committed;
+        deps.faults?.reach('before-commit');
         try {
           committed = await deps.sessions.commitVersion({
             tenant: job.tenant,
@@ -346,6 +352,7 @@ export class TurnRunner {
           if (e instanceof FencedOutError) throw new Error(`lost the session lease before committing: ${e.message}`);
           throw e;
         }
+        deps.faults?.reach('after-commit');
         timings.checkpoint_ms = performance.now() - checkpointStart;
         result = {
           turn_id: job.turn_id,
@@ -368,6 +375,7 @@ export class TurnRunner {
       await metrics.send(deps.redis, deps.keys).catch(() => {});
       await this.countOutcome(job, 'ok');
       await stream.append({ type: 'done', result });
+      deps.faults?.reach('after-done');
       return result;
     } catch (e) {
       throw this.classify(e, abort.signal);
