@@ -1,16 +1,24 @@
-// CPU engine benchmark (ONNX Runtime engine) on a mamba-130m-shaped random model:
-// decode tokens/s at batch 1 and 8, prefill tokens/s at L = 512 and 4096, peak RSS, and
-// decode's weight bytes read per second as a ratio to the measured memory bandwidth.
+// CPU engine benchmark (ONNX Runtime engine) on a mamba-130m-shaped random model, per weights
+// dtype (f32, int8, int4): decode tokens/s at batch 1 and 8, prefill tokens/s at L = 512 and
+// 4096, memory (resident after load, split into anonymous and file-backed pages, and the
+// process's peak), and decode's weight bytes read per second as a ratio to the measured read
+// bandwidth (bench/memory-bandwidth.ts, vector loads on all threads).
 //
-//   npm run bench:engine            (or: npx tsx bench/engine-cpu.ts [--threads N] [--steps N])
+//   npm run bench:engine            (or: npx tsx bench/engine-cpu.ts [--dtypes f32,int8,int4] [--threads N] [--steps N])
 //
-// The random checkpoint (~520 MB) is generated once into .cache/bench/.
-import { existsSync } from 'node:fs';
+// Each dtype runs in a process of its own, so its peak RSS is its own. The random checkpoint
+// (~520 MB) is generated once into .cache/bench/.
+import { fork } from 'node:child_process';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../worker/engine/create-engine.ts';
 import type { Engine } from '../worker/engine/engine.ts';
+import { ensureGraphBuild } from '../worker/engine/ort/graph-cache.ts';
+import type { WeightsDtype } from '../worker/engine/ort/quantize.ts';
+import { openCheckpoint } from '../worker/model/checkpoint.ts';
 import { writeRandomCheckpoint } from '../worker/model/testing/random-checkpoint.ts';
 import { measureReadBandwidth } from './memory-bandwidth.ts';
 
@@ -18,28 +26,36 @@ const { values: args } = parseArgs({
   options: {
     threads: { type: 'string', default: String(availableParallelism()) },
     steps: { type: 'string', default: '60' },
+    dtypes: { type: 'string', default: 'f32,int8,int4' },
     'cache-dir': { type: 'string', default: '.cache/bench' },
+    /** Internal: measure this one dtype and send the figures to the parent. */
+    child: { type: 'string' },
   },
 });
 const threads = Number(args.threads);
 const steps = Number(args.steps);
 const modelDir = join(args['cache-dir'], 'mamba-130m-random');
+const graphsDir = join(args['cache-dir'], 'graphs');
 
-if (!existsSync(join(modelDir, 'model.safetensors'))) {
-  console.log(`generating a mamba-130m-shaped random checkpoint in ${modelDir} (once)…`);
-  await writeRandomCheckpoint(modelDir, { hiddenSize: 768, numLayers: 24, vocabSize: 50280, stateSize: 16, convKernel: 4, expand: 2, seed: 130 });
+interface Figures {
+  dtype: WeightsDtype;
+  weightBytes: number;
+  loadMs: number;
+  afterLoad: { anon: number; file: number };
+  decode1Ms: number;
+  decode8Ms: number;
+  prefill512: number;
+  prefill4096: number;
+  peakRss: number;
 }
 
-let peakRss = 0;
-const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 20);
+function memory(): { anon: number; file: number; peak: number } {
+  const status = readFileSync('/proc/self/status', 'utf8');
+  const kb = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? 0) * 1024;
+  return { anon: kb('RssAnon'), file: kb('RssFile'), peak: kb('VmHWM') };
+}
 
-const bandwidth = await measureReadBandwidth(threads);
-const loadStarted = performance.now();
-const { engine, checkpoint } = await createEngine({ modelDir, engine: 'ort', cacheDir: join(args['cache-dir'], 'graphs'), intraOpThreads: threads });
-const loadMs = performance.now() - loadStarted;
-const weightBytes = checkpoint.parameterCount * 4;
-
-async function decodeRate(batch: number): Promise<{ msPerStep: number; tokensPerSecond: number }> {
+async function decodeMsPerStep(engine: Engine, batch: number): Promise<number> {
   const states = await Promise.all(Array.from({ length: batch }, () => engine.newState()));
   for (const s of states) await engine.prefill(s, Int32Array.of(1, 2, 3));
   const step = (i: number) => engine.decode(states.map((state, b) => ({ state, token: (i * 31 + b * 7) % 50000 })));
@@ -50,63 +66,111 @@ async function decodeRate(batch: number): Promise<{ msPerStep: number; tokensPer
     await step(i);
     times.push(performance.now() - started);
   }
-  // The median step: on a shared machine a neighbour's burst inflates a mean.
-  times.sort((a, b) => a - b);
-  const msPerStep = times[Math.floor(times.length / 2)]!;
   for (const s of states) engine.freeState(s);
-  return { msPerStep, tokensPerSecond: (batch * 1000) / msPerStep };
+  // The median step: on a shared machine a neighbour's burst inflates a mean.
+  return times.sort((a, b) => a - b)[Math.floor(times.length / 2)]!;
 }
 
-async function prefillRate(e: Engine, L: number): Promise<number> {
+async function prefillRate(engine: Engine, L: number): Promise<number> {
   const tokens = Int32Array.from({ length: L }, (_, i) => (i * 7919) % 50000);
-  await e.prefill(await e.newState(), tokens.subarray(0, 64)); // warm-up
-  const state = await e.newState();
+  await engine.prefill(await engine.newState(), tokens.subarray(0, 64)); // warm-up
+  const state = await engine.newState();
   const started = performance.now();
-  await e.prefill(state, tokens);
+  await engine.prefill(state, tokens);
   const seconds = (performance.now() - started) / 1000;
-  e.freeState(state);
+  engine.freeState(state);
   return L / seconds;
 }
 
-const decode1 = await decodeRate(1);
-const decode8 = await decodeRate(8);
-const prefill512 = await prefillRate(engine, 512);
-const prefill4096 = await prefillRate(engine, 4096);
-await engine.close();
-clearInterval(sampler);
+async function measure(dtype: WeightsDtype): Promise<Figures> {
+  const loadStarted = performance.now();
+  const { engine } = await createEngine({ modelDir, engine: 'ort', cacheDir: graphsDir, intraOpThreads: threads, weightsDtype: dtype });
+  const loadMs = performance.now() - loadStarted;
+  const afterLoad = memory();
+  const build = await ensureGraphBuild(await openCheckpoint(modelDir), graphsDir, { dtype });
+  const figures: Figures = {
+    dtype,
+    weightBytes: statSync(join(dirname(build.modelPath), 'weights.bin')).size,
+    loadMs,
+    afterLoad: { anon: afterLoad.anon, file: afterLoad.file },
+    decode1Ms: await decodeMsPerStep(engine, 1),
+    decode8Ms: await decodeMsPerStep(engine, 8),
+    prefill512: await prefillRate(engine, 512),
+    prefill4096: await prefillRate(engine, 4096),
+    peakRss: 0,
+  };
+  await engine.close();
+  figures.peakRss = memory().peak;
+  return figures;
+}
+
+if (args.child) {
+  process.send!(await measure(args.child as WeightsDtype));
+  process.exit(0);
+}
+
+if (!existsSync(join(modelDir, 'model.safetensors'))) {
+  console.log(`generating a mamba-130m-shaped random checkpoint in ${modelDir} (once)…`);
+  await writeRandomCheckpoint(modelDir, { hiddenSize: 768, numLayers: 24, vocabSize: 50280, stateSize: 16, convKernel: 4, expand: 2, seed: 130 });
+}
+const dtypes = args.dtypes.split(',') as WeightsDtype[];
+// Builds first (a build's own memory is not the engine's).
+const ckpt = await openCheckpoint(modelDir);
+for (const dtype of dtypes) await ensureGraphBuild(ckpt, graphsDir, { dtype });
+
+const bandwidth = await measureReadBandwidth(threads);
+const memcmp = await measureReadBandwidth(threads, { method: 'memcmp' });
+const results: Figures[] = [];
+for (const dtype of dtypes) {
+  const child = fork(fileURLToPath(import.meta.url), ['--child', dtype, '--threads', String(threads), '--steps', String(steps), '--cache-dir', args['cache-dir']], {
+    execArgv: ['--import', 'tsx'],
+  });
+  results.push(
+    await new Promise<Figures>((resolve, reject) => {
+      child.once('message', (m) => resolve(m as Figures));
+      child.once('exit', (code) => reject(new Error(`${dtype}: exited ${code}`)));
+    }),
+  );
+}
 
 const gbs = (bytesPerSecond: number) => `${(bytesPerSecond / 1e9).toFixed(1)} GB/s`;
-const weightRate = (msPerStep: number) => weightBytes / (msPerStep / 1000);
-const rows: [string, string][] = [
-  ['model', `mamba-130m-shaped random (hidden 768, 24 layers, vocab 50280, fp32, ${(checkpoint.parameterCount / 1e6).toFixed(1)}M params, ${(weightBytes / 1e6).toFixed(0)} MB)`],
-  ['engine', `ort (onnxruntime-node CPU), ${threads} intra-op thread(s); graph load ${(loadMs / 1000).toFixed(1)} s`],
-  ['memory read bandwidth (measured: memcmp, median of 5)', `${gbs(bandwidth.bytesPerSecond)} (best ${gbs(bandwidth.bestBytesPerSecond)})`],
-  ['decode, batch 1', `${decode1.tokensPerSecond.toFixed(1)} tok/s (${decode1.msPerStep.toFixed(1)} ms/step, median)`],
-  ['decode, batch 8', `${decode8.tokensPerSecond.toFixed(1)} tok/s (${decode8.msPerStep.toFixed(1)} ms/step, median)`],
-  [
-    'decode batch 1: weights read / bandwidth',
-    `${gbs(weightRate(decode1.msPerStep))} / ${gbs(bandwidth.bytesPerSecond)} = ${((100 * weightRate(decode1.msPerStep)) / bandwidth.bytesPerSecond).toFixed(0)}%`,
-  ],
-  [
-    'decode batch 8: weights read / bandwidth',
-    `${gbs(weightRate(decode8.msPerStep))} / ${gbs(bandwidth.bytesPerSecond)} = ${((100 * weightRate(decode8.msPerStep)) / bandwidth.bytesPerSecond).toFixed(0)}%`,
-  ],
-  ['prefill, L = 512', `${prefill512.toFixed(0)} tok/s`],
-  ['prefill, L = 4096', `${prefill4096.toFixed(0)} tok/s`],
-  ['peak RSS', `${(peakRss / 1e6).toFixed(0)} MB`],
+const MB = (b: number) => `${(b / 1e6).toFixed(0)} MB`;
+const cols = (f: (r: Figures) => string) => results.map(f).join(' | ');
+console.log(
+  `\nmamba-130m-shaped random model (hidden 768, 24 layers, vocab 50280, ${(ckpt.parameterCount / 1e6).toFixed(1)}M parameters); ` +
+    `ORT engine (onnxruntime-node CPU), ${threads} intra-op thread(s); read bandwidth ${gbs(bandwidth.bytesPerSecond)} with vector loads ` +
+    `(memcmp: ${gbs(memcmp.bytesPerSecond)}), median of 7\n`,
+);
+console.log(`| measure | ${dtypes.join(' | ')} |\n|---|${dtypes.map(() => '---').join('|')}|`);
+const rows: [string, (r: Figures) => string][] = [
+  ['weights (bytes a decode step reads)', (r) => MB(r.weightBytes)],
+  ['graph load', (r) => `${(r.loadMs / 1000).toFixed(1)} s`],
+  ['resident after load: anonymous + file-backed', (r) => `${MB(r.afterLoad.anon)} + ${MB(r.afterLoad.file)}`],
+  ['decode, batch 1', (r) => `${(1000 / r.decode1Ms).toFixed(1)} tok/s (${r.decode1Ms.toFixed(1)} ms)`],
+  ['decode, batch 8', (r) => `${(8000 / r.decode8Ms).toFixed(1)} tok/s (${r.decode8Ms.toFixed(1)} ms)`],
+  ['**decode batch 1: weight bytes read per second / bandwidth**', (r) => `**${((100 * r.weightBytes) / (r.decode1Ms / 1000) / bandwidth.bytesPerSecond).toFixed(0)} %**`],
+  ['prefill, L = 512', (r) => `${r.prefill512.toFixed(0)} tok/s`],
+  ['prefill, L = 4096', (r) => `${r.prefill4096.toFixed(0)} tok/s`],
+  ['peak RSS (the process, load included)', (r) => MB(r.peakRss)],
 ];
-console.log('\n| measure | value |\n|---|---|');
-for (const [k, v] of rows) console.log(`| ${k} | ${v} |`);
+for (const [name, f] of rows) console.log(`| ${name} | ${cols(f)} |`);
 console.log(
   JSON.stringify({
     bench: 'engine-cpu',
     threads,
     bandwidth_gbs: bandwidth.bytesPerSecond / 1e9,
-    decode_b1_tok_s: decode1.tokensPerSecond,
-    decode_b8_tok_s: decode8.tokensPerSecond,
-    decode_b1_bandwidth_ratio: weightRate(decode1.msPerStep) / bandwidth.bytesPerSecond,
-    prefill_512_tok_s: prefill512,
-    prefill_4096_tok_s: prefill4096,
-    peak_rss_mb: peakRss / 1e6,
+    memcmp_bandwidth_gbs: memcmp.bytesPerSecond / 1e9,
+    results: results.map((r) => ({
+      dtype: r.dtype,
+      weight_bytes: r.weightBytes,
+      decode_b1_tok_s: 1000 / r.decode1Ms,
+      decode_b8_tok_s: 8000 / r.decode8Ms,
+      decode_b1_bandwidth_ratio: r.weightBytes / (r.decode1Ms / 1000) / bandwidth.bytesPerSecond,
+      prefill_512_tok_s: r.prefill512,
+      prefill_4096_tok_s: r.prefill4096,
+      rss_after_load_anon_mb: r.afterLoad.anon / 1e6,
+      rss_after_load_file_mb: r.afterLoad.file / 1e6,
+      peak_rss_mb: r.peakRss / 1e6,
+    })),
   }),
 );

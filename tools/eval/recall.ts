@@ -2,7 +2,7 @@
 // tokenizer, chat template, sequence decoder), not through PyTorch.
 //
 //   npx tsx tools/eval/recall.ts [--model models/demo] [--probes tools/train/recall-probes.jsonl]
-//                                [--engine ort] [--max-tokens 64] [--batch 8] [--json FILE]
+//                                [--engine ort] [--weights-dtype f32|int8|int4] [--max-tokens 64] [--batch 8] [--json FILE]
 //
 // A probe (tools/train/recall_eval.py writes them) is a conversation: a fact early on,
 // about `distance_tokens` tokens of other conversation and distractor facts, then the
@@ -13,6 +13,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { createEngine } from '../../worker/engine/create-engine.ts';
+import { WEIGHTS_DTYPES, type WeightsDtype } from '../../worker/engine/ort/quantize.ts';
 import type { StateHandle } from '../../worker/engine/engine.ts';
 import { Sampler } from '../../worker/generate/sampling.ts';
 import { SequenceDecoder } from '../../worker/generate/sequence.ts';
@@ -34,6 +35,7 @@ const { values: args } = parseArgs({
     model: { type: 'string', default: 'models/demo' },
     probes: { type: 'string', default: 'tools/train/recall-probes.jsonl' },
     engine: { type: 'string', default: 'ort' },
+    'weights-dtype': { type: 'string', default: 'f32' },
     'max-tokens': { type: 'string', default: '64' },
     batch: { type: 'string', default: '8' },
     verbose: { type: 'boolean', default: false },
@@ -50,7 +52,9 @@ const probes: Probe[] = (await readFile(args.probes, 'utf8'))
     return parsed.data;
   });
 
-const { engine, checkpoint } = await createEngine({ modelDir: args.model, engine: args.engine as 'ort' | 'reference' });
+const weightsDtype = args['weights-dtype'] as WeightsDtype;
+if (!WEIGHTS_DTYPES.includes(weightsDtype)) throw new Error(`--weights-dtype must be one of ${WEIGHTS_DTYPES.join(', ')}`);
+const { engine, checkpoint } = await createEngine({ modelDir: args.model, engine: args.engine as 'ort' | 'reference', weightsDtype });
 const tokenizer = await loadTokenizer(args.model, checkpoint.vocabRows);
 const template = await loadChatTemplate(args.model, tokenizer);
 const maxTokens = Number(args['max-tokens']);
@@ -113,7 +117,7 @@ for (let i = 0; i < probes.length; i += batchSize) {
 }
 await engine.close();
 
-console.log(`\nrecall through the ${engine.kind} engine, model ${args.model}, ${probes.length} probes, ${((performance.now() - started) / 1000).toFixed(0)} s\n`);
+console.log(`\nrecall through the ${engine.kind} engine (${weightsDtype} weights), model ${args.model}, ${probes.length} probes, ${((performance.now() - started) / 1000).toFixed(0)} s\n`);
 console.log('| probes (distance: tokens between fact and question) | probes | recalled | accuracy |\n|---|---|---|---|');
 const rows = [...byDistance].sort((a, b) => (typeof a[0] === 'number' && typeof b[0] === 'number' ? a[0] - b[0] : 0));
 for (const [key, row] of rows) {
@@ -121,5 +125,5 @@ for (const [key, row] of rows) {
 }
 if (args.json) {
   const table = Object.fromEntries(rows.map(([key, row]) => [String(key), { passed: row.correct, total: row.total }]));
-  await writeFile(args.json, `${JSON.stringify({ model: args.model, engine: engine.kind, table }, null, 1)}\n`);
+  await writeFile(args.json, `${JSON.stringify({ model: args.model, engine: engine.kind, weights_dtype: weightsDtype, table }, null, 1)}\n`);
 }

@@ -1,0 +1,291 @@
+// Our ORT engine against llama.cpp on CPU, side by side on the same weights:
+//
+//   npx tsx bench/vs-llama-cpp.ts [--threads N] [--rounds 6] [--steps 32] [--dtypes f32,int8,int4]
+//
+// - The peer is llama.cpp through the npm package node-llama-cpp (its prebuilt CPU binaries),
+//   installed on first use into .cache/bench/node-llama-cpp with npm, from the npm registry
+//   only (no install scripts, no optional GPU packages): it is never a dependency of this project.
+// - The model is the mamba-130m-shaped random checkpoint of bench/engine-cpu.ts, written once as
+//   GGUF (bench/gguf-mamba.ts) in the dtype paired with ours: f32 vs F32, int8 vs Q8_0, int4 vs
+//   Q4_0 (pure: every projection and the tied embedding quantized, 32-value blocks).
+// - Before timing, both engines' logits for one prompt are compared with each other (F32: they
+//   must agree to 1e-3) and, for the quantized pairs, each with the f32 logits.
+// - Each engine runs in its own process (peak RSS is its own) with the same thread count, and
+//   one at a time: each round runs every measurement on both sides, the side going first
+//   alternating between rounds, so a neighbour's burst on a shared machine favours neither.
+//   Figures are the median over rounds (and the spread); decode figures per round are the
+//   median step.
+// - Bandwidth: bench/memory-bandwidth.ts's vector-load probe on all threads, before and after.
+import { fork, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { openCheckpoint } from '../worker/model/checkpoint.ts';
+import { writeRandomCheckpoint } from '../worker/model/testing/random-checkpoint.ts';
+import { ensureGraphBuild } from '../worker/engine/ort/graph-cache.ts';
+import type { WeightsDtype } from '../worker/engine/ort/quantize.ts';
+import { writeMambaGguf, type GgufDtype } from './gguf-mamba.ts';
+import { measureReadBandwidth } from './memory-bandwidth.ts';
+
+const { values: args } = parseArgs({
+  options: {
+    threads: { type: 'string', default: String(availableParallelism()) },
+    rounds: { type: 'string', default: '6' },
+    steps: { type: 'string', default: '32' },
+    dtypes: { type: 'string', default: 'f32,int8,int4' },
+    'cache-dir': { type: 'string', default: '.cache/bench' },
+    'llama-version': { type: 'string', default: '3.22.1' },
+    json: { type: 'string' },
+  },
+});
+const threads = Number(args.threads);
+const rounds = Number(args.rounds);
+const steps = Number(args.steps);
+const cacheDir = resolve(args['cache-dir']);
+const here = dirname(fileURLToPath(import.meta.url));
+const PAIRS: Record<WeightsDtype, GgufDtype> = { f32: 'F32', int8: 'Q8_0', int4: 'Q4_0' };
+const dtypes = args.dtypes.split(',') as WeightsDtype[];
+const PREFILL_LENGTHS = [512, 2048];
+const DECODE_BATCHES = [1, 8];
+
+/** node-llama-cpp and its CPU binaries in a folder of their own; the path of its entry module. */
+function ensureNodeLlamaCpp(version: string): string {
+  const dir = join(cacheDir, 'node-llama-cpp');
+  const entry = join(dir, 'node_modules', 'node-llama-cpp', 'dist', 'index.js');
+  const installed = (pkg: string) => {
+    try {
+      return (JSON.parse(readFileSync(join(dir, 'node_modules', pkg, 'package.json'), 'utf8')) as { version: string }).version === version;
+    } catch {
+      return false;
+    }
+  };
+  if (installed('node-llama-cpp') && installed('@node-llama-cpp/linux-x64')) return entry;
+  if (process.platform !== 'linux' || process.arch !== 'x64') throw new Error('bench/vs-llama-cpp.ts installs the linux-x64 CPU build of node-llama-cpp only');
+  console.log(`installing node-llama-cpp@${version} (CPU build) into ${dir} (once)…`);
+  mkdirSync(dir, { recursive: true });
+  if (!existsSync(join(dir, 'package.json'))) writeFileSync(join(dir, 'package.json'), '{"name":"llama-cpp-peer","private":true}\n');
+  // No install scripts (they would download or compile), no optional packages (GPU builds):
+  // the CPU binaries are their own package, named explicitly.
+  const npm = spawnSync('npm', ['install', '--no-audit', '--no-fund', '--ignore-scripts', '--omit=optional', `node-llama-cpp@${version}`, `@node-llama-cpp/linux-x64@${version}`], {
+    cwd: dir,
+    stdio: 'inherit',
+  });
+  if (npm.status !== 0) throw new Error(`npm install of node-llama-cpp@${version} failed`);
+  return entry;
+}
+
+interface Reply {
+  ok: boolean;
+  result?: Record<string, unknown>;
+  error?: string;
+}
+
+class Peer {
+  private constructor(
+    readonly name: string,
+    private readonly child: ChildProcess,
+  ) {}
+
+  static async start(name: string, argv: string[]): Promise<Peer> {
+    const child = fork(join(here, 'vs-llama-cpp-peer.ts'), argv, { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const peer = new Peer(name, child);
+    await peer.reply();
+    return peer;
+  }
+
+  private reply(): Promise<Record<string, unknown>> {
+    return new Promise((resolvePromise, reject) => {
+      const onExit = (code: number | null) => reject(new Error(`${this.name} exited (${code})`));
+      this.child.once('exit', onExit);
+      this.child.once('message', (msg: Reply) => {
+        this.child.off('exit', onExit);
+        if (msg.ok) resolvePromise(msg.result ?? {});
+        else reject(new Error(`${this.name}: ${msg.error}`));
+      });
+    });
+  }
+
+  async ask<T>(msg: Record<string, unknown>): Promise<T> {
+    const answer = this.reply();
+    this.child.send(msg);
+    return (await answer) as T;
+  }
+
+  async stop(): Promise<void> {
+    const gone = new Promise((r) => this.child.once('exit', r));
+    this.child.send({ op: 'exit' });
+    await gone;
+  }
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const quantile = (xs: number[], q: number) => [...xs].sort((a, b) => a - b)[Math.floor(q * (xs.length - 1))]!;
+
+// ---- setup ------------------------------------------------------------------------------------
+
+const llamaModule = ensureNodeLlamaCpp(args['llama-version']);
+const modelDir = join(cacheDir, 'mamba-130m-random');
+if (!existsSync(join(modelDir, 'model.safetensors'))) {
+  console.log(`generating a mamba-130m-shaped random checkpoint in ${modelDir} (once)…`);
+  await writeRandomCheckpoint(modelDir, { hiddenSize: 768, numLayers: 24, vocabSize: 50280, stateSize: 16, convKernel: 4, expand: 2, seed: 130 });
+}
+const ckpt = await openCheckpoint(modelDir);
+await mkdir(join(cacheDir, 'gguf'), { recursive: true });
+
+const bandwidthBefore = await measureReadBandwidth(threads);
+console.log(`read bandwidth (vector loads, ${threads} threads): ${(bandwidthBefore.bytesPerSecond / 1e9).toFixed(1)} GB/s`);
+
+interface Figures {
+  ours: number[];
+  theirs: number[];
+}
+interface DtypeResult {
+  dtype: WeightsDtype;
+  peer: GgufDtype;
+  oursWeightBytes: number;
+  theirsWeightBytes: number;
+  logits: { oursVsTheirs: number; oursVsF32?: number; theirsVsF32?: number; argmaxAgree: boolean; range: number };
+  measures: Map<string, Figures>;
+  /** Every decode step time of all rounds, for the fastest-10 % figure. */
+  steps: Map<string, Figures>;
+  rss: { ours: number; theirs: number };
+}
+
+const LOGITS_PROMPT = Array.from({ length: 64 }, (_, i) => (i * 7919 + 5) % 50000);
+const maxAbsDiff = (a: number[], b: number[]) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
+const argmax = (a: number[]) => a.reduce((best, v, i) => (v > a[best]! ? i : best), 0);
+let f32Logits: number[] | undefined;
+
+const results: DtypeResult[] = [];
+for (const dtype of dtypes) {
+  const peerDtype = PAIRS[dtype];
+  const gguf = join(cacheDir, 'gguf', `mamba-130m-random.${peerDtype}.gguf`);
+  if (!existsSync(gguf)) {
+    console.log(`writing ${gguf} (once)…`);
+    await writeMambaGguf(ckpt, gguf, peerDtype);
+  }
+  const build = await ensureGraphBuild(ckpt, join(cacheDir, 'graphs'), { dtype });
+  const oursWeightBytes = statSync(join(dirname(build.modelPath), 'weights.bin')).size;
+  const theirsWeightBytes = statSync(gguf).size;
+
+  const common = ['--threads', String(threads), '--cache-dir', cacheDir];
+  const ours = await Peer.start('ours', ['--side', 'ours', '--model', modelDir, '--dtype', dtype, ...common]);
+  const theirs = await Peer.start('llama.cpp', ['--side', 'llama', '--model', gguf, '--llama-module', llamaModule, ...common]);
+  try {
+    const [lo, lt] = [(await ours.ask<{ logits: number[] }>({ op: 'logits', tokens: LOGITS_PROMPT })).logits, (await theirs.ask<{ logits: number[] }>({ op: 'logits', tokens: LOGITS_PROMPT })).logits];
+    const range = lo.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    const logits: DtypeResult['logits'] = { oursVsTheirs: maxAbsDiff(lo, lt), argmaxAgree: argmax(lo) === argmax(lt), range };
+    if (dtype === 'f32') {
+      f32Logits = lo;
+      if (logits.oursVsTheirs > 1e-3 * Math.max(1, range)) throw new Error(`f32 logits disagree with llama.cpp's F32: max |Δ| ${logits.oursVsTheirs}`);
+    } else if (f32Logits) {
+      logits.oursVsF32 = maxAbsDiff(lo, f32Logits);
+      logits.theirsVsF32 = maxAbsDiff(lt, f32Logits);
+    }
+    console.log(`${dtype} vs ${peerDtype}: logits max |ours - llama.cpp| ${logits.oursVsTheirs.toExponential(2)} (range ${range.toFixed(1)}), same argmax: ${logits.argmaxAgree}`);
+
+    const measures = new Map<string, Figures>();
+    const stepsAll = new Map<string, Figures>();
+    const add = (m: Map<string, Figures>, key: string, side: 'ours' | 'theirs', v: number[]) => {
+      const f = m.get(key) ?? { ours: [], theirs: [] };
+      f[side].push(...v);
+      m.set(key, f);
+    };
+    // Idle between measurements: a side's threads may still spin (ORT's intra-op threads do,
+    // unless told not to) and would steal cores from the other side's measurement.
+    const settle = () => new Promise((r) => setTimeout(r, 300));
+    for (let r = 0; r < rounds; r++) {
+      const order: ['ours' | 'theirs', Peer][] = r % 2 === 0 ? [['ours', ours], ['theirs', theirs]] : [['theirs', theirs], ['ours', ours]];
+      for (const L of PREFILL_LENGTHS) {
+        for (const [side, peer] of order) {
+          await settle();
+          add(measures, `prefill L=${L}, tok/s`, side, [L / ((await peer.ask<{ ms: number }>({ op: 'prefill', length: L })).ms / 1000)]);
+        }
+      }
+      for (const B of DECODE_BATCHES) {
+        for (const [side, peer] of order) {
+          await settle();
+          const times = (await peer.ask<{ stepsMs: number[] }>({ op: 'decode', batch: B, steps })).stepsMs;
+          add(measures, `decode batch ${B}, tok/s (median step)`, side, [(1000 * B) / median(times)]);
+          add(stepsAll, `decode batch ${B}`, side, times);
+        }
+      }
+      console.log(`${dtype}: round ${r + 1}/${rounds} done`);
+    }
+    const rss = { ours: (await ours.ask<{ peakRssBytes: number }>({ op: 'rss' })).peakRssBytes, theirs: (await theirs.ask<{ peakRssBytes: number }>({ op: 'rss' })).peakRssBytes };
+    results.push({ dtype, peer: peerDtype, oursWeightBytes, theirsWeightBytes, logits, measures, steps: stepsAll, rss });
+  } finally {
+    await ours.stop();
+    await theirs.stop();
+  }
+}
+const bandwidthAfter = await measureReadBandwidth(threads);
+const bandwidth = (bandwidthBefore.bytesPerSecond + bandwidthAfter.bytesPerSecond) / 2;
+
+// ---- report -----------------------------------------------------------------------------------
+
+const MB = (b: number) => `${(b / 1e6).toFixed(0)} MB`;
+const spread = (xs: number[], digits = 0) => `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)})`;
+console.log(
+  `\nours: ORT engine (onnxruntime-node CPU); theirs: llama.cpp via node-llama-cpp@${args['llama-version']} (CPU); ${threads} threads each; ` +
+    `median (min–max) over ${rounds} interleaved rounds; decode: the median of ${steps} steps per round; read bandwidth ${(bandwidth / 1e9).toFixed(1)} GB/s (vector loads, ${threads} threads)\n`,
+);
+const goals: [string, boolean, string][] = [];
+for (const r of results) {
+  console.log(`### ${r.dtype} vs ${r.peer} (weights: ours ${MB(r.oursWeightBytes)}, theirs ${MB(r.theirsWeightBytes)})\n`);
+  console.log(`| measure | ours | llama.cpp ${r.peer} | ours ÷ theirs |\n|---|---|---|---|`);
+  for (const [name, f] of r.measures) console.log(`| ${name} | ${spread(f.ours)} | ${spread(f.theirs)} | ${(median(f.ours) / median(f.theirs)).toFixed(2)} |`);
+  for (const [name, f] of r.steps) {
+    const B = Number(name.split(' ').pop());
+    const fast = (xs: number[]) => (1000 * B) / quantile(xs, 0.1);
+    console.log(`| ${name}, tok/s (fastest 10 % of steps) | ${fast(f.ours).toFixed(0)} | ${fast(f.theirs).toFixed(0)} | ${(fast(f.ours) / fast(f.theirs)).toFixed(2)} |`);
+  }
+  console.log(`| peak RSS | ${MB(r.rss.ours)} | ${MB(r.rss.theirs)} | ${(r.rss.ours / r.rss.theirs).toFixed(2)} |`);
+  const b1 = median(r.measures.get('decode batch 1, tok/s (median step)')!.ours);
+  const bound = bandwidth / r.oursWeightBytes;
+  console.log(`| decode batch 1: bound of its weight bytes (bandwidth ÷ ${MB(r.oursWeightBytes)}) | ${bound.toFixed(0)} tok/s; reached ${((100 * b1) / bound).toFixed(0)} % | ${(bandwidth / r.theirsWeightBytes).toFixed(0)} tok/s; reached ${((100 * median(r.measures.get('decode batch 1, tok/s (median step)')!.theirs) * r.theirsWeightBytes) / bandwidth).toFixed(0)} % | |`);
+  console.log(`\nlogits: max |ours − llama.cpp| ${r.logits.oursVsTheirs.toExponential(2)} (logit range ${r.logits.range.toFixed(1)}; same argmax: ${r.logits.argmaxAgree})` +
+    (r.logits.oursVsF32 !== undefined ? `; vs our f32 logits: ours ${r.logits.oursVsF32.toExponential(2)}, llama.cpp ${r.logits.theirsVsF32!.toExponential(2)}` : '') + '\n');
+
+  goals.push([`${r.dtype}: decode batch 1 ≥ 80 % of the bound of its weight bytes`, b1 >= 0.8 * bound, `${((100 * b1) / bound).toFixed(0)} %`]);
+  if (r.dtype !== 'f32') {
+    for (const B of DECODE_BATCHES) {
+      const f = r.measures.get(`decode batch ${B}, tok/s (median step)`)!;
+      const ratio = median(f.ours) / median(f.theirs);
+      goals.push([`${r.dtype} ≥ ${r.peer} at decode batch ${B}`, ratio >= 1, `${ratio.toFixed(2)}x`]);
+    }
+  }
+  for (const L of PREFILL_LENGTHS) {
+    const f = r.measures.get(`prefill L=${L}, tok/s`)!;
+    const ratio = median(f.ours) / median(f.theirs);
+    goals.push([`${r.dtype}: prefill L=${L} ≥ 2x llama.cpp`, ratio >= 2, `${ratio.toFixed(2)}x`]);
+  }
+  const limit = 1.2 * r.oursWeightBytes + 200e6;
+  goals.push([`${r.dtype}: peak RSS ≤ 1.2 × weights + 200 MB (${MB(limit)})`, r.rss.ours <= limit, MB(r.rss.ours)]);
+}
+console.log('| goal | met | figure |\n|---|---|---|');
+for (const [goal, met, figure] of goals) console.log(`| ${goal} | ${met ? 'yes' : '**no**'} | ${figure} |`);
+
+const json = {
+  bench: 'vs-llama-cpp',
+  threads,
+  rounds,
+  steps,
+  llama_cpp: `node-llama-cpp@${args['llama-version']}`,
+  bandwidth_gbs: bandwidth / 1e9,
+  results: results.map((r) => ({
+    dtype: r.dtype,
+    peer: r.peer,
+    ours_weight_bytes: r.oursWeightBytes,
+    theirs_weight_bytes: r.theirsWeightBytes,
+    logits: r.logits,
+    measures: Object.fromEntries([...r.measures].map(([k, f]) => [k, { ours: f.ours, theirs: f.theirs }])),
+    peak_rss: r.rss,
+  })),
+  goals: goals.map(([goal, met, figure]) => ({ goal, met, figure })),
+};
+console.log(JSON.stringify(json));
+if (args.json) await writeFile(args.json, `${JSON.stringify(json, null, 1)}\n`);
