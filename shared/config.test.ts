@@ -42,4 +42,9 @@ describe('worker config: WEIGHTS_DTYPE', () => {
     expect(() => parseEnv(WorkerConfigSchema, { ...base, WEIGHTS_DTYPE: 'int4', ENGINE: 'cuda' })).toThrow(/WEIGHTS_DTYPE: int8 and int4 weights run on the ort engine only/);
     expect(() => parseEnv(WorkerConfigSchema, { ...base, WEIGHTS_DTYPE: 'fp8' })).toThrow(/WEIGHTS_DTYPE/);
   });
+
+  it("leaves ONNX Runtime's threads not spinning unless asked", () => {
+    expect(parseEnv(WorkerConfigSchema, base).ORT_INTRA_OP_SPINNING).toBe(false);
+    expect(parseEnv(WorkerConfigSchema, { ...base, ORT_INTRA_OP_SPINNING: 'true' }).ORT_INTRA_OP_SPINNING).toBe(true);
+  });
 });

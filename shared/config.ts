@@ -171,6 +171,12 @@ export const WorkerConfigSchema = z.object({
   ORT_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda']).default('cpu'),
   ORT_INTRA_OP_THREADS: int(0, 1024).default(0),
   /**
+   * Whether ONNX Runtime's intra-op threads spin-wait between ops (and for a while after a run)
+   * instead of sleeping. Off by default: on a small worker the spinning threads take cores
+   * from the event loop and from each other (bench/ort-spinning.ts measures it end to end).
+   */
+  ORT_INTRA_OP_SPINNING: bool.default(false),
+  /**
    * Weights of the ORT engine's graph build: f32 (exact; the default), or int8 / int4 block-
    * quantized projections and LM head (ONNX Runtime's MatMulNBits; SSM parameters, norms, conv
    * and states stay fp32). Quantized weights exist on the ORT engine only.

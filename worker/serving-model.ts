@@ -38,6 +38,7 @@ export async function loadServingModel(
     | 'ENGINE'
     | 'ORT_EXECUTION_PROVIDER'
     | 'ORT_INTRA_OP_THREADS'
+    | 'ORT_INTRA_OP_SPINNING'
     | 'WEIGHTS_DTYPE'
     | 'S3_ENDPOINT'
     | 'S3_REGION'
@@ -60,6 +61,7 @@ export async function loadServingModel(
     cacheDir: config.MODEL_CACHE_DIR,
     ortExecutionProvider: config.ORT_EXECUTION_PROVIDER,
     intraOpThreads: config.ORT_INTRA_OP_THREADS,
+    intraOpSpinning: config.ORT_INTRA_OP_SPINNING,
     weightsDtype: config.WEIGHTS_DTYPE,
   });
   const tokenizer = await loadTokenizer(dir, checkpoint.vocabRows);

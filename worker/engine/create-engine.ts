@@ -20,6 +20,8 @@ export interface CreateEngineOptions {
   readonly ortExecutionProvider?: 'cpu' | 'cuda';
   /** 0 = one per core. */
   readonly intraOpThreads?: number;
+  /** ORT_INTRA_OP_SPINNING (default off). */
+  readonly intraOpSpinning?: boolean;
   /** WEIGHTS_DTYPE: quantized weights (int8, int4) exist on the ORT engine only. */
   readonly weightsDtype?: WeightsDtype;
 }
@@ -55,6 +57,7 @@ export async function createEngine(options: CreateEngineOptions): Promise<{ engi
         cacheDir: options.cacheDir ?? DEFAULT_CACHE_DIR,
         executionProvider: options.ortExecutionProvider ?? 'cpu',
         intraOpThreads: options.intraOpThreads ?? 0,
+        intraOpSpinning: options.intraOpSpinning ?? false,
         weightsDtype: dtype,
       });
       return { engine, checkpoint };

@@ -32,6 +32,13 @@ export interface OrtEngineOptions {
   readonly executionProvider?: 'cpu' | 'cuda';
   /** Intra-op threads of ONNX Runtime; 0 = one per core. */
   readonly intraOpThreads?: number;
+  /**
+   * Let the intra-op threads spin-wait between ops and after a run (ORT's default) rather than
+   * sleep. Off unless asked for: measured on a 2-vCPU machine, spinning threads took the cores
+   * a neighbour (the event loop, another process) needed, and decode and prefill both ran
+   * faster without (bench/ort-spinning.ts).
+   */
+  readonly intraOpSpinning?: boolean;
   /** Longest piece of a prompt run in one graph call (bounds activation memory). */
   readonly maxPrefillChunk?: number;
   /** Weights of the graph build: f32 (exact, the default) or block-quantized int8 / int4. */
@@ -135,6 +142,7 @@ export class OrtEngine implements Engine {
           graphOptimizationLevel: 'all',
           // Warnings about initializers the optimizer folded away are noise for a generated graph.
           logSeverityLevel: 3,
+          extra: { session: { intra_op: { allow_spinning: options.intraOpSpinning ? '1' : '0' } } },
         },
       },
     });
