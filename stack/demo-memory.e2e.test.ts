@@ -3,17 +3,22 @@
 // store); several turns of other conversation follow; the question is asked; the greedy
 // answer contains the fact.
 //
-// The acceptance check for the bundled demo model (models/demo; its recall table against
-// distance is in docs/demo-model.md). Greedy decoding makes it deterministic.
+// The acceptance check for the bundled demo models: models/demo (the default) and
+// models/demo-hybrid (the same with a sliding-window attention layer; docs/demo-model.md has
+// both recall tables). Greedy decoding makes it deterministic.
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DEMO_MODEL_DIR } from './demo-model.ts';
+import { DEMO_HYBRID_MODEL_DIR, DEMO_MODEL_DIR } from './demo-model.ts';
 import { startLocalStack, type LocalStack } from './local-stack.ts';
 import { testStackEnv } from './test-stack-env.ts';
 import { REPO_ROOT } from './service-process.ts';
 
+describe.each([
+  { dir: DEMO_MODEL_DIR, id: 'demo' },
+  { dir: DEMO_HYBRID_MODEL_DIR, id: 'demo-hybrid' },
+])('the bundled $id model', ({ dir, id }) => {
 let dataDir: string;
 let stack: LocalStack;
 
@@ -21,8 +26,8 @@ beforeAll(async () => {
   dataDir = await mkdtemp(join(tmpdir(), 'ms-demo-memory-'));
   stack = await startLocalStack({
     env: testStackEnv(dataDir, {
-      MODEL_DIR: join(REPO_ROOT, DEMO_MODEL_DIR),
-      MODEL_ID: 'demo',
+      MODEL_DIR: join(REPO_ROOT, dir),
+      MODEL_ID: id,
       // No hot-state cache: every turn after the restart reads its state from the store.
       STATE_CACHE_BYTES: '0',
       SHUTDOWN_GRACE_MS: '5000',
@@ -63,4 +68,5 @@ describe('the demo model remembers across a restart', () => {
     const answer = await turn('memory', 'What is my locker code?');
     expect(answer).toContain('4812');
   }, 180_000);
+});
 });

@@ -7,6 +7,8 @@ import { join } from 'node:path';
 import { writeRandomCheckpoint } from '../worker/model/testing/random-checkpoint.ts';
 
 export const DEMO_MODEL_DIR = 'models/demo';
+/** The same demo with a sliding-window attention layer (docs/demo-model.md, "The hybrid"). */
+export const DEMO_HYBRID_MODEL_DIR = 'models/demo-hybrid';
 
 async function exists(path: string): Promise<boolean> {
   return stat(path).then(() => true, () => false);
