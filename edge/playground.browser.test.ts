@@ -2,7 +2,7 @@
 // nothing downloaded) against a real stack (edge, Redis, a worker on a tiny model): make a
 // session, chat with a streamed reply, see the versions as a tree, fork, export a version and
 // import it back, build a cartridge and start a session from it, with no script error and no
-// Content-Security-Policy violation. PLAYGROUND_SCREENSHOT=path saves a screenshot (README's).
+// Content-Security-Policy violation. (README's screenshot: tools/docs/playground-screenshot.ts.)
 // Skips, saying so, where no chromium is installed (.ci/run installs it).
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -51,7 +51,8 @@ async function openPage(): Promise<{ page: Page; problems: string[] }> {
     if (m.type() === 'error') problems.push(`console: ${m.text()}`);
   });
   await page.goto(`${serving.url}/`);
-  await page.waitForFunction("document.querySelector('#status')?.textContent === 'ready'");
+  // Polled from outside the page: a predicate evaluated in it would need 'unsafe-eval', which its CSP forbids.
+  await expect.poll(() => page.textContent('#status'), { timeout: 30_000 }).toBe('ready');
   return { page, problems };
 }
 
@@ -99,10 +100,6 @@ describe.skipIf(!available)(title('the playground page'), () => {
     await page.locator('li.cartridge', { hasText: 'handbook' }).locator('button', { hasText: 'new session from it' }).click({ timeout: 30_000 });
     await expect.poll(() => page.textContent('#versions')).toContain('cartridge');
 
-    if (process.env['PLAYGROUND_SCREENSHOT']) {
-      await page.fill('#input', 'What is the code of the side door?');
-      await page.screenshot({ path: process.env['PLAYGROUND_SCREENSHOT'] });
-    }
     expect(problems).toEqual([]);
     await page.close();
   });
@@ -125,7 +122,8 @@ describe.skipIf(!available)(title('the playground page'), () => {
       await expect.poll(() => page.textContent('#error')).toMatch(/needs an API key/);
       await page.fill('#key', 'playground-key-1');
       await page.dispatchEvent('#key', 'change');
-      await page.waitForFunction("document.querySelector('#status')?.textContent === 'ready'");
+      // Polled from outside the page: a predicate evaluated in it would need 'unsafe-eval', which its CSP forbids.
+  await expect.poll(() => page.textContent('#status'), { timeout: 30_000 }).toBe('ready');
       await page.click('#new');
       await expect.poll(() => page.locator('li.session').count()).toBe(1);
       await page.close();

@@ -17,6 +17,7 @@ main { display: grid; grid-template-columns: 260px 1fr 320px; height: calc(100vh
 section { overflow: auto; padding: 12px; border-right: 1px solid var(--line); }
 section:last-child { border-right: 0; }
 h2 { font-size: 13px; text-transform: uppercase; letter-spacing: .04em; color: var(--muted); margin: 12px 0 6px; }
+h2#title { text-transform: none; letter-spacing: 0; font-size: 15px; color: var(--fg); }
 button { font: inherit; border: 1px solid var(--line); background: #fff; border-radius: 6px; padding: 4px 10px; cursor: pointer; }
 button.primary { background: var(--accent); color: #fff; border-color: var(--accent); }
 button:disabled { opacity: .5; cursor: default; }
@@ -270,6 +271,7 @@ async function buildCartridge() {
   try {
     await postJson('/v1/cartridges', { name: $('#cartridge-name').value.trim() || undefined, text });
     $('#cartridge-text').value = '';
+    $('#cartridge-name').value = '';
     await loadCartridges();
   } catch (e) { fail(e); }
 }
