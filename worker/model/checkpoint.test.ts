@@ -7,6 +7,7 @@ import { EngineError } from '../engine/engine.ts';
 import { ReferenceEngine } from '../engine/reference/reference-engine.ts';
 import { EMBEDDINGS, LM_HEAD, layerTensorName, openCheckpoint } from './checkpoint.ts';
 import { ModelError } from './errors.ts';
+import { editConfig, openFailure as failure } from './testing/checkpoint-edits.ts';
 import { writeRandomCheckpoint, type RandomCheckpointOptions } from './testing/random-checkpoint.ts';
 
 let root: string;
@@ -51,23 +52,7 @@ async function editHeader(file: string, edit: (h: Record<string, any>) => void):
   await writeFile(file, out);
 }
 
-async function editConfig(dir: string, edit: (c: Record<string, any>) => void): Promise<void> {
-  const path = join(dir, 'config.json');
-  const c = JSON.parse(await readFile(path, 'utf8'));
-  edit(c);
-  await writeFile(path, JSON.stringify(c));
-}
 
-/** The ModelError that opening `dir` fails with, as "code: message". */
-async function failure(dir: string): Promise<string> {
-  try {
-    await openCheckpoint(dir);
-  } catch (e) {
-    if (!(e instanceof ModelError)) throw e;
-    return `${e.code}: ${e.message}`;
-  }
-  throw new Error(`${dir} opened without error`);
-}
 
 describe('openCheckpoint: layouts users download', () => {
   it('HF naming, fp32, tied: config, sizes and tensors', async () => {

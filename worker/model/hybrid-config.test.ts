@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCheckpoint } from './checkpoint.ts';
 import { ModelError } from './errors.ts';
 import { layersOfType, stateFloats } from './mamba-config.ts';
+import { editConfig, openFailure as failure } from './testing/checkpoint-edits.ts';
 import { writeRandomCheckpoint, type RandomCheckpointOptions } from './testing/random-checkpoint.ts';
 
 let root: string;
@@ -34,22 +35,7 @@ async function make(opts: RandomCheckpointOptions = HYBRID): Promise<string> {
   return dir;
 }
 
-async function editConfig(dir: string, edit: (c: Record<string, unknown>) => void): Promise<void> {
-  const path = join(dir, 'config.json');
-  const c = JSON.parse(await readFile(path, 'utf8')) as Record<string, unknown>;
-  edit(c);
-  await writeFile(path, JSON.stringify(c));
-}
 
-async function failure(dir: string): Promise<string> {
-  try {
-    await openCheckpoint(dir);
-  } catch (e) {
-    if (!(e instanceof ModelError)) throw e;
-    return `${e.code}: ${e.message}`;
-  }
-  throw new Error(`${dir} opened without error`);
-}
 
 describe('hybrid configs', () => {
   it('reads the layer layout, window, heads, head_dim default and RoPE', async () => {

@@ -8,8 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { StateFormatError } from '../../../shared/mstate.ts';
 import { openCheckpoint, type Checkpoint } from '../../model/checkpoint.ts';
 import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../../model/testing/random-checkpoint.ts';
-import { EngineError, type Engine, type Logits } from '../engine.ts';
+import { EngineError } from '../engine.ts';
 import { ReferenceEngine } from '../reference/reference-engine.ts';
+import { maxAbsDiff, stepLogits, tokensFor } from '../testing/compare.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
 import { OrtEngine } from './ort-engine.ts';
 
@@ -23,26 +24,8 @@ afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
 
-function tokensFor(n: number, vocab: number, seed: number): Int32Array {
-  return Int32Array.from({ length: n }, (_, i) => (i * 7919 + seed * 104729) % vocab);
-}
 
-async function stepLogits(engine: Engine, tokens: Int32Array): Promise<Float32Array> {
-  const state = await engine.newState();
-  const rows: Logits[] = [];
-  for (const t of tokens) rows.push(await engine.decode([{ state, token: t }]));
-  const V = engine.model.vocabRows;
-  const out = new Float32Array(tokens.length * V);
-  rows.forEach((r, i) => out.set(r.data, i * V));
-  return out;
-}
 
 const layouts: [string, RandomCheckpointOptions][] = [
   ['HF naming, fp32, tied, conv bias', { seed: 1 }],

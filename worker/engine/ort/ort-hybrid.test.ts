@@ -8,9 +8,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCheckpoint, type Checkpoint } from '../../model/checkpoint.ts';
 import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../../model/testing/random-checkpoint.ts';
-import type { Engine, Logits, StateHandle } from '../engine.ts';
-import { exportHostState, zeroHostState } from '../host-state.ts';
+import type { StateHandle } from '../engine.ts';
 import { ReferenceEngine } from '../reference/reference-engine.ts';
+import { maxAbsDiff, stepLogits, tokensFor, zeroStateAt } from '../testing/compare.ts';
 import { OrtEngine } from './ort-engine.ts';
 
 const FP32_TOLERANCE = 1e-4;
@@ -23,32 +23,9 @@ afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
 
-function tokensFor(n: number, vocab: number, seed: number): Int32Array {
-  return Int32Array.from({ length: n }, (_, i) => (i * 7919 + seed * 104729) % vocab);
-}
 
-async function stepLogits(engine: Engine, state: StateHandle, tokens: Int32Array): Promise<Float32Array> {
-  const rows: Logits[] = [];
-  for (const t of tokens) rows.push(await engine.decode([{ state, token: t }]));
-  const V = engine.model.vocabRows;
-  const out = new Float32Array(tokens.length * V);
-  rows.forEach((r, i) => out.set(r.data, i * V));
-  return out;
-}
 
-/** A zero state that has counted `position` tokens (its ring slots are live zero keys), as .mstate bytes. */
-function zeroStateAt(engine: Engine, position: number): Uint8Array {
-  const s = zeroHostState('reference', engine.model);
-  s.tokensAbsorbed = position;
-  return exportHostState(engine.model, s, { parentVersion: null, transcriptHash: null });
-}
 
 const base = { hiddenSize: 32, numLayers: 3, vocabSize: 64, stateSize: 8 } satisfies RandomCheckpointOptions;
 const layouts: [string, RandomCheckpointOptions][] = [
@@ -80,7 +57,7 @@ describe.each(layouts)('ORT hybrid vs reference: %s', (name, options) => {
   it('full-prompt logits match the reference, and the reference decode matches its prefill', async () => {
     const tokens = tokensFor(L, ckpt.config.vocabSize, 1);
     const expected = await ref.prefill(await ref.newState(), tokens, { allLogits: true });
-    const refSteps = await stepLogits(ref, await ref.newState(), tokens);
+    const refSteps = await stepLogits(ref, tokens, await ref.newState());
     expect(maxAbsDiff(refSteps, expected.data)).toBeLessThan(1e-5);
     const got = await ort.prefill(await ort.newState(), tokens, { allLogits: true });
     expect(maxAbsDiff(got.data, expected.data)).toBeLessThan(FP32_TOLERANCE);
@@ -89,7 +66,7 @@ describe.each(layouts)('ORT hybrid vs reference: %s', (name, options) => {
   it('step-by-step logits equal full-prompt logits', async () => {
     const tokens = tokensFor(L, ckpt.config.vocabSize, 2);
     const full = await ort.prefill(await ort.newState(), tokens, { allLogits: true });
-    const step = await stepLogits(ort, await ort.newState(), tokens);
+    const step = await stepLogits(ort, tokens, await ort.newState());
     expect(maxAbsDiff(step, full.data)).toBeLessThan(FP32_TOLERANCE);
   });
 
@@ -107,7 +84,7 @@ describe.each(layouts)('ORT hybrid vs reference: %s', (name, options) => {
       expect(maxAbsDiff(rest.data, whole.data.subarray(K * ckpt.vocabRows))).toBeLessThan(FP32_TOLERANCE);
       // The same bytes on the reference engine, continued by decode steps.
       const onRef = (await ref.importState(bytes)).state;
-      const stepped = await stepLogits(ref, onRef, tokens.subarray(K));
+      const stepped = await stepLogits(ref, tokens.subarray(K), onRef);
       expect(maxAbsDiff(stepped, rest.data)).toBeLessThan(FP32_TOLERANCE);
     } finally {
       await fresh.close();
@@ -180,7 +157,7 @@ describe('ORT hybrid: positions, size and mismatches', () => {
     const want = await ref.prefill((await ref.importState(bytes)).state, tokens, { allLogits: true });
     const got = await ort.prefill((await ort.importState(bytes)).state, tokens, { allLogits: true });
     expect(maxAbsDiff(got.data, want.data)).toBeLessThan(FP32_TOLERANCE);
-    const stepped = await stepLogits(ort, (await ort.importState(bytes)).state, tokens);
+    const stepped = await stepLogits(ort, tokens, (await ort.importState(bytes)).state);
     expect(maxAbsDiff(stepped, want.data)).toBeLessThan(FP32_TOLERANCE);
   });
 
