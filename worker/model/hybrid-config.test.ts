@@ -6,7 +6,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCheckpoint } from './checkpoint.ts';
-import { ModelError } from './errors.ts';
 import { layersOfType, stateFloats } from './mamba-config.ts';
 import { editConfig, openFailure as failure } from './testing/checkpoint-edits.ts';
 import { writeRandomCheckpoint, type RandomCheckpointOptions } from './testing/random-checkpoint.ts';
