@@ -76,7 +76,7 @@ export const stateInput = (kind: 'conv' | 'ssm', layer: number) => `${kind}_stat
 export const stateOutput = (kind: 'conv' | 'ssm', layer: number) => `${kind}_state_out_${layer}`;
 
 /** Bumped whenever the graph changes, so cached builds of an older graph are rebuilt. */
-export const GRAPH_VERSION = 8;
+export const GRAPH_VERSION = 9;
 
 type Mode = 'step' | 'seq';
 

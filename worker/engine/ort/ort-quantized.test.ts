@@ -2,8 +2,8 @@
 // reference engine run on the dequantized weights (testing/quantized-view.ts). With exact
 // activations the only difference left is rounding (1e-4); as served (int8 activations, like
 // llama.cpp's Q8_0/Q4_0 dot products) the logits stay within a few percent of their range,
-// and the engine's own consistency (full prompt == step by step == batched == resumed) is as
-// tight as in fp32.
+// and the engine's own consistency (full prompt == step by step == batched == resumed) holds
+// to 1e-4 as in fp32.
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -88,7 +88,9 @@ describe.each(['int8', 'int4'] as const)('%s weights', (dtype) => {
       expect(maxAbsDiff(got.data, expected.data)).toBeLessThan(0.03 * maxAbs(expected.data));
     });
 
-    it('as served: step by step == full prompt (1e-4), batched == alone (1e-5), resumed from bytes == uninterrupted (1e-4)', async () => {
+    // Batched rows match alone to rounding, not bit for bit as in f32: MLAS's int8 kernels
+    // order a row's block sums differently at M = 1 and M > 1 (1e-5 seen on logits of ~40).
+    it('as served: step by step == full prompt, batched == alone, resumed from bytes == uninterrupted (1e-4)', async () => {
       const tokens = tokensFor(L, ckpt.config.vocabSize, 3);
       const V = ckpt.vocabRows;
       const full = await served.prefill(await served.newState(), tokens, { allLogits: true });
@@ -106,7 +108,7 @@ describe.each(['int8', 'int4'] as const)('%s weights', (dtype) => {
       const batched = await served.decode(batch.map((state, i) => ({ state, token: i + 1 })));
       for (let i = 0; i < alone.length; i++) {
         const solo = await served.decode([{ state: alone[i]!, token: i + 1 }]);
-        expect(maxAbsDiff(batched.data.subarray(i * V, (i + 1) * V), solo.data)).toBeLessThan(1e-5);
+        expect(maxAbsDiff(batched.data.subarray(i * V, (i + 1) * V), solo.data)).toBeLessThan(1e-4);
       }
 
       const K = 7;

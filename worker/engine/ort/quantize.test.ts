@@ -4,7 +4,7 @@ import * as ort from 'onnxruntime-node';
 import { describe, expect, it } from 'vitest';
 import { Rng } from '../../../shared/rng.ts';
 import { encodeModel, GraphBuilder, MS_DOMAIN } from './onnx-builder.ts';
-import { blocksPerRow, dequantizeMatrix, quantizeMatrix, type QuantBits } from './quantize.ts';
+import { blocksPerRow, dequantizeMatrix, QUANT_BLOCK, quantizeMatrix, type QuantBits } from './quantize.ts';
 
 function randomMatrix(rows: number, cols: number, seed: number): Float32Array {
   const rng = new Rng(seed);
@@ -16,7 +16,7 @@ describe('quantizeMatrix', () => {
   it.each([8, 4] as const)('int%i: every value within half a step of its block scale (or the int4 clamp)', (bits) => {
     const [rows, cols] = [7, 100]; // 100 = 3 whole blocks of 32 and a short one of 4
     const w = randomMatrix(rows, cols, bits);
-    const q = quantizeMatrix(w, rows, cols, bits);
+    const q = quantizeMatrix(w, rows, cols, bits, 32);
     expect(q.data.length).toBe(rows * 4 * ((32 * bits) / 8));
     expect(q.scales.length).toBe(rows * 4);
     const back = dequantizeMatrix(q);
@@ -34,7 +34,7 @@ describe('quantizeMatrix', () => {
   it('int4 scales beat the plain amax / 7 (least squared error per block)', () => {
     const [rows, cols] = [64, 256];
     const w = randomMatrix(rows, cols, 3);
-    const back = dequantizeMatrix(quantizeMatrix(w, rows, cols, 4));
+    const back = dequantizeMatrix(quantizeMatrix(w, rows, cols, 4, 32));
     let ours = 0;
     let plain = 0;
     for (let b = 0; b < (rows * cols) / 32; b++) {
@@ -58,8 +58,8 @@ describe('quantizeMatrix', () => {
 });
 
 /** One session running MatMulNBits (x·Wᵀ) and GatherBlockQuantized (rows of W) on a quantized W. */
-async function runOrtOps(w: Float32Array, rows: number, cols: number, bits: QuantBits, x: Float32Array, m: number, ids: number[]) {
-  const q = quantizeMatrix(w, rows, cols, bits);
+async function runOrtOps(w: Float32Array, rows: number, cols: number, bits: QuantBits, block: number, x: Float32Array, m: number, ids: number[]) {
+  const q = quantizeMatrix(w, rows, cols, bits, block);
   const kb = blocksPerRow(cols, q.block);
   const g = new GraphBuilder('q');
   g.input('x', 'float', [m, cols]);
@@ -82,18 +82,20 @@ async function runOrtOps(w: Float32Array, rows: number, cols: number, bits: Quan
 }
 
 describe('the quantized layout is what ONNX Runtime reads', () => {
-  // 48 and 8: K shorter than, and not a multiple of, the block (dt_proj's K is time_step_rank).
+  // K shorter than, or not a multiple of, the block (dt_proj's K is time_step_rank); 128 is what builds use.
   it.each([
-    [8, 40, 96],
-    [4, 40, 96],
-    [8, 24, 48],
-    [4, 24, 8],
-  ] as const)('int%i [%i, %i]: MatMulNBits and GatherBlockQuantized match float64 products of the dequantized matrix', async (bits, rows, cols) => {
+    [8, 40, 96, 32],
+    [4, 40, 96, 32],
+    [8, 24, 48, 32],
+    [4, 24, 8, 32],
+    [8, 40, 300, QUANT_BLOCK],
+    [4, 40, 300, QUANT_BLOCK],
+  ] as const)('int%i [%i, %i], blocks of %i: MatMulNBits and GatherBlockQuantized match float64 products of the dequantized matrix', async (bits, rows, cols, block) => {
     const w = randomMatrix(rows, cols, rows + cols);
     const m = 3;
     const x = randomMatrix(m, cols, 99);
     const ids = [0, rows - 1, 5];
-    const { y, e, eDims, deq } = await runOrtOps(w, rows, cols, bits, x, m, ids);
+    const { y, e, eDims, deq } = await runOrtOps(w, rows, cols, bits, block, x, m, ids);
     let err = 0;
     let scale = 0;
     for (let i = 0; i < m; i++) {
@@ -106,10 +108,10 @@ describe('the quantized layout is what ONNX Runtime reads', () => {
     }
     expect(err).toBeLessThan(1e-5 * Math.max(1, scale));
     // Rows come back padded to whole blocks: [ids, blocks, block].
-    const kb = blocksPerRow(cols, 32);
-    expect(eDims).toEqual([ids.length, kb, 32]);
+    const kb = blocksPerRow(cols, block);
+    expect(eDims).toEqual([ids.length, kb, block]);
     ids.forEach((id, r) => {
-      for (let c = 0; c < cols; c++) expect(e[r * kb * 32 + c]).toBe(deq[id * cols + c]);
+      for (let c = 0; c < cols; c++) expect(e[r * kb * block + c]).toBe(deq[id * cols + c]);
     });
   });
 });
