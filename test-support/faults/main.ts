@@ -11,6 +11,7 @@ export const LONG: Omit<ScenarioOptions, 'log'> = {
   workers: 2,
   faultGapMs: [2_000, 6_000],
   weights: { 'worker-kill': 6, 'redis-restart-with-data': 1, 'redis-restart-without-data': 1, 's3-freeze': 2, 's3-refuse': 2, 'edge-kill': 2 },
+  maxFaults: 120,
   // The first freeze outlasts the turn deadline (TURN_TIMEOUT_MS below): turns then time out
   // while their commits wait on the store.
   s3FreezeMs: [2_500, 25_000],
@@ -28,6 +29,7 @@ export const SHORT: Omit<ScenarioOptions, 'log'> = {
   workers: 2,
   faultGapMs: [500, 1_000],
   weights: { 'worker-kill': 1, 'redis-restart-with-data': 1, 'redis-restart-without-data': 1, 's3-freeze': 1, 's3-refuse': 1, 'edge-kill': 1 },
+  maxFaults: 9,
   s3FreezeMs: [1_500, 6_500],
   crashPoints: 'after-lease=0.02,before-commit=0.03,after-commit=0.08,after-done=0.02',
   deleteRaces: 2,
