@@ -10,7 +10,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { Message } from '../shared/api-schemas.ts';
 import type { ItemShape } from '../shared/conversation-items.ts';
-import type { ResponseSpec } from '../shared/response-record.ts';
+import { completeRecord, type ResponseSpec } from '../shared/response-record.ts';
+import { ResponseStore } from '../shared/response-store.ts';
 import { ApiError } from '../shared/errors.ts';
 import { decodeFailure, TurnResult, type TurnBase, type TurnJob } from '../shared/jobs.ts';
 import type { TurnOutcome } from '../shared/session-store.ts';
@@ -277,7 +278,8 @@ export class TurnService {
    */
   private async decide(turn: SubmittedTurn): Promise<TurnResult> {
     const { config, queues, sessions, leases } = this.deps;
-    const gone = !(await queues.getJob(turn.model, turn.turnId));
+    const job = await queues.getJob(turn.model, turn.turnId);
+    const gone = !job;
     const why = gone
       ? { code: 'turn_failed' as const, message: `turn ${turn.turnId} was lost by the queue (Redis lost its data) before it finished; it was not saved` }
       : { code: 'turn_timeout' as const, message: `the turn did not finish within ${config.TURN_TIMEOUT_MS} ms; it was not saved` };
@@ -293,7 +295,12 @@ export class TurnService {
       throw e;
     }
     if (outcome.state !== 'committed') await leases.releaseTurn(ref.tenant, ref.session, ref.turnId).catch(() => {});
-    return this.answerDecided(turn, outcome);
+    const result = await this.answerDecided(turn, outcome);
+    // A Responses API turn's record maps the response id to its version; the worker that
+    // committed may have died before writing it (kept if it did).
+    const spec = job?.data.response;
+    if (spec) await new ResponseStore(sessions.objects).write(completeRecord(ref.tenant, spec, result)).catch((e: unknown) => this.deps.log.warn('response record not written', { turn: turn.turnId, error: String(e) }));
+    return result;
   }
 
   private async answerDecided(turn: SubmittedTurn, outcome: TurnOutcome): Promise<TurnResult> {
