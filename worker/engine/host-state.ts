@@ -5,7 +5,7 @@
 // attn_k / attn_v [A, W, KV, head_dim] (position p in slot p mod W, keys after RoPE). Also the
 // conversion to and from `.mstate`.
 import {
-  assertStateModel,
+  assertStateImportable,
   decodeMState,
   encodeMState,
   StateFormatError,
@@ -69,8 +69,10 @@ export function exportHostState(model: ModelInfo, s: HostState, meta: ExportMeta
 }
 
 export function importHostState(engine: EngineKind, model: ModelInfo, bytes: Uint8Array): ImportedState & { state: HostState } {
-  const { header, content } = decodeMState(bytes);
-  assertStateModel(header, model.fingerprint, model.layout);
+  // Every check the edge makes before it stores an upload (no tensor missing, extra or twice,
+  // shapes, finite values, a sane token count), so an engine never loads what an import refuses.
+  assertStateImportable(bytes, model.fingerprint, model.layout);
+  const { content } = decodeMState(bytes);
   const find = (name: string, shape: readonly number[]) => {
     const t = content.tensors.find((x) => x.name === name);
     if (!t) throw new StateFormatError('state_invalid', `state has no tensor "${name}"`);
