@@ -118,10 +118,13 @@ const dtypes = args.dtypes.split(',') as WeightsDtype[];
 const ckpt = await openCheckpoint(modelDir);
 for (const dtype of dtypes) await ensureGraphBuild(ckpt, graphsDir, { dtype });
 
-const bandwidth = await measureReadBandwidth(threads);
+// The bandwidth before each dtype and after the last: a shared machine's neighbours move it,
+// so the ratios use the median of these.
+const bandwidths: number[] = [];
 const memcmp = await measureReadBandwidth(threads, { method: 'memcmp' });
 const results: Figures[] = [];
 for (const dtype of dtypes) {
+  bandwidths.push((await measureReadBandwidth(threads)).bytesPerSecond);
   const child = fork(fileURLToPath(import.meta.url), ['--child', dtype, '--threads', String(threads), '--steps', String(steps), '--cache-dir', args['cache-dir']], {
     execArgv: ['--import', 'tsx'],
   });
@@ -133,13 +136,15 @@ for (const dtype of dtypes) {
   );
 }
 
+bandwidths.push((await measureReadBandwidth(threads)).bytesPerSecond);
+const bandwidth = { bytesPerSecond: [...bandwidths].sort((a, b) => a - b)[Math.floor(bandwidths.length / 2)]! };
 const gbs = (bytesPerSecond: number) => `${(bytesPerSecond / 1e9).toFixed(1)} GB/s`;
 const MB = (b: number) => `${(b / 1e6).toFixed(0)} MB`;
 const cols = (f: (r: Figures) => string) => results.map(f).join(' | ');
 console.log(
   `\nmamba-130m-shaped random model (hidden 768, 24 layers, vocab 50280, ${(ckpt.parameterCount / 1e6).toFixed(1)}M parameters); ` +
     `ORT engine (onnxruntime-node CPU), ${threads} intra-op thread(s); read bandwidth ${gbs(bandwidth.bytesPerSecond)} with vector loads ` +
-    `(memcmp: ${gbs(memcmp.bytesPerSecond)}), median of 7\n`,
+    `(median of ${bandwidths.length} probes between the runs; memcmp: ${gbs(memcmp.bytesPerSecond)})\n`,
 );
 console.log(`| measure | ${dtypes.join(' | ')} |\n|---|${dtypes.map(() => '---').join('|')}|`);
 const rows: [string, (r: Figures) => string][] = [

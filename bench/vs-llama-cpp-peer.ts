@@ -104,11 +104,14 @@ async function llamaSide(): Promise<Side> {
   const { getLlama, LlamaLogLevel } = await import(pathToFileURL(resolve(args['llama-module']!)).href);
   const llama = await getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error, progressLogs: false, maxThreads: threads });
   const model = await llama.loadModel({ modelPath: resolve(args.model!), gpuLayers: 0 });
-  // llama.cpp's default micro-batch (512) for prefill; one context of 8 sequences for decode.
-  const prefillContext = await model.createContext({ contextSize: 4096, batchSize: 512, threads, sequences: 1 });
-  const decodeContext = await model.createContext({ contextSize: 8 * 2048, batchSize: 512, threads, sequences: 8 });
-  const prefillSeq = prefillContext.getSequence();
-  const decodeSeqs = Array.from({ length: 8 }, () => decodeContext.getSequence());
+  // One context, as a server would hold: 8 decode sequences and one for the prefills, each with
+  // room for 2560 tokens; llama.cpp's default micro-batch (512). node-llama-cpp's state
+  // checkpoints (it keeps some for recurrent models) are off: they are the wrapper's, not
+  // llama.cpp's, and cost memory.
+  const context = await model.createContext({ contextSize: 9 * 2560, batchSize: 512, threads, sequences: 9 });
+  const noCheckpoints = { checkpoints: { max: 1, interval: false as const } };
+  const decodeSeqs = Array.from({ length: 8 }, () => context.getSequence(noCheckpoints));
+  const prefillSeq = context.getSequence(noCheckpoints);
   const primed = new Set<number>();
   // Feeding the last token with generateNext makes llama.cpp compute that position's logits
   // (as our prefill does); without it the head would be skipped entirely.
