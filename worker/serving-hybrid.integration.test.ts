@@ -173,6 +173,20 @@ describe('a hybrid model, served', () => {
     expect(v1.tokens_absorbed).toBeGreaterThan(W);
   });
 
+  it('a chat without a session reuses the stored prefix of its history (the prefix cache)', async () => {
+    const client = new OpenAI({ baseURL: `${serving.url}/v1`, apiKey: 'local', maxRetries: 0 });
+    const history: OpenAI.Chat.Completions.ChatCompletionMessageParam[] = [
+      { role: 'system', content: 'You keep notes. '.repeat(20) },
+      { role: 'user', content: `Here is a long note to keep: ${'the window only sees the last few tokens. '.repeat(8)}` },
+    ];
+    const first = await client.chat.completions.create({ model: 'tiny', messages: history, max_tokens: 4, temperature: 0 });
+    expect(first.usage?.prompt_tokens_details?.cached_tokens).toBe(0);
+    const again = await client.chat.completions.create({ model: 'tiny', messages: history, max_tokens: 4, temperature: 0 });
+    // The stored state after the history is reused: only the generation prompt is fed again.
+    expect(again.usage?.prompt_tokens_details?.cached_tokens).toBeGreaterThan(4 * W);
+    expect(again.choices[0]!.message.content).toBe(first.choices[0]!.message.content);
+  });
+
   it('concurrent turns on one worker are batched and each is what it would be alone', async () => {
     const inputs = ['alpha', 'a much longer second input than the others', 'c', 'delta delta delta'];
     const alone: string[] = [];
