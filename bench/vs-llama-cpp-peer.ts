@@ -23,6 +23,7 @@ const { values: args } = parseArgs({
     threads: { type: 'string', default: '2' },
     'cache-dir': { type: 'string', default: '.cache/bench' },
     'llama-module': { type: 'string' },
+    spinning: { type: 'boolean', default: false },
   },
 });
 const threads = Number(args.threads);
@@ -61,6 +62,7 @@ async function oursSide(): Promise<Side> {
     engine: 'ort',
     cacheDir: resolve(args['cache-dir'], 'graphs'),
     intraOpThreads: threads,
+    intraOpSpinning: args.spinning,
     weightsDtype: args.dtype as WeightsDtype,
   });
   const sessions = new Map<number, StateHandle[]>();

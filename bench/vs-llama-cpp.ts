@@ -1,6 +1,6 @@
 // Our ORT engine against llama.cpp on CPU, side by side on the same weights:
 //
-//   npx tsx bench/vs-llama-cpp.ts [--threads N] [--rounds 6] [--steps 32] [--dtypes f32,int8,int4]
+//   npx tsx bench/vs-llama-cpp.ts [--threads N] [--rounds 6] [--steps 32] [--dtypes f32,int8,int4] [--spinning]
 //
 // - The peer is llama.cpp through the npm package node-llama-cpp (its prebuilt CPU binaries),
 //   installed on first use into .cache/bench/node-llama-cpp with npm, from the npm registry
@@ -39,6 +39,8 @@ const { values: args } = parseArgs({
     'cache-dir': { type: 'string', default: '.cache/bench' },
     'llama-version': { type: 'string', default: '3.22.1' },
     json: { type: 'string' },
+    /** Our engine with ORT_INTRA_OP_SPINNING=true (as llama.cpp's threads poll by default); default: as served. */
+    spinning: { type: 'boolean', default: false },
   },
 });
 const threads = Number(args.threads);
@@ -151,7 +153,9 @@ interface DtypeResult {
   measures: Map<string, Figures>;
   /** Every decode step time of all rounds, for the fastest-10 % figure. */
   steps: Map<string, Figures>;
+  /** Peak RSS after the first round (load included), and at the end of all rounds. */
   rss: { ours: number; theirs: number };
+  rssEnd: { ours: number; theirs: number };
 }
 
 const LOGITS_PROMPT = Array.from({ length: 64 }, (_, i) => (i * 7919 + 5) % 50000);
@@ -172,7 +176,7 @@ for (const dtype of dtypes) {
   const theirsWeightBytes = statSync(gguf).size;
 
   const common = ['--threads', String(threads), '--cache-dir', cacheDir];
-  const ours = await Peer.start('ours', ['--side', 'ours', '--model', modelDir, '--dtype', dtype, ...common]);
+  const ours = await Peer.start('ours', ['--side', 'ours', '--model', modelDir, '--dtype', dtype, ...(args.spinning ? ['--spinning'] : []), ...common]);
   const theirs = await Peer.start('llama.cpp', ['--side', 'llama', '--model', gguf, '--llama-module', llamaModule, ...common]);
   try {
     const [lo, lt] = [(await ours.ask<{ logits: number[] }>({ op: 'logits', tokens: LOGITS_PROMPT })).logits, (await theirs.ask<{ logits: number[] }>({ op: 'logits', tokens: LOGITS_PROMPT })).logits];
@@ -189,7 +193,9 @@ for (const dtype of dtypes) {
 
     const measures = new Map<string, Figures>();
     const stepsAll = new Map<string, Figures>();
+    let counting = false;
     const add = (m: Map<string, Figures>, key: string, side: 'ours' | 'theirs', v: number[]) => {
+      if (!counting) return;
       const f = m.get(key) ?? { ours: [], theirs: [] };
       f[side].push(...v);
       m.set(key, f);
@@ -197,7 +203,15 @@ for (const dtype of dtypes) {
     // Idle between measurements: a side's threads may still spin (ORT's intra-op threads do,
     // unless told not to) and would steal cores from the other side's measurement.
     const settle = () => new Promise((r) => setTimeout(r, 300));
-    for (let r = 0; r < rounds; r++) {
+    const peakRss = async () => ({
+      ours: (await ours.ask<{ peakRssBytes: number }>({ op: 'rss' })).peakRssBytes,
+      theirs: (await theirs.ask<{ peakRssBytes: number }>({ op: 'rss' })).peakRssBytes,
+    });
+    let rss: DtypeResult['rss'] | undefined;
+    // Round -1 warms both sides up (first-use costs: page faults, llama.cpp's first batch of a
+    // sequence) and is not counted.
+    for (let r = -1; r < rounds; r++) {
+      counting = r >= 0;
       const order: ['ours' | 'theirs', Peer][] = r % 2 === 0 ? [['ours', ours], ['theirs', theirs]] : [['theirs', theirs], ['ours', ours]];
       for (const L of PREFILL_LENGTHS) {
         for (const [side, peer] of order) {
@@ -213,10 +227,13 @@ for (const dtype of dtypes) {
           add(stepsAll, `decode batch ${B}`, side, times);
         }
       }
-      console.log(`${dtype}: round ${r + 1}/${rounds} done`);
+      // Peak RSS once every measurement has run once (the warm-up round). node-llama-cpp's process keeps growing with
+      // every decode step afterwards (~0.5 MB a token here; the wrapper's, not llama.cpp's), so
+      // the end-of-run figure would charge llama.cpp for its wrapper's bookkeeping.
+      if (r === -1) rss = await peakRss();
+      console.log(`${dtype}: ${r === -1 ? 'warm-up round' : `round ${r + 1}/${rounds}`} done`);
     }
-    const rss = { ours: (await ours.ask<{ peakRssBytes: number }>({ op: 'rss' })).peakRssBytes, theirs: (await theirs.ask<{ peakRssBytes: number }>({ op: 'rss' })).peakRssBytes };
-    results.push({ dtype, peer: peerDtype, oursWeightBytes, theirsWeightBytes, logits, measures, steps: stepsAll, rss });
+    results.push({ dtype, peer: peerDtype, oursWeightBytes, theirsWeightBytes, logits, measures, steps: stepsAll, rss: rss!, rssEnd: await peakRss() });
   } finally {
     await ours.stop();
     await theirs.stop();
@@ -230,7 +247,7 @@ const bandwidth = (bandwidthBefore.bytesPerSecond + bandwidthAfter.bytesPerSecon
 const MB = (b: number) => `${(b / 1e6).toFixed(0)} MB`;
 const spread = (xs: number[], digits = 0) => `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)})`;
 console.log(
-  `\nours: ORT engine (onnxruntime-node CPU); theirs: llama.cpp via node-llama-cpp@${args['llama-version']} (CPU); ${threads} threads each; ` +
+  `\nours: ORT engine (onnxruntime-node CPU, intra-op spinning ${args.spinning ? 'on' : 'off'}); theirs: llama.cpp via node-llama-cpp@${args['llama-version']} (CPU); ${threads} threads each; ` +
     `median (min–max) over ${rounds} interleaved rounds; decode: the median of ${steps} steps per round; read bandwidth ${(bandwidth / 1e9).toFixed(1)} GB/s (vector loads, ${threads} threads)\n`,
 );
 const goals: [string, boolean, string][] = [];
@@ -243,7 +260,8 @@ for (const r of results) {
     const fast = (xs: number[]) => (1000 * B) / quantile(xs, 0.1);
     console.log(`| ${name}, tok/s (fastest 10 % of steps) | ${fast(f.ours).toFixed(0)} | ${fast(f.theirs).toFixed(0)} | ${(fast(f.ours) / fast(f.theirs)).toFixed(2)} |`);
   }
-  console.log(`| peak RSS | ${MB(r.rss.ours)} | ${MB(r.rss.theirs)} | ${(r.rss.ours / r.rss.theirs).toFixed(2)} |`);
+  console.log(`| peak RSS (load and the warm-up round: every measurement once) | ${MB(r.rss.ours)} | ${MB(r.rss.theirs)} | ${(r.rss.ours / r.rss.theirs).toFixed(2)} |`);
+  console.log(`| peak RSS at the end of all rounds | ${MB(r.rssEnd.ours)} | ${MB(r.rssEnd.theirs)} | ${(r.rssEnd.ours / r.rssEnd.theirs).toFixed(2)} |`);
   const b1 = median(r.measures.get('decode batch 1, tok/s (median step)')!.ours);
   const bound = bandwidth / r.oursWeightBytes;
   console.log(`| decode batch 1: bound of its weight bytes (bandwidth ÷ ${MB(r.oursWeightBytes)}) | ${bound.toFixed(0)} tok/s; reached ${((100 * b1) / bound).toFixed(0)} % | ${(bandwidth / r.theirsWeightBytes).toFixed(0)} tok/s; reached ${((100 * median(r.measures.get('decode batch 1, tok/s (median step)')!.theirs) * r.theirsWeightBytes) / bandwidth).toFixed(0)} % | |`);
@@ -275,6 +293,7 @@ const json = {
   rounds,
   steps,
   llama_cpp: `node-llama-cpp@${args['llama-version']}`,
+  ours_spinning: args.spinning,
   bandwidth_gbs: bandwidth / 1e9,
   results: results.map((r) => ({
     dtype: r.dtype,
@@ -284,6 +303,7 @@ const json = {
     logits: r.logits,
     measures: Object.fromEntries([...r.measures].map(([k, f]) => [k, { ours: f.ours, theirs: f.theirs }])),
     peak_rss: r.rss,
+    peak_rss_end: r.rssEnd,
   })),
   goals: goals.map(([goal, met, figure]) => ({ goal, met, figure })),
 };
