@@ -47,4 +47,10 @@ describe('worker config: WEIGHTS_DTYPE', () => {
     expect(parseEnv(WorkerConfigSchema, base).ORT_INTRA_OP_SPINNING).toBe(false);
     expect(parseEnv(WorkerConfigSchema, { ...base, ORT_INTRA_OP_SPINNING: 'true' }).ORT_INTRA_OP_SPINNING).toBe(true);
   });
+
+  it('pre-packs weights unless told not to, and only f32 weights may go unpacked', () => {
+    expect(parseEnv(WorkerConfigSchema, base).ORT_PREPACK_WEIGHTS).toBe(true);
+    expect(parseEnv(WorkerConfigSchema, { ...base, ORT_PREPACK_WEIGHTS: 'false' }).ORT_PREPACK_WEIGHTS).toBe(false);
+    expect(() => parseEnv(WorkerConfigSchema, { ...base, ORT_PREPACK_WEIGHTS: 'false', WEIGHTS_DTYPE: 'int4' })).toThrow(/ORT_PREPACK_WEIGHTS: false is for f32 weights only/);
+  });
 });

@@ -171,7 +171,7 @@ export const WorkerConfigSchema = z.object({
   ORT_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda']).default('cpu'),
   ORT_INTRA_OP_THREADS: int(0, 1024).default(0),
   /**
-   * Whether ONNX Runtime's intra-op threads spin-wait between ops (and for a while after a run)
+   * Whether ONNX Runtime's intra-op threads spin between ops (and for a while after a run)
    * instead of sleeping. Off by default: on a small worker the spinning threads take cores
    * from the event loop and from each other (bench/ort-spinning.ts measures it end to end).
    */
@@ -182,6 +182,15 @@ export const WorkerConfigSchema = z.object({
    * and states stay fp32). Quantized weights exist on the ORT engine only.
    */
   WEIGHTS_DTYPE: z.enum(['f32', 'int8', 'int4']).default('f32'),
+  /**
+   * Whether ONNX Runtime repacks the f32 projection weights into its GEMM layout at load (its
+   * default; fastest decode). The packed copy is a second copy of the weights: the process
+   * peaks at both while loading and keeps the packed one. false: the MatMuls read the mapped
+   * weights file as it is, one copy (shared by every process on the host that maps it), at a
+   * measured cost in decode speed (README "Memory"). f32 only: the quantized kernels compute
+   * from their packed layout.
+   */
+  ORT_PREPACK_WEIGHTS: bool.default(true),
   WORKER_CONCURRENCY: int(1, 1024).default(8),
   /** Bytes of hot session states kept in the worker's LRU cache. */
   STATE_CACHE_BYTES: int(0).default(1 << 30),
@@ -214,6 +223,10 @@ export const WorkerConfigSchema = z.object({
   .refine((c) => c.WEIGHTS_DTYPE === 'f32' || c.ENGINE === 'auto' || c.ENGINE === 'ort', {
     path: ['WEIGHTS_DTYPE'],
     message: 'int8 and int4 weights run on the ort engine only (ENGINE=auto or ort)',
+  })
+  .refine((c) => c.ORT_PREPACK_WEIGHTS || c.WEIGHTS_DTYPE === 'f32', {
+    path: ['ORT_PREPACK_WEIGHTS'],
+    message: 'false is for f32 weights only: int8 and int4 matmuls compute from their packed layout (unpacked, decode ran 20x slower)',
   });
 export type WorkerConfig = z.output<typeof WorkerConfigSchema>;
 

@@ -40,6 +40,7 @@ export async function loadServingModel(
     | 'ORT_INTRA_OP_THREADS'
     | 'ORT_INTRA_OP_SPINNING'
     | 'WEIGHTS_DTYPE'
+    | 'ORT_PREPACK_WEIGHTS'
     | 'S3_ENDPOINT'
     | 'S3_REGION'
     | 'S3_FORCE_PATH_STYLE'
@@ -63,6 +64,7 @@ export async function loadServingModel(
     intraOpThreads: config.ORT_INTRA_OP_THREADS,
     intraOpSpinning: config.ORT_INTRA_OP_SPINNING,
     weightsDtype: config.WEIGHTS_DTYPE,
+    prepackWeights: config.ORT_PREPACK_WEIGHTS,
   });
   const tokenizer = await loadTokenizer(dir, checkpoint.vocabRows);
   const template = await loadChatTemplate(dir, tokenizer);

@@ -39,6 +39,7 @@ describe('createEngine', () => {
       await engine.close();
     }
     await expect(createEngine({ modelDir: join(root, 'model'), engine: 'reference', weightsDtype: 'int4' })).rejects.toMatchObject({ code: 'weights_dtype_unsupported' });
+    await expect(createEngine({ modelDir: join(root, 'model'), engine: 'ort', weightsDtype: 'int8', prepackWeights: false })).rejects.toMatchObject({ code: 'weights_dtype_unsupported' });
   });
 
   it('a missing model directory is a model_not_found error', async () => {

@@ -24,6 +24,8 @@ export interface CreateEngineOptions {
   readonly intraOpSpinning?: boolean;
   /** WEIGHTS_DTYPE: quantized weights (int8, int4) exist on the ORT engine only. */
   readonly weightsDtype?: WeightsDtype;
+  /** ORT_PREPACK_WEIGHTS (default on; off: f32 weights held once). */
+  readonly prepackWeights?: boolean;
 }
 
 /** A weights dtype the chosen engine cannot run (quantized weights on the reference or CUDA engine). */
@@ -46,6 +48,9 @@ export async function createEngine(options: CreateEngineOptions): Promise<{ engi
   if (dtype !== 'f32' && choice !== 'ort') {
     throw new WeightsDtypeError(`WEIGHTS_DTYPE=${dtype} runs on the ort engine only; the ${choice} engine computes with the checkpoint's weights in fp32`);
   }
+  if (options.prepackWeights === false && dtype !== 'f32') {
+    throw new WeightsDtypeError(`ORT_PREPACK_WEIGHTS=false is for f32 weights only: ${dtype} matmuls compute from their packed layout`);
+  }
   switch (choice) {
     case 'reference':
       return { engine: await ReferenceEngine.load(checkpoint), checkpoint };
@@ -59,6 +64,7 @@ export async function createEngine(options: CreateEngineOptions): Promise<{ engi
         intraOpThreads: options.intraOpThreads ?? 0,
         intraOpSpinning: options.intraOpSpinning ?? false,
         weightsDtype: dtype,
+        prepackWeights: options.prepackWeights ?? true,
       });
       return { engine, checkpoint };
     }

@@ -48,6 +48,16 @@ export interface OrtEngineOptions {
   readonly maxPrefillChunk?: number;
   /** Weights of the graph build: f32 (exact, the default) or block-quantized int8 / int4. */
   readonly weightsDtype?: WeightsDtype;
+  /**
+   * Let ONNX Runtime repack the f32 projection weights into its GEMM layout at load (default
+   * true). The packed copy is a second one: while loading, the mapped weights file and the
+   * packed copy are both resident (peak RSS about twice the weights), and the packed one stays.
+   * false: the MatMuls read the mapped file as it is — one copy, shared with every process on
+   * the host that maps the same build — and decode pays for packing panels on the fly
+   * (measured in README "Memory"). Quantized builds always pack (MatMulNBits computes from its
+   * own layout); false is refused for them.
+   */
+  readonly prepackWeights?: boolean;
   /** Quantized builds: 'f32' multiplies exactly by the dequantized weights (slow; tests). Default int8. */
   readonly quantizedActivations?: NBitsActivations;
 }
@@ -118,6 +128,10 @@ export class OrtEngine implements Engine {
 
   static async load(ckpt: Checkpoint, options: OrtEngineOptions): Promise<OrtEngine> {
     const weightsDtype = options.weightsDtype ?? 'f32';
+    const prepack = options.prepackWeights ?? true;
+    if (!prepack && weightsDtype !== 'f32') {
+      throw new RangeError(`prepackWeights false is for f32 weights only (${weightsDtype} matmuls compute from their packed layout)`);
+    }
     const build = await ensureGraphBuild(ckpt, options.cacheDir, {
       dtype: weightsDtype,
       ...(options.quantizedActivations ? { activations: options.quantizedActivations } : {}),
@@ -147,7 +161,7 @@ export class OrtEngine implements Engine {
           graphOptimizationLevel: 'all',
           // Warnings about initializers the optimizer folded away are noise for a generated graph.
           logSeverityLevel: 3,
-          extra: { session: { intra_op: { allow_spinning: options.intraOpSpinning ? '1' : '0' } } },
+          extra: { session: { intra_op: { allow_spinning: options.intraOpSpinning ? '1' : '0' }, ...(prepack ? {} : { disable_prepacking: '1' }) } },
         },
       },
     });
