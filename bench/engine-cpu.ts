@@ -6,7 +6,11 @@
 //
 //   npm run bench:engine            (or: npx tsx bench/engine-cpu.ts [--dtypes f32,int8,int4] [--threads N] [--steps N])
 //
-// Each dtype runs in a process of its own, so its peak RSS is its own. The random checkpoint
+// `f32-unpacked` is f32 with ORT_PREPACK_WEIGHTS=false: the weights held once (the mapped
+// build file) instead of ONNX Runtime's repacked copy; "resident at the end" shows what each
+// keeps, the peak what loading cost.
+//
+// Each variant runs in a process of its own, so its peak RSS is its own. The random checkpoint
 // (~520 MB) is generated once into .cache/bench/.
 import { fork } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
@@ -26,7 +30,8 @@ const { values: args } = parseArgs({
   options: {
     threads: { type: 'string', default: String(availableParallelism()) },
     steps: { type: 'string', default: '60' },
-    dtypes: { type: 'string', default: 'f32,int8,int4' },
+    /** Variants: a weights dtype, or f32-unpacked (f32 with ORT_PREPACK_WEIGHTS=false). */
+    dtypes: { type: 'string', default: 'f32,f32-unpacked,int8,int4' },
     'cache-dir': { type: 'string', default: '.cache/bench' },
     /** Internal: measure this one dtype and send the figures to the parent. */
     child: { type: 'string' },
@@ -37,8 +42,11 @@ const steps = Number(args.steps);
 const modelDir = join(args['cache-dir'], 'mamba-130m-random');
 const graphsDir = join(args['cache-dir'], 'graphs');
 
+type Variant = WeightsDtype | 'f32-unpacked';
+const dtypeOf = (v: Variant): WeightsDtype => (v === 'f32-unpacked' ? 'f32' : v);
+
 interface Figures {
-  dtype: WeightsDtype;
+  dtype: Variant;
   weightBytes: number;
   loadMs: number;
   afterLoad: { anon: number; file: number };
@@ -47,6 +55,7 @@ interface Figures {
   prefill512: number;
   prefill4096: number;
   peakRss: number;
+  atEnd: { anon: number; file: number };
 }
 
 function memory(): { anon: number; file: number; peak: number } {
@@ -82,14 +91,15 @@ async function prefillRate(engine: Engine, L: number): Promise<number> {
   return L / seconds;
 }
 
-async function measure(dtype: WeightsDtype): Promise<Figures> {
+async function measure(variant: Variant): Promise<Figures> {
+  const dtype = dtypeOf(variant);
   const loadStarted = performance.now();
-  const { engine } = await createEngine({ modelDir, engine: 'ort', cacheDir: graphsDir, intraOpThreads: threads, weightsDtype: dtype });
+  const { engine } = await createEngine({ modelDir, engine: 'ort', cacheDir: graphsDir, intraOpThreads: threads, weightsDtype: dtype, prepackWeights: variant !== 'f32-unpacked' });
   const loadMs = performance.now() - loadStarted;
   const afterLoad = memory();
   const build = await ensureGraphBuild(await openCheckpoint(modelDir), graphsDir, { dtype });
   const figures: Figures = {
-    dtype,
+    dtype: variant,
     weightBytes: statSync(join(dirname(build.modelPath), 'weights.bin')).size,
     loadMs,
     afterLoad: { anon: afterLoad.anon, file: afterLoad.file },
@@ -98,14 +108,17 @@ async function measure(dtype: WeightsDtype): Promise<Figures> {
     prefill512: await prefillRate(engine, 512),
     prefill4096: await prefillRate(engine, 4096),
     peakRss: 0,
+    atEnd: { anon: 0, file: 0 },
   };
+  const atEnd = memory();
+  figures.atEnd = { anon: atEnd.anon, file: atEnd.file };
   await engine.close();
   figures.peakRss = memory().peak;
   return figures;
 }
 
 if (args.child) {
-  process.send!(await measure(args.child as WeightsDtype));
+  process.send!(await measure(args.child as Variant));
   process.exit(0);
 }
 
@@ -113,10 +126,10 @@ if (!existsSync(join(modelDir, 'model.safetensors'))) {
   console.log(`generating a mamba-130m-shaped random checkpoint in ${modelDir} (once)…`);
   await writeRandomCheckpoint(modelDir, { hiddenSize: 768, numLayers: 24, vocabSize: 50280, stateSize: 16, convKernel: 4, expand: 2, seed: 130 });
 }
-const dtypes = args.dtypes.split(',') as WeightsDtype[];
+const dtypes = args.dtypes.split(',') as Variant[];
 // Builds first (a build's own memory is not the engine's).
 const ckpt = await openCheckpoint(modelDir);
-for (const dtype of dtypes) await ensureGraphBuild(ckpt, graphsDir, { dtype });
+for (const dtype of new Set(dtypes.map(dtypeOf))) await ensureGraphBuild(ckpt, graphsDir, { dtype });
 
 // The bandwidth before each dtype and after the last: a shared machine's neighbours move it,
 // so the ratios use the median of these.
@@ -156,6 +169,7 @@ const rows: [string, (r: Figures) => string][] = [
   ['**decode batch 1: weight bytes read per second / bandwidth**', (r) => `**${((100 * r.weightBytes) / (r.decode1Ms / 1000) / bandwidth.bytesPerSecond).toFixed(0)} %**`],
   ['prefill, L = 512', (r) => `${r.prefill512.toFixed(0)} tok/s`],
   ['prefill, L = 4096', (r) => `${r.prefill4096.toFixed(0)} tok/s`],
+  ['resident at the end: anonymous + file-backed', (r) => `${MB(r.atEnd.anon)} + ${MB(r.atEnd.file)}`],
   ['peak RSS (the process, load included)', (r) => MB(r.peakRss)],
 ];
 for (const [name, f] of rows) console.log(`| ${name} | ${cols(f)} |`);
@@ -175,6 +189,8 @@ console.log(
       prefill_4096_tok_s: r.prefill4096,
       rss_after_load_anon_mb: r.afterLoad.anon / 1e6,
       rss_after_load_file_mb: r.afterLoad.file / 1e6,
+      rss_end_anon_mb: r.atEnd.anon / 1e6,
+      rss_end_file_mb: r.atEnd.file / 1e6,
       peak_rss_mb: r.peakRss / 1e6,
     })),
   }),
