@@ -21,7 +21,8 @@ export class RedisServerMissingError extends Error {
   }
 }
 
-function ping(port: number): Promise<boolean> {
+/** Whether a Redis answers PING on this loopback port (within 500 ms). */
+export function pingRedis(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = connect({ port, host: '127.0.0.1' });
     const done = (ok: boolean) => {
@@ -35,7 +36,8 @@ function ping(port: number): Promise<boolean> {
   });
 }
 
-function exited(child: ChildProcess): Promise<void> {
+/** Resolves once the child has exited (at once if it already has). */
+export function exited(child: ChildProcess): Promise<void> {
   return child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise((r) => child.once('exit', () => r()));
 }
 
@@ -72,7 +74,7 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
     }
     const started = Date.now();
     while (Date.now() - started < 10_000 && child.exitCode === null) {
-      if (await ping(port)) {
+      if (await pingRedis(port)) {
         return {
           url: `redis://127.0.0.1:${port}`,
           port,

@@ -4,10 +4,10 @@
 // may be a little older than what clients were told. "Without" is a new, empty server.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '../../stack/free-port.ts';
+import { exited, pingRedis } from '../../stack/redis-server.ts';
 
 export interface RedisProcess {
   readonly url: string;
@@ -18,23 +18,6 @@ export interface RedisProcess {
   start(options: { withData: boolean }): Promise<void>;
   stop(): Promise<void>;
 }
-
-function ping(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ port, host: '127.0.0.1' });
-    const done = (ok: boolean) => {
-      socket.destroy();
-      resolve(ok);
-    };
-    socket.setTimeout(500, () => done(false));
-    socket.on('error', () => done(false));
-    socket.on('connect', () => socket.write('PING\r\n'));
-    socket.on('data', (d) => done(d.toString().startsWith('+PONG')));
-  });
-}
-
-const exited = (child: ChildProcess) =>
-  child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise<void>((r) => child.once('exit', () => r()));
 
 export async function startRedisProcess(): Promise<RedisProcess> {
   const port = await freePort();
@@ -48,7 +31,7 @@ export async function startRedisProcess(): Promise<RedisProcess> {
     );
     child = c;
     const started = Date.now();
-    while (!(await ping(port))) {
+    while (!(await pingRedis(port))) {
       if (c.exitCode !== null) throw new Error(`redis-server on port ${port} exited (${c.exitCode})`);
       if (Date.now() - started > 20_000) throw new Error(`redis-server on port ${port} did not answer within 20 s`);
       await new Promise((r) => setTimeout(r, 20));
