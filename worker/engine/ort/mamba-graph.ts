@@ -57,8 +57,7 @@ export interface GraphWeights {
 export interface LayerWeightRefs {
   readonly kind: 'mamba';
   norm: ExternalRef; // [d]
-  inProjX: LinearRef; // d -> D (in_proj rows 0..D-1)
-  inProjZ: LinearRef; // d -> D (in_proj rows D..2D-1)
+  inProj: LinearRef; // d -> 2D (rows 0..D-1 make x, D..2D-1 make z)
   convW: ExternalRef; // [D, 1, K] for Conv (prefill)
   convWKD: ExternalRef; // [K, D] the same weights for the single-step form
   convBias?: ExternalRef; // [D]
@@ -76,7 +75,7 @@ export const stateInput = (kind: 'conv' | 'ssm', layer: number) => `${kind}_stat
 export const stateOutput = (kind: 'conv' | 'ssm', layer: number) => `${kind}_state_out_${layer}`;
 
 /** Bumped whenever the graph changes, so cached builds of an older graph are rebuilt. */
-export const GRAPH_VERSION = 9;
+export const GRAPH_VERSION = 10;
 
 type Mode = 'step' | 'seq';
 
@@ -93,8 +92,7 @@ interface WeightNames {
 interface MambaWeightNames {
   kind: 'mamba';
   norm: string;
-  inProjX: LinearNames;
-  inProjZ: LinearNames;
+  inProj: LinearNames;
   convW: string;
   convWKD: string;
   convBias?: string;
@@ -155,8 +153,7 @@ function registerWeights(g: GraphBuilder, weights: GraphWeights, dims: Dims, act
       const names: MambaWeightNames = {
         kind: 'mamba',
         norm: w(`${p}norm`, [d], lw.norm),
-        inProjX: linear(`${p}in_proj_x`, lw.inProjX),
-        inProjZ: linear(`${p}in_proj_z`, lw.inProjZ),
+        inProj: linear(`${p}in_proj`, lw.inProj),
         convW: w(`${p}conv_w`, [D, 1, K], lw.convW),
         convWKD: w(`${p}conv_w_kd`, [K, D], lw.convWKD),
         xProj: linear(`${p}x_proj`, lw.xProj),
@@ -185,6 +182,19 @@ function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): str
     const ms = g.op('ReduceMean', [g.op('Pow', [x, two])], { axes: [-1], keepdims: 1 });
     return g.op('Mul', [g.op('Div', [x, g.op('Sqrt', [g.op('Add', [ms, eps])])]), weight]);
   };
+  // The residual stream: each layer's output is added to it right before the next norm reads
+  // it, so the add and the norm are one SkipSimplifiedLayerNormalization (ORT's contrib op; it
+  // returns the normalized sum and the sum) — one kernel a layer fewer, which at decode is most
+  // of what a small op costs. `pending` is the output not yet added.
+  let pending: string | undefined;
+  const normOfResid = (weight: string) => {
+    if (pending === undefined) return rmsNorm(resid, weight);
+    const [y, sum] = [g.fresh('skipnorm'), g.fresh('resid')];
+    g.opN('SkipSimplifiedLayerNormalization', [resid, pending, weight], [y, '', '', sum], { epsilon: { float: dims.eps } }, MS_DOMAIN);
+    resid = sum;
+    pending = undefined;
+    return y;
+  };
   const silu = (x: string) => g.op('Mul', [x, g.op('Sigmoid', [x])]);
   // softplus(v) = max(v, log(1 + exp(min(v, 80)))): exact in fp32 for every v (above 80
   // log1p(exp(v)) rounds to v, and the clamp keeps exp finite), in five vectorized ops —
@@ -212,16 +222,15 @@ function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): str
 
   W.layers.forEach((lw) => {
     if (lw.kind === 'attention') {
-      const { out, kNew, vNew } = emitAttentionLayer(g, lw, dims.attention!, rmsNorm(resid, lw.norm), kOuts.length, shared!);
+      const { out, kNew, vNew } = emitAttentionLayer(g, lw, dims.attention!, normOfResid(lw.norm), kOuts.length, shared!);
       kOuts.push(kNew);
       vOuts.push(vNew);
-      resid = g.op('Add', [resid, out]);
+      pending = out;
       return;
     }
     const i = convOuts.length; // rank among the Mamba layers: names the state inputs
-    const h = rmsNorm(resid, lw.norm);
-    const x = linear(h, lw.inProjX); // [B, L, D]
-    const z = linear(h, lw.inProjZ);
+    const h = normOfResid(lw.norm);
+    const [x, z] = g.opN('Split', [linear(h, lw.inProj), i64(D, D)], [g.fresh('x'), g.fresh('z')], { axis: -1 }) as [string, string]; // [B, L, D] each
 
     // Causal depthwise conv over [last K-1 inputs | new inputs] (time on axis 1): exactly L
     // outputs, and the last K rows are the new conv state (the oldest input falls off).
@@ -286,10 +295,10 @@ function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): str
     ssmOuts.push(hLast);
 
     const y = g.op('Mul', [g.op('Add', [yScan, g.op('Mul', [xc, lw.Dskip])]), silu(z)]);
-    resid = g.op('Add', [resid, linear(y, lw.outProj)]);
+    pending = linear(y, lw.outProj);
   });
 
-  const hf = rmsNorm(resid, W.normF);
+  const hf = normOfResid(W.normF);
   const picked = mode === 'step' ? hf : g.op('Slice', [hf, GRAPH_INPUTS.logitsStart, BIG, one]); // [B, L', d]
   let logits: string;
   if (W.head.kind !== 'rows') logits = linear(picked, W.head); // MatMulNBits takes [B, L', d] as it is

@@ -114,7 +114,8 @@ async function writeMambaLayer(ckpt: Checkpoint, i: number, w: LayoutWriter): Pr
   const aLog = await read('mixer.A_log'); // [D, N]
   const negExpAT = new Float32Array(D * N);
   for (let ch = 0; ch < D; ch++) for (let n = 0; n < N; n++) negExpAT[n * D + ch] = -Math.exp(aLog[ch * N + n]!);
-  // in_proj's rows are x then z; the graph multiplies by each half separately (no Split copy).
+  // in_proj's rows are x then z: one projection d -> 2D, split in the graph (one matmul a layer
+  // fewer: at decode each costs its dispatch more than its arithmetic).
   const inProj = await read('mixer.in_proj.weight');
   const inBias = await optional('mixer.in_proj.bias');
   const convW = await read('mixer.conv1d.weight'); // [D, 1, K]
@@ -122,8 +123,7 @@ async function writeMambaLayer(ckpt: Checkpoint, i: number, w: LayoutWriter): Pr
   const refs: LayerWeightRefs = {
     kind: 'mamba',
     norm: await w.raw(await read('norm.weight')),
-    inProjX: await w.linear(inProj.subarray(0, D * d), D, d, inBias?.slice(0, D)),
-    inProjZ: await w.linear(inProj.subarray(D * d), D, d, inBias?.slice(D)),
+    inProj: await w.linear(inProj, 2 * D, d, inBias),
     convW: await w.raw(convW),
     convWKD: await w.raw(transpose(convW, D, c.convKernel), false),
     xProj: await w.linear(await read('mixer.x_proj.weight'), R + 2 * N, D),
