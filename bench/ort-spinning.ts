@@ -1,22 +1,50 @@
-// ONNX Runtime's intra-op threads spin-wait between ops and for a while after each run unless
-// told not to (ORT_INTRA_OP_SPINNING). Spinning shortens each op's hand-off; the spin left
-// behind takes a core from everything else in the process (the event loop, tokenizing,
-// BullMQ) and from neighbours. Which wins is decided end to end: one worker serving 1 and 16
-// sessions generating at once, with spinning on and off, in interleaved rounds (a fresh
-// stack each time).
+// ONNX Runtime's intra-op threads spin-wait between ops and, by ORT's default, for a long while
+// after each run. Spinning shortens each op's hand-off; the spin left behind takes a core from
+// everything else in the process (the event loop, tokenizing, BullMQ) and from neighbours.
+// Three settings, decided end to end: one worker serving 1 and 16 sessions generating at once,
+// with
+//   - "off":     ORT_INTRA_OP_SPINNING=false, ORT_INTRA_OP_SPIN_US=0 (threads sleep at once),
+//   - "bounded": ORT_INTRA_OP_SPIN_US=<--spin-us> (spin that long for the next op, then sleep),
+//   - "ORT's":   ORT_INTRA_OP_SPINNING=true (ORT's own long spin),
+// in interleaved rounds (a fresh stack each time). --neighbour runs a busy process beside the
+// stack (one core of a shared machine taken), where the spin left behind hurts most.
 //
-//   npx tsx bench/ort-spinning.ts [--rounds 3] [--tokens 48]
+//   npx tsx bench/ort-spinning.ts [--rounds 3] [--tokens 48] [--spin-us 100] [--neighbour] [--model medium|130m]
+import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { benchModel, createSession, startBenchStack, turn } from './serving-harness.ts';
 
-const { values: args } = parseArgs({ options: { rounds: { type: 'string', default: '3' }, tokens: { type: 'string', default: '48' } } });
+const { values: args } = parseArgs({
+  options: {
+    rounds: { type: 'string', default: '3' },
+    tokens: { type: 'string', default: '48' },
+    'spin-us': { type: 'string', default: '100' },
+    neighbour: { type: 'boolean', default: false },
+    /** medium: hidden 384 x 6 layers (a step is mostly overhead); 130m: mamba-130m's shape with a byte vocabulary. */
+    model: { type: 'string', default: 'medium' },
+  },
+});
 const rounds = Number(args.rounds);
 const tokens = Number(args.tokens);
-const modelDir = await benchModel('serving-medium', { hiddenSize: 384, numLayers: 6, stateSize: 16 });
+const modelDir =
+  args.model === '130m'
+    ? await benchModel('serving-130m', { hiddenSize: 768, numLayers: 24, stateSize: 16 })
+    : await benchModel('serving-medium', { hiddenSize: 384, numLayers: 6, stateSize: 16 });
 const LOADS = [1, 16];
+const SETTINGS: [string, Record<string, string>][] = [
+  ['off', { ORT_INTRA_OP_SPINNING: 'false', ORT_INTRA_OP_SPIN_US: '0' }],
+  [`bounded ${args['spin-us']} µs`, { ORT_INTRA_OP_SPINNING: 'false', ORT_INTRA_OP_SPIN_US: args['spin-us'] }],
+  ["ORT's", { ORT_INTRA_OP_SPINNING: 'true' }],
+];
 
-async function throughput(spinning: boolean): Promise<number[]> {
-  const stack = await startBenchStack(modelDir, { WORKER_CONCURRENCY: '16', MAX_QUEUE_DEPTH: '1000', ORT_INTRA_OP_SPINNING: String(spinning) });
+/** A neighbour that keeps one core busy (a plain spin loop in its own process). */
+function startNeighbour(): () => void {
+  const child = spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' });
+  return () => child.kill('SIGKILL');
+}
+
+async function throughput(env: Record<string, string>): Promise<number[]> {
+  const stack = await startBenchStack(modelDir, { WORKER_CONCURRENCY: '16', MAX_QUEUE_DEPTH: '1000', ...env });
   try {
     const warm = await createSession(stack.url);
     await turn(stack.url, warm, { input: 'warm up', max_tokens: 8 });
@@ -33,21 +61,24 @@ async function throughput(spinning: boolean): Promise<number[]> {
   }
 }
 
-const figures = new Map<boolean, number[][]>([
-  [true, []],
-  [false, []],
-]);
-for (let r = 0; r < rounds; r++) {
-  for (const spinning of r % 2 === 0 ? [true, false] : [false, true]) figures.get(spinning)!.push(await throughput(spinning));
-  console.log(`round ${r + 1}/${rounds} done`);
+const stopNeighbour = args.neighbour ? startNeighbour() : undefined;
+const figures = new Map<string, number[][]>(SETTINGS.map(([name]) => [name, []]));
+try {
+  for (let r = 0; r < rounds; r++) {
+    // Rotate the order so no setting always runs first (or always after the same one).
+    const order = SETTINGS.map((_, i) => SETTINGS[(i + r) % SETTINGS.length]!);
+    for (const [name, env] of order) figures.get(name)!.push(await throughput(env));
+    console.log(`round ${r + 1}/${rounds} done`);
+  }
+} finally {
+  stopNeighbour?.();
 }
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-console.log(`\none worker (ORT engine, model hidden 384 x 6 layers), ${tokens} tokens per turn; median (min–max) over ${rounds} interleaved rounds\n`);
-console.log('| concurrent sessions | spinning: tokens/s | no spinning: tokens/s | no spinning ÷ spinning |\n|---|---|---|---|');
+const shape = args.model === '130m' ? 'mamba-130m shape (hidden 768 x 24 layers), byte vocabulary' : 'hidden 384 x 6 layers';
+console.log(`\none worker (ORT engine, f32, ${shape}), ${tokens} tokens per turn${args.neighbour ? ', a busy neighbour process on one core' : ''}; tokens/s, median (min–max) over ${rounds} interleaved rounds\n`);
+console.log(`| concurrent sessions | ${SETTINGS.map(([n]) => n).join(' | ')} |\n|---|${SETTINGS.map(() => '---').join('|')}|`);
+const cell = (xs: number[]) => `${median(xs).toFixed(0)} (${Math.min(...xs).toFixed(0)}–${Math.max(...xs).toFixed(0)})`;
 LOADS.forEach((sessions, i) => {
-  const on = figures.get(true)!.map((r) => r[i]!);
-  const off = figures.get(false)!.map((r) => r[i]!);
-  const cell = (xs: number[]) => `${median(xs).toFixed(0)} (${Math.min(...xs).toFixed(0)}–${Math.max(...xs).toFixed(0)})`;
-  console.log(`| ${sessions} | ${cell(on)} | ${cell(off)} | ${(median(off) / median(on)).toFixed(2)} |`);
+  console.log(`| ${sessions} | ${SETTINGS.map(([name]) => cell(figures.get(name)!.map((r) => r[i]!))).join(' | ')} |`);
 });
-console.log(JSON.stringify({ bench: 'ort-spinning', rounds, tokens, spinning: figures.get(true), no_spinning: figures.get(false) }));
+console.log(JSON.stringify({ bench: 'ort-spinning', rounds, tokens, neighbour: args.neighbour, model: args.model, settings: Object.fromEntries(figures) }));

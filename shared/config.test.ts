@@ -43,9 +43,12 @@ describe('worker config: WEIGHTS_DTYPE', () => {
     expect(() => parseEnv(WorkerConfigSchema, { ...base, WEIGHTS_DTYPE: 'fp8' })).toThrow(/WEIGHTS_DTYPE/);
   });
 
-  it("leaves ONNX Runtime's threads not spinning unless asked", () => {
+  it("leaves ONNX Runtime's threads spinning only briefly unless asked", () => {
     expect(parseEnv(WorkerConfigSchema, base).ORT_INTRA_OP_SPINNING).toBe(false);
     expect(parseEnv(WorkerConfigSchema, { ...base, ORT_INTRA_OP_SPINNING: 'true' }).ORT_INTRA_OP_SPINNING).toBe(true);
+    expect(parseEnv(WorkerConfigSchema, base).ORT_INTRA_OP_SPIN_US).toBe(100);
+    expect(parseEnv(WorkerConfigSchema, { ...base, ORT_INTRA_OP_SPIN_US: '0' }).ORT_INTRA_OP_SPIN_US).toBe(0);
+    expect(() => parseEnv(WorkerConfigSchema, { ...base, ORT_INTRA_OP_SPIN_US: '-1' })).toThrow(/ORT_INTRA_OP_SPIN_US/);
   });
 
   it('pre-packs weights unless told not to, and only f32 weights may go unpacked', () => {

@@ -177,6 +177,14 @@ export const WorkerConfigSchema = z.object({
    */
   ORT_INTRA_OP_SPINNING: bool.default(false),
   /**
+   * With ORT_INTRA_OP_SPINNING off: microseconds an idle intra-op thread spins waiting for the
+   * next op of a run before it sleeps (0: it sleeps at once). A short spin keeps the hand-off
+   * between a run's ops fast without the long spin ORT leaves behind after a run. 100 by
+   * default (the ORT engine's own default too): end to end it served as much as no spin or more,
+   * also beside a busy neighbour, where ORT's own spin lost (bench/ort-spinning.ts).
+   */
+  ORT_INTRA_OP_SPIN_US: int(0, 1_000_000).default(100),
+  /**
    * Weights of the ORT engine's graph build: f32 (exact; the default), or int8 / int4 block-
    * quantized projections and LM head (ONNX Runtime's MatMulNBits; SSM parameters, norms, conv
    * and states stay fp32). Quantized weights exist on the ORT engine only.

@@ -39,6 +39,7 @@ export async function loadServingModel(
     | 'ORT_EXECUTION_PROVIDER'
     | 'ORT_INTRA_OP_THREADS'
     | 'ORT_INTRA_OP_SPINNING'
+    | 'ORT_INTRA_OP_SPIN_US'
     | 'WEIGHTS_DTYPE'
     | 'ORT_PREPACK_WEIGHTS'
     | 'S3_ENDPOINT'
@@ -63,6 +64,7 @@ export async function loadServingModel(
     ortExecutionProvider: config.ORT_EXECUTION_PROVIDER,
     intraOpThreads: config.ORT_INTRA_OP_THREADS,
     intraOpSpinning: config.ORT_INTRA_OP_SPINNING,
+    intraOpSpinMicros: config.ORT_INTRA_OP_SPIN_US,
     weightsDtype: config.WEIGHTS_DTYPE,
     prepackWeights: config.ORT_PREPACK_WEIGHTS,
   });

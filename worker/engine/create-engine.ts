@@ -22,6 +22,8 @@ export interface CreateEngineOptions {
   readonly intraOpThreads?: number;
   /** ORT_INTRA_OP_SPINNING (default off). */
   readonly intraOpSpinning?: boolean;
+  /** ORT_INTRA_OP_SPIN_US: a bounded spin when intraOpSpinning is off (default: the ORT engine's, 100 µs). */
+  readonly intraOpSpinMicros?: number;
   /** WEIGHTS_DTYPE: quantized weights (int8, int4) exist on the ORT engine only. */
   readonly weightsDtype?: WeightsDtype;
   /** ORT_PREPACK_WEIGHTS (default on; off: f32 weights held once). */
@@ -63,6 +65,7 @@ export async function createEngine(options: CreateEngineOptions): Promise<{ engi
         executionProvider: options.ortExecutionProvider ?? 'cpu',
         intraOpThreads: options.intraOpThreads ?? 0,
         intraOpSpinning: options.intraOpSpinning ?? false,
+        ...(options.intraOpSpinMicros !== undefined ? { intraOpSpinMicros: options.intraOpSpinMicros } : {}),
         weightsDtype: dtype,
         prepackWeights: options.prepackWeights ?? true,
       });

@@ -190,6 +190,20 @@ describe('ORT engine behaviour', () => {
     expect(ort.model.fingerprint).toBe(await ckpt.fingerprint());
   });
 
+  it('runs with each intra-op spin setting (none, bounded, ORT\'s own) and computes the same', async () => {
+    const tokens = tokensFor(20, ckpt.config.vocabSize, 12);
+    const expected = await ort.prefill(await ort.newState(), tokens, { allLogits: true });
+    for (const spin of [{ intraOpSpinMicros: 50 }, { intraOpSpinning: true }]) {
+      const other = await OrtEngine.load(ckpt, { cacheDir: cacheDir(), intraOpThreads: 2, maxPrefillChunk: 16, ...spin });
+      try {
+        const got = await other.prefill(await other.newState(), tokens, { allLogits: true });
+        expect(maxAbsDiff(got.data, expected.data)).toBeLessThan(1e-5);
+      } finally {
+        await other.close();
+      }
+    }
+  });
+
   it('chunks long prompts without changing the result', async () => {
     const tokens = tokensFor(50, ckpt.config.vocabSize, 9);
     const whole = await OrtEngine.load(ckpt, { cacheDir: cacheDir(), intraOpThreads: 1, maxPrefillChunk: 4096 });

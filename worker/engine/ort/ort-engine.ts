@@ -40,6 +40,14 @@ export interface OrtEngineOptions {
    */
   readonly intraOpSpinning?: boolean;
   /**
+   * When intraOpSpinning is off: how long (µs) an idle intra-op thread spins for the next op of
+   * a run before it sleeps (ORT's `session.intra_op.spin_duration_us`); 0 = it sleeps at once.
+   * Bounded, the spin covers the gaps between a run's ops without the long spin ORT's own
+   * default leaves after a run. Default 100 (as ORT_INTRA_OP_SPIN_US): end to end it served as
+   * much as no spin or more, also beside a busy neighbour (bench/ort-spinning.ts).
+   */
+  readonly intraOpSpinMicros?: number;
+  /**
    * Longest piece of a prompt run in one graph call (default 256, as the scheduler feeds
    * prompts). It bounds activation memory, about 0.24 MB a token for mamba-130m (a 2048-token
    * call held ~500 MB, more than its int8 weights thrice over), and prefill throughput does
@@ -60,6 +68,15 @@ export interface OrtEngineOptions {
   readonly prepackWeights?: boolean;
   /** Quantized builds: 'f32' multiplies exactly by the dequantized weights (slow; tests). Default int8. */
   readonly quantizedActivations?: NBitsActivations;
+}
+
+const DEFAULT_SPIN_MICROS = 100;
+
+/** ORT's intra-op spin settings: its own long spin, a bounded one, or none. */
+function intraOpSpin(options: Pick<OrtEngineOptions, 'intraOpSpinning' | 'intraOpSpinMicros'>): Record<string, string> {
+  if (options.intraOpSpinning) return { allow_spinning: '1' };
+  const micros = options.intraOpSpinMicros ?? DEFAULT_SPIN_MICROS;
+  return micros > 0 ? { allow_spinning: '1', spin_duration_us: String(Math.round(micros)) } : { allow_spinning: '0' };
 }
 
 class OrtState implements StateHandle {
@@ -161,7 +178,7 @@ export class OrtEngine implements Engine {
           graphOptimizationLevel: 'all',
           // Warnings about initializers the optimizer folded away are noise for a generated graph.
           logSeverityLevel: 3,
-          extra: { session: { intra_op: { allow_spinning: options.intraOpSpinning ? '1' : '0' }, ...(prepack ? {} : { disable_prepacking: '1' }) } },
+          extra: { session: { intra_op: intraOpSpin(options), ...(prepack ? {} : { disable_prepacking: '1' }) } },
         },
       },
     });
