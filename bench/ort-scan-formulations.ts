@@ -70,6 +70,29 @@ const variants: Variant[] = [
     },
   },
   {
+    name: 'precomputed-ND',
+    idea: 'exp(dt*A) and dt*x*B for all L first in the [N, D] layout ([B,L,N,D] each, broadcasts along contiguous D), then a 3-op Scan body (Mul, Add, MatMul)',
+    build(g, io) {
+      const ATc = g.constFloat(AT, [N, D]);
+      const r = (v: string, ...shape: number[]) => g.op('Reshape', [v, g.constInt64([0, 0, ...shape])]);
+      const dA = g.op('Exp', [g.op('Mul', [r(io.dt, 1, D), ATc])]); // [B, L, N, D]
+      const dBx = g.op('Mul', [r(io.dtx, 1, D), r(io.Bm, N, 1)]); // [B, L, N, D]
+      const body = new GraphBuilder('b', 'b_');
+      const h = body.input('b_h', 'float');
+      const a = body.input('b_a', 'float');
+      const u = body.input('b_u', 'float');
+      const c = body.input('b_c', 'float');
+      const hn = body.op('Add', [body.op('Mul', [a, h]), u], {}, 'b_h_out');
+      body.op('MatMul', [c, hn], {}, 'b_y');
+      body.output('b_h_out', 'float');
+      body.output('b_y', 'float');
+      const h0t = g.op('Transpose', [io.h0], { perm: [0, 2, 1] });
+      const [hLt, ys] = g.opN('Scan', [h0t, dA, dBx, r(io.Cm, 1, N)], ['hLt', 'ys'], scanAttrs(3, body));
+      g.op('Transpose', [hLt!], { perm: [0, 2, 1] }, 'hL');
+      g.op('Reshape', [ys!, g.constInt64([0, 0, D])], {}, 'y');
+    },
+  },
+  {
     name: 'step-DN',
     idea: 'discretize inside a Scan body, state in HF layout [B,D,N]',
     build(g, io) {
