@@ -247,7 +247,7 @@ const bandwidth = (bandwidthBefore.bytesPerSecond + bandwidthAfter.bytesPerSecon
 const MB = (b: number) => `${(b / 1e6).toFixed(0)} MB`;
 const spread = (xs: number[], digits = 0) => `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)})`;
 console.log(
-  `\nours: ORT engine (onnxruntime-node CPU, intra-op spinning ${args.spinning ? 'on' : 'off'}); theirs: llama.cpp via node-llama-cpp@${args['llama-version']} (CPU); ${threads} threads each; ` +
+  `\nours: ORT engine (onnxruntime-node CPU, intra-op spin: ${args.spinning ? "ORT's own" : 'bounded, as served (ORT_INTRA_OP_SPIN_US)'}); theirs: llama.cpp via node-llama-cpp@${args['llama-version']} (CPU); ${threads} threads each; ` +
     `median (min–max) over ${rounds} interleaved rounds; decode: the median of ${steps} steps per round; read bandwidth ${(bandwidth / 1e9).toFixed(1)} GB/s (vector loads, ${threads} threads)\n`,
 );
 const goals: [string, boolean, string][] = [];
