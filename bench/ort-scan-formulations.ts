@@ -134,11 +134,12 @@ const variants: Variant[] = [
       g.op('Transpose', [hLt!], { perm: [0, 2, 1] }, 'hL');
     },
   },
-  ...([1, 0] as const).map(
-    (axis): Variant => ({
-      name: axis === 1 ? 'step-ND, 6-op body (used)' : 'step-ND, 6-op body, time-major (scan axis 0)',
-      idea:
-        axis === 1
+  ...([[1, false], [1, true], [0, false]] as const).map(
+    ([axis, injectByMatMul]): Variant => ({
+      name: injectByMatMul ? 'step-ND, 6-op body, (dt·x) ⊗ B by a K = 1 MatMul' : axis === 1 ? 'step-ND, 6-op body (used)' : 'step-ND, 6-op body, time-major (scan axis 0)',
+      idea: injectByMatMul
+        ? 'the used body with the outer product as MatMul([B,N,1], [B,1,D]) instead of a broadcasting Mul (what the decode step does since graph v11)'
+        : axis === 1
           ? 'the same step; its inputs reshaped once outside so each slice has the shape its broadcast wants: the body is the 6 ops of the step'
           : 'the same 6-op body over inputs transposed to [L, B, ...] outside, so Scan iterates its first axis (no internal transposes)',
       build(g, io) {
@@ -149,7 +150,8 @@ const variants: Variant[] = [
         const dtx = body.input('b_dtx', 'float');
         const b = body.input('b_b', 'float');
         const c = body.input('b_c', 'float');
-        const hNew = body.op('Add', [body.op('Mul', [body.op('Exp', [body.op('Mul', [dt, ATc])]), h]), body.op('Mul', [dtx, b])], {}, 'b_h_out');
+        const inject = injectByMatMul ? body.op('MatMul', [b, dtx]) : body.op('Mul', [dtx, b]);
+        const hNew = body.op('Add', [body.op('Mul', [body.op('Exp', [body.op('Mul', [dt, ATc])]), h]), inject], {}, 'b_h_out');
         body.op('MatMul', [c, hNew], {}, 'b_y');
         body.output('b_h_out', 'float');
         body.output('b_y', 'float');
