@@ -4,6 +4,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { TurnResponse } from '../shared/api-schemas.ts';
+import { sseEvents } from '../shared/sse-events.ts';
 import { startRedisServer, type RedisServer } from '../stack/redis-server.ts';
 import { startTestServing, type TestServing } from '../test-support/serving.ts';
 import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../worker/model/testing/random-checkpoint.ts';
@@ -59,23 +60,13 @@ export async function streamedTurn(url: string, session: string, body: Record<st
     body: JSON.stringify({ ...body, stream: true }),
   });
   if (res.status !== 200 || !res.body) throw new Error(`turn: ${res.status} ${await res.text()}`);
-  const decoder = new TextDecoder();
-  let buffer = '';
   let ttftMs: number | undefined;
-  for await (const chunk of res.body) {
-    buffer += decoder.decode(chunk as Uint8Array, { stream: true });
-    let end;
-    while ((end = buffer.indexOf('\n\n')) >= 0) {
-      const block = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      const event = /^event: (.*)$/m.exec(block)?.[1];
-      const data = /^data: (.*)$/m.exec(block)?.[1] ?? '';
-      if (event === 'token') ttftMs ??= performance.now() - t0;
-      if (event === 'error') throw new Error(`turn failed: ${data}`);
-      if (event === 'done') {
-        const totalMs = performance.now() - t0;
-        return { ttftMs: ttftMs ?? totalMs, totalMs, result: TurnResponse.parse(JSON.parse(data)) };
-      }
+  for await (const { event, data } of sseEvents(res.body)) {
+    if (event === 'token') ttftMs ??= performance.now() - t0;
+    if (event === 'error') throw new Error(`turn failed: ${data}`);
+    if (event === 'done') {
+      const totalMs = performance.now() - t0;
+      return { ttftMs: ttftMs ?? totalMs, totalMs, result: TurnResponse.parse(JSON.parse(data)) };
     }
   }
   throw new Error('stream ended without a done event');
@@ -107,33 +98,23 @@ export async function streamedChat(
     body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),
   });
   if (res.status !== 200 || !res.body) throw new Error(`chat: ${res.status} ${await res.text()}`);
-  const decoder = new TextDecoder();
-  let buffer = '';
   let ttftMs: number | undefined;
   let text = '';
   let usage: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } } | undefined;
-  for await (const chunk of res.body) {
-    buffer += decoder.decode(chunk as Uint8Array, { stream: true });
-    let end;
-    while ((end = buffer.indexOf('\n\n')) >= 0) {
-      const block = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      const data = /^data: (.*)$/m.exec(block)?.[1];
-      if (data === undefined) continue;
-      if (data === '[DONE]') {
-        if (!usage) throw new Error('no usage chunk');
-        const totalMs = performance.now() - t0;
-        return { ttftMs: ttftMs ?? totalMs, totalMs, text, cachedTokens: usage.prompt_tokens_details.cached_tokens, promptTokens: usage.prompt_tokens };
-      }
-      const json = JSON.parse(data);
-      if (json.error) throw new Error(`chat failed: ${data}`);
-      const delta = json.choices?.[0]?.delta?.content;
-      if (delta) {
-        ttftMs ??= performance.now() - t0;
-        text += delta;
-      }
-      if (json.usage) usage = json.usage;
+  for await (const { data } of sseEvents(res.body)) {
+    if (data === '[DONE]') {
+      if (!usage) throw new Error('no usage chunk');
+      const totalMs = performance.now() - t0;
+      return { ttftMs: ttftMs ?? totalMs, totalMs, text, cachedTokens: usage.prompt_tokens_details.cached_tokens, promptTokens: usage.prompt_tokens };
     }
+    const json = JSON.parse(data);
+    if (json.error) throw new Error(`chat failed: ${data}`);
+    const delta = json.choices?.[0]?.delta?.content;
+    if (delta) {
+      ttftMs ??= performance.now() - t0;
+      text += delta;
+    }
+    if (json.usage) usage = json.usage;
   }
   throw new Error('stream ended without [DONE]');
 }

@@ -3,6 +3,7 @@
 // a turn's server-sent events. Every failure is an ApiClientError with the server's error code
 // (or `unreachable` when nothing answers), so the CLI can print one clear line.
 import { ErrorResponse } from '../shared/api-schemas.ts';
+import { sseEvents } from '../shared/sse-events.ts';
 
 export class ApiClientError extends Error {
   constructor(
@@ -77,27 +78,6 @@ export class ApiClient {
   /** POST a JSON body and read the answer as server-sent events. */
   async *events(path: string, body: unknown): AsyncGenerator<SseEvent> {
     const res = await this.send('POST', path, { body: JSON.stringify(body), contentType: 'application/json', accept: 'text/event-stream' });
-    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
-    let buffer = '';
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += value;
-      let end: number;
-      while ((end = buffer.indexOf('\n\n')) >= 0) {
-        const block = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        const fields: Record<string, string> = {};
-        for (const line of block.split('\n')) {
-          if (line.startsWith(':')) continue; // keep-alive comment
-          const colon = line.indexOf(':');
-          if (colon < 0) continue;
-          const key = line.slice(0, colon);
-          const value = line.slice(colon + 1).replace(/^ /, '');
-          fields[key] = key in fields ? `${fields[key]}\n${value}` : value;
-        }
-        if (fields.data !== undefined) yield { event: fields.event ?? 'message', data: fields.data, ...(fields.id ? { id: fields.id } : {}) };
-      }
-    }
+    for await (const e of sseEvents(res.body!)) yield { event: e.event ?? 'message', data: e.data, ...(e.id ? { id: e.id } : {}) };
   }
 }

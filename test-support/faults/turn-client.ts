@@ -11,6 +11,7 @@
 // chunk format), so each API's replay path is exercised.
 import { turnIdFor } from '../../edge/turn-service.ts';
 import { ERROR_STATUS } from '../../shared/errors.ts';
+import { sseEvents } from '../../shared/sse-events.ts';
 
 export type TurnMode = 'json' | 'stream' | 'chat';
 
@@ -61,26 +62,6 @@ type Sent = Settled & { readonly lastEventId?: string };
 function errorCodeOf(body: unknown): string | undefined {
   const code = (body as { error?: { code?: unknown } } | null)?.error?.code;
   return typeof code === 'string' ? code : undefined;
-}
-
-/** Events of an SSE body: `{event, id, data}` per block (comment lines skipped). */
-async function* sseEvents(body: ReadableStream<Uint8Array>): AsyncGenerator<{ event?: string; id?: string; data: string }> {
-  const decoder = new TextDecoder();
-  let buffer = '';
-  for await (const chunk of body) {
-    buffer += decoder.decode(chunk, { stream: true });
-    for (let at = buffer.indexOf('\n\n'); at >= 0; at = buffer.indexOf('\n\n')) {
-      const block = buffer.slice(0, at);
-      buffer = buffer.slice(at + 2);
-      const fields: Record<string, string> = {};
-      for (const line of block.split('\n')) {
-        if (line.startsWith(':') || !line.includes(':')) continue;
-        const name = line.slice(0, line.indexOf(':'));
-        fields[name] = (fields[name] ?? '') + line.slice(line.indexOf(':') + 1).replace(/^ /, '');
-      }
-      if (fields['data'] !== undefined) yield { event: fields['event'], id: fields['id'], data: fields['data'] };
-    }
-  }
 }
 
 export class TurnClient {
