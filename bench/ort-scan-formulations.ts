@@ -37,6 +37,13 @@ const scanAttrs = (n: number, body: GraphBuilder) => ({
   scan_output_axes: [1],
 });
 
+/** A Scan body and its five per-step inputs: the state, dt, dt·x, B and C (named b_…). */
+function scanBody() {
+  const body = new GraphBuilder('b', 'b_');
+  const [h, dt, dtx, b, c] = ['h', 'dt', 'dtx', 'b', 'c'].map((name) => body.input(`b_${name}`, 'float')) as [string, string, string, string, string];
+  return { body, h, dt, dtx, b, c };
+}
+
 /** One step on h laid out [B, N, D]: 6 ops, broadcasts along contiguous D, y by MatMul. */
 function stepND(body: GraphBuilder, p: string, AT_: string, h: string, dt: string, dtx: string, b: string, c: string) {
   const one = body.constInt64([1]);
@@ -97,12 +104,7 @@ const variants: Variant[] = [
     idea: 'discretize inside a Scan body, state in HF layout [B,D,N]',
     build(g, io) {
       const Ac = g.constFloat(A, [D, N]);
-      const body = new GraphBuilder('b', 'b_');
-      const h = body.input('b_h', 'float');
-      const dt = body.input('b_dt', 'float');
-      const dtx = body.input('b_dtx', 'float');
-      const b = body.input('b_b', 'float');
-      const c = body.input('b_c', 'float');
+      const { body, h, dt, dtx, b, c } = scanBody();
       const one = body.constInt64([1]);
       const two = body.constInt64([2]);
       const decay = body.op('Exp', [body.op('Mul', [body.op('Unsqueeze', [dt, two]), Ac])]);
@@ -120,12 +122,7 @@ const variants: Variant[] = [
     idea: 'discretize inside a Scan body, state [B,N,D] (broadcast along contiguous D), y = C·h by MatMul; the body reshapes each step\'s slices itself (11 ops)',
     build(g, io) {
       const ATc = g.constFloat(AT, [N, D]);
-      const body = new GraphBuilder('b', 'b_');
-      const h = body.input('b_h', 'float');
-      const dt = body.input('b_dt', 'float');
-      const dtx = body.input('b_dtx', 'float');
-      const b = body.input('b_b', 'float');
-      const c = body.input('b_c', 'float');
+      const { body, h, dt, dtx, b, c } = scanBody();
       stepND(body, 'b_', ATc, h, dt, dtx, b, c);
       body.output('b_h_out', 'float');
       body.output('b_y', 'float');
@@ -134,22 +131,32 @@ const variants: Variant[] = [
       g.op('Transpose', [hLt!], { perm: [0, 2, 1] }, 'hL');
     },
   },
-  ...([[1, false], [1, true], [0, false]] as const).map(
-    ([axis, injectByMatMul]): Variant => ({
-      name: injectByMatMul ? 'step-ND, 6-op body, (dt·x) ⊗ B by a K = 1 MatMul' : axis === 1 ? 'step-ND, 6-op body (used)' : 'step-ND, 6-op body, time-major (scan axis 0)',
-      idea: injectByMatMul
-        ? 'the used body with the outer product as MatMul([B,N,1], [B,1,D]) instead of a broadcasting Mul (what the decode step does since graph v11)'
-        : axis === 1
-          ? 'the same step; its inputs reshaped once outside so each slice has the shape its broadcast wants: the body is the 6 ops of the step'
-          : 'the same 6-op body over inputs transposed to [L, B, ...] outside, so Scan iterates its first axis (no internal transposes)',
+  ...[
+    {
+      axis: 1,
+      injectByMatMul: false,
+      name: 'step-ND, 6-op body (used)',
+      idea: 'the same step; its inputs reshaped once outside so each slice has the shape its broadcast wants: the body is the 6 ops of the step',
+    },
+    {
+      axis: 1,
+      injectByMatMul: true,
+      name: 'step-ND, 6-op body, (dt·x) ⊗ B by a K = 1 MatMul',
+      idea: 'the used body with the outer product as MatMul([B,N,1], [B,1,D]) instead of a broadcasting Mul (what the decode step does since graph v11)',
+    },
+    {
+      axis: 0,
+      injectByMatMul: false,
+      name: 'step-ND, 6-op body, time-major (scan axis 0)',
+      idea: 'the same 6-op body over inputs transposed to [L, B, ...] outside, so Scan iterates its first axis (no internal transposes)',
+    },
+  ].map(
+    ({ axis, injectByMatMul, name, idea }): Variant => ({
+      name,
+      idea,
       build(g, io) {
         const ATc = g.constFloat(AT, [N, D]);
-        const body = new GraphBuilder('b', 'b_');
-        const h = body.input('b_h', 'float');
-        const dt = body.input('b_dt', 'float');
-        const dtx = body.input('b_dtx', 'float');
-        const b = body.input('b_b', 'float');
-        const c = body.input('b_c', 'float');
+        const { body, h, dt, dtx, b, c } = scanBody();
         const inject = injectByMatMul ? body.op('MatMul', [b, dtx]) : body.op('Mul', [dtx, b]);
         const hNew = body.op('Add', [body.op('Mul', [body.op('Exp', [body.op('Mul', [dt, ATc])]), h]), inject], {}, 'b_h_out');
         body.op('MatMul', [c, hNew], {}, 'b_y');
@@ -181,12 +188,7 @@ const variants: Variant[] = [
         // dt = 0 on padded steps leaves the state unchanged (decay 1, input 0).
         const padded = (x: string, last: number) =>
           g.op('Reshape', [pad ? g.op('Pad', [x, g.constInt64([0, 0, 0, 0, pad, 0])]) : x, g.constInt64([0, -1, T, last])]);
-        const body = new GraphBuilder('b', 'b_');
-        const h = body.input('b_h', 'float');
-        const dtc = body.input('b_dt', 'float');
-        const dtxc = body.input('b_dtx', 'float');
-        const bc = body.input('b_b', 'float');
-        const cc = body.input('b_c', 'float');
+        const { body, h, dt: dtc, dtx: dtxc, b: bc, c: cc } = scanBody();
         const one = body.constInt64([1]);
         const two = body.constInt64([2]);
         const three = body.constInt64([3]);
