@@ -171,9 +171,9 @@ export const WorkerConfigSchema = z.object({
   ORT_EXECUTION_PROVIDER: z.enum(['cpu', 'cuda']).default('cpu'),
   ORT_INTRA_OP_THREADS: int(0, 1024).default(0),
   /**
-   * Whether ONNX Runtime's intra-op threads spin between ops (and for a while after a run)
-   * instead of sleeping. Off by default: on a small worker the spinning threads take cores
-   * from the event loop and from each other (bench/ort-spinning.ts measures it end to end).
+   * ONNX Runtime's own spin: its intra-op threads spin between ops and a long while after a run
+   * (overrides ORT_INTRA_OP_SPIN_US). Off by default: on a small worker the spin left after a
+   * run takes cores from the event loop and from neighbours (bench/ort-spinning.ts).
    */
   ORT_INTRA_OP_SPINNING: bool.default(false),
   /**

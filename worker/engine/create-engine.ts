@@ -5,7 +5,7 @@ import { cudaAvailability } from './cuda/cuda-addon.ts';
 import { CudaEngine } from './cuda/cuda-engine.ts';
 import type { Engine, EngineKind } from './engine.ts';
 import { OrtEngine } from './ort/ort-engine.ts';
-import type { WeightsDtype } from './ort/quantize.ts';
+import { WeightsDtypeError, type WeightsDtype } from './ort/quantize.ts';
 import { ReferenceEngine } from './reference/reference-engine.ts';
 
 export type EngineChoice = EngineKind | 'auto';
@@ -30,14 +30,7 @@ export interface CreateEngineOptions {
   readonly prepackWeights?: boolean;
 }
 
-/** A weights dtype the chosen engine cannot run (quantized weights on the reference or CUDA engine). */
-export class WeightsDtypeError extends Error {
-  readonly code = 'weights_dtype_unsupported';
-  constructor(message: string) {
-    super(message);
-    this.name = 'WeightsDtypeError';
-  }
-}
+export { WeightsDtypeError };
 
 export const DEFAULT_CACHE_DIR = '.cache/mamba-serve';
 
@@ -49,9 +42,6 @@ export async function createEngine(options: CreateEngineOptions): Promise<{ engi
   if (choice === 'auto') choice = dtype === 'f32' && cudaAvailability().ok ? 'cuda' : 'ort';
   if (dtype !== 'f32' && choice !== 'ort') {
     throw new WeightsDtypeError(`WEIGHTS_DTYPE=${dtype} runs on the ort engine only; the ${choice} engine computes with the checkpoint's weights in fp32`);
-  }
-  if (options.prepackWeights === false && dtype !== 'f32') {
-    throw new WeightsDtypeError(`ORT_PREPACK_WEIGHTS=false is for f32 weights only: ${dtype} matmuls compute from their packed layout`);
   }
   switch (choice) {
     case 'reference':

@@ -22,7 +22,7 @@ import { layersOfType } from '../../model/mamba-config.ts';
 import { modelInfoFromCheckpoint } from '../model-info.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
 import type { NBitsActivations } from './linear.ts';
-import type { WeightsDtype } from './quantize.ts';
+import { WeightsDtypeError, type WeightsDtype } from './quantize.ts';
 import { transposeLast2 } from './transpose.ts';
 import { swapRingAxes } from './window-inputs.mjs';
 
@@ -33,10 +33,10 @@ export interface OrtEngineOptions {
   /** Intra-op threads of ONNX Runtime; 0 = one per core. */
   readonly intraOpThreads?: number;
   /**
-   * Let the intra-op threads spin-wait between ops and after a run (ORT's default) rather than
-   * sleep. Off unless asked for: measured on a 2-vCPU machine, spinning threads took the cores
-   * a neighbour (the event loop, another process) needed, and decode and prefill both ran
-   * faster without (bench/ort-spinning.ts).
+   * ORT's own spin: the intra-op threads spin-wait between ops and a long while after a run
+   * (overrides intraOpSpinMicros). Off unless asked for: measured on a 2-vCPU machine, the spin
+   * left after a run took the cores a neighbour (the event loop, another process) needed
+   * (bench/ort-spinning.ts).
    */
   readonly intraOpSpinning?: boolean;
   /**
@@ -147,7 +147,7 @@ export class OrtEngine implements Engine {
     const weightsDtype = options.weightsDtype ?? 'f32';
     const prepack = options.prepackWeights ?? true;
     if (!prepack && weightsDtype !== 'f32') {
-      throw new RangeError(`prepackWeights false is for f32 weights only (${weightsDtype} matmuls compute from their packed layout)`);
+      throw new WeightsDtypeError(`ORT_PREPACK_WEIGHTS=false is for f32 weights only: ${weightsDtype} matmuls compute from their packed layout`);
     }
     const build = await ensureGraphBuild(ckpt, options.cacheDir, {
       dtype: weightsDtype,

@@ -17,6 +17,15 @@
 export type WeightsDtype = 'f32' | 'int8' | 'int4';
 export const WEIGHTS_DTYPES: readonly WeightsDtype[] = ['f32', 'int8', 'int4'];
 
+/** A weights setting the chosen engine cannot run (quantized weights on the reference or CUDA engine; unpacked quantized weights). */
+export class WeightsDtypeError extends Error {
+  readonly code = 'weights_dtype_unsupported';
+  constructor(message: string) {
+    super(message);
+    this.name = 'WeightsDtypeError';
+  }
+}
+
 export type QuantBits = 4 | 8;
 export const bitsOf = (dtype: Exclude<WeightsDtype, 'f32'>): QuantBits => (dtype === 'int8' ? 8 : 4);
 
