@@ -200,7 +200,7 @@ function emitModel(g: GraphBuilder, mode: Mode, W: WeightNames, dims: Dims): str
   // log1p(exp(v)) rounds to v, and the clamp keeps exp finite), in five vectorized ops —
   // measured 3-4x faster than ORT's Softplus kernel, which is scalar.
   const oneF = g.constFloat([1], [], 'one');
-  const onesK = g.constFloat(new Array<number>(K).fill(1), [1, K], 'ones_k');
+  const onesK = mode === 'step' ? g.constFloat(new Array<number>(K).fill(1), [1, K], 'ones_k') : ''; // the step's conv sum
   const eighty = g.constFloat([80], [], 'eighty');
   const softplus = (v: string) =>
     g.op('Max', [v, g.op('Log', [g.op('Add', [g.op('Exp', [g.op('Min', [v, eighty])]), oneF])])]);
