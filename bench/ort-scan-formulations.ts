@@ -1,4 +1,5 @@
-// Which formulation of Mamba's selective scan in standard ONNX ops is fastest on this CPU?
+// Which formulation of Mamba's selective scan in ONNX ops is fastest on this CPU? (Standard
+// ops, and ONNX Runtime's own LinearAttention contrib kernel.)
 // One layer of mamba-130m's shape (d_inner 1536, d_state 16), L tokens, batch 1: every
 // variant computes y [B, L, D] and the final state from the same inputs; the outputs are
 // checked against each other before timing.
@@ -9,7 +10,7 @@
 import { parseArgs } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { Rng } from '../shared/rng.ts';
-import { GraphBuilder, encodeModel } from '../worker/engine/ort/onnx-builder.ts';
+import { GraphBuilder, MS_DOMAIN, encodeModel } from '../worker/engine/ort/onnx-builder.ts';
 
 const { values: args } = parseArgs({
   options: { length: { type: 'string', default: '2048' }, threads: { type: 'string', default: '1' }, repeats: { type: 'string', default: '3' } },
@@ -178,6 +179,17 @@ const variants: Variant[] = [
       },
     }),
   ),
+  {
+    name: "ORT's LinearAttention (com.microsoft, update_rule gated)",
+    idea: 'one kernel: S_t = exp(g_t) S_{t-1} + k_t v_t^T, o_t = q_t^T S_t with a head per channel (D heads, d_k = N, d_v = 1), k = B and q = C shared by all heads, g = dt*A for all L first ([B,L,D,N])',
+    build(g, io) {
+      const logDecay = g.op('Reshape', [g.op('Mul', [g.op('Unsqueeze', [io.dt, g.constInt64([3])]), g.constFloat(A, [D, N])]), g.constInt64([0, 0, D * N])]);
+      const state = g.op('Reshape', [io.h0, g.constInt64([0, D, N, 1])]); // [B, heads, d_k, d_v]
+      const [y, hL] = g.opN('LinearAttention', [io.Cm, io.Bm, io.dtx, state, logDecay], ['la_y', 'la_h'], { q_num_heads: 1, kv_num_heads: D, update_rule: 'gated', scale: { float: 1 } }, MS_DOMAIN);
+      g.op('Identity', [y!], {}, 'y');
+      g.op('Reshape', [hL!, g.constInt64([0, D, N])], {}, 'hL');
+    },
+  },
   ...[8, 32].map(
     (T): Variant => ({
       name: `unrolled-${T}`,

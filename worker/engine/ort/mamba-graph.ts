@@ -25,6 +25,13 @@
 // (discretization precomputed for all L, chunked/unrolled bodies, nested scans); this one
 // won on this CPU because the per-iteration cost of Scan is small next to the elementwise
 // work, and the alternatives add memory traffic of [L, N, D] intermediates.
+//
+// ONNX Runtime 1.30 also has fused contrib kernels for this family of models (LinearAttention
+// for the scan, CausalConvWithState for the conv + SiLU, LinearAttentionGate for softplus(a +
+// bias)). On its CPU provider each is slower at our shapes than the standard ops used here
+// (bench/ort-fused-ops.ts and bench/ort-scan-formulations.ts; a whole graph built with the conv
+// and gate ops decoded 10 % slower at batch 1 and 21 % at batch 8 under bench/ort-graph-ab.ts),
+// so they are not used.
 import type { Checkpoint } from '../../model/checkpoint.ts';
 import { layerTypes } from '../../model/mamba-config.ts';
 import {
