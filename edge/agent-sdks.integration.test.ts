@@ -1,8 +1,12 @@
 // The agent frameworks that speak the Responses API by default, used as their READMEs show,
 // pointed at mamba-serve by changing only the base URL and the API key: the Vercel AI SDK
-// (`openai(model)`, previousResponseId) and the OpenAI Agents SDK (previousResponseId,
-// OpenAIConversationsSession, conversationId). Each also continues across a full restart of the
-// stack (edge, worker, and a fresh Redis; states and response records on the S3 server).
+// (`openai(model)`, previousResponseId), the OpenAI Agents SDK (previousResponseId,
+// OpenAIConversationsSession, conversationId) and LangChain.js (ChatOpenAI with
+// useResponsesApi and previous_response_id; on Chat Completions, an append-only session by
+// header). Each also continues across a full restart of the stack (edge, worker, and a fresh
+// Redis; states and response records on the S3 server).
+import { ChatOpenAI } from '@langchain/openai';
+import { HumanMessage, SystemMessage, type AIMessageChunk } from '@langchain/core/messages';
 import { createOpenAI } from '@ai-sdk/openai';
 import { Agent, OpenAIConversationsSession, Runner, setDefaultOpenAIClient, setTracingDisabled } from '@openai/agents';
 import { generateText, streamText } from 'ai';
@@ -117,5 +121,84 @@ describe('OpenAI Agents SDK', () => {
     expect(b.usage!.input_tokens_details.cached_tokens).toBeGreaterThanOrEqual(a.usage!.input_tokens + a.usage!.output_tokens);
     expect(b.usage!.input_tokens - b.usage!.input_tokens_details.cached_tokens).toBeLessThan(a.usage!.input_tokens);
     expect(b.session_version).toBe(2);
+  });
+});
+
+describe('LangChain.js: ChatOpenAI', () => {
+  // Every request the framework makes is recorded: nothing may leave the machine (LangChain can
+  // fetch tokenizer files for token counting, and trace to LangSmith when told to).
+  const requested: string[] = [];
+  const realFetch = globalThis.fetch;
+  beforeAll(() => {
+    globalThis.fetch = (input, init) => {
+      requested.push(input instanceof Request ? input.url : String(input));
+      return realFetch(input, init);
+    };
+  });
+  afterAll(() => {
+    globalThis.fetch = realFetch;
+  });
+  // The client is made per call: it captures fetch, and a restart moves nothing it holds.
+  const chatModel = (fields: { useResponsesApi?: boolean; headers?: Record<string, string> } = {}) =>
+    new ChatOpenAI({
+      model: 'tiny',
+      apiKey: KEY,
+      configuration: { baseURL: `${stack.url}/v1`, ...(fields.headers ? { defaultHeaders: fields.headers } : {}) },
+      ...(fields.useResponsesApi ? { useResponsesApi: true } : {}),
+      maxTokens: 6,
+      temperature: 0,
+      maxRetries: 0,
+    });
+
+  it('useResponsesApi: invoke, continue with previous_response_id, and stream on after a restart', async () => {
+    const first = await chatModel({ useResponsesApi: true }).invoke([new SystemMessage('Be brief.'), new HumanMessage('Hello!')]);
+    const firstId = first.response_metadata['id'] as string;
+    expect(firstId).toMatch(/^resp_/);
+    expect(first.text).toBe((await stored(firstId)).output_text);
+
+    // Only the new message is sent; the rest of the conversation is the stored state.
+    const second = await chatModel({ useResponsesApi: true }).invoke([new HumanMessage('And now?')], { previous_response_id: firstId });
+    const secondId = second.response_metadata['id'] as string;
+    const record = await stored(secondId);
+    expect(record.previous_response_id).toBe(firstId);
+    expect(second.text).toBe(record.output_text);
+    expect(record.usage!.input_tokens_details.cached_tokens).toBeGreaterThan(0);
+    expect(second.usage_metadata?.input_token_details?.cache_read).toBe(record.usage!.input_tokens_details.cached_tokens);
+
+    await stack.restart();
+    let streamed: AIMessageChunk | undefined;
+    for await (const chunk of await chatModel({ useResponsesApi: true }).stream([new HumanMessage('Still here?')], { previous_response_id: secondId })) {
+      streamed = streamed ? streamed.concat(chunk) : chunk;
+    }
+    const thirdId = streamed!.response_metadata['id'] as string;
+    const after = await stored(thirdId);
+    expect(after.previous_response_id).toBe(secondId);
+    expect(streamed!.text).toBe(after.output_text);
+    expect(after.usage!.input_tokens_details.cached_tokens).toBeGreaterThan(record.usage!.input_tokens_details.cached_tokens);
+    expect(after.session_id).toBe(record.session_id);
+  });
+
+  it('Chat Completions with X-Session-Id and X-Session-Append: each invoke sends only its new message', async () => {
+    const session = 'langchain-append-1';
+    const model = () => chatModel({ headers: { 'X-Session-Id': session, 'X-Session-Append': 'true' } });
+    const first = await model().invoke([new SystemMessage('Be brief.'), new HumanMessage('My locker code is 4812.')]);
+    expect(first.text.length).toBeGreaterThan(0);
+    const info = async () => (await (await realFetch(`${stack.url}/v1/sessions/${session}`, { headers: { authorization: `Bearer ${KEY}` } })).json()) as { version: number; tokens_absorbed: number };
+    const before = await info();
+    expect(before.version).toBe(1);
+
+    await stack.restart();
+    const second = await model().invoke([new HumanMessage('What is my locker code?')]);
+    const now = await info();
+    expect(now.version).toBe(2);
+    // The state grew by this turn alone: the new message and the reply, not the history again.
+    expect(now.tokens_absorbed - before.tokens_absorbed).toBeLessThan(before.tokens_absorbed);
+    // Usage as OpenAI reports it: the stored state's tokens are the prompt's cached part.
+    expect(second.usage_metadata!.input_token_details?.cache_read).toBe(before.tokens_absorbed);
+  });
+
+  it('sent nothing anywhere but the stack', () => {
+    expect(requested.length).toBeGreaterThanOrEqual(5);
+    expect(requested.filter((url) => !url.startsWith(`${stack.url}/`))).toEqual([]);
   });
 });
