@@ -12,6 +12,9 @@ export class ConfigError extends Error {
   }
 }
 
+/** ORT_INTRA_OP_SPIN_US's default, also the ORT engine's when it is built without a config. */
+export const DEFAULT_ORT_INTRA_OP_SPIN_US = 100;
+
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) =>
   z
     .string()
@@ -183,7 +186,7 @@ export const WorkerConfigSchema = z.object({
    * default (the ORT engine's own default too): end to end it served as much as no spin or more,
    * also beside a busy neighbour, where ORT's own spin lost (bench/ort-spinning.ts).
    */
-  ORT_INTRA_OP_SPIN_US: int(0, 1_000_000).default(100),
+  ORT_INTRA_OP_SPIN_US: int(0, 1_000_000).default(DEFAULT_ORT_INTRA_OP_SPIN_US),
   /**
    * Weights of the ORT engine's graph build: f32 (exact; the default), or int8 / int4 block-
    * quantized projections and LM head (ONNX Runtime's MatMulNBits; SSM parameters, norms, conv

@@ -4,6 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
+import { DEFAULT_ORT_INTRA_OP_SPIN_US } from '../../../shared/config.ts';
 import type { Checkpoint } from '../../model/checkpoint.ts';
 import {
   checkTokens,
@@ -43,8 +44,9 @@ export interface OrtEngineOptions {
    * When intraOpSpinning is off: how long (µs) an idle intra-op thread spins for the next op of
    * a run before it sleeps (ORT's `session.intra_op.spin_duration_us`); 0 = it sleeps at once.
    * Bounded, the spin covers the gaps between a run's ops without the long spin ORT's own
-   * default leaves after a run. Default 100 (as ORT_INTRA_OP_SPIN_US): end to end it served as
-   * much as no spin or more, also beside a busy neighbour (bench/ort-spinning.ts).
+   * default leaves after a run. Default 100 µs (DEFAULT_ORT_INTRA_OP_SPIN_US, also
+   * ORT_INTRA_OP_SPIN_US's default): end to end it served as much as no spin or more, also
+   * beside a busy neighbour (bench/ort-spinning.ts).
    */
   readonly intraOpSpinMicros?: number;
   /**
@@ -70,12 +72,10 @@ export interface OrtEngineOptions {
   readonly quantizedActivations?: NBitsActivations;
 }
 
-const DEFAULT_SPIN_MICROS = 100;
-
 /** ORT's intra-op spin settings: its own long spin, a bounded one, or none. */
 function intraOpSpin(options: Pick<OrtEngineOptions, 'intraOpSpinning' | 'intraOpSpinMicros'>): Record<string, string> {
   if (options.intraOpSpinning) return { allow_spinning: '1' };
-  const micros = options.intraOpSpinMicros ?? DEFAULT_SPIN_MICROS;
+  const micros = options.intraOpSpinMicros ?? DEFAULT_ORT_INTRA_OP_SPIN_US;
   return micros > 0 ? { allow_spinning: '1', spin_duration_us: String(Math.round(micros)) } : { allow_spinning: '0' };
 }
 
