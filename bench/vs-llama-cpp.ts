@@ -85,22 +85,40 @@ interface Reply {
   error?: string;
 }
 
+/** A peer process ended while it was measuring (a crash, not an error it reported). */
+class PeerExited extends Error {
+  constructor(
+    readonly peer: string,
+    /** The signal or exit code that ended it. */
+    readonly how: string,
+  ) {
+    super(`${peer} exited (${how})`);
+    this.name = 'PeerExited';
+  }
+}
+
 class Peer {
   private constructor(
     readonly name: string,
+    private readonly argv: string[],
     private readonly child: ChildProcess,
   ) {}
 
   static async start(name: string, argv: string[]): Promise<Peer> {
     const child = fork(join(here, 'vs-llama-cpp-peer.ts'), argv, { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-    const peer = new Peer(name, child);
+    const peer = new Peer(name, argv, child);
     await peer.reply();
     return peer;
   }
 
+  /** A fresh process of the same side (after this one exited). */
+  restart(): Promise<Peer> {
+    return Peer.start(this.name, this.argv);
+  }
+
   private reply(): Promise<Record<string, unknown>> {
     return new Promise((resolvePromise, reject) => {
-      const onExit = (code: number | null) => reject(new Error(`${this.name} exited (${code})`));
+      const onExit = (code: number | null, signal: NodeJS.Signals | null) => reject(new PeerExited(this.name, signal ?? `code ${code}`));
       this.child.once('exit', onExit);
       this.child.once('message', (msg: Reply) => {
         this.child.off('exit', onExit);
@@ -116,7 +134,9 @@ class Peer {
     return (await answer) as T;
   }
 
+  /** Ends the peer; a no-op for one that has already exited (whose failure is the error to report). */
   async stop(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
     const gone = new Promise((r) => this.child.once('exit', r));
     this.child.send({ op: 'exit' });
     await gone;
@@ -156,7 +176,10 @@ interface DtypeResult {
   /** Peak RSS after the first round (load included), and at the end of all rounds. */
   rss: { ours: number; theirs: number };
   rssEnd: { ours: number; theirs: number };
+  /** `${measure}|theirs` -> the signal or exit code that ended llama.cpp in that measurement. */
+  crashed: Map<string, string>;
 }
+type Side = 'ours' | 'theirs';
 
 const LOGITS_PROMPT = Array.from({ length: 64 }, (_, i) => (i * 7919 + 5) % 50000);
 const maxAbsDiff = (a: number[], b: number[]) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
@@ -176,10 +199,13 @@ for (const dtype of dtypes) {
   const theirsWeightBytes = statSync(gguf).size;
 
   const common = ['--threads', String(threads), '--cache-dir', cacheDir];
-  const ours = await Peer.start('ours', ['--side', 'ours', '--model', modelDir, '--dtype', dtype, ...(args.spinning ? ['--spinning'] : []), ...common]);
-  const theirs = await Peer.start('llama.cpp', ['--side', 'llama', '--model', gguf, '--llama-module', llamaModule, ...common]);
+  const peers: Record<Side, Peer> = {
+    ours: await Peer.start('ours', ['--side', 'ours', '--model', modelDir, '--dtype', dtype, ...(args.spinning ? ['--spinning'] : []), ...common]),
+    theirs: await Peer.start('llama.cpp', ['--side', 'llama', '--model', gguf, '--llama-module', llamaModule, ...common]),
+  };
+  const crashed = new Map<string, string>();
   try {
-    const [lo, lt] = [(await ours.ask<{ logits: number[] }>({ op: 'logits', tokens: LOGITS_PROMPT })).logits, (await theirs.ask<{ logits: number[] }>({ op: 'logits', tokens: LOGITS_PROMPT })).logits];
+    const [lo, lt] = [(await peers.ours.ask<{ logits: number[] }>({ op: 'logits', tokens: LOGITS_PROMPT })).logits, (await peers.theirs.ask<{ logits: number[] }>({ op: 'logits', tokens: LOGITS_PROMPT })).logits];
     const range = lo.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
     const logits: DtypeResult['logits'] = { oursVsTheirs: maxAbsDiff(lo, lt), argmaxAgree: argmax(lo) === argmax(lt), range };
     if (dtype === 'f32') {
@@ -194,36 +220,54 @@ for (const dtype of dtypes) {
     const measures = new Map<string, Figures>();
     const stepsAll = new Map<string, Figures>();
     let counting = false;
-    const add = (m: Map<string, Figures>, key: string, side: 'ours' | 'theirs', v: number[]) => {
-      if (!counting) return;
+    const add = (m: Map<string, Figures>, key: string, side: Side, v: number[]) => {
       const f = m.get(key) ?? { ours: [], theirs: [] };
-      f[side].push(...v);
+      if (counting) f[side].push(...v);
       m.set(key, f);
+    };
+    // llama.cpp crashing in one measurement (node-llama-cpp 3.22.1's CPU build segfaults on
+    // Q8_0 decode at batch 8 on an AVX-512/AMX machine) costs that measurement, not the run: the
+    // side is restarted and the measurement is reported as crashed from then on. Our side
+    // crashing fails the run.
+    const measure = async <T>(side: Side, key: string, msg: Record<string, unknown>): Promise<T | undefined> => {
+      if (crashed.has(`${key}|${side}`)) return undefined;
+      try {
+        return await peers[side].ask<T>(msg);
+      } catch (err) {
+        if (side === 'ours' || !(err instanceof PeerExited)) throw err;
+        crashed.set(`${key}|${side}`, err.how);
+        console.log(`${dtype}: ${err.peer} died in "${key}" (${err.how}); restarted, that measurement is skipped from now on`);
+        peers[side] = await peers[side].restart();
+        return undefined;
+      }
     };
     // Idle between measurements: a side's threads may still spin (ORT's intra-op threads do,
     // unless told not to) and would steal cores from the other side's measurement.
     const settle = () => new Promise((r) => setTimeout(r, 300));
     const peakRss = async () => ({
-      ours: (await ours.ask<{ peakRssBytes: number }>({ op: 'rss' })).peakRssBytes,
-      theirs: (await theirs.ask<{ peakRssBytes: number }>({ op: 'rss' })).peakRssBytes,
+      ours: (await peers.ours.ask<{ peakRssBytes: number }>({ op: 'rss' })).peakRssBytes,
+      theirs: (await peers.theirs.ask<{ peakRssBytes: number }>({ op: 'rss' })).peakRssBytes,
     });
     let rss: DtypeResult['rss'] | undefined;
     // Round -1 warms both sides up (first-use costs: page faults, llama.cpp's first batch of a
     // sequence) and is not counted.
     for (let r = -1; r < rounds; r++) {
       counting = r >= 0;
-      const order: ['ours' | 'theirs', Peer][] = r % 2 === 0 ? [['ours', ours], ['theirs', theirs]] : [['theirs', theirs], ['ours', ours]];
+      const order: Side[] = r % 2 === 0 ? ['ours', 'theirs'] : ['theirs', 'ours'];
       for (const L of PREFILL_LENGTHS) {
-        for (const [side, peer] of order) {
+        const key = `prefill L=${L}, tok/s`;
+        for (const side of order) {
           await settle();
-          add(measures, `prefill L=${L}, tok/s`, side, [L / ((await peer.ask<{ ms: number }>({ op: 'prefill', length: L })).ms / 1000)]);
+          const ms = (await measure<{ ms: number }>(side, key, { op: 'prefill', length: L }))?.ms;
+          add(measures, key, side, ms === undefined ? [] : [L / (ms / 1000)]);
         }
       }
       for (const B of DECODE_BATCHES) {
-        for (const [side, peer] of order) {
+        const key = `decode batch ${B}, tok/s (median step)`;
+        for (const side of order) {
           await settle();
-          const times = (await peer.ask<{ stepsMs: number[] }>({ op: 'decode', batch: B, steps })).stepsMs;
-          add(measures, `decode batch ${B}, tok/s (median step)`, side, [(1000 * B) / median(times)]);
+          const times = (await measure<{ stepsMs: number[] }>(side, key, { op: 'decode', batch: B, steps }))?.stepsMs ?? [];
+          add(measures, key, side, times.length ? [(1000 * B) / median(times)] : []);
           add(stepsAll, `decode batch ${B}`, side, times);
         }
       }
@@ -233,10 +277,10 @@ for (const dtype of dtypes) {
       if (r === -1) rss = await peakRss();
       console.log(`${dtype}: ${r === -1 ? 'warm-up round' : `round ${r + 1}/${rounds}`} done`);
     }
-    results.push({ dtype, peer: peerDtype, oursWeightBytes, theirsWeightBytes, logits, measures, steps: stepsAll, rss: rss!, rssEnd: await peakRss() });
+    results.push({ dtype, peer: peerDtype, oursWeightBytes, theirsWeightBytes, logits, measures, steps: stepsAll, rss: rss!, rssEnd: await peakRss(), crashed });
   } finally {
-    await ours.stop();
-    await theirs.stop();
+    await peers.ours.stop();
+    await peers.theirs.stop();
   }
 }
 const bandwidthAfter = await measureReadBandwidth(threads);
@@ -250,42 +294,51 @@ console.log(
   `\nours: ORT engine (onnxruntime-node CPU, intra-op spin: ${args.spinning ? "ORT's own" : 'bounded, as served (ORT_INTRA_OP_SPIN_US)'}); theirs: llama.cpp via node-llama-cpp@${args['llama-version']} (CPU); ${threads} threads each; ` +
     `median (min–max) over ${rounds} interleaved rounds; decode: the median of ${steps} steps per round; read bandwidth ${(bandwidth / 1e9).toFixed(1)} GB/s (vector loads, ${threads} threads)\n`,
 );
-const goals: [string, boolean, string][] = [];
+/** [goal, met (undefined: not measured), figure] */
+const goals: [string, boolean | undefined, string][] = [];
 for (const r of results) {
   console.log(`### ${r.dtype} vs ${r.peer} (weights: ours ${MB(r.oursWeightBytes)}, theirs ${MB(r.theirsWeightBytes)})\n`);
   console.log(`| measure | ours | llama.cpp ${r.peer} | ours ÷ theirs |\n|---|---|---|---|`);
-  for (const [name, f] of r.measures) console.log(`| ${name} | ${spread(f.ours)} | ${spread(f.theirs)} | ${(median(f.ours) / median(f.theirs)).toFixed(2)} |`);
+  const cell = (name: string, xs: number[], show: (xs: number[]) => string) => (xs.length ? show(xs) : `crashed (${r.crashed.get(`${name}|theirs`) ?? 'no figures'})`);
+  const ratio = (a: number[], b: number[], of: (xs: number[]) => number) => (a.length && b.length ? (of(a) / of(b)).toFixed(2) : '—');
+  for (const [name, f] of r.measures) console.log(`| ${name} | ${spread(f.ours)} | ${cell(name, f.theirs, (xs) => spread(xs))} | ${ratio(f.ours, f.theirs, median)} |`);
   for (const [name, f] of r.steps) {
     const B = Number(name.split(' ').pop());
     const fast = (xs: number[]) => (1000 * B) / quantile(xs, 0.1);
-    console.log(`| ${name}, tok/s (fastest 10 % of steps) | ${fast(f.ours).toFixed(0)} | ${fast(f.theirs).toFixed(0)} | ${(fast(f.ours) / fast(f.theirs)).toFixed(2)} |`);
+    console.log(`| ${name}, tok/s (fastest 10 % of steps) | ${fast(f.ours).toFixed(0)} | ${cell(`${name}, tok/s (median step)`, f.theirs, (xs) => fast(xs).toFixed(0))} | ${ratio(f.ours, f.theirs, fast)} |`);
   }
   console.log(`| peak RSS (load and the warm-up round: every measurement once) | ${MB(r.rss.ours)} | ${MB(r.rss.theirs)} | ${(r.rss.ours / r.rss.theirs).toFixed(2)} |`);
   console.log(`| peak RSS at the end of all rounds | ${MB(r.rssEnd.ours)} | ${MB(r.rssEnd.theirs)} | ${(r.rssEnd.ours / r.rssEnd.theirs).toFixed(2)} |`);
   const b1 = median(r.measures.get('decode batch 1, tok/s (median step)')!.ours);
   const bound = bandwidth / r.oursWeightBytes;
-  console.log(`| decode batch 1: bound of its weight bytes (bandwidth ÷ ${MB(r.oursWeightBytes)}) | ${bound.toFixed(0)} tok/s; reached ${((100 * b1) / bound).toFixed(0)} % | ${(bandwidth / r.theirsWeightBytes).toFixed(0)} tok/s; reached ${((100 * median(r.measures.get('decode batch 1, tok/s (median step)')!.theirs) * r.theirsWeightBytes) / bandwidth).toFixed(0)} % | |`);
+  const theirsB1 = r.measures.get('decode batch 1, tok/s (median step)')!.theirs;
+  const theirsReached = theirsB1.length ? `${((100 * median(theirsB1) * r.theirsWeightBytes) / bandwidth).toFixed(0)} %` : 'crashed';
+  console.log(`| decode batch 1: bound of its weight bytes (bandwidth ÷ ${MB(r.oursWeightBytes)}) | ${bound.toFixed(0)} tok/s; reached ${((100 * b1) / bound).toFixed(0)} % | ${(bandwidth / r.theirsWeightBytes).toFixed(0)} tok/s; reached ${theirsReached} | |`);
   console.log(`\nlogits: max |ours − llama.cpp| ${r.logits.oursVsTheirs.toExponential(2)} (logit range ${r.logits.range.toFixed(1)}; same argmax: ${r.logits.argmaxAgree})` +
     (r.logits.oursVsF32 !== undefined ? `; vs our f32 logits: ours ${r.logits.oursVsF32.toExponential(2)}, llama.cpp ${r.logits.theirsVsF32!.toExponential(2)}` : '') + '\n');
 
   goals.push([`${r.dtype}: decode batch 1 ≥ 80 % of the bound of its weight bytes`, b1 >= 0.8 * bound, `${((100 * b1) / bound).toFixed(0)} %`]);
   if (r.dtype !== 'f32') {
     for (const B of DECODE_BATCHES) {
-      const f = r.measures.get(`decode batch ${B}, tok/s (median step)`)!;
-      const ratio = median(f.ours) / median(f.theirs);
-      goals.push([`${r.dtype} ≥ ${r.peer} at decode batch ${B}`, ratio >= 1, `${ratio.toFixed(2)}x`]);
+      const name = `decode batch ${B}, tok/s (median step)`;
+      const f = r.measures.get(name)!;
+      const goal = `${r.dtype} ≥ ${r.peer} at decode batch ${B}`;
+      if (!f.theirs.length) goals.push([goal, undefined, `not measured: llama.cpp crashed (${r.crashed.get(`${name}|theirs`)})`]);
+      else goals.push([goal, median(f.ours) >= median(f.theirs), `${(median(f.ours) / median(f.theirs)).toFixed(2)}x`]);
     }
   }
   for (const L of PREFILL_LENGTHS) {
-    const f = r.measures.get(`prefill L=${L}, tok/s`)!;
-    const ratio = median(f.ours) / median(f.theirs);
-    goals.push([`${r.dtype}: prefill L=${L} ≥ 2x llama.cpp`, ratio >= 2, `${ratio.toFixed(2)}x`]);
+    const name = `prefill L=${L}, tok/s`;
+    const f = r.measures.get(name)!;
+    const goal = `${r.dtype}: prefill L=${L} ≥ 2x llama.cpp`;
+    if (!f.theirs.length) goals.push([goal, undefined, `not measured: llama.cpp crashed (${r.crashed.get(`${name}|theirs`)})`]);
+    else goals.push([goal, median(f.ours) >= 2 * median(f.theirs), `${(median(f.ours) / median(f.theirs)).toFixed(2)}x`]);
   }
   const limit = 1.2 * r.oursWeightBytes + 200e6;
   goals.push([`${r.dtype}: peak RSS ≤ 1.2 × weights + 200 MB (${MB(limit)})`, r.rss.ours <= limit, MB(r.rss.ours)]);
 }
 console.log('| goal | met | figure |\n|---|---|---|');
-for (const [goal, met, figure] of goals) console.log(`| ${goal} | ${met ? 'yes' : '**no**'} | ${figure} |`);
+for (const [goal, met, figure] of goals) console.log(`| ${goal} | ${met === undefined ? 'n/a' : met ? 'yes' : '**no**'} | ${figure} |`);
 
 const json = {
   bench: 'vs-llama-cpp',
@@ -304,8 +357,9 @@ const json = {
     measures: Object.fromEntries([...r.measures].map(([k, f]) => [k, { ours: f.ours, theirs: f.theirs }])),
     peak_rss: r.rss,
     peak_rss_end: r.rssEnd,
+    llama_cpp_crashed: Object.fromEntries([...r.crashed].map(([k, how]) => [k.replace(/\|theirs$/, ''), how])),
   })),
-  goals: goals.map(([goal, met, figure]) => ({ goal, met, figure })),
+  goals: goals.map(([goal, met, figure]) => ({ goal, met: met ?? null, figure })),
 };
 console.log(JSON.stringify(json));
 if (args.json) await writeFile(args.json, `${JSON.stringify(json, null, 1)}\n`);
