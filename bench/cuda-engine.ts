@@ -32,6 +32,7 @@ import type { StateHandle } from '../worker/engine/engine.ts';
 import { exportHostState, stateSizes, zeroHostState } from '../worker/engine/host-state.ts';
 import { openCheckpoint } from '../worker/model/checkpoint.ts';
 import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../worker/model/testing/random-checkpoint.ts';
+import { median } from './stats.ts';
 
 const MODELS = ['pure', 'hybrid-w512', 'hybrid-w2048'] as const;
 type ModelName = (typeof MODELS)[number];
@@ -91,7 +92,6 @@ async function modelDir(name: ModelName): Promise<string> {
   return dir;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 async function wallMs(fn: () => Promise<unknown>, reps: number): Promise<number> {
   for (let i = 0; i < 3; i++) await fn();
   const ms: number[] = [];

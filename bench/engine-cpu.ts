@@ -25,6 +25,7 @@ import type { WeightsDtype } from '../worker/engine/ort/quantize.ts';
 import { openCheckpoint } from '../worker/model/checkpoint.ts';
 import { writeRandomCheckpoint } from '../worker/model/testing/random-checkpoint.ts';
 import { measureReadBandwidth } from './memory-bandwidth.ts';
+import { median } from './stats.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -77,7 +78,7 @@ async function decodeMsPerStep(engine: Engine, batch: number): Promise<number> {
   }
   for (const s of states) engine.freeState(s);
   // The median step: on a shared machine a neighbour's burst inflates a mean.
-  return times.sort((a, b) => a - b)[Math.floor(times.length / 2)]!;
+  return median(times);
 }
 
 async function prefillRate(engine: Engine, L: number): Promise<number> {
@@ -150,7 +151,7 @@ for (const dtype of dtypes) {
 }
 
 bandwidths.push((await measureReadBandwidth(threads)).bytesPerSecond);
-const bandwidth = { bytesPerSecond: [...bandwidths].sort((a, b) => a - b)[Math.floor(bandwidths.length / 2)]! };
+const bandwidth = { bytesPerSecond: median(bandwidths) };
 const gbs = (bytesPerSecond: number) => `${(bytesPerSecond / 1e9).toFixed(1)} GB/s`;
 const MB = (b: number) => `${(b / 1e6).toFixed(0)} MB`;
 const cols = (f: (r: Figures) => string) => results.map(f).join(' | ');

@@ -18,6 +18,7 @@ import { parseArgs } from 'node:util';
 import { createEngine } from '../worker/engine/create-engine.ts';
 import type { Engine } from '../worker/engine/engine.ts';
 import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../worker/model/testing/random-checkpoint.ts';
+import { median } from './stats.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -58,7 +59,6 @@ for (const v of variants) {
   }
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 async function decodeMsPerStep(engine: Engine, batch: number, history: number): Promise<number> {
   const states = await Promise.all(Array.from({ length: batch }, () => engine.newState()));

@@ -18,6 +18,7 @@ import { parseArgs } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { Rng } from '../shared/rng.ts';
 import { GraphBuilder, MS_DOMAIN, encodeModel } from '../worker/engine/ort/onnx-builder.ts';
+import { median } from './stats.ts';
 
 const { values: args } = parseArgs({ options: { threads: { type: 'string', default: '2' }, rounds: { type: 'string', default: '40' } } });
 const D = 1536;
@@ -132,7 +133,7 @@ for (const c of cases) {
       times[i]!.push(performance.now() - started);
     }
   }
-  const [ma, mb] = times.map((t) => t.sort((p, q) => p - q)[t.length >> 1]! * (1000 / LAYERS)) as [number, number];
+  const [ma, mb] = times.map((t) => median(t) * (1000 / LAYERS)) as [number, number];
   console.log(`| ${c.name} | ${ma.toFixed(1)} | ${mb.toFixed(1)} | ${(mb / ma).toFixed(2)} | ${(diff / largest).toExponential(1)} |`);
   await Promise.all([a!.release(), b!.release()]);
 }

@@ -11,6 +11,7 @@
 // (a hybrid's rings, mask and RoPE inputs are not fed).
 import { parseArgs } from 'node:util';
 import * as ort from 'onnxruntime-node';
+import { median } from './stats.ts';
 
 const { values: args, positionals } = parseArgs({
   allowPositionals: true,
@@ -58,7 +59,6 @@ function feeds(batch: number, step: number): Record<string, ort.Tensor> {
   return f;
 }
 
-const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[xs.length >> 1]!;
 console.log(`A: ${positionals[0]}\nB: ${positionals[1]}\n${args.threads} intra-op threads, spin ${spinUs} µs; ${steps} alternating decode steps each\n`);
 console.log('| batch | A, median ms a step | B, median ms a step | B ÷ A |\n|---|---|---|---|');
 for (const batch of [1, 8]) {

@@ -13,6 +13,7 @@
 import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { benchModel, createSession, startBenchStack, turn } from './serving-harness.ts';
+import { median } from './stats.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -73,7 +74,6 @@ try {
 } finally {
   stopNeighbour?.();
 }
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const shape = args.model === '130m' ? 'mamba-130m shape (hidden 768 x 24 layers), byte vocabulary' : 'hidden 384 x 6 layers';
 console.log(`\none worker (ORT engine, f32, ${shape}), ${tokens} tokens per turn${args.neighbour ? ', a busy neighbour process on one core' : ''}; tokens/s, median (min–max) over ${rounds} interleaved rounds\n`);
 console.log(`| concurrent sessions | ${SETTINGS.map(([n]) => n).join(' | ')} |\n|---|${SETTINGS.map(() => '---').join('|')}|`);

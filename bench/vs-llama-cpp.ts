@@ -29,6 +29,7 @@ import { ensureGraphBuild } from '../worker/engine/ort/graph-cache.ts';
 import type { WeightsDtype } from '../worker/engine/ort/quantize.ts';
 import { writeMambaGguf, type GgufDtype } from './gguf-mamba.ts';
 import { measureReadBandwidth } from './memory-bandwidth.ts';
+import { median, quantile } from './stats.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -142,9 +143,6 @@ class Peer {
     await gone;
   }
 }
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-const quantile = (xs: number[], q: number) => [...xs].sort((a, b) => a - b)[Math.floor(q * (xs.length - 1))]!;
 
 // ---- setup ------------------------------------------------------------------------------------
 
