@@ -10,7 +10,7 @@ import { openCheckpoint, type Checkpoint } from '../../model/checkpoint.ts';
 import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../../model/testing/random-checkpoint.ts';
 import { EngineError } from '../engine.ts';
 import { ReferenceEngine } from '../reference/reference-engine.ts';
-import { maxAbsDiff, stepLogits, tokensFor } from '../testing/compare.ts';
+import { maxAbsDiff, prefilledStates, stepLogits, tokensFor } from '../testing/compare.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
 import { OrtEngine } from './ort-engine.ts';
 
@@ -93,14 +93,9 @@ describe.each(layouts)('ORT engine vs reference: %s', (name, options) => {
 
   it('a batched decode step equals each sequence decoded alone', async () => {
     const histories = [3, 11, 1, 6].map((n, i) => tokensFor(n, ckpt.config.vocabSize, 10 + i));
-    const batchStates = [];
+    const batchStates = await prefilledStates(ort, histories);
     const soloStates = [];
-    for (const h of histories) {
-      const a = await ort.newState();
-      await ort.prefill(a, h);
-      batchStates.push(a);
-      soloStates.push(await ort.cloneState(a));
-    }
+    for (const s of batchStates) soloStates.push(await ort.cloneState(s));
     const V = ckpt.vocabRows;
     // Three steps with the same batch (the engine reuses its batch buffers), then a changed batch.
     for (let step = 0; step < 3; step++) {
@@ -147,16 +142,8 @@ describe.each(layouts.slice(0, 2))('ORT engine with weights not pre-packed vs re
     expect(maxAbsDiff(await stepLogits(ort, tokens), expected.data)).toBeLessThan(FP32_TOLERANCE);
 
     const histories = [5, 2, 9].map((n, i) => tokensFor(n, ckpt.config.vocabSize, 20 + i));
-    const ours = [];
-    const theirs = [];
-    for (const h of histories) {
-      const a = await ort.newState();
-      await ort.prefill(a, h);
-      ours.push(a);
-      const b = await ref.newState();
-      await ref.prefill(b, h);
-      theirs.push(b);
-    }
+    const ours = await prefilledStates(ort, histories);
+    const theirs = await prefilledStates(ref, histories);
     for (let step = 0; step < 2; step++) {
       const next = histories.map((_, i) => (step * 13 + i * 7 + 1) % ckpt.config.vocabSize);
       const batched = await ort.decode(ours.map((state, i) => ({ state, token: next[i]! })));

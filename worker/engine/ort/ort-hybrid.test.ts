@@ -10,7 +10,7 @@ import { openCheckpoint, type Checkpoint } from '../../model/checkpoint.ts';
 import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../../model/testing/random-checkpoint.ts';
 import type { StateHandle } from '../engine.ts';
 import { ReferenceEngine } from '../reference/reference-engine.ts';
-import { maxAbsDiff, stepLogits, tokensFor, zeroStateAt } from '../testing/compare.ts';
+import { maxAbsDiff, prefilledStates, stepLogits, tokensFor, zeroStateAt } from '../testing/compare.ts';
 import { OrtEngine } from './ort-engine.ts';
 
 const FP32_TOLERANCE = 1e-4;
@@ -110,14 +110,9 @@ describe.each(layouts)('ORT hybrid vs reference: %s', (name, options) => {
 
   it('a batched decode step equals each session decoded alone, at different positions', async () => {
     const histories = [0, 2, 11, 30].map((n, i) => tokensFor(n, ckpt.config.vocabSize, 10 + i));
-    const batch: StateHandle[] = [];
+    const batch = await prefilledStates(ort, histories);
     const solo: StateHandle[] = [];
-    for (const h of histories) {
-      const s = await ort.newState();
-      if (h.length) await ort.prefill(s, h);
-      batch.push(s);
-      solo.push(await ref.cloneState((await ref.importState(await ort.exportState(s, { parentVersion: null, transcriptHash: null }))).state));
-    }
+    for (const s of batch) solo.push(await ref.cloneState((await ref.importState(await ort.exportState(s, { parentVersion: null, transcriptHash: null }))).state));
     const V = ckpt.vocabRows;
     // Several steps with the same batch (the engine reuses its batch buffers and writes the rings in place), then a changed batch.
     for (let step = 0; step < 7; step++) {

@@ -10,8 +10,8 @@ import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCheckpoint, type Checkpoint } from '../../model/checkpoint.ts';
 import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../../model/testing/random-checkpoint.ts';
-import type { Engine } from '../engine.ts';
 import { ReferenceEngine } from '../reference/reference-engine.ts';
+import { maxAbsDiff, prefilledStates, stepLogits, tokensFor } from '../testing/compare.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
 import { OrtEngine } from './ort-engine.ts';
 import { quantizedView } from './testing/quantized-view.ts';
@@ -24,23 +24,7 @@ afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
-
 const maxAbs = (a: Float32Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
-const tokensFor = (n: number, vocab: number, seed: number) => Int32Array.from({ length: n }, (_, i) => (i * 7919 + seed * 104729) % vocab);
-
-async function stepLogits(engine: Engine, tokens: Int32Array): Promise<Float32Array> {
-  const state = await engine.newState();
-  const V = engine.model.vocabRows;
-  const out = new Float32Array(tokens.length * V);
-  for (let t = 0; t < tokens.length; t++) out.set((await engine.decode([{ state, token: tokens[t]! }])).data, t * V);
-  return out;
-}
 
 const layouts: [string, RandomCheckpointOptions][] = [
   ['HF naming, tied, conv bias', { seed: 1 }],
@@ -97,14 +81,9 @@ describe.each(['int8', 'int4'] as const)('%s weights', (dtype) => {
       expect(maxAbsDiff(await stepLogits(served, tokens), full.data)).toBeLessThan(1e-4);
 
       const histories = [3, 11, 1].map((n, i) => tokensFor(n, ckpt.config.vocabSize, 10 + i));
-      const batch = [];
+      const batch = await prefilledStates(served, histories);
       const alone = [];
-      for (const h of histories) {
-        const s = await served.newState();
-        await served.prefill(s, h);
-        batch.push(s);
-        alone.push(await served.cloneState(s));
-      }
+      for (const s of batch) alone.push(await served.cloneState(s));
       const batched = await served.decode(batch.map((state, i) => ({ state, token: i + 1 })));
       for (let i = 0; i < alone.length; i++) {
         const solo = await served.decode([{ state: alone[i]!, token: i + 1 }]);

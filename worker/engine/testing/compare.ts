@@ -1,5 +1,6 @@
 // What the engine tests share: comparing logits, deterministic token streams, running tokens
-// one decode step at a time, and a state that has counted a given number of tokens.
+// one decode step at a time, states prefilled with given histories, and a state that has
+// counted a given number of tokens.
 import type { Engine, Logits, StateHandle } from '../engine.ts';
 import { exportHostState, zeroHostState } from '../host-state.ts';
 
@@ -25,6 +26,17 @@ export async function stepLogits(engine: Engine, tokens: Int32Array, state?: Sta
   const out = new Float32Array(tokens.length * V);
   rows.forEach((r, i) => out.set(r.data, i * V));
   return out;
+}
+
+/** A new state per history, each prefilled with it (an empty history leaves its state new). */
+export async function prefilledStates(engine: Engine, histories: readonly Int32Array[]): Promise<StateHandle[]> {
+  const states: StateHandle[] = [];
+  for (const h of histories) {
+    const s = await engine.newState();
+    if (h.length) await engine.prefill(s, h);
+    states.push(s);
+  }
+  return states;
 }
 
 /** A zero state that has counted `position` tokens (a hybrid's ring slots are live zero keys), as .mstate bytes. */
