@@ -18,6 +18,7 @@ import { parseArgs } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { Rng } from '../shared/rng.ts';
 import { GraphBuilder, MS_DOMAIN, encodeModel } from '../worker/engine/ort/onnx-builder.ts';
+import { intraOpSpin } from '../worker/engine/ort/ort-engine.ts';
 import { median } from './stats.ts';
 
 const { values: args } = parseArgs({ options: { threads: { type: 'string', default: '2' }, rounds: { type: 'string', default: '40' } } });
@@ -106,7 +107,7 @@ const options: ort.InferenceSession.SessionOptions = {
   intraOpNumThreads: Number(args.threads),
   graphOptimizationLevel: 'all',
   logSeverityLevel: 3,
-  extra: { session: { intra_op: { allow_spinning: '1', spin_duration_us: '100' } } },
+  extra: { session: { intra_op: intraOpSpin({}) } }, // the engine's default, as served
 };
 const rounds = Number(args.rounds);
 console.log(`ORT fused contrib ops vs the graph's standard ops: d_inner ${D}, conv kernel ${K}, ${LAYERS} layers chained, ${options.intraOpNumThreads} intra-op threads, median of ${rounds} alternating runs\n`);

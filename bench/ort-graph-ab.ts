@@ -11,6 +11,8 @@
 // (a hybrid's rings, mask and RoPE inputs are not fed).
 import { parseArgs } from 'node:util';
 import * as ort from 'onnxruntime-node';
+import { DEFAULT_ORT_INTRA_OP_SPIN_US } from '../shared/config.ts';
+import { intraOpSpin } from '../worker/engine/ort/ort-engine.ts';
 import { median } from './stats.ts';
 
 const { values: args, positionals } = parseArgs({
@@ -18,7 +20,7 @@ const { values: args, positionals } = parseArgs({
   options: {
     steps: { type: 'string', default: '200' },
     threads: { type: 'string', default: '2' },
-    'spin-us': { type: 'string', default: '100' },
+    'spin-us': { type: 'string', default: String(DEFAULT_ORT_INTRA_OP_SPIN_US) },
   },
 });
 if (positionals.length !== 2) throw new Error('usage: npx tsx bench/ort-graph-ab.ts A/model.onnx B/model.onnx');
@@ -28,7 +30,7 @@ const options: ort.InferenceSession.SessionOptions = {
   intraOpNumThreads: Number(args.threads),
   graphOptimizationLevel: 'all',
   logSeverityLevel: 3,
-  extra: { session: { intra_op: spinUs > 0 ? { allow_spinning: '1', spin_duration_us: String(spinUs) } : { allow_spinning: '0' } } },
+  extra: { session: { intra_op: intraOpSpin({ intraOpSpinMicros: spinUs }) } },
 };
 const [a, b] = await Promise.all(positionals.map((p) => ort.InferenceSession.create(p, options)));
 

@@ -72,8 +72,8 @@ export interface OrtEngineOptions {
   readonly quantizedActivations?: NBitsActivations;
 }
 
-/** ORT's intra-op spin settings: its own long spin, a bounded one, or none. */
-function intraOpSpin(options: Pick<OrtEngineOptions, 'intraOpSpinning' | 'intraOpSpinMicros'>): Record<string, string> {
+/** ORT's intra-op spin settings (`session.intra_op.*`): its own long spin, a bounded one, or none. */
+export function intraOpSpin(options: Pick<OrtEngineOptions, 'intraOpSpinning' | 'intraOpSpinMicros'>): Record<string, string> {
   if (options.intraOpSpinning) return { allow_spinning: '1' };
   const micros = options.intraOpSpinMicros ?? DEFAULT_ORT_INTRA_OP_SPIN_US;
   return micros > 0 ? { allow_spinning: '1', spin_duration_us: String(Math.round(micros)) } : { allow_spinning: '0' };
