@@ -12,6 +12,7 @@
 //   npx tsx bench/ort-spinning.ts [--rounds 3] [--tokens 48] [--spin-us 100] [--neighbour] [--model medium|130m]
 import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
+import { DEFAULT_ORT_INTRA_OP_SPIN_US } from '../shared/config.ts';
 import { benchModel, createSession, startBenchStack, turn } from './serving-harness.ts';
 import { median } from './stats.ts';
 
@@ -19,7 +20,7 @@ const { values: args } = parseArgs({
   options: {
     rounds: { type: 'string', default: '3' },
     tokens: { type: 'string', default: '48' },
-    'spin-us': { type: 'string', default: '100' },
+    'spin-us': { type: 'string', default: String(DEFAULT_ORT_INTRA_OP_SPIN_US) },
     neighbour: { type: 'boolean', default: false },
     /** medium: hidden 384 x 6 layers (a step is mostly overhead); 130m: mamba-130m's shape with a byte vocabulary. */
     model: { type: 'string', default: 'medium' },
