@@ -12,6 +12,7 @@ import { Agent, OpenAIConversationsSession, Runner, setDefaultOpenAIClient, setT
 import { generateText, streamText } from 'ai';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SessionInfo } from '../shared/api-schemas.ts';
 import { ResponseObject } from '../shared/responses-api.ts';
 import { startRestartableStack, type RestartableStack } from '../test-support/restartable-stack.ts';
 
@@ -33,6 +34,13 @@ const openaiClient = () => new OpenAI({ baseURL: `${stack.url}/v1`, apiKey: KEY,
 
 async function stored(id: string) {
   return ResponseObject.parse(await openaiClient().responses.retrieve(id));
+}
+
+/** The native API's view of a session: its version and the tokens its state has absorbed. */
+async function sessionInfo(id: string) {
+  const res = await fetch(`${stack.url}/v1/sessions/${id}`, { headers: { authorization: `Bearer ${KEY}` } });
+  expect(res.status).toBe(200);
+  return SessionInfo.parse(await res.json());
 }
 
 describe('Vercel AI SDK: openai(model) is the Responses API', () => {
@@ -106,8 +114,7 @@ describe('OpenAI Agents SDK', () => {
     const history = await again.getItems();
     expect(history.map((i) => ('role' in i ? i.role : i.type))).toEqual(['user', 'assistant', 'user', 'assistant']);
     // The conversation is a session: the native API lists its versions.
-    const res = await fetch(`${stack.url}/v1/sessions/${conversation}`, { headers: { authorization: `Bearer ${KEY}` } });
-    expect(((await res.json()) as { version: number }).version).toBe(2);
+    expect((await sessionInfo(conversation)).version).toBe(2);
   });
 
   it('conversationId: the server-side conversation continues from its stored state', async () => {
@@ -183,13 +190,12 @@ describe('LangChain.js: ChatOpenAI', () => {
     const model = () => chatModel({ headers: { 'X-Session-Id': session, 'X-Session-Append': 'true' } });
     const first = await model().invoke([new SystemMessage('Be brief.'), new HumanMessage('My locker code is 4812.')]);
     expect(first.text.length).toBeGreaterThan(0);
-    const info = async () => (await (await realFetch(`${stack.url}/v1/sessions/${session}`, { headers: { authorization: `Bearer ${KEY}` } })).json()) as { version: number; tokens_absorbed: number };
-    const before = await info();
+    const before = await sessionInfo(session);
     expect(before.version).toBe(1);
 
     await stack.restart();
     const second = await model().invoke([new HumanMessage('What is my locker code?')]);
-    const now = await info();
+    const now = await sessionInfo(session);
     expect(now.version).toBe(2);
     // The state grew by this turn alone: the new message and the reply, not the history again.
     expect(now.tokens_absorbed - before.tokens_absorbed).toBeLessThan(before.tokens_absorbed);
