@@ -56,4 +56,10 @@ describe('worker config: WEIGHTS_DTYPE', () => {
     expect(parseEnv(WorkerConfigSchema, { ...base, ORT_PREPACK_WEIGHTS: 'false' }).ORT_PREPACK_WEIGHTS).toBe(false);
     expect(() => parseEnv(WorkerConfigSchema, { ...base, ORT_PREPACK_WEIGHTS: 'false', WEIGHTS_DTYPE: 'int4' })).toThrow(/ORT_PREPACK_WEIGHTS: false is for f32 weights only/);
   });
+
+  it('maps packed weights from a file unless told not to', () => {
+    expect(parseEnv(WorkerConfigSchema, base).ORT_PACKED_WEIGHTS_FILE).toBe(true);
+    expect(parseEnv(WorkerConfigSchema, { ...base, ORT_PACKED_WEIGHTS_FILE: 'false' }).ORT_PACKED_WEIGHTS_FILE).toBe(false);
+    expect(() => parseEnv(WorkerConfigSchema, { ...base, ORT_PACKED_WEIGHTS_FILE: 'maybe' })).toThrow(/ORT_PACKED_WEIGHTS_FILE/);
+  });
 });

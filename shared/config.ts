@@ -194,14 +194,22 @@ export const WorkerConfigSchema = z.object({
    */
   WEIGHTS_DTYPE: z.enum(['f32', 'int8', 'int4']).default('f32'),
   /**
-   * Whether ONNX Runtime repacks the f32 projection weights into its GEMM layout at load (its
-   * default; fastest decode). The packed copy is a second copy of the weights: the process
-   * peaks at both while loading and keeps the packed one. false: the MatMuls read the mapped
-   * weights file as it is, one copy (shared by every process on the host that maps it), at a
-   * measured cost in decode speed (README "Memory"). f32 only: the quantized kernels compute
-   * from their packed layout.
+   * Whether ONNX Runtime packs the f32 projection weights into its GEMM layout (its default;
+   * fastest decode), mapped from a file made once (ORT_PACKED_WEIGHTS_FILE) or packed in memory
+   * at load. false: the MatMuls read the mapped weights file as it is, unpacked, at a measured
+   * cost in decode speed (README "Memory"). f32 only: the quantized kernels compute from their
+   * packed layout.
    */
   ORT_PREPACK_WEIGHTS: bool.default(true),
+  /**
+   * f32 weights with ORT_PREPACK_WEIGHTS: map the packed weights from a file ONNX Runtime writes
+   * once beside the graph build (per ORT version and CPU), instead of packing at every start:
+   * no load peak of two copies, and the packed copy is page cache every worker on the host
+   * shares (worker/engine/ort/packed-weights.ts). The file costs disk (f32 mamba-130m: 1.2 GB
+   * beside the 517 MB build). Where ORT cannot make or read it, the worker packs at load and
+   * logs a warning. Quantized builds always pack at load.
+   */
+  ORT_PACKED_WEIGHTS_FILE: bool.default(true),
   WORKER_CONCURRENCY: int(1, 1024).default(8),
   /** Bytes of hot session states kept in the worker's LRU cache. */
   STATE_CACHE_BYTES: int(0).default(1 << 30),

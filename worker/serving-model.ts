@@ -42,6 +42,7 @@ export async function loadServingModel(
     | 'ORT_INTRA_OP_SPIN_US'
     | 'WEIGHTS_DTYPE'
     | 'ORT_PREPACK_WEIGHTS'
+    | 'ORT_PACKED_WEIGHTS_FILE'
     | 'S3_ENDPOINT'
     | 'S3_REGION'
     | 'S3_FORCE_PATH_STYLE'
@@ -67,6 +68,7 @@ export async function loadServingModel(
     intraOpSpinMicros: config.ORT_INTRA_OP_SPIN_US,
     weightsDtype: config.WEIGHTS_DTYPE,
     prepackWeights: config.ORT_PREPACK_WEIGHTS,
+    packedWeightsFile: config.ORT_PACKED_WEIGHTS_FILE,
   });
   const tokenizer = await loadTokenizer(dir, checkpoint.vocabRows);
   const template = await loadChatTemplate(dir, tokenizer);

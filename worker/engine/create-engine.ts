@@ -28,6 +28,8 @@ export interface CreateEngineOptions {
   readonly weightsDtype?: WeightsDtype;
   /** ORT_PREPACK_WEIGHTS (default on; off: f32 weights held once). */
   readonly prepackWeights?: boolean;
+  /** ORT_PACKED_WEIGHTS_FILE (default on): f32 packed weights mapped from a file made once. */
+  readonly packedWeightsFile?: boolean;
 }
 
 export { WeightsDtypeError };
@@ -58,6 +60,7 @@ export async function createEngine(options: CreateEngineOptions): Promise<{ engi
         ...(options.intraOpSpinMicros !== undefined ? { intraOpSpinMicros: options.intraOpSpinMicros } : {}),
         weightsDtype: dtype,
         prepackWeights: options.prepackWeights ?? true,
+        packedWeightsFile: options.packedWeightsFile ?? true,
       });
       return { engine, checkpoint };
     }

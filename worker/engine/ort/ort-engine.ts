@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { DEFAULT_ORT_INTRA_OP_SPIN_US } from '../../../shared/config.ts';
+import { createLogger } from '../../../shared/logger.ts';
 import type { Checkpoint } from '../../model/checkpoint.ts';
 import {
   checkTokens,
@@ -23,6 +24,7 @@ import { layersOfType } from '../../model/mamba-config.ts';
 import { modelInfoFromCheckpoint } from '../model-info.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
 import type { NBitsActivations } from './linear.ts';
+import { discardPackedModel, ensurePackedModel, PackedWeightsError } from './packed-weights.ts';
 import { WeightsDtypeError, type WeightsDtype } from './quantize.ts';
 import { transposeLast2 } from './transpose.ts';
 import { swapRingAxes } from './window-inputs.mjs';
@@ -59,15 +61,26 @@ export interface OrtEngineOptions {
   /** Weights of the graph build: f32 (exact, the default) or block-quantized int8 / int4. */
   readonly weightsDtype?: WeightsDtype;
   /**
-   * Let ONNX Runtime repack the f32 projection weights into its GEMM layout at load (default
-   * true). The packed copy is a second one: while loading, the mapped weights file and the
-   * packed copy are both resident (peak RSS about twice the weights), and the packed one stays.
-   * false: the MatMuls read the mapped file as it is — one copy, shared with every process on
-   * the host that maps the same build — and decode pays for packing panels on the fly
-   * (measured in README "Memory"). Quantized builds always pack (MatMulNBits computes from its
-   * own layout); false is refused for them.
+   * Let ONNX Runtime pack the matmul weights into its kernels' layout (default true; fastest
+   * decode). For f32 the packed copy is mapped from a file made once (packedWeightsFile), or,
+   * with that off, made in the process's memory at every load (the load then peaks at the
+   * mapped build file and the packed copy together). false: the f32 MatMuls read the mapped
+   * build file as it is — one copy, shared with every process on the host that maps the same
+   * build — and decode pays for packing panels on the fly (measured in README "Memory").
+   * Quantized builds always pack (MatMulNBits computes from its own layout); false is refused
+   * for them.
    */
   readonly prepackWeights?: boolean;
+  /**
+   * f32 builds with prepackWeights: map ONNX Runtime's packed weights from a file made once
+   * beside the build (packed-weights.ts) instead of packing them at every load (default true).
+   * The load's peak of two copies goes, and the packed copy is page cache that processes share.
+   * Where ORT cannot make or read that file, the engine packs at load as before and says so
+   * through `warn`. Quantized builds always pack at load (ORT 1.30 restores their packing wrongly).
+   */
+  readonly packedWeightsFile?: boolean;
+  /** Where the engine reports a degraded load (default: a JSON line on stderr). */
+  readonly warn?: (msg: string, fields?: Record<string, unknown>) => void;
   /** Quantized builds: 'f32' multiplies exactly by the dequantized weights (slow; tests). Default int8. */
   readonly quantizedActivations?: NBitsActivations;
 }
@@ -153,43 +166,66 @@ export class OrtEngine implements Engine {
       dtype: weightsDtype,
       ...(options.quantizedActivations ? { activations: options.quantizedActivations } : {}),
     });
+    const warn = options.warn ?? createLogger('ort-engine').warn;
     const info = await modelInfoFromCheckpoint(ckpt, build.fingerprint);
     const { intermediate_size: dInner, conv_kernel: dConv, state_size: dState } = info.layout;
-    const layers = layersOfType(ckpt.config, 'mamba').length;
     const h = ckpt.config.hybrid;
-    const attention = h
-      ? { layers: layersOfType(ckpt.config, 'sliding_attention').length, window: h.window, heads: h.numHeads, kvHeads: h.numKvHeads, headDim: h.headDim, ropeTheta: h.ropeTheta }
-      : null;
     const threads = options.intraOpThreads || availableParallelism();
-    const thread = new Worker(new URL('./ort-thread.mjs', import.meta.url), {
-      resourceLimits: { stackSizeMb: ortThreadStackMb() },
-      workerData: {
-        modelPath: build.modelPath,
-        layers,
-        dInner,
-        dConv,
-        dState,
-        attention,
-        maxPrefillChunk: options.maxPrefillChunk ?? 256,
-        sessionOptions: {
-          executionProviders: [options.executionProvider ?? 'cpu'],
-          intraOpNumThreads: threads,
-          interOpNumThreads: 1,
-          graphOptimizationLevel: 'all',
-          // Warnings about initializers the optimizer folded away are noise for a generated graph.
-          logSeverityLevel: 3,
-          extra: { session: { intra_op: intraOpSpin(options), ...(prepack ? {} : { disable_prepacking: '1' }) } },
+    const start = async (modelPath: string): Promise<OrtEngine> => {
+      const thread = new Worker(new URL('./ort-thread.mjs', import.meta.url), {
+        resourceLimits: { stackSizeMb: ortThreadStackMb() },
+        workerData: {
+          modelPath,
+          layers: layersOfType(ckpt.config, 'mamba').length,
+          dInner,
+          dConv,
+          dState,
+          attention: h
+            ? { layers: layersOfType(ckpt.config, 'sliding_attention').length, window: h.window, heads: h.numHeads, kvHeads: h.numKvHeads, headDim: h.headDim, ropeTheta: h.ropeTheta }
+            : null,
+          maxPrefillChunk: options.maxPrefillChunk ?? 256,
+          sessionOptions: {
+            executionProviders: [options.executionProvider ?? 'cpu'],
+            intraOpNumThreads: threads,
+            interOpNumThreads: 1,
+            graphOptimizationLevel: 'all',
+            // Warnings about initializers the optimizer folded away are noise for a generated graph.
+            logSeverityLevel: 3,
+            extra: { session: { intra_op: intraOpSpin(options), ...(prepack ? {} : { disable_prepacking: '1' }) } },
+          },
         },
-      },
-    });
-    const engine = new OrtEngine(info, thread);
-    try {
-      await engine.request(0, undefined);
-    } catch (err) {
-      await thread.terminate();
-      throw err;
+      });
+      const engine = new OrtEngine(info, thread);
+      try {
+        await engine.request(0, undefined);
+      } catch (err) {
+        await thread.terminate();
+        throw err;
+      }
+      return engine;
+    };
+
+    // The packed-weights file (packed-weights.ts): f32 builds on the CPU provider only. ORT 1.30
+    // restores MatMulNBits' int8-compute packing from that file wrongly (NaN logits;
+    // packed-weights.test.ts keeps checking), so quantized builds pack at load; the file is
+    // this CPU's layout, which the CUDA provider does not read.
+    const usePackedFile = prepack && weightsDtype === 'f32' && (options.executionProvider ?? 'cpu') === 'cpu' && (options.packedWeightsFile ?? true);
+    if (usePackedFile) {
+      let packed: string | undefined;
+      try {
+        packed = (await ensurePackedModel(build.modelPath)).modelPath;
+        return await start(packed);
+      } catch (err) {
+        // A degraded start, not a failed one: the build itself loads, packing in memory.
+        warn('packed weights file unusable: ONNX Runtime packs the weights at load instead', {
+          code: err instanceof PackedWeightsError ? err.code : 'packed_weights_unreadable',
+          error: err instanceof Error ? err.message : String(err),
+        });
+        // A file ORT could not read is damaged: the next start makes it again.
+        if (packed) await discardPackedModel(packed);
+      }
     }
-    return engine;
+    return start(build.modelPath);
   }
 
   /** Send `op` (or, for id 0, wait for the thread's ready message). */
