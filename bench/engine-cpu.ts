@@ -6,9 +6,11 @@
 //
 //   npm run bench:engine            (or: npx tsx bench/engine-cpu.ts [--dtypes f32,int8,int4] [--threads N] [--steps N])
 //
-// `f32-unpacked` is f32 with ORT_PREPACK_WEIGHTS=false: the weights held once (the mapped
-// build file) instead of ONNX Runtime's repacked copy; "resident at the end" shows what each
-// keeps, the peak what loading cost.
+// f32 is served with its packed weights mapped from a file made once (ORT_PACKED_WEIGHTS_FILE,
+// worker/engine/ort/packed-weights.ts); `f32-pack-at-load` is f32 with that file off (ONNX
+// Runtime packs into the process's memory at every load), `f32-unpacked` f32 with
+// ORT_PREPACK_WEIGHTS=false (the weights held once, as the mapped build file, unpacked).
+// "Resident at the end" shows what each keeps, the peak what loading cost.
 //
 // Each variant runs in a process of its own, so its peak RSS is its own. The random checkpoint
 // (~520 MB) is generated once into .cache/bench/.
@@ -21,6 +23,7 @@ import { parseArgs } from 'node:util';
 import { createEngine } from '../worker/engine/create-engine.ts';
 import type { Engine } from '../worker/engine/engine.ts';
 import { ensureGraphBuild } from '../worker/engine/ort/graph-cache.ts';
+import { ensurePackedModel } from '../worker/engine/ort/packed-weights.ts';
 import type { WeightsDtype } from '../worker/engine/ort/quantize.ts';
 import { openCheckpoint } from '../worker/model/checkpoint.ts';
 import { writeRandomCheckpoint } from '../worker/model/testing/random-checkpoint.ts';
@@ -31,8 +34,8 @@ const { values: args } = parseArgs({
   options: {
     threads: { type: 'string', default: String(availableParallelism()) },
     steps: { type: 'string', default: '60' },
-    /** Variants: a weights dtype, or f32-unpacked (f32 with ORT_PREPACK_WEIGHTS=false). */
-    dtypes: { type: 'string', default: 'f32,f32-unpacked,int8,int4' },
+    /** Variants: a weights dtype, f32-pack-at-load (ORT_PACKED_WEIGHTS_FILE=false) or f32-unpacked (ORT_PREPACK_WEIGHTS=false). */
+    dtypes: { type: 'string', default: 'f32,f32-pack-at-load,f32-unpacked,int8,int4' },
     'cache-dir': { type: 'string', default: '.cache/bench' },
     /** Internal: measure this one dtype and send the figures to the parent. */
     child: { type: 'string' },
@@ -43,8 +46,8 @@ const steps = Number(args.steps);
 const modelDir = join(args['cache-dir'], 'mamba-130m-random');
 const graphsDir = join(args['cache-dir'], 'graphs');
 
-type Variant = WeightsDtype | 'f32-unpacked';
-const dtypeOf = (v: Variant): WeightsDtype => (v === 'f32-unpacked' ? 'f32' : v);
+type Variant = WeightsDtype | 'f32-pack-at-load' | 'f32-unpacked';
+const dtypeOf = (v: Variant): WeightsDtype => (v === 'f32-unpacked' || v === 'f32-pack-at-load' ? 'f32' : v);
 
 interface Figures {
   dtype: Variant;
@@ -95,7 +98,15 @@ async function prefillRate(engine: Engine, L: number): Promise<number> {
 async function measure(variant: Variant): Promise<Figures> {
   const dtype = dtypeOf(variant);
   const loadStarted = performance.now();
-  const { engine, checkpoint } = await createEngine({ modelDir, engine: 'ort', cacheDir: graphsDir, intraOpThreads: threads, weightsDtype: dtype, prepackWeights: variant !== 'f32-unpacked' });
+  const { engine, checkpoint } = await createEngine({
+    modelDir,
+    engine: 'ort',
+    cacheDir: graphsDir,
+    intraOpThreads: threads,
+    weightsDtype: dtype,
+    prepackWeights: variant !== 'f32-unpacked',
+    packedWeightsFile: variant !== 'f32-pack-at-load',
+  });
   const loadMs = performance.now() - loadStarted;
   const afterLoad = memory();
   const build = await ensureGraphBuild(checkpoint, graphsDir, { dtype }); // found again, not rebuilt: for its weights file's size
@@ -130,7 +141,11 @@ if (!existsSync(join(modelDir, 'model.safetensors'))) {
 const dtypes = args.dtypes.split(',') as Variant[];
 // Builds first (a build's own memory is not the engine's).
 const ckpt = await openCheckpoint(modelDir);
-for (const dtype of new Set(dtypes.map(dtypeOf))) await ensureGraphBuild(ckpt, graphsDir, { dtype });
+for (const dtype of new Set(dtypes.map(dtypeOf))) {
+  const build = await ensureGraphBuild(ckpt, graphsDir, { dtype });
+  // f32's packed-weights file too (made once, in a process of its own): a load maps it.
+  if (dtype === 'f32' && dtypes.includes('f32')) await ensurePackedModel(build.modelPath);
+}
 
 // The bandwidth before each dtype and after the last: a shared machine's neighbours move it,
 // so the ratios use the median of these.

@@ -4,7 +4,9 @@
 // separate runs of bench/engine-cpu.ts on this VM differ by 20–30 % from hour to hour, more
 // than most graph changes.
 //
-//   npx tsx bench/ort-graph-ab.ts A/model.onnx B/model.onnx [--steps 200] [--threads 2] [--spin-us 100]
+//   npx tsx bench/ort-graph-ab.ts A/model.onnx B/model.onnx [--steps 200] [--threads 2] [--spin-us 100] [--prefill 256 --prefill-runs 20]
+//
+// --prefill L adds alternating prefills of L tokens (one sequence, last position's logits).
 //
 // Builds live in MODEL_CACHE_DIR/ort/<key>/ (meta.json names the checkpoint, dtype and graph
 // version); an older GRAPH_VERSION's build is kept there until removed. Pure Mamba graphs only
@@ -21,6 +23,8 @@ const { values: args, positionals } = parseArgs({
     steps: { type: 'string', default: '200' },
     threads: { type: 'string', default: '2' },
     'spin-us': { type: 'string', default: String(DEFAULT_ORT_INTRA_OP_SPIN_US) },
+    prefill: { type: 'string', default: '0' },
+    'prefill-runs': { type: 'string', default: '20' },
   },
 });
 if (positionals.length !== 2) throw new Error('usage: npx tsx bench/ort-graph-ab.ts A/model.onnx B/model.onnx');
@@ -49,10 +53,10 @@ const shapesA = stateShapes(a!);
 const shapesB = stateShapes(b!);
 if (JSON.stringify([...shapesA]) !== JSON.stringify([...shapesB])) throw new Error('A and B are graphs of different models');
 
-function feeds(batch: number, step: number): Record<string, ort.Tensor> {
+function feeds(batch: number, step: number, length = 1): Record<string, ort.Tensor> {
   const f: Record<string, ort.Tensor> = {
-    tokens: new ort.Tensor('int64', BigInt64Array.from({ length: batch }, (_, i) => BigInt((i * 7919 + step * 31) % 50000)), [batch, 1]),
-    logits_start: new ort.Tensor('int64', BigInt64Array.of(0n), [1]),
+    tokens: new ort.Tensor('int64', BigInt64Array.from({ length: batch * length }, (_, i) => BigInt((i * 7919 + step * 31) % 50000)), [batch, length]),
+    logits_start: new ort.Tensor('int64', BigInt64Array.of(BigInt(length - 1)), [1]),
   };
   for (const [name, dims] of shapesA) {
     const n = batch * dims.reduce((x, y) => x * y, 1);
@@ -63,11 +67,12 @@ function feeds(batch: number, step: number): Record<string, ort.Tensor> {
 
 console.log(`A: ${positionals[0]}\nB: ${positionals[1]}\n${args.threads} intra-op threads, spin ${spinUs} µs; ${steps} alternating decode steps each\n`);
 console.log('| batch | A, median ms a step | B, median ms a step | B ÷ A |\n|---|---|---|---|');
-for (const batch of [1, 8]) {
+/** Median ms of a run of `feedsAt(i)` on A and on B, alternating which goes first. */
+async function alternate(runs: number, warmups: number, feedsAt: (i: number) => Record<string, ort.Tensor>): Promise<[number, number]> {
   const times = { a: [] as number[], b: [] as number[] };
-  for (let i = 0; i < 10; i++) for (const s of [a!, b!]) await s.run(feeds(batch, i));
-  for (let i = 0; i < steps; i++) {
-    const f = feeds(batch, i);
+  for (let i = 0; i < warmups; i++) for (const s of [a!, b!]) await s.run(feedsAt(i));
+  for (let i = 0; i < runs; i++) {
+    const f = feedsAt(i);
     const order: ['a' | 'b', ort.InferenceSession][] = i % 2 ? [['a', a!], ['b', b!]] : [['b', b!], ['a', a!]];
     for (const [side, s] of order) {
       const started = performance.now();
@@ -75,7 +80,17 @@ for (const batch of [1, 8]) {
       times[side].push(performance.now() - started);
     }
   }
-  const [ma, mb] = [median(times.a), median(times.b)];
+  return [median(times.a), median(times.b)];
+}
+
+for (const batch of [1, 8]) {
+  const [ma, mb] = await alternate(steps, 10, (i) => feeds(batch, i));
   console.log(`| ${batch} | ${ma.toFixed(2)} | ${mb.toFixed(2)} | ${(mb / ma).toFixed(3)} |`);
+}
+const L = Number(args.prefill);
+if (L > 1) {
+  const [ma, mb] = await alternate(Number(args['prefill-runs']), 2, (i) => feeds(1, i, L));
+  console.log(`\n| prefill L = ${L} | A, median ms | B, median ms | B ÷ A |\n|---|---|---|---|`);
+  console.log(`| tokens/s A ${((L * 1000) / ma).toFixed(0)}, B ${((L * 1000) / mb).toFixed(0)} | ${ma.toFixed(1)} | ${mb.toFixed(1)} | ${(mb / ma).toFixed(3)} |`);
 }
 await Promise.all([a!.release(), b!.release()]);
