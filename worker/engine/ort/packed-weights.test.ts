@@ -2,8 +2,7 @@
 // remade when damaged, and loaded to the same logits, bit for bit, as packing at load. Plus
 // the two ORT 1.30 defects it works around or avoids: the serializer's repeated subgraph
 // initializers, and MatMulNBits' int8-compute packing that does not survive the file.
-import { readFile, readdir, rm, truncate } from 'node:fs/promises';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import onnxProto from 'onnx-proto';
@@ -16,7 +15,7 @@ import { ensureGraphBuild } from './graph-cache.ts';
 import { stateInput } from './mamba-graph.ts';
 import { OrtEngine, type OrtEngineOptions } from './ort-engine.ts';
 import { dropRepeatedSubgraphInitializers } from './packed-model-fix.mjs';
-import { ensurePackedModel } from './packed-weights.ts';
+import { discardPackedModel, ensurePackedModel } from './packed-weights.ts';
 
 const { onnx } = onnxProto;
 
@@ -167,5 +166,11 @@ describe('ORT 1.30 defects', () => {
     const fromFile = await logits(modelPath);
     expect(packedAtLoad.every(Number.isFinite)).toBe(true);
     expect(fromFile.every((v, i) => v === packedAtLoad[i])).toBe(false);
+
+    // And the engine keeps off it: an int4 load makes no packed-weights file of its own.
+    await discardPackedModel(modelPath);
+    const engine = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache-int4'), intraOpThreads: 1, weightsDtype: 'int4' });
+    await engine.close();
+    expect((await readdir(dirname(build.modelPath))).filter((f) => f.startsWith('packed-'))).toEqual([]);
   });
 });
