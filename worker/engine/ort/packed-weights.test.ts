@@ -2,9 +2,9 @@
 // remade when damaged, and loaded to the same logits, bit for bit, as packing at load. Plus
 // the two ORT 1.30 defects it works around or avoids: the serializer's repeated subgraph
 // initializers, and MatMulNBits' int8-compute packing that does not survive the file.
-import { mkdtemp, readFile, readdir, rm, truncate } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import onnxProto from 'onnx-proto';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,7 +15,7 @@ import { ensureGraphBuild } from './graph-cache.ts';
 import { stateInput } from './mamba-graph.ts';
 import { OrtEngine, type OrtEngineOptions } from './ort-engine.ts';
 import { dropRepeatedSubgraphInitializers } from './packed-model-fix.mjs';
-import { discardPackedModel, ensurePackedModel } from './packed-weights.ts';
+import { discardPackedModel, ensurePackedModel, PackedMeta } from './packed-weights.ts';
 
 const { onnx } = onnxProto;
 
@@ -77,6 +77,24 @@ describe.each(layouts)('f32 build, %s', (name, options) => {
     const again = await ensurePackedModel(build.modelPath);
     expect(again).toEqual({ modelPath: first.modelPath, built: false });
     for (const names of subgraphInitializerNames(await readFile(first.modelPath))) expect(new Set(names).size).toBe(names.length);
+  });
+
+  it("a new file replaces those another ORT version made, and keeps other CPUs'", async () => {
+    const build = await ensureGraphBuild(ckpt, cacheDir);
+    const buildDir = dirname(build.modelPath);
+    const sibling = async (name: string, meta: Record<string, string>) => {
+      await mkdir(join(buildDir, name), { recursive: true });
+      await writeFile(join(buildDir, name, 'meta.json'), JSON.stringify(meta));
+    };
+    const { modelPath } = await ensurePackedModel(build.modelPath);
+    const ours = PackedMeta.parse(JSON.parse(await readFile(join(dirname(modelPath), 'meta.json'), 'utf8')));
+    await sibling('packed-old-ort', { ...ours, ort_version: '1.20.0' });
+    await sibling('packed-other-cpu', { ...ours, cpu: 'another CPU' });
+    await discardPackedModel(modelPath);
+    expect((await ensurePackedModel(build.modelPath)).built).toBe(true);
+    const left = (await readdir(buildDir)).filter((f) => f.startsWith('packed-'));
+    expect(left.sort()).toEqual([basename(dirname(modelPath)), 'packed-other-cpu'].sort());
+    await rm(join(buildDir, 'packed-other-cpu'), { recursive: true });
   });
 
   it('gives the same logits, bit for bit, as packing at load (prefill, batched decode)', async () => {

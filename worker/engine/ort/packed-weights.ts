@@ -13,13 +13,14 @@
 //
 // The packed layout is the kernels' for this CPU and this ORT: the file is keyed by the ORT
 // version, the CPU's model and instruction-set flags, and lives inside the build's directory
-// (a rebuilt build drops it). It is made by a child process (pack-weights.mjs) so the packing's
-// own peak is not the serving process's, checked there by loading it, and renamed into place
-// whole, like the build itself (graph-cache.ts).
+// (a rebuilt build drops it; making one removes those another ORT version made). It is made by
+// a child process (pack-weights.mjs) so the packing's own peak is not the serving process's,
+// checked there by loading it, and renamed into place whole, like the build itself
+// (graph-cache.ts).
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -31,7 +32,8 @@ const WEIGHTS_FILE = 'weights.bin';
 const META_FILE = 'meta.json';
 const CHILD = fileURLToPath(new URL('./pack-weights.mjs', import.meta.url));
 
-const PackedMeta = z.object({
+/** meta.json of a packed-weights file: what its layout was made for. */
+export const PackedMeta = z.object({
   ort_version: z.string(),
   cpu: z.string(),
   arch: z.string(),
@@ -130,7 +132,28 @@ export async function ensurePackedModel(buildModelPath: string): Promise<PackedM
     await rm(tmp, { recursive: true, force: true });
     throw err;
   }
+  await removeOtherOrtVersions(dirname(dir), dir);
   return { modelPath, built: true };
+}
+
+/**
+ * Packed-weights files of this build made by another ORT version: after an upgrade they are
+ * never read again, and each is the size of the weights or more (a 2.8B f32 model's: ~25 GB).
+ * Files of other CPUs with this ORT stay: a cache shared by unlike hosts needs each of them.
+ */
+async function removeOtherOrtVersions(buildDir: string, keep: string): Promise<void> {
+  const version = ortVersion();
+  for (const name of await readdir(buildDir)) {
+    const dir = join(buildDir, name);
+    if (!name.startsWith('packed-') || name.includes('.tmp-') || dir === keep) continue;
+    try {
+      const meta = PackedMeta.parse(JSON.parse(await readFile(join(dir, META_FILE), 'utf8')));
+      if (meta.ort_version === version) continue;
+    } catch {
+      continue; // unreadable: another process may be making it right now
+    }
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 /** Remove the packed-weights model at `modelPath` (one ORT could not load): the next ensurePackedModel makes it again. */
