@@ -107,8 +107,8 @@ function runChild(source: string, outDir: string): Promise<void> {
 
 /**
  * The packed-weights model of the graph build at `buildModelPath`, made first if there is
- * none for this ORT and CPU. Throws PackedWeightsError when ORT cannot make or read it (the
- * caller can load the build itself instead).
+ * none for this ORT and CPU. Throws PackedWeightsError when it cannot be made (ORT fails to
+ * write or read it, the disk is full): the caller can load the build itself instead.
  */
 export async function ensurePackedModel(buildModelPath: string): Promise<PackedModel> {
   const dir = packedDir(buildModelPath);
@@ -130,7 +130,9 @@ export async function ensurePackedModel(buildModelPath: string): Promise<PackedM
     }
   } catch (err) {
     await rm(tmp, { recursive: true, force: true });
-    throw err;
+    // One error type for every way this fails (ORT, a full disk, a read-only cache): the
+    // caller's answer is the same, load the build and pack in memory.
+    throw err instanceof PackedWeightsError ? err : new PackedWeightsError(`making the packed-weights file ${dir} failed: ${(err as Error).message}`, { cause: err });
   }
   await removeOtherOrtVersions(dirname(dir), dir);
   return { modelPath, built: true };
