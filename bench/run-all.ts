@@ -11,6 +11,7 @@ const BENCHMARKS = [
   'bench/vs-llama-cpp.ts', // the same weights in llama.cpp (installs node-llama-cpp into .cache/bench once)
   'bench/ort-scan-formulations.ts', // why the prefill scan is formulated as it is
   'bench/ort-fused-ops.ts', // ORT's fused Mamba-family kernels against the standard ops the graph uses
+  'bench/ort-matmul-rates.ts', // how fast ORT's matmul kernels read weights, apart from the rest of a step
   'bench/serving-overhead.ts',
   'bench/serving-throughput.ts',
   'bench/ort-spinning.ts', // ORT's intra-op spinning on and off, end to end
