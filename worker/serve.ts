@@ -33,7 +33,7 @@ export interface RunningWorker {
 export async function startWorker(config: WorkerConfig, options: { log?: Logger; model?: ServingModel } = {}): Promise<RunningWorker> {
   const log = options.log ?? createLogger('worker', config.LOG_LEVEL);
   const id = config.WORKER_ID ?? defaultWorkerId();
-  const model = options.model ?? (await loadServingModel(config));
+  const model = options.model ?? (await loadServingModel(config, log));
   const redis = new Redis(config.REDIS_URL, {
     ...(config.REDIS_PASSWORD ? { password: config.REDIS_PASSWORD } : {}),
     maxRetriesPerRequest: null, // BullMQ's requirement for worker connections

@@ -2,6 +2,7 @@
 // local directory or s3:// prefix), under the id clients name it by.
 import { basename } from 'node:path';
 import type { WorkerConfig } from '../shared/config.ts';
+import type { Logger } from '../shared/logger.ts';
 import type { RegisteredModel } from '../shared/model-registry.ts';
 import { createEngine } from './engine/create-engine.ts';
 import type { Engine } from './engine/engine.ts';
@@ -52,6 +53,8 @@ export async function loadServingModel(
     | 'HF_HUB_CACHE'
     | 'HF_HOME'
   >,
+  /** Where the engine reports load-time work and degradations (the worker's logger). */
+  log?: Pick<Logger, 'info' | 'warn'>,
 ): Promise<ServingModel> {
   const dir = await resolveModelDir(config.MODEL_DIR, config.MODEL_CACHE_DIR, {
     endpoint: config.S3_ENDPOINT,
@@ -69,6 +72,7 @@ export async function loadServingModel(
     weightsDtype: config.WEIGHTS_DTYPE,
     prepackWeights: config.ORT_PREPACK_WEIGHTS,
     packedWeightsFile: config.ORT_PACKED_WEIGHTS_FILE,
+    ...(log ? { log } : {}),
   });
   const tokenizer = await loadTokenizer(dir, checkpoint.vocabRows);
   const template = await loadChatTemplate(dir, tokenizer);

@@ -1,5 +1,6 @@
 // Picks and loads the engine a process runs: every entry point (CLI, worker, benchmarks)
 // goes through here, so "which engine, which model" is decided in one place.
+import type { Logger } from '../../shared/logger.ts';
 import { openCheckpoint, type Checkpoint } from '../model/checkpoint.ts';
 import { cudaAvailability } from './cuda/cuda-addon.ts';
 import { CudaEngine } from './cuda/cuda-engine.ts';
@@ -30,6 +31,8 @@ export interface CreateEngineOptions {
   readonly prepackWeights?: boolean;
   /** ORT_PACKED_WEIGHTS_FILE (default on): f32 packed weights mapped from a file made once. */
   readonly packedWeightsFile?: boolean;
+  /** Where the ORT engine reports load-time work and degradations (default: its own JSON lines on stderr). */
+  readonly log?: Pick<Logger, 'info' | 'warn'>;
 }
 
 export { WeightsDtypeError };
@@ -61,6 +64,7 @@ export async function createEngine(options: CreateEngineOptions): Promise<{ engi
         weightsDtype: dtype,
         prepackWeights: options.prepackWeights ?? true,
         packedWeightsFile: options.packedWeightsFile ?? true,
+        ...(options.log ? { log: options.log } : {}),
       });
       return { engine, checkpoint };
     }

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { DEFAULT_ORT_INTRA_OP_SPIN_US } from '../../../shared/config.ts';
-import { createLogger } from '../../../shared/logger.ts';
+import { createLogger, type Logger } from '../../../shared/logger.ts';
 import type { Checkpoint } from '../../model/checkpoint.ts';
 import {
   checkTokens,
@@ -79,8 +79,8 @@ export interface OrtEngineOptions {
    * through `warn`. Quantized builds always pack at load (ORT 1.30 restores their packing wrongly).
    */
   readonly packedWeightsFile?: boolean;
-  /** Where the engine reports a degraded load (default: a JSON line on stderr). */
-  readonly warn?: (msg: string, fields?: Record<string, unknown>) => void;
+  /** Where the engine reports making the packed-weights file and a degraded load (default: JSON lines on stderr). */
+  readonly log?: Pick<Logger, 'info' | 'warn'>;
   /** Quantized builds: 'f32' multiplies exactly by the dequantized weights (slow; tests). Default int8. */
   readonly quantizedActivations?: NBitsActivations;
 }
@@ -166,7 +166,7 @@ export class OrtEngine implements Engine {
       dtype: weightsDtype,
       ...(options.quantizedActivations ? { activations: options.quantizedActivations } : {}),
     });
-    const warn = options.warn ?? createLogger('ort-engine').warn;
+    const log = options.log ?? createLogger('ort-engine');
     const info = await modelInfoFromCheckpoint(ckpt, build.fingerprint);
     const { intermediate_size: dInner, conv_kernel: dConv, state_size: dState } = info.layout;
     const h = ckpt.config.hybrid;
@@ -213,11 +213,16 @@ export class OrtEngine implements Engine {
     if (usePackedFile) {
       let packed: string | undefined;
       try {
-        packed = (await ensurePackedModel(build.modelPath)).modelPath;
+        const started = performance.now();
+        const made = await ensurePackedModel(build.modelPath, {
+          onMake: (dir) => log.info('packing the f32 weights for this CPU and ONNX Runtime, once', { dir }),
+        });
+        if (made.built) log.info('packed weights file made', { seconds: Number(((performance.now() - started) / 1000).toFixed(1)) });
+        packed = made.modelPath;
         return await start(packed);
       } catch (err) {
         // A degraded start, not a failed one: the build itself loads, packing in memory.
-        warn('packed weights file unusable: ONNX Runtime packs the weights at load instead', {
+        log.warn('packed weights file unusable: ONNX Runtime packs the weights at load instead', {
           code: err instanceof PackedWeightsError ? err.code : 'packed_weights_unreadable',
           error: err instanceof Error ? err.message : String(err),
         });

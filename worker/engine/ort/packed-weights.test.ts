@@ -99,7 +99,7 @@ describe.each(layouts)('f32 build, %s', (name, options) => {
 
   it('gives the same logits, bit for bit, as packing at load (prefill, batched decode)', async () => {
     const warnings: string[] = [];
-    const packed = await load({ warn: (msg) => warnings.push(msg) });
+    const packed = await load({ log: { info: () => {}, warn: (msg) => warnings.push(msg) } });
     expect(warnings).toEqual([]); // loaded from the file, not fallen back
     const atLoad = await load({ packedWeightsFile: false });
     try {
@@ -116,10 +116,12 @@ describe.each(layouts)('f32 build, %s', (name, options) => {
     const { modelPath } = await ensurePackedModel(build.modelPath);
     await truncate(join(dirname(modelPath), 'weights.bin'), 100);
     const warnings: Record<string, unknown>[] = [];
-    const engine = await load({ warn: (msg, fields) => warnings.push({ msg, ...fields }) });
+    const infos: string[] = [];
+    const engine = await load({ log: { info: (msg) => infos.push(msg), warn: (msg, fields) => warnings.push({ msg, ...fields }) } });
     const reference = await load({ packedWeightsFile: false });
     try {
       expect(warnings).toEqual([expect.objectContaining({ code: 'packed_weights_unreadable', msg: expect.stringMatching(/packs the weights at load/) })]);
+      expect(infos).toEqual([]); // the damaged file was found whole-looking, not made
       const tokens = tokensFor(7, ckpt.config.vocabSize, 8);
       const got = await engine.prefill(await engine.newState(), tokens);
       const want = await reference.prefill(await reference.newState(), tokens);
@@ -128,7 +130,11 @@ describe.each(layouts)('f32 build, %s', (name, options) => {
       await engine.close();
       await reference.close();
     }
-    expect(await ensurePackedModel(build.modelPath)).toEqual({ modelPath, built: true });
+    const next: string[] = [];
+    const restarted = await load({ log: { info: (msg) => next.push(msg), warn: (msg) => next.push(msg) } });
+    await restarted.close();
+    expect(next).toEqual([expect.stringMatching(/^packing the f32 weights/), 'packed weights file made']);
+    expect(await ensurePackedModel(build.modelPath)).toEqual({ modelPath, built: false });
   });
 });
 
