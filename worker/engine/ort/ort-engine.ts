@@ -81,6 +81,11 @@ export interface OrtEngineOptions {
   readonly packedWeightsFile?: boolean;
   /** Where the engine reports making the packed-weights file and a degraded load (default: JSON lines on stderr). */
   readonly log?: Pick<Logger, 'info' | 'warn'>;
+  /**
+   * Making the packed-weights file is announced once it has taken this long (default 2000 ms),
+   * and its end then too: quick work prints nothing, as a graph build's progress does.
+   */
+  readonly packingNoticeAfterMs?: number;
   /** Quantized builds: 'f32' multiplies exactly by the dequantized weights (slow; tests). Default int8. */
   readonly quantizedActivations?: NBitsActivations;
 }
@@ -214,10 +219,17 @@ export class OrtEngine implements Engine {
       let packed: string | undefined;
       try {
         const started = performance.now();
+        let notice: NodeJS.Timeout | undefined;
+        let announced = false;
         const made = await ensurePackedModel(build.modelPath, {
-          onMake: (dir) => log.info('packing the f32 weights for this CPU and ONNX Runtime, once', { dir }),
-        });
-        if (made.built) log.info('packed weights file made', { seconds: Number(((performance.now() - started) / 1000).toFixed(1)) });
+          onMake: (dir) => {
+            notice = setTimeout(() => {
+              announced = true;
+              log.info('packing the f32 weights for this CPU and ONNX Runtime, once', { dir });
+            }, options.packingNoticeAfterMs ?? 2000);
+          },
+        }).finally(() => clearTimeout(notice));
+        if (announced) log.info('packed weights file made', { seconds: Number(((performance.now() - started) / 1000).toFixed(1)) });
         packed = made.modelPath;
         return await start(packed);
       } catch (err) {

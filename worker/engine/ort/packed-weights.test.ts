@@ -99,8 +99,8 @@ describe.each(layouts)('f32 build, %s', (name, options) => {
 
   it('gives the same logits, bit for bit, as packing at load (prefill, batched decode)', async () => {
     const warnings: string[] = [];
-    const packed = await load({ log: { info: () => {}, warn: (msg) => warnings.push(msg) } });
-    expect(warnings).toEqual([]); // loaded from the file, not fallen back
+    const packed = await load({ log: { info: (msg) => warnings.push(msg), warn: (msg) => warnings.push(msg) } });
+    expect(warnings).toEqual([]); // loaded from the file (quickly made or found), not fallen back
     const atLoad = await load({ packedWeightsFile: false });
     try {
       const [a, b] = [await transcript(packed, ckpt.config.vocabSize), await transcript(atLoad, ckpt.config.vocabSize)];
@@ -131,7 +131,7 @@ describe.each(layouts)('f32 build, %s', (name, options) => {
       await reference.close();
     }
     const next: string[] = [];
-    const restarted = await load({ log: { info: (msg) => next.push(msg), warn: (msg) => next.push(msg) } });
+    const restarted = await load({ log: { info: (msg) => next.push(msg), warn: (msg) => next.push(msg) }, packingNoticeAfterMs: 0 });
     await restarted.close();
     expect(next).toEqual([expect.stringMatching(/^packing the f32 weights/), 'packed weights file made']);
     expect(await ensurePackedModel(build.modelPath)).toEqual({ modelPath, built: false });
