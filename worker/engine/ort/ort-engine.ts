@@ -90,6 +90,26 @@ export interface OrtEngineOptions {
   readonly quantizedActivations?: NBitsActivations;
 }
 
+/**
+ * The packed-weights model of a build (made first if need be), announced through `log` when
+ * making it takes longer than `noticeAfterMs`, and its end then too.
+ */
+async function packedModelWithNotice(buildModelPath: string, log: Pick<Logger, 'info'>, noticeAfterMs: number): Promise<string> {
+  const started = performance.now();
+  let notice: NodeJS.Timeout | undefined;
+  let announced = false;
+  const made = await ensurePackedModel(buildModelPath, {
+    onMake: (dir) => {
+      notice = setTimeout(() => {
+        announced = true;
+        log.info('packing the f32 weights for this CPU and ONNX Runtime, once', { dir });
+      }, noticeAfterMs);
+    },
+  }).finally(() => clearTimeout(notice));
+  if (announced) log.info('packed weights file made', { seconds: Number(((performance.now() - started) / 1000).toFixed(1)) });
+  return made.modelPath;
+}
+
 /** ORT's intra-op spin settings (`session.intra_op.*`): its own long spin, a bounded one, or none. */
 export function intraOpSpin(options: Pick<OrtEngineOptions, 'intraOpSpinning' | 'intraOpSpinMicros'>): Record<string, string> {
   if (options.intraOpSpinning) return { allow_spinning: '1' };
@@ -218,19 +238,7 @@ export class OrtEngine implements Engine {
     if (usePackedFile) {
       let packed: string | undefined;
       try {
-        const started = performance.now();
-        let notice: NodeJS.Timeout | undefined;
-        let announced = false;
-        const made = await ensurePackedModel(build.modelPath, {
-          onMake: (dir) => {
-            notice = setTimeout(() => {
-              announced = true;
-              log.info('packing the f32 weights for this CPU and ONNX Runtime, once', { dir });
-            }, options.packingNoticeAfterMs ?? 2000);
-          },
-        }).finally(() => clearTimeout(notice));
-        if (announced) log.info('packed weights file made', { seconds: Number(((performance.now() - started) / 1000).toFixed(1)) });
-        packed = made.modelPath;
+        packed = await packedModelWithNotice(build.modelPath, log, options.packingNoticeAfterMs ?? 2000);
         return await start(packed);
       } catch (err) {
         // A degraded start, not a failed one: the build itself loads, packing in memory.
