@@ -2,10 +2,12 @@
 // deployments. Without API_KEYS it serves without authentication, so it binds loopback only
 // and refuses any other HOST.
 import { serve, type ServerType } from '@hono/node-server';
+import type { Server } from 'node:http';
 import { pathToFileURL } from 'node:url';
 import { ConfigError, EdgeConfigSchema, parseEnv, type EdgeConfig } from '../shared/config.ts';
 import { createLogger } from '../shared/logger.ts';
 import { createApp } from './app.ts';
+import { answerRefusedRequests } from './client-error.ts';
 import { createEdgeDeps, type EdgeDeps } from './deps.ts';
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
@@ -31,6 +33,7 @@ export async function startNodeEdge(config: EdgeConfig): Promise<RunningEdge> {
   const server: ServerType = await new Promise((resolve) => {
     const s = serve({ fetch: app.fetch, port: config.PORT, hostname: host }, () => resolve(s));
   });
+  answerRefusedRequests(server as Server);
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.PORT;
   const shownHost = host.includes(':') ? `[${host}]` : host;
