@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 const BENCHMARKS = [
   'bench/memory-bandwidth.ts', // the read bandwidth the engine's ratios are against
   'bench/engine-cpu.ts', // the ORT engine alone, per weights dtype
+  'bench/packed-weights-sharing.ts', // engine processes on one host sharing the packed-weights file
   'bench/quantized-accuracy.ts', // what int8 / int4 weights cost in logits and loss
   'bench/vs-llama-cpp.ts', // the same weights in llama.cpp (installs node-llama-cpp into .cache/bench once)
   'bench/ort-scan-formulations.ts', // why the prefill scan is formulated as it is
