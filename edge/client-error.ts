@@ -29,14 +29,15 @@ function statusOf(err: NodeJS.ErrnoException): number {
   }
 }
 
+/** Install the handling on `server` (the Node edge does, edge/node.ts). */
 export function answerRefusedRequests(server: Server, drainMs = DRAIN_MS): void {
   const draining = new WeakSet<Duplex>();
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
     // The parser may complain again about what arrives while draining: the answer is sent.
     if (draining.has(socket)) return;
     // A reset, or a response already under way on this (keep-alive) connection, which a status
-    // line written now would corrupt: cut the connection, as Node itself does. (Node's own test
-    // reads the same two internal fields.)
+    // line written now would corrupt: cut the connection, as Node itself does (its own handler
+    // checks the same two internal fields).
     const inFlight = (socket as Duplex & { _httpMessage?: { _headerSent?: boolean } })._httpMessage;
     if (err.code === 'ECONNRESET' || !socket.writable || inFlight?._headerSent) {
       socket.destroy();
@@ -48,6 +49,7 @@ export function answerRefusedRequests(server: Server, drainMs = DRAIN_MS): void 
     socket.on('data', () => {}); // read and drop the rest of the upload
     socket.on('error', () => socket.destroy());
     socket.on('end', () => socket.destroy());
-    setTimeout(() => socket.destroy(), drainMs).unref();
+    const cut = setTimeout(() => socket.destroy(), drainMs).unref();
+    socket.once('close', () => clearTimeout(cut));
   });
 }
