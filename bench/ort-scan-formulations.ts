@@ -11,9 +11,11 @@ import { parseArgs } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { Rng } from '../shared/rng.ts';
 import { GraphBuilder, MS_DOMAIN, encodeModel } from '../worker/engine/ort/onnx-builder.ts';
+import { intraOpSpin } from '../worker/engine/ort/ort-engine.ts';
+import { median } from './stats.ts';
 
 const { values: args } = parseArgs({
-  options: { length: { type: 'string', default: '2048' }, threads: { type: 'string', default: '1' }, repeats: { type: 'string', default: '3' } },
+  options: { length: { type: 'string', default: '2048' }, threads: { type: 'string', default: '1' }, repeats: { type: 'string', default: '7' } },
 });
 const D = 1536;
 const N = 16;
@@ -252,21 +254,33 @@ const feeds = {
 };
 
 console.log(`selective scan, one layer: B=1, L=${L}, d_inner=${D}, d_state=${N}, ${threads} intra-op thread(s)\n`);
-console.log('| formulation | ms | tokens/s (one layer) | max |Δy| vs the used one | idea |\n|---|---|---|---|---|');
-let referenceY: Float32Array | undefined;
-const results: { name: string; ms: number; y: Float32Array; idea: string }[] = [];
-for (const v of variants) {
-  const session = await ort.InferenceSession.create(buildModel(v), { intraOpNumThreads: threads, graphOptimizationLevel: 'all', logSeverityLevel: 3 });
-  let out = await session.run(feeds);
-  const started = performance.now();
-  for (let r = 0; r < repeats; r++) out = await session.run(feeds);
-  const ms = (performance.now() - started) / repeats;
-  results.push({ name: v.name, ms, y: out.y!.data as Float32Array, idea: v.idea });
-  if (v.name.includes('(used)')) referenceY = out.y!.data as Float32Array;
-  await session.release();
+console.log('| formulation | ms (median) | tokens/s (one layer) | max |Δy| vs the used one | idea |\n|---|---|---|---|---|');
+// All variants' sessions side by side, runs alternating in rotating order (a shared machine's
+// slow spells then fall on every variant alike), the median run of each.
+// The served bounded spin: ORT's own long spin after every run would have each idle session's
+// threads compete with the one running.
+const sessionOptions: ort.InferenceSession.SessionOptions = {
+  intraOpNumThreads: threads,
+  graphOptimizationLevel: 'all',
+  logSeverityLevel: 3,
+  extra: { session: { intra_op: intraOpSpin({}) } },
+};
+const sessions = await Promise.all(variants.map((v) => ort.InferenceSession.create(buildModel(v), sessionOptions)));
+const outputs = await Promise.all(sessions.map((session) => session.run(feeds)));
+const times = sessions.map(() => [] as number[]);
+for (let r = 0; r < repeats; r++) {
+  for (let k = 0; k < sessions.length; k++) {
+    const j = (r + k) % sessions.length;
+    const started = performance.now();
+    await sessions[j]!.run(feeds);
+    times[j]!.push(performance.now() - started);
+  }
 }
+const results = variants.map((v, j) => ({ name: v.name, ms: median(times[j]!), y: outputs[j]!.y!.data as Float32Array, idea: v.idea }));
+const referenceY = results.find((r) => r.name.includes('(used)'))?.y;
+await Promise.all(sessions.map((session) => session.release()));
 for (const r of results) {
   let diff = 0;
   for (let i = 0; i < r.y.length; i++) diff = Math.max(diff, Math.abs(r.y[i]! - referenceY![i]!));
-  console.log(`| ${r.name} | ${r.ms.toFixed(0)} | ${((L * 1000) / r.ms).toFixed(0)} | ${diff.toExponential(1)} | ${r.idea} |`);
+  console.log(`| ${r.name} | ${r.ms.toFixed(1)} | ${((L * 1000) / r.ms).toFixed(0)} | ${diff.toExponential(1)} | ${r.idea} |`);
 }
