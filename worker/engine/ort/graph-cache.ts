@@ -3,13 +3,14 @@
 // dtype without reading a byte of weights, and gets the model fingerprint from the build's
 // metadata. Builds of one checkpoint in different dtypes (f32, int8, int4) live side by side.
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import type { Checkpoint } from '../../model/checkpoint.ts';
 import { startProgress, type ProgressSink } from '../../../shared/progress.ts';
 import type { NBitsActivations } from './linear.ts';
 import { buildMambaGraph, GRAPH_VERSION } from './mamba-graph.ts';
+import { publishDirectory } from './publish-directory.ts';
 import { WEIGHTS_DTYPES, type WeightsDtype } from './quantize.ts';
 import { graphWeightBytes, writeGraphWeights } from './weights-file.ts';
 
@@ -79,42 +80,35 @@ export async function ensureGraphBuild(ckpt: Checkpoint, cacheDir: string, optio
   // A directory without valid metadata is a build of an older format or a damaged cache: rebuild.
   await rm(dir, { recursive: true, force: true });
 
-  // Build beside the final place and rename: a crash never leaves a half-written build that
-  // a later start would trust, and two processes building at once both end with a whole one.
+  // Built beside the final place and renamed (publish-directory.ts): a crash never leaves a
+  // half-written build that a later start would trust.
   const fingerprint = await ckpt.fingerprint();
-  const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
-  await mkdir(tmp, { recursive: true });
-  try {
-    const progress = startProgress({
-      label: `building the ONNX graph of ${ckpt.dir}${dtype === 'f32' ? '' : ` with ${dtype} weights`} (once)`,
-      total: graphWeightBytes(ckpt),
-      ...(progressSink ? { sink: progressSink } : {}),
-    });
-    let weights;
-    try {
-      weights = await writeGraphWeights(ckpt, join(tmp, WEIGHTS_FILE), WEIGHTS_FILE, (consumed) => progress.update(consumed), dtype);
-    } finally {
-      progress.finish();
-    }
-    await writeFile(join(tmp, MODEL_FILE), buildMambaGraph(ckpt, weights, activations ? { activations } : {}));
-    const meta: z.infer<typeof BuildMeta> = {
-      graph_version: GRAPH_VERSION,
-      weights_dtype: dtype,
-      ...(activations ? { activations } : {}),
-      fingerprint,
-      source: resolve(ckpt.dir),
-      built_at: new Date().toISOString(),
-    };
-    await writeFile(join(tmp, META_FILE), JSON.stringify(meta, null, 2));
-    try {
-      await rename(tmp, dir);
-    } catch (err) {
-      if (!(await readMeta(dir, dtype))) throw err;
-      await rm(tmp, { recursive: true, force: true }); // another process won the race
-    }
-  } catch (err) {
-    await rm(tmp, { recursive: true, force: true });
-    throw err;
-  }
+  await publishDirectory(
+    dir,
+    async (tmp) => {
+      const progress = startProgress({
+        label: `building the ONNX graph of ${ckpt.dir}${dtype === 'f32' ? '' : ` with ${dtype} weights`} (once)`,
+        total: graphWeightBytes(ckpt),
+        ...(progressSink ? { sink: progressSink } : {}),
+      });
+      let weights;
+      try {
+        weights = await writeGraphWeights(ckpt, join(tmp, WEIGHTS_FILE), WEIGHTS_FILE, (consumed) => progress.update(consumed), dtype);
+      } finally {
+        progress.finish();
+      }
+      await writeFile(join(tmp, MODEL_FILE), buildMambaGraph(ckpt, weights, activations ? { activations } : {}));
+      const meta: z.infer<typeof BuildMeta> = {
+        graph_version: GRAPH_VERSION,
+        weights_dtype: dtype,
+        ...(activations ? { activations } : {}),
+        fingerprint,
+        source: resolve(ckpt.dir),
+        built_at: new Date().toISOString(),
+      };
+      await writeFile(join(tmp, META_FILE), JSON.stringify(meta, null, 2));
+    },
+    async () => (await readMeta(dir, dtype)) !== undefined,
+  );
   return { modelPath: join(dir, MODEL_FILE), fingerprint, built: true };
 }

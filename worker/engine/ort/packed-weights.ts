@@ -16,16 +16,17 @@
 // (a rebuilt build drops it; making one removes those another ORT version made). It is made by
 // a child process (pack-weights.mjs) so the packing's own peak is not the serving process's,
 // checked there by loading it, and renamed into place whole, like the build itself
-// (graph-cache.ts).
+// (publish-directory.ts).
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
+import { publishDirectory } from './publish-directory.ts';
 
 const MODEL_FILE = 'model.onnx';
 const WEIGHTS_FILE = 'weights.bin';
@@ -118,20 +119,17 @@ export async function ensurePackedModel(buildModelPath: string, options: { reado
   await rm(dir, { recursive: true, force: true });
   options.onMake?.(dir);
 
-  const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
-  await mkdir(tmp, { recursive: true });
   try {
-    await runChild(buildModelPath, tmp);
-    const meta: z.infer<typeof PackedMeta> = { ort_version: ortVersion(), cpu: cpuSignature(), arch: process.arch, built_at: new Date().toISOString() };
-    await writeFile(join(tmp, META_FILE), JSON.stringify(meta, null, 2));
-    try {
-      await rename(tmp, dir);
-    } catch (err) {
-      if (!(await isWhole(dir))) throw err;
-      await rm(tmp, { recursive: true, force: true }); // another process won the race
-    }
+    await publishDirectory(
+      dir,
+      async (tmp) => {
+        await runChild(buildModelPath, tmp);
+        const meta: z.infer<typeof PackedMeta> = { ort_version: ortVersion(), cpu: cpuSignature(), arch: process.arch, built_at: new Date().toISOString() };
+        await writeFile(join(tmp, META_FILE), JSON.stringify(meta, null, 2));
+      },
+      () => isWhole(dir),
+    );
   } catch (err) {
-    await rm(tmp, { recursive: true, force: true });
     // One error type for every way this fails (ORT, a full disk, a read-only cache): the
     // caller's answer is the same, load the build and pack in memory.
     throw err instanceof PackedWeightsError ? err : new PackedWeightsError(`making the packed-weights file ${dir} failed: ${(err as Error).message}`, { cause: err });
