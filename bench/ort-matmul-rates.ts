@@ -13,15 +13,13 @@
 // speed of these kernels does not depend on the values.
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
-import onnxProto from 'onnx-proto';
 import * as ort from 'onnxruntime-node';
-import { DEFAULT_ORT_INTRA_OP_SPIN_US } from '../shared/config.ts';
+import { Rng } from '../shared/rng.ts';
+import { encodeModel, GraphBuilder, MS_DOMAIN } from '../worker/engine/ort/onnx-builder.ts';
 import { intraOpSpin } from '../worker/engine/ort/ort-engine.ts';
 import { measureReadBandwidth } from './memory-bandwidth.ts';
 import { median } from './stats.ts';
 
-const { onnx } = onnxProto;
-const T = onnx.TensorProto.DataType;
 const { values: args } = parseArgs({
   options: {
     runs: { type: 'string', default: '100' },
@@ -36,95 +34,63 @@ const FORMATS: Format[] = ['f32', 'nbits8', 'nbits4', 'dqmm8'];
 const BLOCK = 128;
 const HIDDEN = 768;
 
-let seed = 17;
-const random = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
+const rng = new Rng(17);
+const bytesOf = (a: ArrayBufferView) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
-/** One projection [K → N] in `format`: its initializers, its node, and its weight bytes. */
-function projection(format: Format, name: string, x: string, K: number, N: number) {
-  const inits: onnxProto.onnx.ITensorProto[] = [];
-  const out = `${name}_y`;
-  let node: onnxProto.onnx.INodeProto;
+/** One projection [K → N] of x in `format`, added to `g`; returns its output and its weight bytes. */
+function projection(g: GraphBuilder, format: Format, name: string, x: string, K: number, N: number): { out: string; bytes: number } {
   if (format === 'f32') {
-    const w = Float32Array.from({ length: K * N }, () => (random() - 0.5) * 0.05);
-    inits.push({ name, dataType: T.FLOAT, dims: [K, N], rawData: new Uint8Array(w.buffer) });
-    node = { opType: 'MatMul', input: [x, name], output: [out] };
-  } else if (format === 'dqmm8') {
-    const w = Int8Array.from({ length: K * N }, () => Math.floor(random() * 255) - 127);
-    const scales = new Float32Array(N).fill(4e-4);
-    inits.push({ name, dataType: T.INT8, dims: [K, N], rawData: new Uint8Array(w.buffer) });
-    inits.push({ name: `${name}_s`, dataType: T.FLOAT, dims: [N], rawData: new Uint8Array(scales.buffer) });
-    node = { opType: 'DynamicQuantizeMatMul', domain: 'com.microsoft', input: [x, name, `${name}_s`], output: [out] };
-  } else {
-    const bits = format === 'nbits8' ? 8 : 4;
-    const blocks = Math.ceil(K / BLOCK);
-    const data = Uint8Array.from({ length: (N * blocks * BLOCK * bits) / 8 }, () => Math.floor(random() * 256));
-    const scales = new Float32Array(N * blocks).fill(4e-4);
-    inits.push({ name, dataType: T.UINT8, dims: [N, blocks, (BLOCK * bits) / 8], rawData: data });
-    inits.push({ name: `${name}_s`, dataType: T.FLOAT, dims: [N * blocks], rawData: new Uint8Array(scales.buffer) });
-    const attrs: [string, number][] = [['K', K], ['N', N], ['bits', bits], ['block_size', BLOCK], ['accuracy_level', 4]];
-    node = {
-      opType: 'MatMulNBits',
-      domain: 'com.microsoft',
-      input: [x, name, `${name}_s`],
-      output: [out],
-      attribute: attrs.map(([n, i]) => ({ name: n, type: onnx.AttributeProto.AttributeType.INT, i })),
-    };
+    const w = Float32Array.from({ length: K * N }, () => (rng.next() - 0.5) * 0.05);
+    return { out: g.op('MatMul', [x, g.inlineFloat(name, [K, N], w)]), bytes: w.byteLength };
   }
-  const bytes = inits.reduce((n, t) => n + t.rawData!.byteLength, 0);
-  return { inits, node, out, bytes };
+  if (format === 'dqmm8') {
+    const w = Int8Array.from({ length: K * N }, () => Math.floor(rng.next() * 255) - 127);
+    const scales = new Float32Array(N).fill(4e-4);
+    const inputs = [x, g.inlineRaw(name, 'int8', [K, N], bytesOf(w)), g.inlineFloat(`${name}_s`, [N], scales)];
+    return { out: g.opN('DynamicQuantizeMatMul', inputs, [g.fresh('y')], {}, MS_DOMAIN)[0]!, bytes: w.byteLength + scales.byteLength };
+  }
+  const bits = format === 'nbits8' ? 8 : 4;
+  const blocks = Math.ceil(K / BLOCK);
+  const data = Uint8Array.from({ length: (N * blocks * BLOCK * bits) / 8 }, () => Math.floor(rng.next() * 256));
+  const scales = new Float32Array(N * blocks).fill(4e-4);
+  const inputs = [x, g.inlineRaw(name, 'uint8', [N, blocks, (BLOCK * bits) / 8], data), g.inlineFloat(`${name}_s`, [N * blocks], scales)];
+  const attrs = { K, N, bits, block_size: BLOCK, accuracy_level: 4 };
+  return { out: g.opN('MatMulNBits', inputs, [g.fresh('y')], attrs, MS_DOMAIN)[0]!, bytes: data.byteLength + scales.byteLength };
 }
 
-function encode(nodes: onnxProto.onnx.INodeProto[], inits: onnxProto.onnx.ITensorProto[], input: string, output: string): Uint8Array {
-  const info = (name: string, dims?: number[]) => ({
-    name,
-    type: { tensorType: { elemType: T.FLOAT, ...(dims ? { shape: { dim: [{ dimParam: 'batch' }, ...dims.map((d) => ({ dimValue: d }))] } } : {}) } },
-  });
-  return onnx.ModelProto.encode({
-    irVersion: 8,
-    opsetImport: [{ domain: '', version: 17 }, { domain: 'com.microsoft', version: 1 }],
-    graph: { name: 'matmuls', node: nodes, initializer: inits, input: [info(input, [HIDDEN])], output: [info(output)] },
-  }).finish();
+/** A model of `body`'s matmuls over x [batch, HIDDEN]; returns it and its weight bytes. */
+function model(body: (g: GraphBuilder, x: string) => { out: string; bytes: number }): { model: Uint8Array; bytes: number } {
+  const g = new GraphBuilder('matmuls');
+  const { out, bytes } = body(g, g.input('x', 'float', ['batch', HIDDEN]));
+  g.output(out, 'float');
+  return { model: encodeModel(g.build()), bytes };
 }
 
 /** 24 layers of the model's four projections, chained as in a layer (Slices stand in for the rest). */
-function projectionsModel(format: Format): { model: Uint8Array; bytes: number } {
-  const nodes: onnxProto.onnx.INodeProto[] = [];
-  const inits: onnxProto.onnx.ITensorProto[] = [];
-  let bytes = 0;
-  const slice = (x: string, width: number, name: string) => {
-    inits.push({ name: `${name}_ends`, dataType: T.INT64, dims: [1], int64Data: [width] });
-    inits.push({ name: `${name}_starts`, dataType: T.INT64, dims: [1], int64Data: [0] });
-    inits.push({ name: `${name}_axes`, dataType: T.INT64, dims: [1], int64Data: [1] });
-    nodes.push({ opType: 'Slice', input: [x, `${name}_starts`, `${name}_ends`, `${name}_axes`], output: [`${name}_o`] });
-    return `${name}_o`;
-  };
-  let x = 'x';
-  for (let l = 0; l < 24; l++) {
-    const add = (p: ReturnType<typeof projection>) => {
-      nodes.push(p.node);
-      inits.push(...p.inits);
+const projectionsModel = (format: Format) =>
+  model((g, x) => {
+    let bytes = 0;
+    const add = (p: { out: string; bytes: number }) => {
       bytes += p.bytes;
       return p.out;
     };
-    const xz = add(projection(format, `l${l}_in`, x, HIDDEN, 3072));
-    const xs = slice(xz, 1536, `l${l}_xs`);
-    const dbc = add(projection(format, `l${l}_x`, xs, 1536, 80));
-    const dt = add(projection(format, `l${l}_dt`, slice(dbc, 48, `l${l}_dts`), 48, 1536));
-    x = add(projection(format, `l${l}_out`, dt, 1536, HIDDEN));
-  }
-  return { model: encode(nodes, inits, 'x', x), bytes };
-}
+    const first = (v: string, width: number) => g.op('Slice', [v, g.constInt64([0]), g.constInt64([width]), g.constInt64([1])]);
+    for (let l = 0; l < 24; l++) {
+      const xz = add(projection(g, format, `l${l}_in`, x, HIDDEN, 3072));
+      const dbc = add(projection(g, format, `l${l}_x`, first(xz, 1536), 1536, 80));
+      const dt = add(projection(g, format, `l${l}_dt`, first(dbc, 48), 48, 1536));
+      x = add(projection(g, format, `l${l}_out`, dt, 1536, HIDDEN));
+    }
+    return { out: x, bytes };
+  });
 
-function headModel(format: Format): { model: Uint8Array; bytes: number } {
-  const p = projection(format, 'lm_head', 'x', HIDDEN, 50280);
-  return { model: encode([p.node], p.inits, 'x', p.out), bytes: p.bytes };
-}
+const headModel = (format: Format) => model((g, x) => projection(g, format, 'lm_head', x, HIDDEN, 50280));
 
 const options: ort.InferenceSession.SessionOptions = {
   intraOpNumThreads: threads,
   graphOptimizationLevel: 'all',
   logSeverityLevel: 3,
-  extra: { session: { intra_op: intraOpSpin({ intraOpSpinMicros: DEFAULT_ORT_INTRA_OP_SPIN_US }) } },
+  extra: { session: { intra_op: intraOpSpin({}) } },
 };
 
 const bandwidth = (await measureReadBandwidth(threads)).bytesPerSecond;
@@ -135,7 +101,7 @@ for (const [label, make] of [['24 layers of projections', projectionsModel], ['L
   const sessions = await Promise.all(built.map((b) => ort.InferenceSession.create(b.model, options)));
   const times = new Map<number, number[][]>();
   for (const batch of [1, 8]) {
-    const feed = { x: new ort.Tensor('float32', Float32Array.from({ length: batch * HIDDEN }, () => random() - 0.5), [batch, HIDDEN]) };
+    const feed = { x: new ort.Tensor('float32', Float32Array.from({ length: batch * HIDDEN }, () => rng.next() - 0.5), [batch, HIDDEN]) };
     const t = sessions.map(() => [] as number[]);
     for (const s of sessions) for (let i = 0; i < 5; i++) await s.run(feed);
     for (let i = 0; i < runs; i++) {

@@ -12,7 +12,7 @@ type ITensorProto = onnxProto.onnx.ITensorProto;
 type IValueInfoProto = onnxProto.onnx.IValueInfoProto;
 
 export const DataType = onnx.TensorProto.DataType;
-export type ElemType = 'float' | 'int64' | 'int32' | 'bool' | 'uint8';
+export type ElemType = 'float' | 'int64' | 'int32' | 'bool' | 'uint8' | 'int8';
 
 const ELEM: Record<ElemType, number> = {
   float: DataType.FLOAT,
@@ -20,6 +20,7 @@ const ELEM: Record<ElemType, number> = {
   int32: DataType.INT32,
   bool: DataType.BOOL,
   uint8: DataType.UINT8,
+  int8: DataType.INT8,
 };
 
 /** ONNX Runtime's contrib ops (MatMulNBits, GatherBlockQuantized): the quantized kernels live there. */
