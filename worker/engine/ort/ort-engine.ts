@@ -76,7 +76,7 @@ export interface OrtEngineOptions {
    * beside the build (packed-weights.ts) instead of packing them at every load (default true).
    * The load's peak of two copies goes, and the packed copy is page cache that processes share.
    * Where ORT cannot make or read that file, the engine packs at load as before and says so
-   * through `warn`. Quantized builds always pack at load (ORT 1.30 restores their packing wrongly).
+   * through `log`. Quantized builds always pack at load (ORT 1.30 restores their packing wrongly).
    */
   readonly packedWeightsFile?: boolean;
   /** Where the engine reports making the packed-weights file and a degraded load (default: JSON lines on stderr). */
@@ -195,19 +195,22 @@ export class OrtEngine implements Engine {
     const info = await modelInfoFromCheckpoint(ckpt, build.fingerprint);
     const { intermediate_size: dInner, conv_kernel: dConv, state_size: dState } = info.layout;
     const h = ckpt.config.hybrid;
+    const layers = layersOfType(ckpt.config, 'mamba').length;
+    const attention = h
+      ? { layers: layersOfType(ckpt.config, 'sliding_attention').length, window: h.window, heads: h.numHeads, kvHeads: h.numKvHeads, headDim: h.headDim, ropeTheta: h.ropeTheta }
+      : null;
     const threads = options.intraOpThreads || availableParallelism();
+    /** The engine on the model at `modelPath` (the build, or its packed-weights model). */
     const start = async (modelPath: string): Promise<OrtEngine> => {
       const thread = new Worker(new URL('./ort-thread.mjs', import.meta.url), {
         resourceLimits: { stackSizeMb: ortThreadStackMb() },
         workerData: {
           modelPath,
-          layers: layersOfType(ckpt.config, 'mamba').length,
+          layers,
           dInner,
           dConv,
           dState,
-          attention: h
-            ? { layers: layersOfType(ckpt.config, 'sliding_attention').length, window: h.window, heads: h.numHeads, kvHeads: h.numKvHeads, headDim: h.headDim, ropeTheta: h.ropeTheta }
-            : null,
+          attention,
           maxPrefillChunk: options.maxPrefillChunk ?? 256,
           sessionOptions: {
             executionProviders: [options.executionProvider ?? 'cpu'],
