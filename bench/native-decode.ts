@@ -1,0 +1,223 @@
+// Would a decode step of our own native kernels meet issue #17's decode goals where the ORT
+// graph cannot? bench/native-decode/decode_step.cpp is a whole mamba-130m-shaped decode step
+// (24 Mamba-1 layers and the LM head) over the int8 and int4 builds' weight bytes, with AVX-512
+// VNNI matmuls and OpenMP threads; this script builds it with the machine's g++, checks it
+// against a float64 reference, and times it against the ORT engine's int8 and int4 decode in
+// alternating runs, each against the read bandwidth measured between them.
+//
+//   npx tsx bench/native-decode.ts [--rounds 3] [--steps 100] [--threads 2]
+//
+// It is a measurement, not an engine: random weights, no state import or export, no hybrid
+// layers, no binding to Node. It needs Linux on x86-64 with AVX-512 VNNI and g++ (said and
+// skipped otherwise). The executable is built into .cache/bench/native-decode/ (once per
+// source). The ORT side uses bench/engine-cpu.ts's random checkpoint and graph builds
+// (.cache/bench/), made here when missing.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, renameSync, statSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { createEngine } from '../worker/engine/create-engine.ts';
+import type { Engine } from '../worker/engine/engine.ts';
+import { ensureGraphBuild } from '../worker/engine/ort/graph-cache.ts';
+import { openCheckpoint } from '../worker/model/checkpoint.ts';
+import { writeRandomCheckpoint } from '../worker/model/testing/random-checkpoint.ts';
+import { measureReadBandwidth } from './memory-bandwidth.ts';
+import { median } from './stats.ts';
+
+const { values: args } = parseArgs({
+  options: {
+    rounds: { type: 'string', default: '3' },
+    steps: { type: 'string', default: '100' },
+    threads: { type: 'string', default: String(Math.min(2, availableParallelism())) },
+    'cache-dir': { type: 'string', default: '.cache/bench' },
+  },
+});
+const rounds = Number(args.rounds);
+const steps = Number(args.steps);
+const threads = Number(args.threads);
+const here = dirname(fileURLToPath(import.meta.url));
+const source = join(here, 'native-decode', 'decode_step.cpp');
+
+type Dtype = 'int8' | 'int4';
+const DTYPES: Dtype[] = ['int8', 'int4'];
+const BATCHES = [1, 8];
+
+function unsupportedReason(): string | undefined {
+  if (process.platform !== 'linux' || process.arch !== 'x64') return `needs Linux on x86-64 (this is ${process.platform}/${process.arch})`;
+  const flags = new Set(/^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim().split(/\s+/) ?? []);
+  const missing = ['avx512f', 'avx512bw', 'avx512_vnni'].filter((f) => !flags.has(f));
+  if (missing.length > 0) return `needs AVX-512 VNNI (this CPU lacks ${missing.join(', ')})`;
+  if (spawnSync('sh', ['-c', 'command -v g++'], { encoding: 'utf8' }).status !== 0) return 'needs g++ (apt-get install g++)';
+  return undefined;
+}
+
+/** The executable for this source, built once (-march=native: it runs where it was built). */
+function buildNative(): string {
+  const hash = createHash('sha256').update(readFileSync(source)).digest('hex').slice(0, 12);
+  const dir = join(args['cache-dir'], 'native-decode');
+  const exe = join(dir, `decode_step-${hash}`);
+  if (existsSync(exe)) return exe;
+  mkdirSync(dir, { recursive: true });
+  console.log(`building ${exe} with g++ (once)…`);
+  const tmp = `${exe}.tmp-${process.pid}`;
+  // -Wno-(maybe-)uninitialized: GCC 12's AVX-512 headers trip both themselves (the
+  // _mm512_undefined_* placeholders of nearly every conversion, shuffle and reduction; GCC bug
+  // 105593, fixed in GCC 13).
+  const flags = ['-O3', '-march=native', '-fopenmp', '-std=c++17', '-Wall', '-Wextra', '-Werror', '-Wno-uninitialized', '-Wno-maybe-uninitialized'];
+  execFileSync('g++', [...flags, '-o', tmp, source], { stdio: 'inherit' });
+  renameSync(tmp, exe);
+  return exe;
+}
+
+// The team spins between the step's phases and between steps, as ORT's does while it runs.
+const nativeEnv = { ...process.env, OMP_WAIT_POLICY: 'active', OMP_NUM_THREADS: String(threads) };
+
+function runNative(exe: string, argv: string[]): Record<string, number> {
+  const out = execFileSync(exe, argv, { env: nativeEnv, encoding: 'utf8' });
+  return JSON.parse(out.trim().split('\n').pop()!) as Record<string, number>;
+}
+
+/**
+ * The kernels against the float64 reference; throws when they disagree. The matmuls multiply
+ * exactly what the reference multiplies (the same int8 activation codes), so they differ only
+ * by float32 rounding. A step's float32 arithmetic now and then moves an activation across a
+ * rounding boundary of the next quantization, a difference of one code, and through 24 random
+ * layers those compound to the size of what quantizing the activations does at all; through 2
+ * layers they stay rare, and any error in the conv, the scan, the norms or the gating would
+ * show at the size of the logits.
+ */
+function checkNative(exe: string): string[] {
+  const lines: string[] = [];
+  for (const dtype of DTYPES) {
+    for (const [layers, batch, tolerance] of [
+      [2, 1, 0.2],
+      [2, 3, 0.2],
+      [24, 3, 1.5],
+    ] as const) {
+      const r = runNative(exe, ['--dtype', dtype, '--batch', String(batch), '--layers', String(layers), '--check']);
+      const line =
+        `${dtype}, ${layers} layers, batch ${batch}: matmuls ${r.matmulRelError!.toExponential(1)} of the largest output; a step's logits ${r.stepLogitError!.toExponential(1)} ` +
+        `(largest ${r.maxLogit!.toFixed(0)}), against ${r.activationQuantEffect!.toFixed(3)} from quantizing the activations`;
+      lines.push(line);
+      if (!(r.matmulRelError! < 1e-5) || !(r.stepLogitError! <= tolerance * r.activationQuantEffect!)) {
+        throw new Error(`native decode step disagrees with the float64 reference: ${line}`);
+      }
+    }
+  }
+  return lines;
+}
+
+async function ortEngine(dtype: Dtype): Promise<{ engine: Engine; weightBytes: number }> {
+  const modelDir = join(args['cache-dir'], 'mamba-130m-random');
+  if (!existsSync(join(modelDir, 'model.safetensors'))) {
+    console.log(`generating a mamba-130m-shaped random checkpoint in ${modelDir} (once)…`);
+    await writeRandomCheckpoint(modelDir, { hiddenSize: 768, numLayers: 24, vocabSize: 50280, stateSize: 16, convKernel: 4, expand: 2, seed: 130 });
+  }
+  const graphsDir = join(args['cache-dir'], 'graphs');
+  const build = await ensureGraphBuild(await openCheckpoint(modelDir), graphsDir, { dtype });
+  const { engine } = await createEngine({ modelDir, engine: 'ort', cacheDir: graphsDir, intraOpThreads: threads, weightsDtype: dtype });
+  return { engine, weightBytes: statSync(join(dirname(build.modelPath), 'weights.bin')).size };
+}
+
+/** The ORT engine's median decode step, ms, at `batch` (as bench/engine-cpu.ts times it). */
+async function ortStepMs(engine: Engine, batch: number): Promise<number> {
+  const states = await Promise.all(Array.from({ length: batch }, () => engine.newState()));
+  for (const s of states) await engine.prefill(s, Int32Array.of(1, 2, 3));
+  const step = (i: number) => engine.decode(states.map((state, b) => ({ state, token: (i * 31 + b * 7) % 50000 })));
+  for (let i = 0; i < 3; i++) await step(i);
+  const times: number[] = [];
+  for (let i = 0; i < steps; i++) {
+    const started = performance.now();
+    await step(i);
+    times.push(performance.now() - started);
+  }
+  for (const s of states) engine.freeState(s);
+  return median(times);
+}
+
+const reason = unsupportedReason();
+if (reason) {
+  console.log(`bench/native-decode.ts: skipped, it ${reason}.`);
+  process.exit(0);
+}
+const exe = buildNative();
+console.log('check against the float64 reference (bench/native-decode/decode_step.cpp --check):');
+for (const line of checkNative(exe)) console.log(`  ${line}`);
+
+const engines = new Map<Dtype, Engine>();
+const ortBytes = new Map<Dtype, number>();
+for (const dtype of DTYPES) {
+  const { engine, weightBytes } = await ortEngine(dtype);
+  engines.set(dtype, engine);
+  ortBytes.set(dtype, weightBytes);
+}
+
+const key = (engine: 'ort' | 'native', dtype: Dtype, batch: number) => `${engine} ${dtype} b${batch}`;
+const ms = new Map<string, number[]>();
+const record = (k: string, v: number) => ms.set(k, [...(ms.get(k) ?? []), v]);
+const nativeBytes = new Map<Dtype, number>();
+const nativePeak = new Map<Dtype, number>(); // the native process's peak RSS, its largest over the runs
+const bandwidth = { vector: [] as number[], native: [] as number[] };
+for (let round = 0; round < rounds; round++) {
+  bandwidth.vector.push((await measureReadBandwidth(threads)).bytesPerSecond);
+  bandwidth.native.push(runNative(exe, ['--bandwidth', '--threads', String(threads)]).bytesPerSecond!);
+  for (const dtype of DTYPES) {
+    for (const batch of BATCHES) {
+      // Alternate which goes first: a neighbour's burst then falls on both over the rounds.
+      const order = round % 2 === 0 ? (['ort', 'native'] as const) : (['native', 'ort'] as const);
+      for (const which of order) {
+        if (which === 'ort') record(key('ort', dtype, batch), await ortStepMs(engines.get(dtype)!, batch));
+        else {
+          const r = runNative(exe, ['--dtype', dtype, '--batch', String(batch), '--steps', String(steps), '--threads', String(threads)]);
+          nativeBytes.set(dtype, r.weightBytes!);
+          nativePeak.set(dtype, Math.max(nativePeak.get(dtype) ?? 0, r.peakRssBytes!));
+          record(key('native', dtype, batch), r.medianMs!);
+        }
+      }
+    }
+  }
+  console.log(`round ${round + 1}/${rounds} done`);
+}
+for (const engine of engines.values()) await engine.close();
+
+const bw = { vector: median(bandwidth.vector), native: median(bandwidth.native) };
+const gbs = (b: number) => `${(b / 1e9).toFixed(1)} GB/s`;
+console.log(
+  `\nmamba-130m-shaped decode, ${threads} thread(s), ${rounds} alternating rounds of ${steps} steps (medians). Read bandwidth, median of the rounds: ` +
+    `${gbs(bw.vector)} (bench/memory-bandwidth.ts, WebAssembly 128-bit loads), ${gbs(bw.native)} (the native program's 512-bit loads)\n`,
+);
+console.log('| decode step | ORT engine | native step | ORT ÷ native (time) | batch 1, weight bytes ÷ time ÷ bandwidth (WebAssembly probe / 512-bit probe): ORT, native |');
+console.log('|---|---|---|---|---|');
+const json: Record<string, unknown>[] = [];
+const share = (bytes: number, stepMs: number) => {
+  const rate = bytes / (stepMs / 1000);
+  return { wasm: rate / bw.vector, native: rate / bw.native, text: `${((100 * rate) / bw.vector).toFixed(0)} / ${((100 * rate) / bw.native).toFixed(0)} %` };
+};
+for (const dtype of DTYPES) {
+  for (const batch of BATCHES) {
+    const ort = median(ms.get(key('ort', dtype, batch))!);
+    const native = median(ms.get(key('native', dtype, batch))!);
+    const ortShare = share(ortBytes.get(dtype)!, ort);
+    const nativeShare = share(nativeBytes.get(dtype)!, native);
+    const shares = batch === 1 ? `${ortShare.text}, ${nativeShare.text}` : '—';
+    const perStep = (t: number) => `${t.toFixed(2)} ms (${((1000 * batch) / t).toFixed(0)} tok/s)`;
+    console.log(`| ${dtype}, batch ${batch} | ${perStep(ort)} | ${perStep(native)} | ${(ort / native).toFixed(2)} | ${shares} |`);
+    json.push({
+      dtype,
+      batch,
+      ort_ms: ort,
+      native_ms: native,
+      ort_weight_bytes: ortBytes.get(dtype),
+      native_weight_bytes: nativeBytes.get(dtype),
+      ...(batch === 1 ? { ort_bandwidth_share_wasm: ortShare.wasm, ort_bandwidth_share_512: ortShare.native, native_bandwidth_share_wasm: nativeShare.wasm, native_bandwidth_share_512: nativeShare.native } : {}),
+    });
+  }
+}
+for (const dtype of DTYPES) {
+  const weights = nativeBytes.get(dtype)!;
+  console.log(`native ${dtype}: peak RSS ${(nativePeak.get(dtype)! / 1e6).toFixed(0)} MB for ${(weights / 1e6).toFixed(0)} MB of weights (goal: 1.2 × weights + 200 MB = ${((1.2 * weights + 200e6) / 1e6).toFixed(0)} MB)`);
+}
+console.log(JSON.stringify({ bench: 'native-decode', threads, rounds, steps, bandwidth_wasm_gbs: bw.vector / 1e9, bandwidth_512_gbs: bw.native / 1e9, native_peak_rss_bytes: Object.fromEntries(nativePeak), results: json }));
