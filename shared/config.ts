@@ -197,7 +197,7 @@ export const WorkerConfigSchema = z.object({
    * Whether ONNX Runtime packs the f32 projection weights into its GEMM layout (its default;
    * fastest decode), mapped from a file made once (ORT_PACKED_WEIGHTS_FILE) or packed in memory
    * at load. false: the MatMuls read the mapped weights file as it is, unpacked, at a measured
-   * cost in decode speed (README "Memory"). f32 only: the quantized kernels compute from their
+   * cost in decode speed (docs/cpu-engine.md, "Memory"). f32 only: the quantized kernels compute from their
    * packed layout.
    */
   ORT_PREPACK_WEIGHTS: bool.default(true),

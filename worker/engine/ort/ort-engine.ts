@@ -66,7 +66,7 @@ export interface OrtEngineOptions {
    * with that off, made in the process's memory at every load (the load then peaks at the
    * mapped build file and the packed copy together). false: the f32 MatMuls read the mapped
    * build file as it is — one copy, shared with every process on the host that maps the same
-   * build — and decode pays for packing panels on the fly (measured in README "Memory").
+   * build — and decode pays for packing panels on the fly (measured in docs/cpu-engine.md, "Memory").
    * Quantized builds always pack (MatMulNBits computes from its own layout); false is refused
    * for them.
    */

@@ -9,7 +9,7 @@
 // ORT can save its packed weights into an optimized model's external data
 // (`session.save_external_prepacked_constant_initializers`) and, loading that model, map them
 // instead of packing: the load peak is gone, and the packed pages are page cache that every
-// worker on the host mapping the same file shares (README "Memory" has the figures).
+// worker on the host mapping the same file shares (docs/cpu-engine.md, "Memory", has the figures).
 //
 // The packed layout is the kernels' for this CPU and this ORT: the file is keyed by the ORT
 // version, the CPU's model and instruction-set flags, and lives inside the build's directory
