@@ -40,6 +40,7 @@ const steps = Number(args.steps);
 const threads = Number(args.threads);
 const here = dirname(fileURLToPath(import.meta.url));
 const source = join(here, 'native-decode', 'decode_step.cpp');
+const kernels = join(here, '..', 'worker', 'native-cpu', 'src', 'mamba_cpu.h'); // the engine's kernels it includes
 
 type Dtype = 'int8' | 'int4';
 const DTYPES: Dtype[] = ['int8', 'int4'];
@@ -56,7 +57,7 @@ function unsupportedReason(): string | undefined {
 
 /** The executable for this source, built once (-march=native: it runs where it was built). */
 function buildNative(): string {
-  const hash = createHash('sha256').update(readFileSync(source)).digest('hex').slice(0, 12);
+  const hash = createHash('sha256').update(readFileSync(source)).update(readFileSync(kernels)).digest('hex').slice(0, 12);
   const dir = join(args['cache-dir'], 'native-decode');
   const exe = join(dir, `decode_step-${hash}`);
   if (existsSync(exe)) return exe;

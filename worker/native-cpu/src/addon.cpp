@@ -1,0 +1,204 @@
+// The ORT engine's native decode step as a Node addon (Node-API, node-addon-api): a Decoder maps
+// the graph build's weights file read-only and runs decode steps on it with mamba_cpu.h's
+// kernels, on the calling thread and an OpenMP team. Built by `npm run build:cpu`
+// (worker/native-cpu/build.ts); loaded by worker/engine/ort/ort-thread.mjs.
+//
+//   new Decoder({ weightsPath, bits, threads, prefetchBytes, dims: { d, layers, D, N, R, K, V, eps },
+//                 embed: QM, head: QM, normF: R,
+//                 layers: [{ norm: R, inProj: QM, convW: R, convB?: R, xProj: QM, dtProj: QM,
+//                            negAT: R, Dskip: R, outProj: QM }] })
+//     R = [offset, length] in bytes within the file; QM = { data: R, scales: R, bias?: R }
+//   decoder.decode(tokens: Int32Array, conv: Float32Array[], ssm: Float32Array[], logits: Float32Array)
+//     conv[b * layers + i] is sequence b's layer i [K, D], ssm[…] its [N, D]; both updated in
+//     place; logits [B, V] written
+//   decoder.close()   unmaps the file; later calls throw
+//
+// Errors are JavaScript Errors whose `code` says what was wrong: native_weights_invalid (a
+// range or size that does not fit the file or the dims), native_weights_unreadable (the file
+// could not be opened or mapped), native_decode_invalid (arguments of decode), native_closed.
+#include <fcntl.h>
+#include <napi.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <memory>
+#include <string>
+
+#include "mamba_cpu.h"
+
+namespace {
+
+using namespace mamba_cpu;
+
+Napi::Error codedError(Napi::Env env, const char* code, const std::string& message) {
+  Napi::Error e = Napi::Error::New(env, message);
+  e.Set("code", Napi::String::New(env, code));
+  return e;
+}
+
+struct Mapping {
+  const uint8_t* base = nullptr;
+  size_t size = 0;
+  ~Mapping() {
+    if (base) munmap(const_cast<uint8_t*>(base), size);
+  }
+};
+
+class Decoder : public Napi::ObjectWrap<Decoder> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "Decoder", {InstanceMethod<&Decoder::Decode>("decode"), InstanceMethod<&Decoder::Close>("close")});
+  }
+
+  explicit Decoder(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Decoder>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() != 1 || !info[0].IsObject()) throw codedError(env, "native_weights_invalid", "Decoder: expected one options object");
+    const Napi::Object o = info[0].As<Napi::Object>();
+    const std::string path = o.Get("weightsPath").As<Napi::String>().Utf8Value();
+    bits_ = o.Get("bits").As<Napi::Number>().Int32Value();
+    threads_ = o.Get("threads").As<Napi::Number>().Int32Value();
+    if (bits_ != 8 && bits_ != 4) throw codedError(env, "native_weights_invalid", "Decoder: bits must be 8 or 4");
+    if (threads_ < 1) throw codedError(env, "native_weights_invalid", "Decoder: threads must be positive");
+    const Napi::Object d = o.Get("dims").As<Napi::Object>();
+    auto dim = [&](const char* k) { return d.Get(k).As<Napi::Number>().Int32Value(); };
+    Dims& s = model_.dims;
+    s.d = dim("d");
+    s.layers = dim("layers");
+    s.D = dim("D");
+    s.N = dim("N");
+    s.R = dim("R");
+    s.K = dim("K");
+    s.V = dim("V");
+    s.eps = d.Get("eps").As<Napi::Number>().FloatValue();
+    if (s.d < 1 || s.layers < 1 || s.D < 16 || s.D % 16 != 0 || s.N < 1 || s.R < 1 || s.K < 2 || s.V < 1)
+      throw codedError(env, "native_weights_invalid", "Decoder: dims out of range (d_inner must be a positive multiple of 16, d_conv >= 2)");
+    if (o.Has("prefetchBytes")) model_.prefetchBytes = o.Get("prefetchBytes").As<Napi::Number>().Int32Value();
+
+    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw codedError(env, "native_weights_unreadable", "Decoder: cannot open " + path + ": " + std::strerror(errno));
+    struct stat st {};
+    if (fstat(fd, &st) != 0 || st.st_size <= 0) {
+      close(fd);
+      throw codedError(env, "native_weights_unreadable", "Decoder: cannot read the size of " + path);
+    }
+    void* p = mmap(nullptr, size_t(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);  // the mapping keeps the file
+    if (p == MAP_FAILED) throw codedError(env, "native_weights_unreadable", "Decoder: cannot map " + path + ": " + std::strerror(errno));
+    map_ = std::make_unique<Mapping>();
+    map_->base = static_cast<const uint8_t*>(p);
+    map_->size = size_t(st.st_size);
+
+    model_.normF = floats(env, o.Get("normF"), s.d, "normF");
+    model_.embed = matrix(env, o.Get("embed"), s.V, s.d, false, "embed");
+    model_.head = matrix(env, o.Get("head"), s.V, s.d, true, "head");
+    const Napi::Array layers = o.Get("layers").As<Napi::Array>();
+    if (int(layers.Length()) != s.layers) throw codedError(env, "native_weights_invalid", "Decoder: layers has the wrong length");
+    for (int i = 0; i < s.layers; i++) {
+      const Napi::Object l = layers.Get(uint32_t(i)).As<Napi::Object>();
+      const std::string at = "layers[" + std::to_string(i) + "].";
+      Layer L;
+      L.norm = floats(env, l.Get("norm"), s.d, at + "norm");
+      L.inProj = matrix(env, l.Get("inProj"), 2 * s.D, s.d, true, at + "inProj");
+      L.convW = floats(env, l.Get("convW"), size_t(s.K) * s.D, at + "convW");
+      L.convB = l.Has("convB") && !l.Get("convB").IsUndefined() ? floats(env, l.Get("convB"), s.D, at + "convB") : nullptr;
+      L.xProj = matrix(env, l.Get("xProj"), s.R + 2 * s.N, s.D, true, at + "xProj");
+      L.dtProj = matrix(env, l.Get("dtProj"), s.D, s.R, true, at + "dtProj");
+      L.negAT = floats(env, l.Get("negAT"), size_t(s.N) * s.D, at + "negAT");
+      L.Dskip = floats(env, l.Get("Dskip"), s.D, at + "Dskip");
+      L.outProj = matrix(env, l.Get("outProj"), s.d, s.D, true, at + "outProj");
+      model_.layers.push_back(L);
+    }
+    scratch_ = std::make_unique<Scratch>(s);
+  }
+
+ private:
+  /** The bytes of a [offset, length] range, checked to lie in the file, be 4-byte aligned and hold `want` bytes. */
+  const uint8_t* range(Napi::Env env, Napi::Value v, size_t want, const std::string& what) {
+    if (!v.IsArray() || v.As<Napi::Array>().Length() != 2) throw codedError(env, "native_weights_invalid", "Decoder: " + what + " must be [offset, length]");
+    const Napi::Array a = v.As<Napi::Array>();
+    const double off = a.Get(uint32_t(0)).As<Napi::Number>().DoubleValue(), len = a.Get(uint32_t(1)).As<Napi::Number>().DoubleValue();
+    if (off < 0 || len < 0 || off + len > double(map_->size) || size_t(off) % 4 != 0)
+      throw codedError(env, "native_weights_invalid", "Decoder: " + what + " lies outside the weights file or is misaligned");
+    if (size_t(len) != want)
+      throw codedError(env, "native_weights_invalid", "Decoder: " + what + " holds " + std::to_string(size_t(len)) + " bytes, expected " + std::to_string(want));
+    return map_->base + size_t(off);
+  }
+  const float* floats(Napi::Env env, Napi::Value v, size_t count, const std::string& what) {
+    return reinterpret_cast<const float*>(range(env, v, count * 4, what));
+  }
+  QMatrix matrix(Napi::Env env, Napi::Value v, int rows, int cols, bool biasAllowed, const std::string& what) {
+    if (!v.IsObject()) throw codedError(env, "native_weights_invalid", "Decoder: " + what + " must be { data, scales, bias? }");
+    const Napi::Object o = v.As<Napi::Object>();
+    QMatrix shape = QMatrix::of(rows, cols, bits_, nullptr, nullptr, nullptr);
+    const uint8_t* data = range(env, o.Get("data"), shape.dataBytes(), what + ".data");
+    const float* scales = floats(env, o.Get("scales"), shape.scaleCount(), what + ".scales");
+    const float* bias = nullptr;
+    if (o.Has("bias") && !o.Get("bias").IsUndefined()) {
+      if (!biasAllowed) throw codedError(env, "native_weights_invalid", "Decoder: " + what + " takes no bias");
+      bias = floats(env, o.Get("bias"), size_t(rows), what + ".bias");
+    }
+    return QMatrix::of(rows, cols, bits_, data, scales, bias);
+  }
+
+  Napi::Value Decode(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!map_) throw codedError(env, "native_closed", "decode: the decoder is closed");
+    if (info.Length() != 4 || !info[0].IsTypedArray() || !info[1].IsArray() || !info[2].IsArray() || !info[3].IsTypedArray())
+      throw codedError(env, "native_decode_invalid", "decode(tokens: Int32Array, conv: Float32Array[], ssm: Float32Array[], logits: Float32Array)");
+    const Dims& s = model_.dims;
+    const Napi::Int32Array tokens = info[0].As<Napi::Int32Array>();
+    const int B = int(tokens.ElementLength());
+    const Napi::Array conv = info[1].As<Napi::Array>(), ssm = info[2].As<Napi::Array>();
+    Napi::Float32Array logits = info[3].As<Napi::Float32Array>();
+    if (B < 1) throw codedError(env, "native_decode_invalid", "decode: no tokens");
+    if (conv.Length() != size_t(B) * s.layers || ssm.Length() != size_t(B) * s.layers)
+      throw codedError(env, "native_decode_invalid", "decode: conv and ssm must hold one array per sequence and layer");
+    if (logits.ElementLength() != size_t(B) * s.V) throw codedError(env, "native_decode_invalid", "decode: logits must hold batch x vocabulary rows floats");
+    for (int b = 0; b < B; b++)
+      if (tokens[b] < 0 || tokens[b] >= s.V) throw codedError(env, "native_decode_invalid", "decode: token " + std::to_string(tokens[b]) + " is outside the vocabulary");
+    std::vector<float*> convRefs(conv.Length()), ssmRefs(ssm.Length());
+    for (uint32_t i = 0; i < conv.Length(); i++) {
+      const Napi::Value c = conv.Get(i), h = ssm.Get(i);
+      if (!c.IsTypedArray() || c.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array || c.As<Napi::Float32Array>().ElementLength() != size_t(s.K) * s.D ||
+          !h.IsTypedArray() || h.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array || h.As<Napi::Float32Array>().ElementLength() != size_t(s.N) * s.D)
+        throw codedError(env, "native_decode_invalid", "decode: state arrays must be Float32Array [K, D] (conv) and [N, D] (ssm)");
+      convRefs[i] = c.As<Napi::Float32Array>().Data();
+      ssmRefs[i] = h.As<Napi::Float32Array>().Data();
+    }
+    const int* ids = tokens.Data();
+    float* out = logits.Data();
+    for (int g = 0; g < B; g += kMaxBatch) {
+      const int n = std::min(kMaxBatch, B - g);
+      const StateRefs refs{convRefs.data() + size_t(g) * s.layers, ssmRefs.data() + size_t(g) * s.layers};
+      float* rows = out + size_t(g) * s.V;
+#pragma omp parallel num_threads(threads_)
+      step(model_, n, ids + g, refs, *scratch_, rows, s.V);
+    }
+    return env.Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    map_.reset();
+    scratch_.reset();
+    return info.Env().Undefined();
+  }
+
+  int bits_ = 8;
+  int threads_ = 1;
+  Model model_;
+  std::unique_ptr<Mapping> map_;
+  std::unique_ptr<Scratch> scratch_;
+};
+
+Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
+  exports.Set("Decoder", Decoder::Init(env));
+  // The instruction sets the kernels were compiled for: the loader checks the CPU has them.
+  exports.Set("requires", Napi::String::New(env, "avx512f avx512bw avx512vl avx512dq avx512_vnni"));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(mamba_cpu, InitAddon)

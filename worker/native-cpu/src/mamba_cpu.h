@@ -1,0 +1,444 @@
+// A Mamba-1 decode step on the CPU, over block-quantized weights, with AVX-512 VNNI kernels and
+// OpenMP threads: the native decode path of the ORT engine (worker/native-cpu/src/addon.cpp,
+// docs/cpu-engine.md) and of bench/native-decode/decode_step.cpp.
+//
+// Weights are the ORT build's bytes as they are (quantize.ts): a matrix W [N, K] is N rows of
+// ceil(K / 128) blocks, each block 128 codes q (int8: one byte each; int4: byte j holds element
+// 2j in its low nibble and 2j + 1 in its high one) and one fp32 scale, W ≈ (q − 2^(bits−1)) ·
+// scale. Activations are quantized per block of 128 to int8 with one fp32 scale (what
+// MatMulNBits' accuracy_level 4 does), and products are integer (vpdpbusd: the weights'
+// unsigned codes times the activations' signed ones; the zero point comes off once a block
+// through the activations' code sum). For int4 the activation codes of a block are stored
+// evens first, then odds, so the low and high nibbles of 64 bytes meet their activations with
+// no shuffle of the weights.
+//
+// States use the ORT graph's layouts: conv [K, D] (the last K inputs of the conv, newest last)
+// and ssm [N, D] per layer, so 16 channels are one 512-bit vector everywhere.
+#pragma once
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <vector>
+
+namespace mamba_cpu {
+
+constexpr int kBlock = 128;
+/** Sequences one step computes at once; a larger batch runs in groups of this many. */
+constexpr int kMaxBatch = 8;
+
+struct QMatrix {
+  int rows = 0, cols = 0, bits = 8, blocks = 0, blockBytes = 0;
+  const uint8_t* data = nullptr;   // [rows, blocks, blockBytes]
+  const float* scales = nullptr;   // [rows * blocks]
+  const float* bias = nullptr;     // [rows] or null
+
+  static QMatrix of(int rows, int cols, int bits, const uint8_t* data, const float* scales, const float* bias) {
+    QMatrix m;
+    m.rows = rows;
+    m.cols = cols;
+    m.bits = bits;
+    m.blocks = (cols + kBlock - 1) / kBlock;
+    m.blockBytes = kBlock * bits / 8;
+    m.data = data;
+    m.scales = scales;
+    m.bias = bias;
+    return m;
+  }
+  size_t dataBytes() const { return size_t(rows) * blocks * blockBytes; }
+  size_t scaleCount() const { return size_t(rows) * blocks; }
+  /** The stored code of element (r, c). */
+  int code(int r, int c) const {
+    const uint8_t* blk = data + (size_t(r) * blocks + c / kBlock) * blockBytes;
+    const int j = c % kBlock;
+    if (bits == 8) return blk[j];
+    return (j & 1) ? (blk[j >> 1] >> 4) : (blk[j >> 1] & 15);
+  }
+  float value(int r, int c) const { return float(code(r, c) - (1 << (bits - 1))) * scales[size_t(r) * blocks + c / kBlock]; }
+};
+
+struct Dims {
+  int d = 0;       // hidden size
+  int layers = 0;  // Mamba layers
+  int D = 0;       // d_inner (a multiple of 16)
+  int N = 0;       // d_state
+  int R = 0;       // dt rank
+  int K = 0;       // conv kernel
+  int V = 0;       // logit rows (the head's rows)
+  float eps = 1e-5f;
+};
+
+struct Layer {
+  const float* norm = nullptr;    // [d]
+  QMatrix inProj;                 // [2D, d]
+  const float* convW = nullptr;   // [K, D]
+  const float* convB = nullptr;   // [D] or null
+  QMatrix xProj;                  // [R + 2N, D]
+  QMatrix dtProj;                 // [D, R], its bias the dt bias
+  const float* negAT = nullptr;   // [N, D] = −exp(A_log)ᵀ
+  const float* Dskip = nullptr;   // [D]
+  QMatrix outProj;                // [d, D]
+};
+
+struct Model {
+  Dims dims;
+  std::vector<Layer> layers;
+  const float* normF = nullptr;  // [d]
+  QMatrix embed;                 // [V, d]: rows dequantized at the step's start (tied: the head)
+  QMatrix head;                  // [V, d]
+  int prefetchBytes = 4096;      // how far ahead the matmuls ask for weights
+};
+
+template <typename T>
+T* alignedArray(size_t n) {
+  const size_t bytes = std::max<size_t>(64, (n * sizeof(T) + 63) / 64 * 64);
+  void* p = std::aligned_alloc(64, bytes);
+  if (!p) throw std::bad_alloc();
+  std::memset(p, 0, bytes);
+  return static_cast<T*>(p);
+}
+
+/** Activations quantized per block: int8 codes, one scale and the codes' sum per block. */
+struct QActs {
+  int blocks = 0;
+  int8_t* q = nullptr;     // [kMaxBatch, blocks * 128]
+  float* scale = nullptr;  // [kMaxBatch, blocks]
+  int32_t* sum = nullptr;  // [kMaxBatch, blocks]
+  explicit QActs(int maxCols) : blocks((maxCols + kBlock - 1) / kBlock) {
+    q = alignedArray<int8_t>(size_t(kMaxBatch) * blocks * kBlock);
+    scale = alignedArray<float>(size_t(kMaxBatch) * blocks);
+    sum = alignedArray<int32_t>(size_t(kMaxBatch) * blocks);
+  }
+  QActs(const QActs&) = delete;
+  QActs& operator=(const QActs&) = delete;
+  ~QActs() {
+    std::free(q);
+    std::free(scale);
+    std::free(sum);
+  }
+};
+
+/** The codes of one block of `n` <= 128 values (the rest 0), rounded to nearest even. */
+inline void quantizeBlock(const float* x, int n, int8_t* q, float& scale, int32_t& sum, bool evensFirst) {
+  alignas(64) int8_t codes[kBlock];
+  float amax = 0.f;
+  if (n == kBlock) {
+    __m512 m = _mm512_setzero_ps();
+    for (int i = 0; i < kBlock; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+    amax = _mm512_reduce_max_ps(m);
+  } else {
+    for (int i = 0; i < n; i++) amax = std::max(amax, std::fabs(x[i]));
+  }
+  const float s = amax / 127.f;
+  const float inv = s > 0.f ? 1.f / s : 0.f;
+  int32_t total = 0;
+  if (n == kBlock) {
+    const __m512 vinv = _mm512_set1_ps(inv);
+    __m512i vsum = _mm512_setzero_si512();
+    for (int i = 0; i < kBlock; i += 16) {
+      const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), vinv));
+      _mm_store_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtsepi32_epi8(v));
+      vsum = _mm512_add_epi32(vsum, v);
+    }
+    total = _mm512_reduce_add_epi32(vsum);
+  } else {
+    for (int i = 0; i < kBlock; i++) {
+      const int v = i < n ? int(std::nearbyint(x[i] * inv)) : 0;
+      codes[i] = int8_t(v);
+      total += v;
+    }
+  }
+  if (evensFirst) {
+    for (int j = 0; j < kBlock / 2; j++) {
+      q[j] = codes[2 * j];
+      q[kBlock / 2 + j] = codes[2 * j + 1];
+    }
+  } else {
+    std::memcpy(q, codes, kBlock);
+  }
+  scale = s;
+  sum = total;
+}
+
+/** x[b][0..cols) (rows `stride` apart) into `a`, in the order `w`'s blocks want. */
+inline void quantizeActs(const float* x, int stride, int batch, int cols, QActs& a, const QMatrix& w) {
+  for (int b = 0; b < batch; b++)
+    for (int k = 0; k < w.blocks; k++) {
+      const int start = k * kBlock, n = std::min(cols, start + kBlock) - start;
+      const size_t at = size_t(b) * a.blocks + k;
+      quantizeBlock(x + size_t(b) * stride + start, n, a.q + at * kBlock, a.scale[at], a.sum[at], w.bits == 4);
+    }
+}
+
+inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+// RU rows at a time share each activation load and give the core RU · B independent chains.
+template <int B, int Bits, int RU>
+inline void matmulRowGroup(const QMatrix& w, const QActs& a, float* y, int yStride, int r, int prefetchBytes) {
+  const int zero = 1 << (Bits - 1);
+  const __m512i nibble = _mm512_set1_epi8(0x0f);
+  __m512 acc[RU][B];
+  float corr[RU][B];
+  for (int u = 0; u < RU; u++)
+    for (int b = 0; b < B; b++) {
+      acc[u][b] = _mm512_setzero_ps();
+      corr[u][b] = 0.f;
+    }
+  for (int k = 0; k < w.blocks; k++) {
+    __m512i xlo[B], xhi[B];
+    float xs[B], xz[B];
+    for (int b = 0; b < B; b++) {
+      const int8_t* xq = a.q + (size_t(b) * a.blocks + k) * kBlock;
+      xlo[b] = _mm512_loadu_si512(xq);
+      xhi[b] = _mm512_loadu_si512(xq + 64);
+      xs[b] = a.scale[size_t(b) * a.blocks + k];
+      xz[b] = xs[b] * float(zero * a.sum[size_t(b) * a.blocks + k]);
+    }
+    for (int u = 0; u < RU; u++) {
+      const uint8_t* blk = w.data + (size_t(r + u) * w.blocks + k) * w.blockBytes;
+      // The hardware prefetcher alone left the loads waiting (perf: most samples on the
+      // instructions behind them); 4 KB ahead took 7-10 % off a step.
+      for (int line = 0; line < w.blockBytes; line += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + prefetchBytes + line), _MM_HINT_T0);
+      __m512i lo, hi;
+      if (Bits == 8) {
+        lo = _mm512_loadu_si512(blk);
+        hi = _mm512_loadu_si512(blk + 64);
+      } else {
+        const __m512i v = _mm512_loadu_si512(blk);
+        lo = _mm512_and_si512(v, nibble);
+        hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+      }
+      const float ws = w.scales[size_t(r + u) * w.blocks + k];
+      for (int b = 0; b < B; b++) {
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo[b]), hi, xhi[b]);
+        acc[u][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(ws * xs[b]), acc[u][b]);
+        corr[u][b] += ws * xz[b];
+      }
+    }
+  }
+  for (int u = 0; u < RU; u++) {
+    const float bias = w.bias ? w.bias[r + u] : 0.f;
+    for (int b = 0; b < B; b++) y[size_t(b) * yStride + r + u] = hsum(acc[u][b]) - corr[u][b] + bias;
+  }
+}
+
+template <int B, int Bits>
+inline void matmulRows(const QMatrix& w, const QActs& a, float* y, int yStride, int r0, int r1, int prefetchBytes) {
+  constexpr int RU = B == 1 ? 4 : B <= 2 ? 2 : 1;
+  int r = r0;
+  for (; r + RU <= r1; r += RU) matmulRowGroup<B, Bits, RU>(w, a, y, yStride, r, prefetchBytes);
+  for (; r < r1; r++) matmulRowGroup<B, Bits, 1>(w, a, y, yStride, r, prefetchBytes);
+}
+
+template <int Bits>
+inline void matmulRowsAnyBatch(int batch, const QMatrix& w, const QActs& a, float* y, int yStride, int r0, int r1, int pf) {
+  switch (batch) {
+    case 1: return matmulRows<1, Bits>(w, a, y, yStride, r0, r1, pf);
+    case 2: return matmulRows<2, Bits>(w, a, y, yStride, r0, r1, pf);
+    case 3: return matmulRows<3, Bits>(w, a, y, yStride, r0, r1, pf);
+    case 4: return matmulRows<4, Bits>(w, a, y, yStride, r0, r1, pf);
+    case 5: return matmulRows<5, Bits>(w, a, y, yStride, r0, r1, pf);
+    case 6: return matmulRows<6, Bits>(w, a, y, yStride, r0, r1, pf);
+    case 7: return matmulRows<7, Bits>(w, a, y, yStride, r0, r1, pf);
+    default: return matmulRows<8, Bits>(w, a, y, yStride, r0, r1, pf);
+  }
+}
+
+/**
+ * y[b][r] = Σ_c W[r][c] x[b][c] (+ bias), inside a parallel region: this thread's share of the
+ * rows, in runs of 16 so that no two threads write one cache line of y. (OpenMP's dynamic
+ * schedule, chunks of 64 rows, was 8-10 % slower.) The caller's barrier follows.
+ */
+inline void matmul(int batch, const QMatrix& w, const QActs& a, float* y, int yStride, int prefetchBytes) {
+  const int team = omp_get_num_threads(), me = omp_get_thread_num();
+  const int chunks = (w.rows + 15) / 16;
+  const int c0 = int(int64_t(chunks) * me / team), c1 = int(int64_t(chunks) * (me + 1) / team);
+  const int r0 = c0 * 16, r1 = std::min(w.rows, c1 * 16);
+  if (r0 >= r1) return;
+  if (w.bits == 8) matmulRowsAnyBatch<8>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
+  else matmulRowsAnyBatch<4>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
+}
+
+// exp, 16 lanes: 2^(x log2 e), a degree-6 polynomial for 2^f on [−0.5, 0.5], relative error
+// ~2e-7; the argument clamped to [−87, 88].
+inline __m512 exp512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.f)), _mm512_set1_ps(88.f));
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.5353362e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3398874e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6180250e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503406e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022652e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __m512 silu512(__m512 v) { return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), v)))); }
+
+// softplus(v) = max(v, 0) + log(1 + e), e = exp(−|v|) in (0, 1]; log(1 + e) = 2 atanh(z) with
+// z = e / (2 + e) <= 1/3, its odd series to z^13 (the next term is below 2e-8 of the sum).
+inline __m512 softplus512(__m512 v) {
+  const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(v)));
+  const __m512 z = _mm512_div_ps(e, _mm512_add_ps(_mm512_set1_ps(2.f), e));
+  const __m512 z2 = _mm512_mul_ps(z, z);
+  __m512 p = _mm512_set1_ps(1.f / 13);
+  for (float c : {1.f / 11, 1.f / 9, 1.f / 7, 1.f / 5, 1.f / 3, 1.f}) p = _mm512_fmadd_ps(p, z2, _mm512_set1_ps(c));
+  return _mm512_add_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_mul_ps(_mm512_set1_ps(2.f), _mm512_mul_ps(z, p)));
+}
+
+/** A step's working memory for up to kMaxBatch sequences. */
+struct Scratch {
+  float *resid, *h, *xz, *xc, *xdbl, *dt, *y;
+  QActs actsD, actsd, actsR;
+  explicit Scratch(const Dims& s)
+      : resid(alignedArray<float>(size_t(kMaxBatch) * s.d)),
+        h(alignedArray<float>(size_t(kMaxBatch) * s.d)),
+        xz(alignedArray<float>(size_t(kMaxBatch) * 2 * s.D)),
+        xc(alignedArray<float>(size_t(kMaxBatch) * s.D)),
+        xdbl(alignedArray<float>(size_t(kMaxBatch) * (s.R + 2 * s.N))),
+        dt(alignedArray<float>(size_t(kMaxBatch) * s.D)),
+        y(alignedArray<float>(size_t(kMaxBatch) * s.D)),
+        actsD(s.D),
+        actsd(s.d),
+        actsR(s.R) {}
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() {
+    for (float* p : {resid, h, xz, xc, xdbl, dt, y}) std::free(p);
+  }
+};
+
+/** Where sequence b's layer li keeps its state: conv[b * layers + li] [K, D], ssm[…] [N, D]. */
+struct StateRefs {
+  float* const* conv;
+  float* const* ssm;
+};
+
+inline void rmsnorm(const float* x, const float* w, float* out, int n, float eps) {
+  double ss = 0;
+  for (int i = 0; i < n; i++) ss += double(x[i]) * x[i];
+  const float inv = 1.f / std::sqrt(float(ss / n) + eps);
+  for (int i = 0; i < n; i++) out[i] = x[i] * inv * w[i];
+}
+
+/** Optional wall time by phase, read by the team's first thread after each phase's barrier. */
+enum Phase { kEmbed, kInProj, kConv, kXProj, kDtProj, kScan, kOutProj, kHead, kPhases };
+struct PhaseClock {
+  virtual void mark(Phase) = 0;
+  virtual ~PhaseClock() = default;
+};
+
+/**
+ * One decode step for `batch` <= kMaxBatch sequences: tokens in, logits [batch, V] (rows
+ * `logitsStride` apart) out, states updated in place. Called inside a parallel region by
+ * every thread of the team.
+ */
+inline void step(const Model& m, int batch, const int* tokens, const StateRefs& st, Scratch& t, float* logits, int64_t logitsStride, PhaseClock* clock = nullptr) {
+  const Dims& s = m.dims;
+  const int me = omp_get_thread_num(), team = omp_get_num_threads();
+  const int pf = m.prefetchBytes;
+  auto mark = [&](Phase p) {
+    if (clock && me == 0) clock->mark(p);
+  };
+  // This thread's share of the D / 16 channel vectors.
+  const int v0 = int(int64_t(s.D / 16) * me / team) * 16, v1 = int(int64_t(s.D / 16) * (me + 1) / team) * 16;
+#pragma omp single
+  for (int b = 0; b < batch; b++)
+    for (int c = 0; c < s.d; c++) {
+      t.resid[b * s.d + c] = m.embed.value(tokens[b], c);
+      t.h[b * s.d + c] = 0.f;
+    }
+  mark(kEmbed);
+  for (int li = 0; li < s.layers; li++) {
+    const Layer& L = m.layers[li];
+#pragma omp single
+    {
+      for (int b = 0; b < batch; b++) {
+        float* r = t.resid + b * s.d;
+        for (int c = 0; c < s.d; c++) r[c] += t.h[b * s.d + c];
+        rmsnorm(r, L.norm, t.h + b * s.d, s.d, s.eps);
+      }
+      quantizeActs(t.h, s.d, batch, s.d, t.actsd, L.inProj);
+    }
+    matmul(batch, L.inProj, t.actsd, t.xz, 2 * s.D, pf);
+#pragma omp barrier
+    mark(kInProj);
+    // The conv over the window [state rows 1..K−1, x], which becomes the new state; then SiLU.
+    for (int b = 0; b < batch; b++) {
+      float* conv = st.conv[b * s.layers + li];
+      for (int c = v0; c < v1; c += 16) {
+        const __m512 xin = _mm512_loadu_ps(t.xz + size_t(b) * 2 * s.D + c);
+        __m512 acc = _mm512_fmadd_ps(_mm512_loadu_ps(L.convW + (s.K - 1) * s.D + c), xin, L.convB ? _mm512_loadu_ps(L.convB + c) : _mm512_setzero_ps());
+        for (int k = 0; k < s.K - 1; k++) {
+          const __m512 prev = _mm512_loadu_ps(conv + (k + 1) * s.D + c);
+          acc = _mm512_fmadd_ps(_mm512_loadu_ps(L.convW + k * s.D + c), prev, acc);
+          _mm512_storeu_ps(conv + k * s.D + c, prev);
+        }
+        _mm512_storeu_ps(conv + (s.K - 1) * s.D + c, xin);
+        _mm512_storeu_ps(t.xc + b * s.D + c, silu512(acc));
+      }
+    }
+#pragma omp barrier
+    mark(kConv);
+#pragma omp single
+    quantizeActs(t.xc, s.D, batch, s.D, t.actsD, L.xProj);
+    matmul(batch, L.xProj, t.actsD, t.xdbl, s.R + 2 * s.N, pf);
+#pragma omp barrier
+    mark(kXProj);
+#pragma omp single
+    quantizeActs(t.xdbl, s.R + 2 * s.N, batch, s.R, t.actsR, L.dtProj);
+    matmul(batch, L.dtProj, t.actsR, t.dt, s.D, pf);
+#pragma omp barrier
+    mark(kDtProj);
+    // The selective-scan step and the gate, 16 channels a vector.
+    for (int b = 0; b < batch; b++) {
+      float* ssm = st.ssm[b * s.layers + li];
+      const float* xdbl = t.xdbl + b * (s.R + 2 * s.N);
+      for (int c = v0; c < v1; c += 16) {
+        const __m512 dt = softplus512(_mm512_loadu_ps(t.dt + b * s.D + c));
+        const __m512 x = _mm512_loadu_ps(t.xc + b * s.D + c);
+        const __m512 dtx = _mm512_mul_ps(dt, x);
+        __m512 y = _mm512_mul_ps(_mm512_loadu_ps(L.Dskip + c), x);
+        for (int n = 0; n < s.N; n++) {
+          float* hp = ssm + n * s.D + c;
+          const __m512 decay = exp512(_mm512_mul_ps(dt, _mm512_loadu_ps(L.negAT + n * s.D + c)));
+          const __m512 h = _mm512_fmadd_ps(_mm512_loadu_ps(hp), decay, _mm512_mul_ps(dtx, _mm512_set1_ps(xdbl[s.R + n])));
+          _mm512_storeu_ps(hp, h);
+          y = _mm512_fmadd_ps(h, _mm512_set1_ps(xdbl[s.R + s.N + n]), y);
+        }
+        const __m512 z = _mm512_loadu_ps(t.xz + size_t(b) * 2 * s.D + s.D + c);
+        _mm512_storeu_ps(t.y + b * s.D + c, _mm512_mul_ps(y, silu512(z)));
+      }
+    }
+#pragma omp barrier
+    mark(kScan);
+#pragma omp single
+    quantizeActs(t.y, s.D, batch, s.D, t.actsD, L.outProj);
+    matmul(batch, L.outProj, t.actsD, t.h, s.d, pf);
+#pragma omp barrier
+    mark(kOutProj);
+  }
+#pragma omp single
+  {
+    for (int b = 0; b < batch; b++) {
+      float* r = t.resid + b * s.d;
+      for (int c = 0; c < s.d; c++) r[c] += t.h[b * s.d + c];
+      rmsnorm(r, m.normF, t.h + b * s.d, s.d, s.eps);
+    }
+    quantizeActs(t.h, s.d, batch, s.d, t.actsd, m.head);
+  }
+  matmul(batch, m.head, t.actsd, logits, int(logitsStride), pf);
+#pragma omp barrier
+  mark(kHead);
+}
+
+}  // namespace mamba_cpu
