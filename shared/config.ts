@@ -210,6 +210,14 @@ export const WorkerConfigSchema = z.object({
    * logs a warning. Quantized builds always pack at load.
    */
   ORT_PACKED_WEIGHTS_FILE: bool.default(true),
+  /**
+   * int8 / int4 weights of pure Mamba models: decode steps on our own AVX-512 VNNI kernels
+   * (worker/engine/ort/native-decode.ts, built by `npm run build:cpu`) instead of the ONNX graph.
+   * auto: where the addon is built and the CPU (x86-64 with AVX-512 VNNI) and model allow it,
+   * else ONNX Runtime, saying why at debug level; on: the worker refuses to start where it cannot;
+   * off: never. Prefill stays ONNX Runtime's.
+   */
+  ORT_NATIVE_DECODE: z.enum(['auto', 'on', 'off']).default('auto'),
   WORKER_CONCURRENCY: int(1, 1024).default(8),
   /** Bytes of hot session states kept in the worker's LRU cache. */
   STATE_CACHE_BYTES: int(0).default(1 << 30),

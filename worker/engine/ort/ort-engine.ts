@@ -24,6 +24,7 @@ import { layersOfType } from '../../model/mamba-config.ts';
 import { modelInfoFromCheckpoint } from '../model-info.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
 import type { NBitsActivations } from './linear.ts';
+import { NativeDecodeUnavailableError, planNativeDecode, type NativeDecodeSetting } from './native-decode.ts';
 import { discardPackedModel, ensurePackedModel, PackedWeightsError } from './packed-weights.ts';
 import { WeightsDtypeError, type WeightsDtype } from './quantize.ts';
 import { transposeLast2 } from './transpose.ts';
@@ -88,6 +89,15 @@ export interface OrtEngineOptions {
   readonly packingNoticeAfterMs?: number;
   /** Quantized builds: 'f32' multiplies exactly by the dequantized weights (slow; tests). Default int8. */
   readonly quantizedActivations?: NBitsActivations;
+  /**
+   * Decode steps of int8 / int4 builds of pure Mamba models on our own AVX-512 VNNI kernels
+   * (native-decode.ts; `npm run build:cpu`) instead of the ONNX graph: 'auto' (default) where
+   * the addon is built and the CPU and model allow it, 'on' refuses to start elsewhere, 'off'
+   * never. The engine logs which decode it runs.
+   */
+  readonly nativeDecode?: NativeDecodeSetting;
+  /** Tests: the native decode addon to load (default worker/native-cpu/build/mamba_cpu.node). */
+  readonly nativeDecodeAddon?: string;
 }
 
 /**
@@ -200,6 +210,17 @@ export class OrtEngine implements Engine {
       ? { layers: layersOfType(ckpt.config, 'sliding_attention').length, window: h.window, heads: h.numHeads, kvHeads: h.numKvHeads, headDim: h.headDim, ropeTheta: h.ropeTheta }
       : null;
     const threads = options.intraOpThreads || availableParallelism();
+    // Quantized activations 'f32' are a test setting the native step does not have.
+    const planned = await planNativeDecode({
+      setting: options.quantizedActivations === 'f32' ? 'off' : (options.nativeDecode ?? 'auto'),
+      modelPath: build.modelPath,
+      config: ckpt.config,
+      dtype: weightsDtype,
+      threads,
+      executionProvider: options.executionProvider ?? 'cpu',
+      ...(options.nativeDecodeAddon ? { addonPath: options.nativeDecodeAddon } : {}),
+    });
+    const nativeDecode = 'plan' in planned ? planned.plan : null;
     /** The engine on the model at `modelPath` (the build, or its packed-weights model). */
     const start = async (modelPath: string): Promise<OrtEngine> => {
       const thread = new Worker(new URL('./ort-thread.mjs', import.meta.url), {
@@ -212,6 +233,7 @@ export class OrtEngine implements Engine {
           dState,
           attention,
           maxPrefillChunk: options.maxPrefillChunk ?? 256,
+          nativeDecode,
           sessionOptions: {
             executionProviders: [options.executionProvider ?? 'cpu'],
             intraOpNumThreads: threads,
@@ -224,11 +246,23 @@ export class OrtEngine implements Engine {
         },
       });
       const engine = new OrtEngine(info, thread);
+      let ready: { nativeDecodeError?: string };
       try {
-        await engine.request(0, undefined);
+        ready = await engine.request<{ nativeDecodeError?: string }>(0, undefined);
       } catch (err) {
         await thread.terminate();
         throw err;
+      }
+      if (ready.nativeDecodeError !== undefined) {
+        if (options.nativeDecode === 'on') {
+          await engine.close();
+          throw new NativeDecodeUnavailableError(`ORT_NATIVE_DECODE=on, but the native decode step did not load: ${ready.nativeDecodeError}`);
+        }
+        log.warn('native decode step did not load: decoding with ONNX Runtime', { code: 'native_decode_unavailable', error: ready.nativeDecodeError });
+      } else if (nativeDecode) {
+        log.info('decode steps run on the native kernels', { weights: weightsDtype, threads });
+      } else if (weightsDtype !== 'f32' && (options.nativeDecode ?? 'auto') === 'auto' && 'reason' in planned) {
+        log.info('decode steps run on ONNX Runtime', { weights: weightsDtype, reason: planned.reason });
       }
       return engine;
     };

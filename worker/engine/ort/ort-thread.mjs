@@ -15,11 +15,12 @@
 // not graph outputs: the graph returns each call's new keys and values, and this thread
 // writes them into the rings in place (window-inputs.mjs), so a decode step copies one row
 // per attention layer, not a whole window.
+import { createRequire } from 'node:module';
 import { parentPort, workerData } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import { hybridPrefillChunk, ropeInvFreq, ropeTables, windowMask, writeRing } from './window-inputs.mjs';
 
-const { modelPath, layers, dInner, dConv, dState, attention, sessionOptions, maxPrefillChunk } = workerData;
+const { modelPath, layers, dInner, dConv, dState, attention, sessionOptions, maxPrefillChunk, nativeDecode } = workerData;
 const convLayer = dConv * dInner;
 const ssmLayer = dState * dInner;
 /** Attention layers (0 for a pure Mamba model) and the floats of one ring. */
@@ -117,6 +118,36 @@ function writeRings(out, b, L, rings, start) {
 
 let session;
 
+/**
+ * The native decode step (native-decode.ts, worker/native-cpu/): when the engine planned it and
+ * the addon loaded, decode steps run on it, synchronously on this thread and its OpenMP team,
+ * reading and writing the states' layer arrays in place. Everything else stays ORT's.
+ */
+let decoder = null;
+let nativeDecodeError;
+if (nativeDecode) {
+  try {
+    const { Decoder } = createRequire(import.meta.url)(nativeDecode.addonPath);
+    decoder = new Decoder(nativeDecode.decoder);
+  } catch (err) {
+    nativeDecodeError = `${err?.code ? `${err.code}: ` : ''}${String(err?.message ?? err)}`;
+  }
+}
+
+function decodeNative({ sids, tokens }) {
+  detachBatch();
+  const conv = [];
+  const ssm = [];
+  for (const sid of sids) {
+    const s = state(sid);
+    conv.push(...s.conv);
+    ssm.push(...s.ssm);
+  }
+  const logits = new Float32Array(sids.length * nativeDecode.decoder.dims.V);
+  decoder.decode(Int32Array.from(tokens), conv, ssm, logits);
+  return { result: { logits }, transfer: [logits.buffer] };
+}
+
 async function prefill({ sid, tokens, allLogits, position }) {
   detachBatch();
   const s = state(sid);
@@ -157,6 +188,7 @@ function gather(sids, kind, size, n = layers) {
 }
 
 async function decode({ sids, tokens, positions }) {
+  if (decoder) return decodeNative({ sids, tokens });
   const B = sids.length;
   let conv;
   let ssm;
@@ -237,6 +269,8 @@ const handlers = {
   async close() {
     batch = null;
     states.clear();
+    decoder?.close();
+    decoder = null;
     await session?.release();
     session = undefined;
     return { result: null };
@@ -258,7 +292,7 @@ parentPort.on('message', (msg) => {
 
 try {
   session = await ort.InferenceSession.create(modelPath, sessionOptions);
-  parentPort.postMessage({ id: 0, ok: true, result: { ready: true } });
+  parentPort.postMessage({ id: 0, ok: true, result: { ready: true, ...(nativeDecodeError !== undefined ? { nativeDecodeError } : {}) } });
 } catch (err) {
   parentPort.postMessage({ id: 0, ok: false, error: String(err?.message ?? err) });
 }

@@ -1,0 +1,184 @@
+// The ORT engine's native decode path: for int8 and int4 builds of pure Mamba models, decode
+// steps run on our own AVX-512 VNNI kernels (worker/native-cpu/, `npm run build:cpu`) instead of
+// the ONNX graph, 1.8–2.9x faster at batch 1 (docs/cpu-engine.md). Prefill, import/export and
+// every other operation stay ONNX Runtime's; the native step reads the same weights file (mapped,
+// not copied: the int8 and int4 blocks are MatMulNBits' bytes) and the thread's state arrays in
+// place (the graph's [K, D] and [N, D] layouts).
+//
+// This module decides whether that path can run and describes the weights to it: it reads the
+// graph build's initializers (their byte ranges in weights.bin) from model.onnx.
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import onnxProto from 'onnx-proto';
+import { NATIVE_CPU_ADDON, nativeCpuAddonCurrent, nativeCpuUnsupported } from '../../native-cpu/support.ts';
+import type { MambaConfig } from '../../model/mamba-config.ts';
+import type { WeightsDtype } from './quantize.ts';
+
+const { onnx } = onnxProto;
+
+/** `ORT_NATIVE_DECODE`: auto = where it can run; on = refuse to start where it cannot; off = never. */
+export type NativeDecodeSetting = 'auto' | 'on' | 'off';
+export const NATIVE_DECODE_SETTINGS: readonly NativeDecodeSetting[] = ['auto', 'on', 'off'];
+
+/** ORT_NATIVE_DECODE=on where the native decode step cannot run (the reason says why). */
+export class NativeDecodeUnavailableError extends Error {
+  readonly code = 'native_decode_unavailable';
+  constructor(message: string) {
+    super(message);
+    this.name = 'NativeDecodeUnavailableError';
+  }
+}
+
+/** [offset, length] in bytes within the weights file. */
+type Range = [number, number];
+interface MatrixRanges {
+  data: Range;
+  scales: Range;
+  bias?: Range;
+}
+
+/** What worker/native-cpu/src/addon.cpp's Decoder takes (see its header). */
+export interface NativeDecoderOptions {
+  readonly weightsPath: string;
+  readonly bits: 4 | 8;
+  readonly threads: number;
+  readonly dims: { d: number; layers: number; D: number; N: number; R: number; K: number; V: number; eps: number };
+  readonly embed: MatrixRanges;
+  readonly head: MatrixRanges;
+  readonly normF: Range;
+  readonly layers: {
+    norm: Range;
+    inProj: MatrixRanges;
+    convW: Range;
+    convB?: Range;
+    xProj: MatrixRanges;
+    dtProj: MatrixRanges;
+    negAT: Range;
+    Dskip: Range;
+    outProj: MatrixRanges;
+  }[];
+}
+
+export interface NativeDecodePlan {
+  readonly addonPath: string;
+  readonly decoder: NativeDecoderOptions;
+}
+
+interface ExternalTensor {
+  readonly dims: number[];
+  readonly location: string;
+  readonly range: Range;
+}
+
+/** The main graph's initializers stored in external data, by name. */
+export async function externalInitializers(modelPath: string): Promise<Map<string, ExternalTensor>> {
+  const model = onnx.ModelProto.decode(await readFile(modelPath));
+  const out = new Map<string, ExternalTensor>();
+  for (const t of model.graph?.initializer ?? []) {
+    if (!t.name || !t.externalData?.length) continue;
+    const entry = (key: string) => t.externalData!.find((e) => e.key === key)?.value;
+    const location = entry('location');
+    if (!location) continue;
+    out.set(t.name, {
+      dims: (t.dims ?? []).map(Number),
+      location,
+      range: [Number(entry('offset') ?? 0), Number(entry('length') ?? 0)],
+    });
+  }
+  return out;
+}
+
+export interface NativeDecodeRequest {
+  readonly setting: NativeDecodeSetting;
+  readonly modelPath: string;
+  readonly config: MambaConfig;
+  readonly dtype: WeightsDtype;
+  readonly threads: number;
+  readonly executionProvider: 'cpu' | 'cuda';
+  /** Where the addon is (tests may point elsewhere); default worker/native-cpu/build/mamba_cpu.node. */
+  readonly addonPath?: string;
+}
+
+/** Why this engine cannot decode natively, or undefined when it can (the files are checked by planNativeDecode). */
+function unsupportedReason(r: NativeDecodeRequest, addonPath: string): string | undefined {
+  if (r.executionProvider !== 'cpu') return 'the CUDA execution provider decodes on the GPU';
+  if (r.dtype === 'f32') return 'f32 weights decode with ONNX Runtime (the native step reads int8 and int4 weights)';
+  if (r.config.hybrid) return 'hybrid models decode with ONNX Runtime (the native step has no attention layers)';
+  if (r.config.intermediateSize % 16 !== 0) return `d_inner ${r.config.intermediateSize} is not a multiple of 16`;
+  const cpu = nativeCpuUnsupported();
+  if (cpu) return cpu;
+  if (!existsSync(addonPath)) return `the native decode step is not built (npm run build:cpu builds ${addonPath})`;
+  if (addonPath === NATIVE_CPU_ADDON && !nativeCpuAddonCurrent()) return 'the native decode step was built from older sources (npm run build:cpu builds it again)';
+  return undefined;
+}
+
+/**
+ * The native decode step's plan for this engine, or the reason it decodes with ONNX Runtime
+ * (setting auto or off). With setting on, a reason is a NativeDecodeUnavailableError.
+ */
+export async function planNativeDecode(r: NativeDecodeRequest): Promise<{ plan: NativeDecodePlan } | { reason: string }> {
+  if (r.setting === 'off') return { reason: 'ORT_NATIVE_DECODE=off' };
+  const addonPath = r.addonPath ?? NATIVE_CPU_ADDON;
+  const refuse = (reason: string) => {
+    if (r.setting === 'on') throw new NativeDecodeUnavailableError(`ORT_NATIVE_DECODE=on, but ${reason}`);
+    return { reason };
+  };
+  const reason = unsupportedReason(r, addonPath);
+  if (reason) return refuse(reason);
+  const bits = r.dtype === 'int8' ? 8 : 4;
+  const tensors = await externalInitializers(r.modelPath);
+  const missing: string[] = [];
+  const range = (name: string): Range => {
+    const t = tensors.get(name);
+    if (!t) {
+      missing.push(name);
+      return [0, 0];
+    }
+    return t.range;
+  };
+  const optional = (name: string): Range | undefined => tensors.get(name)?.range;
+  const matrix = (name: string): MatrixRanges => {
+    const bias = optional(`${name}_b`);
+    return { data: range(`${name}_q${bits}`), scales: range(`${name}_scales`), ...(bias ? { bias } : {}) };
+  };
+  const c = r.config;
+  const layers = Array.from({ length: c.numLayers }, (_, i) => {
+    const p = `l${i}.`;
+    const convB = optional(`${p}conv_b`);
+    return {
+      norm: range(`${p}norm`),
+      inProj: matrix(`${p}in_proj`),
+      convW: range(`${p}conv_w_kd`),
+      ...(convB ? { convB } : {}),
+      xProj: matrix(`${p}x_proj`),
+      dtProj: matrix(`${p}dt_proj`),
+      negAT: range(`${p}neg_exp_a_t`),
+      Dskip: range(`${p}d_skip`),
+      outProj: matrix(`${p}out_proj`),
+    };
+  });
+  const head = matrix('lm_head');
+  const embed = { data: range(`embeddings_q${bits}`), scales: range('embeddings_scales') };
+  const normF = range('norm_f');
+  if (missing.length > 0) return refuse(`the graph build lacks ${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', …' : ''}`);
+  const locations = new Set([...tensors.values()].map((t) => t.location));
+  if (locations.size !== 1) return refuse('the graph build keeps its weights in more than one file');
+  const headRows = tensors.get(`lm_head_q${bits}`)!.dims[0]!;
+  if (tensors.get(`embeddings_q${bits}`)!.dims[0] !== headRows) return refuse('the embedding and the LM head have different numbers of rows');
+  return {
+    plan: {
+      addonPath,
+      decoder: {
+        weightsPath: join(dirname(r.modelPath), [...locations][0]!),
+        bits,
+        threads: r.threads,
+        dims: { d: c.hiddenSize, layers: c.numLayers, D: c.intermediateSize, N: c.stateSize, R: c.timeStepRank, K: c.convKernel, V: headRows, eps: c.layerNormEpsilon },
+        embed,
+        head,
+        normF,
+        layers,
+      },
+    },
+  };
+}
