@@ -1,17 +1,19 @@
-// Would a decode step of our own native kernels meet issue #17's decode goals where the ORT
-// graph cannot? bench/native-decode/decode_step.cpp is a whole mamba-130m-shaped decode step
-// (24 Mamba-1 layers and the LM head) over the int8 and int4 builds' weight bytes, with AVX-512
-// VNNI matmuls and OpenMP threads; this script builds it with the machine's g++, checks it
-// against a float64 reference, and times it against the ORT engine's int8 and int4 decode in
-// alternating runs, each against the read bandwidth measured between them.
+// The native decode step's kernels alone (worker/native-cpu/src/mamba_cpu.h, which the ORT
+// engine decodes int8 and int4 builds with: ORT_NATIVE_DECODE), apart from Node and the engine:
+// bench/native-decode/decode_step.cpp runs a whole mamba-130m-shaped decode step (24 Mamba-1
+// layers and the LM head) on them over random weights of the int8 and int4 builds' shapes. This
+// script builds it with the machine's g++, checks it against the program's float64 scalar
+// reference, and times it against the ORT engine's graph decode (ORT_NATIVE_DECODE=off) in
+// alternating runs, each against the read bandwidth measured between them by the project's
+// WebAssembly probe and by the program's own 512-bit loads. (bench/engine-cpu.ts times the
+// engine with the native step: its int8-native / int4-native variants.)
 //
 //   npx tsx bench/native-decode.ts [--rounds 3] [--steps 100] [--threads 2]
 //
-// It is a measurement, not an engine: random weights, no state import or export, no hybrid
-// layers, no binding to Node. It needs Linux on x86-64 with AVX-512 VNNI and g++ (said and
-// skipped otherwise). The executable is built into .cache/bench/native-decode/ (once per
-// source). The ORT side uses bench/engine-cpu.ts's random checkpoint and graph builds
-// (.cache/bench/), made here when missing.
+// It needs Linux on x86-64 with AVX-512 VNNI and g++ (said and skipped otherwise). The
+// executable is built with -march=native into .cache/bench/native-decode/ (once per source).
+// The ORT side uses bench/engine-cpu.ts's random checkpoint and graph builds (.cache/bench/),
+// made here when missing.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, statSync } from 'node:fs';
@@ -119,7 +121,7 @@ async function ortEngine(dtype: Dtype): Promise<{ engine: Engine; weightBytes: n
   }
   const graphsDir = join(args['cache-dir'], 'graphs');
   const build = await ensureGraphBuild(await openCheckpoint(modelDir), graphsDir, { dtype });
-  const { engine } = await createEngine({ modelDir, engine: 'ort', cacheDir: graphsDir, intraOpThreads: threads, weightsDtype: dtype });
+  const { engine } = await createEngine({ modelDir, engine: 'ort', cacheDir: graphsDir, intraOpThreads: threads, weightsDtype: dtype, nativeDecode: 'off' });
   return { engine, weightBytes: statSync(join(dirname(build.modelPath), 'weights.bin')).size };
 }
 
