@@ -31,6 +31,7 @@ import type { WeightsDtype } from '../worker/engine/ort/quantize.ts';
 import { openCheckpoint } from '../worker/model/checkpoint.ts';
 import { writeRandomCheckpoint } from '../worker/model/testing/random-checkpoint.ts';
 import { nativeDecodeUnavailable } from '../worker/engine/ort/testing/native-availability.ts';
+import { medianDecodeStepMs } from './decode-timing.ts';
 import { measureReadBandwidth } from './memory-bandwidth.ts';
 import { median } from './stats.ts';
 
@@ -76,21 +77,6 @@ function memory(): { anon: number; file: number; peak: number } {
   return { anon: kb('RssAnon'), file: kb('RssFile'), peak: kb('VmHWM') };
 }
 
-async function decodeMsPerStep(engine: Engine, batch: number): Promise<number> {
-  const states = await Promise.all(Array.from({ length: batch }, () => engine.newState()));
-  for (const s of states) await engine.prefill(s, Int32Array.of(1, 2, 3));
-  const step = (i: number) => engine.decode(states.map((state, b) => ({ state, token: (i * 31 + b * 7) % 50000 })));
-  for (let i = 0; i < 3; i++) await step(i);
-  const times: number[] = [];
-  for (let i = 0; i < steps; i++) {
-    const started = performance.now();
-    await step(i);
-    times.push(performance.now() - started);
-  }
-  for (const s of states) engine.freeState(s);
-  // The median step: on a shared machine a neighbour's burst inflates a mean.
-  return median(times);
-}
 
 async function prefillRate(engine: Engine, L: number): Promise<number> {
   const tokens = Int32Array.from({ length: L }, (_, i) => (i * 7919) % 50000);
@@ -126,8 +112,8 @@ async function measure(variant: Variant): Promise<Figures> {
     weightBytes: statSync(join(dirname(build.modelPath), 'weights.bin')).size,
     loadMs,
     afterLoad: { anon: afterLoad.anon, file: afterLoad.file },
-    decode1Ms: await decodeMsPerStep(engine, 1),
-    decode8Ms: await decodeMsPerStep(engine, 8),
+    decode1Ms: await medianDecodeStepMs(engine, 1, steps),
+    decode8Ms: await medianDecodeStepMs(engine, 8, steps),
     prefill512: await prefillRate(engine, 512),
     prefill4096: await prefillRate(engine, 4096),
     peakRss: 0,

@@ -18,6 +18,7 @@ import { parseArgs } from 'node:util';
 import { createEngine } from '../worker/engine/create-engine.ts';
 import type { Engine } from '../worker/engine/engine.ts';
 import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../worker/model/testing/random-checkpoint.ts';
+import { medianDecodeStepMs } from './decode-timing.ts';
 import { median } from './stats.ts';
 
 const { values: args } = parseArgs({
@@ -60,21 +61,8 @@ for (const v of variants) {
 }
 
 
-async function decodeMsPerStep(engine: Engine, batch: number, history: number): Promise<number> {
-  const states = await Promise.all(Array.from({ length: batch }, () => engine.newState()));
-  const prompt = Int32Array.from({ length: history }, (_, i) => (i * 7919 + 11) % 50000);
-  for (const s of states) await engine.prefill(s, prompt);
-  const step = (i: number) => engine.decode(states.map((state, b) => ({ state, token: (i * 31 + b * 7) % 50000 })));
-  for (let i = 0; i < 3; i++) await step(i);
-  const times: number[] = [];
-  for (let i = 0; i < steps; i++) {
-    const started = performance.now();
-    await step(i);
-    times.push(performance.now() - started);
-  }
-  for (const s of states) engine.freeState(s);
-  return median(times);
-}
+/** A history of `length` tokens each session reads before the timed steps. */
+const historyPrompt = (length: number) => Int32Array.from({ length }, (_, i) => (i * 7919 + 11) % 50000);
 
 async function prefillTokensPerSecond(engine: Engine): Promise<number> {
   const tokens = Int32Array.from({ length: PREFILL_L }, (_, i) => (i * 7919) % 50000);
@@ -100,8 +88,8 @@ for (let round = 0; round < rounds; round++) {
     const { engine } = await createEngine({ modelDir: v.dir, engine: 'ort', cacheDir: join(args['cache-dir'], 'graphs'), intraOpThreads: threads });
     const f = figures.get(v.name)!;
     f.stateBytes = engine.model.stateBytes;
-    f.b1.push(1000 / (await decodeMsPerStep(engine, 1, v.history)));
-    f.b8.push((8 * 1000) / (await decodeMsPerStep(engine, 8, v.history)));
+    f.b1.push(1000 / (await medianDecodeStepMs(engine, 1, steps, historyPrompt(v.history))));
+    f.b8.push((8 * 1000) / (await medianDecodeStepMs(engine, 8, steps, historyPrompt(v.history))));
     f.prefill.push(await prefillTokensPerSecond(engine));
     await engine.close();
     console.log(`round ${round + 1}/${rounds}: ${v.name} done`);

@@ -26,6 +26,7 @@ import type { Engine } from '../worker/engine/engine.ts';
 import { ensureGraphBuild } from '../worker/engine/ort/graph-cache.ts';
 import { openCheckpoint } from '../worker/model/checkpoint.ts';
 import { writeRandomCheckpoint } from '../worker/model/testing/random-checkpoint.ts';
+import { medianDecodeStepMs } from './decode-timing.ts';
 import { measureReadBandwidth } from './memory-bandwidth.ts';
 import { median } from './stats.ts';
 
@@ -125,21 +126,6 @@ async function ortEngine(dtype: Dtype): Promise<{ engine: Engine; weightBytes: n
   return { engine, weightBytes: statSync(join(dirname(build.modelPath), 'weights.bin')).size };
 }
 
-/** The ORT engine's median decode step, ms, at `batch` (as bench/engine-cpu.ts times it). */
-async function ortStepMs(engine: Engine, batch: number): Promise<number> {
-  const states = await Promise.all(Array.from({ length: batch }, () => engine.newState()));
-  for (const s of states) await engine.prefill(s, Int32Array.of(1, 2, 3));
-  const step = (i: number) => engine.decode(states.map((state, b) => ({ state, token: (i * 31 + b * 7) % 50000 })));
-  for (let i = 0; i < 3; i++) await step(i);
-  const times: number[] = [];
-  for (let i = 0; i < steps; i++) {
-    const started = performance.now();
-    await step(i);
-    times.push(performance.now() - started);
-  }
-  for (const s of states) engine.freeState(s);
-  return median(times);
-}
 
 const reason = unsupportedReason();
 if (reason) {
@@ -172,7 +158,7 @@ for (let round = 0; round < rounds; round++) {
       // Alternate which goes first: a neighbour's burst then falls on both over the rounds.
       const order = round % 2 === 0 ? (['ort', 'native'] as const) : (['native', 'ort'] as const);
       for (const which of order) {
-        if (which === 'ort') record(key('ort', dtype, batch), await ortStepMs(engines.get(dtype)!, batch));
+        if (which === 'ort') record(key('ort', dtype, batch), await medianDecodeStepMs(engines.get(dtype)!, batch, steps));
         else {
           const r = runNative(exe, ['--dtype', dtype, '--batch', String(batch), '--steps', String(steps), '--threads', String(threads)]);
           nativeBytes.set(dtype, r.weightBytes!);

@@ -1,0 +1,24 @@
+// How the CPU benchmarks time an engine's decode step (bench/engine-cpu.ts, hybrid-cpu.ts,
+// native-decode.ts): one definition, so their figures are comparable.
+import type { Engine } from '../worker/engine/engine.ts';
+import { median } from './stats.ts';
+
+/**
+ * The median time (ms) of a decode step for `batch` sessions that have each read `prompt`
+ * first: 3 warm-up steps, then `steps` timed ones, a different token for every session and
+ * step. The median, because on a shared machine a neighbour's burst inflates a mean.
+ */
+export async function medianDecodeStepMs(engine: Engine, batch: number, steps: number, prompt: Int32Array = Int32Array.of(1, 2, 3)): Promise<number> {
+  const states = await Promise.all(Array.from({ length: batch }, () => engine.newState()));
+  for (const s of states) await engine.prefill(s, prompt);
+  const step = (i: number) => engine.decode(states.map((state, b) => ({ state, token: (i * 31 + b * 7) % 50000 })));
+  for (let i = 0; i < 3; i++) await step(i);
+  const times: number[] = [];
+  for (let i = 0; i < steps; i++) {
+    const started = performance.now();
+    await step(i);
+    times.push(performance.now() - started);
+  }
+  for (const s of states) engine.freeState(s);
+  return median(times);
+}
