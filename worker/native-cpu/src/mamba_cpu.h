@@ -330,6 +330,19 @@ inline void rmsnorm(const float* x, const float* w, float* out, int n, float eps
   for (int i = 0; i < n; i++) out[i] = x[i] * inv * w[i];
 }
 
+/**
+ * The residual stream between layers: add the last layer's output (t.h) to it, normalize it
+ * into t.h with `weight`, and quantize that for `next`, the matmul that reads it.
+ */
+inline void addNormQuantize(const Dims& s, int batch, Scratch& t, const float* weight, const QMatrix& next) {
+  for (int b = 0; b < batch; b++) {
+    float* r = t.resid + b * s.d;
+    for (int c = 0; c < s.d; c++) r[c] += t.h[b * s.d + c];
+    rmsnorm(r, weight, t.h + b * s.d, s.d, s.eps);
+  }
+  quantizeActs(t.h, s.d, batch, s.d, t.actsd, next);
+}
+
 /** Optional wall time by phase, read by the team's first thread after each phase's barrier. */
 enum Phase { kEmbed, kInProj, kConv, kXProj, kDtProj, kScan, kOutProj, kHead, kPhases };
 struct PhaseClock {
@@ -361,14 +374,7 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
   for (int li = 0; li < s.layers; li++) {
     const Layer& L = m.layers[li];
 #pragma omp single
-    {
-      for (int b = 0; b < batch; b++) {
-        float* r = t.resid + b * s.d;
-        for (int c = 0; c < s.d; c++) r[c] += t.h[b * s.d + c];
-        rmsnorm(r, L.norm, t.h + b * s.d, s.d, s.eps);
-      }
-      quantizeActs(t.h, s.d, batch, s.d, t.actsd, L.inProj);
-    }
+    addNormQuantize(s, batch, t, L.norm, L.inProj);
     matmul(batch, L.inProj, t.actsd, t.xz, 2 * s.D, pf);
 #pragma omp barrier
     mark(kInProj);
@@ -428,14 +434,7 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
     mark(kOutProj);
   }
 #pragma omp single
-  {
-    for (int b = 0; b < batch; b++) {
-      float* r = t.resid + b * s.d;
-      for (int c = 0; c < s.d; c++) r[c] += t.h[b * s.d + c];
-      rmsnorm(r, m.normF, t.h + b * s.d, s.d, s.eps);
-    }
-    quantizeActs(t.h, s.d, batch, s.d, t.actsd, m.head);
-  }
+  addNormQuantize(s, batch, t, m.normF, m.head);
   matmul(batch, m.head, t.actsd, logits, int(logitsStride), pf);
 #pragma omp barrier
   mark(kHead);
