@@ -13,7 +13,7 @@
 import { spawn } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { DEFAULT_ORT_INTRA_OP_SPIN_US } from '../shared/config.ts';
-import { benchModel, createSession, startBenchStack, turn } from './serving-harness.ts';
+import { benchModel, servedThroughput } from './serving-harness.ts';
 import { median } from './stats.ts';
 
 const { values: args } = parseArgs({
@@ -45,23 +45,6 @@ function startNeighbour(): () => void {
   return () => child.kill('SIGKILL');
 }
 
-async function throughput(env: Record<string, string>): Promise<number[]> {
-  const stack = await startBenchStack(modelDir, { WORKER_CONCURRENCY: '16', MAX_QUEUE_DEPTH: '1000', ...env });
-  try {
-    const warm = await createSession(stack.url);
-    await turn(stack.url, warm, { input: 'warm up', max_tokens: 8 });
-    const rates: number[] = [];
-    for (const sessions of LOADS) {
-      const ids = await Promise.all(Array.from({ length: sessions }, () => createSession(stack.url)));
-      const t0 = performance.now();
-      const results = await Promise.all(ids.map((id, i) => turn(stack.url, id, { input: `a prompt of a few words for session ${i}`, max_tokens: tokens, temperature: 1, seed: i })));
-      rates.push(results.reduce((n, r) => n + r.usage.output_tokens, 0) / ((performance.now() - t0) / 1000));
-    }
-    return rates;
-  } finally {
-    await stack.stop();
-  }
-}
 
 const stopNeighbour = args.neighbour ? startNeighbour() : undefined;
 const figures = new Map<string, number[][]>(SETTINGS.map(([name]) => [name, []]));
@@ -69,7 +52,7 @@ try {
   for (let r = 0; r < rounds; r++) {
     // Rotate the order so no setting always runs first (or always after the same one).
     const order = SETTINGS.map((_, i) => SETTINGS[(i + r) % SETTINGS.length]!);
-    for (const [name, env] of order) figures.get(name)!.push(await throughput(env));
+    for (const [name, env] of order) figures.get(name)!.push(await servedThroughput(modelDir, env, LOADS, tokens));
     console.log(`round ${r + 1}/${rounds} done`);
   }
 } finally {

@@ -118,3 +118,25 @@ export async function streamedChat(
   }
   throw new Error('stream ended without [DONE]');
 }
+
+/**
+ * Aggregate generation throughput (tokens/s) of one worker on a fresh stack with `env`, for
+ * each number of sessions in `loads` generating `tokens` each at once (after one warm-up turn).
+ */
+export async function servedThroughput(modelDir: string, env: Record<string, string>, loads: readonly number[], tokens: number): Promise<number[]> {
+  const stack = await startBenchStack(modelDir, { WORKER_CONCURRENCY: '16', MAX_QUEUE_DEPTH: '1000', ...env });
+  try {
+    const warm = await createSession(stack.url);
+    await turn(stack.url, warm, { input: 'warm up', max_tokens: 8 });
+    const rates: number[] = [];
+    for (const sessions of loads) {
+      const ids = await Promise.all(Array.from({ length: sessions }, () => createSession(stack.url)));
+      const t0 = performance.now();
+      const results = await Promise.all(ids.map((id, i) => turn(stack.url, id, { input: `a prompt of a few words for session ${i}`, max_tokens: tokens, temperature: 1, seed: i })));
+      rates.push(results.reduce((n, r) => n + r.usage.output_tokens, 0) / ((performance.now() - t0) / 1000));
+    }
+    return rates;
+  } finally {
+    await stack.stop();
+  }
+}

@@ -1,0 +1,50 @@
+// The native decode step end to end: one worker serving 1 and 16 sessions generating at once,
+// int8 and int4 weights, decode on ONNX Runtime's graph (ORT_NATIVE_DECODE=off) or on the
+// native step (on), a fresh stack per setting, in interleaved rounds. The engine-level figures
+// are bench/engine-cpu.ts's int8-native / int4-native variants; this is what a client sees,
+// with prefill, sampling, the queue and checkpointing around every step.
+//
+//   npx tsx bench/native-serving.ts [--rounds 3] [--tokens 48]
+//
+// Needs the native decode step built (npm run build:cpu) and a CPU it runs on; says so and
+// stops otherwise. The model is mamba-130m's shape with a byte vocabulary (the LM head is small,
+// so the projections are nearly all of a step).
+import { parseArgs } from 'node:util';
+import { nativeDecodeUnavailable } from '../worker/engine/ort/testing/native-availability.ts';
+import { benchModel, servedThroughput } from './serving-harness.ts';
+import { median } from './stats.ts';
+
+const { values: args } = parseArgs({ options: { rounds: { type: 'string', default: '3' }, tokens: { type: 'string', default: '48' } } });
+const rounds = Number(args.rounds);
+const tokens = Number(args.tokens);
+
+const unavailable = nativeDecodeUnavailable();
+if (unavailable) {
+  console.log(`bench/native-serving.ts: skipped, the native decode step cannot run here: ${unavailable}`);
+  process.exit(0);
+}
+const modelDir = await benchModel('serving-130m', { hiddenSize: 768, numLayers: 24, stateSize: 16 });
+const LOADS = [1, 16];
+const SETTINGS: [string, Record<string, string>][] = [
+  ['int8 graph', { WEIGHTS_DTYPE: 'int8', ORT_NATIVE_DECODE: 'off' }],
+  ['int8 native', { WEIGHTS_DTYPE: 'int8', ORT_NATIVE_DECODE: 'on' }],
+  ['int4 graph', { WEIGHTS_DTYPE: 'int4', ORT_NATIVE_DECODE: 'off' }],
+  ['int4 native', { WEIGHTS_DTYPE: 'int4', ORT_NATIVE_DECODE: 'on' }],
+];
+
+const figures = new Map<string, number[][]>(SETTINGS.map(([name]) => [name, []]));
+for (let r = 0; r < rounds; r++) {
+  // Rotate the order so no setting always runs first (or always after the same one).
+  const order = SETTINGS.map((_, i) => SETTINGS[(i + r) % SETTINGS.length]!);
+  for (const [name, env] of order) figures.get(name)!.push(await servedThroughput(modelDir, env, LOADS, tokens));
+  console.log(`round ${r + 1}/${rounds} done`);
+}
+console.log(`\none worker (ORT engine, mamba-130m shape (hidden 768 x 24 layers), byte vocabulary), ${tokens} tokens per turn; tokens/s, median (min–max) over ${rounds} interleaved rounds\n`);
+console.log(`| concurrent sessions | ${SETTINGS.map(([n]) => n).join(' | ')} | native ÷ graph, int8 / int4 |\n|---|${SETTINGS.map(() => '---').join('|')}|---|`);
+const cell = (xs: number[]) => `${median(xs).toFixed(0)} (${Math.min(...xs).toFixed(0)}–${Math.max(...xs).toFixed(0)})`;
+const at = (name: string, i: number) => figures.get(name)!.map((r) => r[i]!);
+LOADS.forEach((sessions, i) => {
+  const ratio = (dtype: string) => (median(at(`${dtype} native`, i)) / median(at(`${dtype} graph`, i))).toFixed(2);
+  console.log(`| ${sessions} | ${SETTINGS.map(([name]) => cell(at(name, i))).join(' | ')} | ${ratio('int8')} / ${ratio('int4')} |`);
+});
+console.log(JSON.stringify({ bench: 'native-serving', rounds, tokens, settings: Object.fromEntries(figures) }));
