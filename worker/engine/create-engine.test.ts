@@ -42,6 +42,12 @@ describe('createEngine', () => {
     await expect(createEngine({ modelDir: join(root, 'model'), engine: 'ort', weightsDtype: 'int8', prepackWeights: false })).rejects.toMatchObject({ code: 'weights_dtype_unsupported' });
   });
 
+  it('passes ORT_NATIVE_DECODE to the ort engine: on refuses to start where the native decode step does not apply (here: f32 weights)', async () => {
+    await expect(createEngine({ modelDir: join(root, 'model'), engine: 'ort', cacheDir: join(root, 'cache'), intraOpThreads: 1, nativeDecode: 'on' })).rejects.toMatchObject({
+      code: 'native_decode_unavailable',
+    });
+  });
+
   it('a missing model directory is a model_not_found error', async () => {
     await expect(createEngine({ modelDir: join(root, 'nope') })).rejects.toMatchObject({ code: 'model_not_found' });
   });
