@@ -178,7 +178,8 @@ inline void quantizeActs(const float* x, int stride, int batch, int cols, QActs&
 
 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-// RU rows at a time share each activation load and give the core RU · B independent chains.
+// RU rows at a time share each activation load and give the core RU · B independent chains
+// (batch 1: 4 rows; 2 and 8 were 15-25 % slower, bench/native-decode's program, three runs).
 template <int B, int Bits, int RU>
 inline void matmulRowGroup(const QMatrix& w, const QActs& a, float* y, int yStride, int r, int prefetchBytes) {
   const int zero = 1 << (Bits - 1);
