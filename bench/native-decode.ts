@@ -8,7 +8,7 @@
 // WebAssembly probe and by the program's own 512-bit loads. (bench/engine-cpu.ts times the
 // engine with the native step: its int8-native / int4-native variants.)
 //
-//   npx tsx bench/native-decode.ts [--rounds 3] [--steps 100] [--threads 2]
+//   npx tsx bench/native-decode.ts [--rounds 3] [--steps 100] [--threads 2] [--isa avx512|avx2]
 //
 // It needs Linux on x86-64 with AVX-512 VNNI and g++ (said and skipped otherwise). The
 // executable is built with -march=native into .cache/bench/native-decode/ (once per source).
@@ -35,9 +35,12 @@ const { values: args } = parseArgs({
     rounds: { type: 'string', default: '3' },
     steps: { type: 'string', default: '100' },
     threads: { type: 'string', default: String(Math.min(2, availableParallelism())) },
+    /** avx512 (the default) or avx2: which of the engine's kernel builds to time. */
+    isa: { type: 'string', default: 'avx512' },
     'cache-dir': { type: 'string', default: '.cache/bench' },
   },
 });
+if (args.isa !== 'avx512' && args.isa !== 'avx2') throw new Error(`--isa is avx512 or avx2, not ${args.isa}`);
 const rounds = Number(args.rounds);
 const steps = Number(args.steps);
 const threads = Number(args.threads);
@@ -50,6 +53,13 @@ const DTYPES: Dtype[] = ['int8', 'int4'];
 const BATCHES = [1, 8];
 
 function unsupportedReason(): string | undefined {
+  if (args.isa === 'avx2') {
+    if (process.platform !== 'linux' || process.arch !== 'x64') return `needs Linux on x86-64 (this is ${process.platform}/${process.arch})`;
+    const flags = new Set(/^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim().split(/\s+/) ?? []);
+    if (!flags.has('avx2') || !flags.has('fma')) return 'needs AVX2 and FMA';
+    if (spawnSync('sh', ['-c', 'command -v g++'], { encoding: 'utf8' }).status !== 0) return 'needs g++ (apt-get install g++)';
+    return undefined;
+  }
   if (process.platform !== 'linux' || process.arch !== 'x64') return `needs Linux on x86-64 (this is ${process.platform}/${process.arch})`;
   const flags = new Set(/^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim().split(/\s+/) ?? []);
   const missing = ['avx512f', 'avx512bw', 'avx512_vnni'].filter((f) => !flags.has(f));
@@ -62,7 +72,7 @@ function unsupportedReason(): string | undefined {
 function buildNative(): string {
   const hash = createHash('sha256').update(readFileSync(source)).update(readFileSync(kernels)).digest('hex').slice(0, 12);
   const dir = join(args['cache-dir'], 'native-decode');
-  const exe = join(dir, `decode_step-${hash}`);
+  const exe = join(dir, `decode_step-${args.isa}-${hash}`);
   if (existsSync(exe)) return exe;
   mkdirSync(dir, { recursive: true });
   console.log(`building ${exe} with g++ (once)…`);
@@ -70,7 +80,8 @@ function buildNative(): string {
   // -Wno-(maybe-)uninitialized: GCC 12's AVX-512 headers trip both themselves (the
   // _mm512_undefined_* placeholders of nearly every conversion, shuffle and reduction; GCC bug
   // 105593, fixed in GCC 13).
-  const flags = ['-O3', '-march=native', '-fopenmp', '-std=c++17', '-Wall', '-Wextra', '-Werror', '-Wno-uninitialized', '-Wno-maybe-uninitialized'];
+  const isaFlags = args.isa === 'avx2' ? ['-mavx2', '-mfma', '-mtune=native', '-DMAMBA_CPU_AVX2'] : ['-march=native'];
+  const flags = ['-O3', ...isaFlags, '-fopenmp', '-std=c++17', '-Wall', '-Wextra', '-Werror', '-Wno-uninitialized', '-Wno-maybe-uninitialized'];
   execFileSync('g++', [...flags, '-o', tmp, source], { stdio: 'inherit' });
   renameSync(tmp, exe);
   return exe;
@@ -175,7 +186,7 @@ for (const engine of engines.values()) await engine.close();
 const bw = { vector: median(bandwidth.vector), native: median(bandwidth.native) };
 const gbs = (b: number) => `${(b / 1e9).toFixed(1)} GB/s`;
 console.log(
-  `\nmamba-130m-shaped decode, ${threads} thread(s), ${rounds} alternating rounds of ${steps} steps (medians). Read bandwidth, median of the rounds: ` +
+  `\nmamba-130m-shaped decode, native kernels built for ${args.isa}, ${threads} thread(s), ${rounds} alternating rounds of ${steps} steps (medians). Read bandwidth, median of the rounds: ` +
     `${gbs(bw.vector)} (bench/memory-bandwidth.ts, WebAssembly 128-bit loads), ${gbs(bw.native)} (the native program's 512-bit loads)\n`,
 );
 console.log('| decode step | ORT engine | native step | ORT ÷ native (time) | batch 1, weight bytes ÷ time ÷ bandwidth (WebAssembly probe / 512-bit probe): ORT, native |');

@@ -290,8 +290,9 @@ int main(int argc, char** argv) {
         for (int b = 0; b < args.batch; b++) {
           std::vector<double> xq(w->cols);
           for (int c = 0; c < w->cols; c++) {
-            const int j = c % kBlock;  // int4 blocks hold their codes evens first
-            const int at = w->bits == 4 ? (j % 2 ? kBlock / 2 + j / 2 : j / 2) : j;
+            // int4 blocks hold each weight load's codes evens first (quantizeBlock)
+            const int j = c % kBlock, G = V::kBytes, g = j / (2 * G) * (2 * G), jj = j % (2 * G);
+            const int at = w->bits == 4 ? g + (jj % 2 ? G + jj / 2 : jj / 2) : j;
             xq[c] = double(a.q[(size_t(b) * a.blocks + c / kBlock) * kBlock + at]) * a.scale[size_t(b) * a.blocks + c / kBlock];
           }
           const std::vector<double> want = refMatmul(*w, xq);
@@ -347,14 +348,14 @@ int main(int argc, char** argv) {
         const int team = omp_get_num_threads(), me = omp_get_thread_num();
         const size_t part = bytes / team / 64 * 64;
         const uint8_t* p = buf + part * me;
-        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-        for (size_t o = 0; o < part; o += 256) {
-          a0 = _mm512_xor_si512(a0, _mm512_load_si512(p + o));
-          a1 = _mm512_xor_si512(a1, _mm512_load_si512(p + o + 64));
-          a2 = _mm512_xor_si512(a2, _mm512_load_si512(p + o + 128));
-          a3 = _mm512_xor_si512(a3, _mm512_load_si512(p + o + 192));
+        V::I a0 = V::zeroI(), a1 = a0, a2 = a0, a3 = a0;
+        for (size_t o = 0; o + 4 * V::kBytes <= part; o += 4 * V::kBytes) {
+          a0 = V::xorI(a0, V::loadBytes(p + o));
+          a1 = V::xorI(a1, V::loadBytes(p + o + V::kBytes));
+          a2 = V::xorI(a2, V::loadBytes(p + o + 2 * V::kBytes));
+          a3 = V::xorI(a3, V::loadBytes(p + o + 3 * V::kBytes));
         }
-        sink ^= _mm512_reduce_or_epi64(_mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3)));
+        sink ^= V::low64(V::xorI(V::xorI(a0, a1), V::xorI(a2, a3)));
       }
       rates.push_back(double(bytes) / std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
     }

@@ -1,7 +1,10 @@
-// Where the native decode addon is, whether this machine can run it, and whether the built
-// addon matches its sources: what the engine checks before it loads the addon
-// (worker/engine/ort/native-decode.ts) and what `npm run build:cpu` (build.ts) checks before
-// it builds.
+// Where the native decode addon is, which of its builds this machine's CPU can run, and whether
+// a build matches its sources: what the engine checks before it loads the addon
+// (worker/engine/ort/native-decode.ts) and what `npm run build:cpu` (build.ts) builds.
+//
+// Two builds of the same sources (src/mamba_cpu.h picks its instructions when compiled):
+// avx512 (AVX-512 F/BW/VL/DQ and VNNI) and avx2 (AVX2 and FMA, for x86-64 CPUs without
+// AVX-512). A CPU runs the first one it has the instructions for.
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -9,29 +12,69 @@ import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const NATIVE_CPU_SOURCES = join(here, 'src');
-export const NATIVE_CPU_ADDON = join(here, 'build', 'mamba_cpu.node');
 
-/** The CPU features the addon's kernels are compiled for (names as /proc/cpuinfo spells them). */
-export const NATIVE_CPU_FLAGS = ['avx512f', 'avx512bw', 'avx512vl', 'avx512dq', 'avx512_vnni'] as const;
+export type NativeCpuIsa = 'avx512' | 'avx2';
+
+export interface NativeCpuBuild {
+  readonly isa: NativeCpuIsa;
+  readonly addon: string;
+  /** The CPU features its kernels are compiled for (as /proc/cpuinfo spells them). */
+  readonly cpuFlags: readonly string[];
+  /** The compiler flags for them (not -march=native: a build runs on any CPU that has these). */
+  readonly compilerFlags: readonly string[];
+}
+
+export const NATIVE_CPU_BUILDS: readonly NativeCpuBuild[] = [
+  {
+    isa: 'avx512',
+    addon: join(here, 'build', 'mamba_cpu.node'),
+    cpuFlags: ['avx512f', 'avx512bw', 'avx512vl', 'avx512dq', 'avx512_vnni'],
+    compilerFlags: ['-mavx512f', '-mavx512bw', '-mavx512vl', '-mavx512dq', '-mavx512vnni', '-mfma'],
+  },
+  {
+    isa: 'avx2',
+    addon: join(here, 'build', 'mamba_cpu_avx2.node'),
+    cpuFlags: ['avx2', 'fma'],
+    compilerFlags: ['-mavx2', '-mfma', '-DMAMBA_CPU_AVX2'],
+  },
+];
+
+/** The default build's path (this CPU's, else the AVX-512 one). */
+export const NATIVE_CPU_ADDON = NATIVE_CPU_BUILDS[0]!.addon;
 
 /** Why the addon cannot be built here (it is compiled for Linux on x86-64), or undefined. */
 export function nativeCpuPlatformUnsupported(): string | undefined {
   return process.platform !== 'linux' || process.arch !== 'x64' ? `the native decode step is built for Linux on x86-64 (this is ${process.platform}/${process.arch})` : undefined;
 }
 
-/** Why this machine cannot run the addon (the platform, or a CPU without its instructions), or undefined when it can. */
-export function nativeCpuUnsupported(): string | undefined {
-  const platform = nativeCpuPlatformUnsupported();
-  if (platform) return platform;
-  let cpuinfo = '';
+function cpuFlags(): Set<string> | undefined {
   try {
-    cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
+    return new Set(/^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim().split(/\s+/) ?? []);
   } catch {
-    return '/proc/cpuinfo is not readable';
+    return undefined;
   }
-  const flags = new Set(/^flags\s*:(.*)$/m.exec(cpuinfo)?.[1]?.trim().split(/\s+/) ?? []);
-  const missing = NATIVE_CPU_FLAGS.filter((f) => !flags.has(f));
-  return missing.length > 0 ? `this CPU lacks ${missing.join(', ')} (the native decode step needs AVX-512 with VNNI)` : undefined;
+}
+
+/** The builds this CPU can run, best first. */
+export function nativeCpuBuildsRunnable(): NativeCpuBuild[] {
+  if (nativeCpuPlatformUnsupported()) return [];
+  const flags = cpuFlags();
+  return flags ? NATIVE_CPU_BUILDS.filter((b) => b.cpuFlags.every((f) => flags.has(f))) : [];
+}
+
+/** The build this CPU runs, or why none. */
+export function nativeCpuBuildFor(): { build: NativeCpuBuild } | { reason: string } {
+  const platform = nativeCpuPlatformUnsupported();
+  if (platform) return { reason: platform };
+  if (!cpuFlags()) return { reason: '/proc/cpuinfo is not readable' };
+  const build = nativeCpuBuildsRunnable()[0];
+  return build ? { build } : { reason: 'this CPU has neither AVX-512 with VNNI nor AVX2 with FMA' };
+}
+
+/** Why this machine cannot run the addon, or undefined when it can. */
+export function nativeCpuUnsupported(): string | undefined {
+  const found = nativeCpuBuildFor();
+  return 'reason' in found ? found.reason : undefined;
 }
 
 /** A hash of the addon's sources, recorded beside a build. */
@@ -41,9 +84,8 @@ export function nativeCpuSourceHash(): string {
   return h.digest('hex').slice(0, 16);
 }
 
-/** Whether the built addon matches the sources. */
-export function nativeCpuAddonCurrent(): boolean {
-  const stamp = `${NATIVE_CPU_ADDON}.source`;
-  return existsSync(NATIVE_CPU_ADDON) && existsSync(stamp) && readFileSync(stamp, 'utf8').trim() === nativeCpuSourceHash();
+/** Whether the build at `addon` exists and matches the sources. */
+export function nativeCpuAddonCurrent(addon: string): boolean {
+  const stamp = `${addon}.source`;
+  return existsSync(addon) && existsSync(stamp) && readFileSync(stamp, 'utf8').trim() === nativeCpuSourceHash();
 }
-

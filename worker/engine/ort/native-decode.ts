@@ -11,7 +11,7 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import onnxProto from 'onnx-proto';
-import { NATIVE_CPU_ADDON, nativeCpuAddonCurrent, nativeCpuUnsupported } from '../../native-cpu/support.ts';
+import { nativeCpuAddonCurrent, nativeCpuBuildFor, NATIVE_CPU_BUILDS, type NativeCpuIsa } from '../../native-cpu/support.ts';
 import type { MambaConfig } from '../../model/mamba-config.ts';
 import type { WeightsDtype } from './quantize.ts';
 
@@ -62,6 +62,8 @@ export interface NativeDecoderOptions {
 
 export interface NativeDecodePlan {
   readonly addonPath: string;
+  /** The instruction set of that build (its kernels' vector width): for the engine's log. */
+  readonly isa: NativeCpuIsa | 'given';
   readonly decoder: NativeDecoderOptions;
 }
 
@@ -96,21 +98,26 @@ export interface NativeDecodeRequest {
   readonly dtype: WeightsDtype;
   readonly threads: number;
   readonly executionProvider: 'cpu' | 'cuda';
-  /** Where the addon is (tests may point elsewhere); default worker/native-cpu/build/mamba_cpu.node. */
+  /** Which build to load (tests may point at one); default the build this CPU runs. */
   readonly addonPath?: string;
 }
 
-/** Why this engine cannot decode natively, or undefined when it can (the files are checked by planNativeDecode). */
-function unsupportedReason(r: NativeDecodeRequest, addonPath: string): string | undefined {
-  if (r.executionProvider !== 'cpu') return 'the CUDA execution provider decodes on the GPU';
-  if (r.dtype === 'f32') return 'f32 weights decode with ONNX Runtime (the native step reads int8 and int4 weights)';
-  if (r.config.hybrid) return 'hybrid models decode with ONNX Runtime (the native step has no attention layers)';
-  if (r.config.intermediateSize % 16 !== 0) return `d_inner ${r.config.intermediateSize} is not a multiple of 16`;
-  const cpu = nativeCpuUnsupported();
-  if (cpu) return cpu;
-  if (!existsSync(addonPath)) return `the native decode step is not built (npm run build:cpu builds ${addonPath})`;
-  if (addonPath === NATIVE_CPU_ADDON && !nativeCpuAddonCurrent()) return 'the native decode step was built from older sources (npm run build:cpu builds it again)';
-  return undefined;
+/** The build to load, or why this engine cannot decode natively (the weights are checked by planNativeDecode). */
+function chooseAddon(r: NativeDecodeRequest): { addonPath: string; isa: NativeDecodePlan['isa'] } | { reason: string } {
+  if (r.executionProvider !== 'cpu') return { reason: 'the CUDA execution provider decodes on the GPU' };
+  if (r.dtype === 'f32') return { reason: 'f32 weights decode with ONNX Runtime (the native step reads int8 and int4 weights)' };
+  if (r.config.hybrid) return { reason: 'hybrid models decode with ONNX Runtime (the native step has no attention layers)' };
+  if (r.config.intermediateSize % 16 !== 0) return { reason: `d_inner ${r.config.intermediateSize} is not a multiple of 16` };
+  const cpu = nativeCpuBuildFor();
+  if ('reason' in cpu) return cpu;
+  if (r.addonPath) {
+    if (!existsSync(r.addonPath)) return { reason: `${r.addonPath} does not exist` };
+    return { addonPath: r.addonPath, isa: NATIVE_CPU_BUILDS.find((b) => b.addon === r.addonPath)?.isa ?? 'given' };
+  }
+  const { addon, isa } = cpu.build;
+  if (!existsSync(addon)) return { reason: `the native decode step is not built (npm run build:cpu builds ${addon})` };
+  if (!nativeCpuAddonCurrent(addon)) return { reason: 'the native decode step was built from older sources (npm run build:cpu builds it again)' };
+  return { addonPath: addon, isa };
 }
 
 /**
@@ -119,13 +126,12 @@ function unsupportedReason(r: NativeDecodeRequest, addonPath: string): string | 
  */
 export async function planNativeDecode(r: NativeDecodeRequest): Promise<{ plan: NativeDecodePlan } | { reason: string }> {
   if (r.setting === 'off') return { reason: 'ORT_NATIVE_DECODE=off' };
-  const addonPath = r.addonPath ?? NATIVE_CPU_ADDON;
   const refuse = (reason: string) => {
     if (r.setting === 'on') throw new NativeDecodeUnavailableError(`ORT_NATIVE_DECODE=on, but ${reason}`);
     return { reason };
   };
-  const reason = unsupportedReason(r, addonPath);
-  if (reason) return refuse(reason);
+  const chosen = chooseAddon(r);
+  if ('reason' in chosen) return refuse(chosen.reason);
   const bits = r.dtype === 'int8' ? 8 : 4;
   const tensors = await externalInitializers(r.modelPath);
   const missing: string[] = [];
@@ -168,7 +174,8 @@ export async function planNativeDecode(r: NativeDecodeRequest): Promise<{ plan: 
   if (tensors.get(`embeddings_q${bits}`)!.dims[0] !== headRows) return refuse('the embedding and the LM head have different numbers of rows');
   return {
     plan: {
-      addonPath,
+      addonPath: chosen.addonPath,
+      isa: chosen.isa,
       decoder: {
         weightsPath: join(dirname(r.modelPath), [...locations][0]!),
         bits,

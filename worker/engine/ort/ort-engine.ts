@@ -260,7 +260,7 @@ export class OrtEngine implements Engine {
         }
         log.warn('native decode step did not load: decoding with ONNX Runtime', { code: 'native_decode_unavailable', error: ready.nativeDecodeError });
       } else if (nativeDecode) {
-        log.info('decode steps run on the native kernels', { weights: weightsDtype, threads });
+        log.info('decode steps run on the native kernels', { weights: weightsDtype, threads, isa: nativeDecode.isa });
       } else if (weightsDtype !== 'f32' && (options.nativeDecode ?? 'auto') === 'auto' && 'reason' in planned) {
         log.info('decode steps run on ONNX Runtime', { weights: weightsDtype, reason: planned.reason });
       }

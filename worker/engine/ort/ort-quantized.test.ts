@@ -16,7 +16,7 @@ import { ReferenceEngine } from '../reference/reference-engine.ts';
 import { maxAbsDiff, prefilledStates, stepLogits, tokensFor } from '../testing/compare.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
 import { OrtEngine } from './ort-engine.ts';
-import { nativeDecodeUnavailable } from './testing/native-availability.ts';
+import { nativeDecodeUnavailable, testableNativeBuilds } from './testing/native-availability.ts';
 import { quantizedView } from './testing/quantized-view.ts';
 
 let root: string;
@@ -41,10 +41,12 @@ const layouts: [string, RandomCheckpointOptions][] = [
 
 const nativeSkip = nativeDecodeUnavailable();
 if (nativeSkip) console.warn(`native decode tests skip: ${nativeSkip}`);
-/** The decode paths a layout is served with: ONNX Runtime's always, the native step where it applies. */
-const decodePaths = (options: RandomCheckpointOptions): ('onnxruntime' | 'native')[] => {
+/** The native step's builds this CPU runs (avx512 and avx2 on an AVX-512 VNNI CPU), by name. */
+const nativeBuilds = new Map(testableNativeBuilds().map((b) => [`native ${b.isa}`, b.addon]));
+/** The decode paths a layout is served with: ONNX Runtime's always, each native build where the step applies. */
+const decodePaths = (options: RandomCheckpointOptions): string[] => {
   const D = Math.trunc((options.expand ?? 2) * (options.hiddenSize ?? 32));
-  return nativeSkip || options.hybrid || D % 16 !== 0 ? ['onnxruntime'] : ['onnxruntime', 'native'];
+  return nativeSkip || options.hybrid || D % 16 !== 0 ? ['onnxruntime'] : ['onnxruntime', ...nativeBuilds.keys()];
 };
 
 describe.each(['int8', 'int4'] as const)('%s weights', (dtype) => {
@@ -59,7 +61,8 @@ describe.each(['int8', 'int4'] as const)('%s weights', (dtype) => {
       await writeRandomCheckpoint(dir, options);
       ckpt = await openCheckpoint(dir);
       ref = await ReferenceEngine.load(quantizedView(ckpt, dtype));
-      served = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 1, weightsDtype: dtype, nativeDecode: decode === 'native' ? 'on' : 'off' });
+      const addon = nativeBuilds.get(decode);
+      served = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 1, weightsDtype: dtype, ...(addon ? { nativeDecode: 'on', nativeDecodeAddon: addon } : { nativeDecode: 'off' }) });
     });
     afterAll(async () => {
       await served?.close();
@@ -67,7 +70,7 @@ describe.each(['int8', 'int4'] as const)('%s weights', (dtype) => {
     });
 
     // Exact activations are a graph setting (the native step always quantizes them): once a layout.
-    it.skipIf(decode === 'native')('with exact activations, every position matches the float64 reference on the dequantized weights within 1e-4', async () => {
+    it.skipIf(decode !== 'onnxruntime')('with exact activations, every position matches the float64 reference on the dequantized weights within 1e-4', async () => {
       const exact = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 1, weightsDtype: dtype, quantizedActivations: 'f32' });
       try {
         const tokens = tokensFor(L, ckpt.config.vocabSize, 1);

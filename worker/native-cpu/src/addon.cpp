@@ -194,8 +194,12 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
 
 Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
   exports.Set("Decoder", Decoder::Init(env));
-  // The instruction sets the kernels were compiled for: the loader checks the CPU has them.
-  exports.Set("requires", Napi::String::New(env, "avx512f avx512bw avx512vl avx512dq avx512_vnni"));
+  // The instruction set the kernels were compiled for (support.ts names the CPU flags it needs).
+#if defined(MAMBA_CPU_AVX2)
+  exports.Set("isa", Napi::String::New(env, "avx2"));
+#else
+  exports.Set("isa", Napi::String::New(env, "avx512"));
+#endif
   return exports;
 }
 

@@ -1,6 +1,7 @@
-// A Mamba-1 decode step on the CPU, over block-quantized weights, with AVX-512 VNNI kernels and
-// OpenMP threads: the native decode path of the ORT engine (worker/native-cpu/src/addon.cpp,
-// docs/cpu-engine.md) and of bench/native-decode/decode_step.cpp.
+// A Mamba-1 decode step on the CPU, over block-quantized weights, with SIMD kernels (AVX-512
+// VNNI, or AVX2 when compiled with -DMAMBA_CPU_AVX2) and OpenMP threads: the native decode path
+// of the ORT engine (worker/native-cpu/src/addon.cpp, docs/cpu-engine.md) and of
+// bench/native-decode/decode_step.cpp.
 //
 // Weights are the ORT build's bytes as they are (quantize.ts): a matrix W [N, K] is N rows of
 // ceil(K / 128) blocks, each block 128 codes q (int8: one byte each; int4: byte j holds element
@@ -8,12 +9,12 @@
 // scale. Activations are quantized per block of 128 to int8 with one fp32 scale (what
 // MatMulNBits' accuracy_level 4 does), and products are integer (vpdpbusd: the weights'
 // unsigned codes times the activations' signed ones; the zero point comes off once a block
-// through the activations' code sum). For int4 the activation codes of a block are stored
-// evens first, then odds, so the low and high nibbles of 64 bytes meet their activations with
-// no shuffle of the weights.
+// through the activations' code sum; AVX2's variant below). For int4 the activation codes of a
+// block are stored evens first, then odds, per vector of weight bytes, so the low and high
+// nibbles of a load meet their activations with no shuffle of the weights.
 //
 // States use the ORT graph's layouts: conv [K, D] (the last K inputs of the conv, newest last)
-// and ssm [N, D] per layer, so 16 channels are one 512-bit vector everywhere.
+// and ssm [N, D] per layer, so a vector holds a run of channels everywhere.
 #pragma once
 
 #include <immintrin.h>
@@ -104,6 +105,136 @@ T* alignedArray(size_t n) {
   return static_cast<T*>(p);
 }
 
+
+// ---- the instruction set: one of two, chosen when the file is compiled ----------------------
+//
+// Avx512 (the default): AVX-512 F/BW/VL/DQ and VNNI; Avx2 (-DMAMBA_CPU_AVX2): AVX2 and FMA,
+// for x86-64 CPUs without AVX-512. The kernels below are written once against this interface.
+// Both compute the same products: AVX2's vpmaddubsw cannot take int8 weights' unsigned codes
+// (a pair of 255 · 127 products overflows its 16 bits), so on AVX2 they are centred first
+// (q − 128) and multiplied sign-adjusted (Avx2::dotCentred), and no zero point is taken off.
+
+#if !defined(MAMBA_CPU_AVX2)  // its 512-bit types need AVX-512 enabled to compile
+struct Avx512 {
+  static constexpr int W = 16;          // floats a vector
+  static constexpr int kBytes = 64;     // bytes a vector
+  static constexpr bool kInt8Centred = false;
+  using F = __m512;
+  using I = __m512i;
+  static F zero() { return _mm512_setzero_ps(); }
+  static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static F set1(float v) { return _mm512_set1_ps(v); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F div(F a, F b) { return _mm512_div_ps(a, b); }
+  static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F max(F a, F b) { return _mm512_max_ps(a, b); }
+  static F min(F a, F b) { return _mm512_min_ps(a, b); }
+  static F abs(F v) { return _mm512_abs_ps(v); }
+  static F roundNearest(F v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  /** p · 2^n for integral n in [−126, 127]. */
+  static F scale2(F p, F n) { return _mm512_scalef_ps(p, n); }
+  static float sum(F v) { return _mm512_reduce_add_ps(v); }
+  static float maxOf(F v) { return _mm512_reduce_max_ps(v); }
+  static I loadBytes(const void* p) { return _mm512_loadu_si512(p); }
+  static I zeroI() { return _mm512_setzero_si512(); }
+  static I low4(I v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0f)); }
+  static I high4(I v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f)); }
+  /** acc + Σ over each 4 bytes of w (unsigned) · x (signed). */
+  static I dot(I acc, I w, I x) { return _mm512_dpbusd_epi32(acc, w, x); }
+  static F toFloat(I v) { return _mm512_cvtepi32_ps(v); }
+  static I toInt(F v) { return _mm512_cvtps_epi32(v); }  // rounding to nearest even
+  static I addI(I a, I b) { return _mm512_add_epi32(a, b); }
+  static I xorI(I a, I b) { return _mm512_xor_si512(a, b); }
+  static int64_t low64(I v) { return _mm_cvtsi128_si64(_mm512_castsi512_si128(v)); }
+  static int32_t sumI(I v) { return _mm512_reduce_add_epi32(v); }
+  /** The W lanes' int32 values (all within ±127) as W bytes. */
+  static void storeCodes(int8_t* q, I v) { _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtsepi32_epi8(v)); }
+};
+#endif
+
+struct Avx2 {
+  static constexpr int W = 8;
+  static constexpr int kBytes = 32;
+  static constexpr bool kInt8Centred = true;
+  using F = __m256;
+  using I = __m256i;
+  static F zero() { return _mm256_setzero_ps(); }
+  static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static F set1(float v) { return _mm256_set1_ps(v); }
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F div(F a, F b) { return _mm256_div_ps(a, b); }
+  static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F max(F a, F b) { return _mm256_max_ps(a, b); }
+  static F min(F a, F b) { return _mm256_min_ps(a, b); }
+  static F abs(F v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), v); }
+  static F roundNearest(F v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static F scale2(F p, F n) {
+    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+  }
+  static float sum(F v) {
+    const __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 b = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    return _mm_cvtss_f32(_mm_add_ss(b, _mm_movehdup_ps(b)));
+  }
+  static float maxOf(F v) {
+    const __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 b = _mm_max_ps(a, _mm_movehl_ps(a, a));
+    return _mm_cvtss_f32(_mm_max_ss(b, _mm_movehdup_ps(b)));
+  }
+  static I loadBytes(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+  static I zeroI() { return _mm256_setzero_si256(); }
+  static I low4(I v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0f)); }
+  static I high4(I v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f)); }
+  /** acc + Σ over each 4 bytes of w (unsigned, < 128: int4 codes) · x (signed). */
+  static I dot(I acc, I w, I x) { return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))); }
+  /**
+   * acc + Σ over each 4 bytes of (w − 128) · x, for int8 codes w: centred (wc = w − 128, in
+   * [−128, 127]), then |wc| · (x with wc's sign). Not |x| · (wc with x's sign): negating
+   * wc = −128 overflows, where |−128| read unsigned is 128, and x (|x| <= 127) takes any sign.
+   */
+  static I dotCentred(I acc, I w, I x) {
+    const __m256i wc = _mm256_xor_si256(w, _mm256_set1_epi8(char(0x80)));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(wc), _mm256_sign_epi8(x, wc)), _mm256_set1_epi16(1)));
+  }
+  static F toFloat(I v) { return _mm256_cvtepi32_ps(v); }
+  static I toInt(F v) { return _mm256_cvtps_epi32(v); }
+  static I addI(I a, I b) { return _mm256_add_epi32(a, b); }
+  static I xorI(I a, I b) { return _mm256_xor_si256(a, b); }
+  static int64_t low64(I v) { return _mm_cvtsi128_si64(_mm256_castsi256_si128(v)); }
+  static int32_t sumI(I v) {
+    alignas(32) int32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), v);
+    int32_t t = 0;
+    for (int32_t x : lanes) t += x;
+    return t;
+  }
+  static void storeCodes(int8_t* q, I v) {
+    alignas(32) int32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), v);
+    for (int i = 0; i < 8; i++) q[i] = int8_t(lanes[i]);
+  }
+};
+
+#if defined(MAMBA_CPU_AVX2)
+using V = Avx2;
+#else
+using V = Avx512;
+#endif
+
+/** One step of a block's integer dot product: centred int8 codes (AVX2) or zero-point ones. */
+template <class Isa, bool Centred>
+inline typename Isa::I dotStep(typename Isa::I acc, typename Isa::I w, typename Isa::I x) {
+  if constexpr (Centred) return Isa::dotCentred(acc, w, x);
+  else return Isa::dot(acc, w, x);
+}
+
 /** Activations quantized per block: int8 codes, one scale and the codes' sum per block. */
 struct QActs {
   int blocks = 0;
@@ -124,14 +255,19 @@ struct QActs {
   }
 };
 
-/** The codes of one block of `n` <= 128 values (the rest 0), rounded to nearest even. */
-inline void quantizeBlock(const float* x, int n, int8_t* q, float& scale, int32_t& sum, bool evensFirst) {
+/**
+ * The codes of one block of `n` <= 128 values (the rest 0), rounded to nearest even. For int4
+ * weights (`nibbleOrder`) each vector's worth of codes is stored as the weights' nibbles meet
+ * them: a load of V::kBytes weight bytes holds elements 2j (low nibbles) and 2j + 1 (high) of
+ * 2 · V::kBytes elements, so those go evens first, then odds.
+ */
+inline void quantizeBlock(const float* x, int n, int8_t* q, float& scale, int32_t& sum, bool nibbleOrder) {
   alignas(64) int8_t codes[kBlock];
   float amax = 0.f;
   if (n == kBlock) {
-    __m512 m = _mm512_setzero_ps();
-    for (int i = 0; i < kBlock; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
-    amax = _mm512_reduce_max_ps(m);
+    V::F m = V::zero();
+    for (int i = 0; i < kBlock; i += V::W) m = V::max(m, V::abs(V::load(x + i)));
+    amax = V::maxOf(m);
   } else {
     for (int i = 0; i < n; i++) amax = std::max(amax, std::fabs(x[i]));
   }
@@ -139,14 +275,14 @@ inline void quantizeBlock(const float* x, int n, int8_t* q, float& scale, int32_
   const float inv = s > 0.f ? 1.f / s : 0.f;
   int32_t total = 0;
   if (n == kBlock) {
-    const __m512 vinv = _mm512_set1_ps(inv);
-    __m512i vsum = _mm512_setzero_si512();
-    for (int i = 0; i < kBlock; i += 16) {
-      const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), vinv));
-      _mm_store_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtsepi32_epi8(v));
-      vsum = _mm512_add_epi32(vsum, v);
+    const V::F vinv = V::set1(inv);
+    V::I vsum = V::zeroI();
+    for (int i = 0; i < kBlock; i += V::W) {
+      const V::I v = V::toInt(V::mul(V::load(x + i), vinv));
+      V::storeCodes(codes + i, v);
+      vsum = V::addI(vsum, v);
     }
-    total = _mm512_reduce_add_epi32(vsum);
+    total = V::sumI(vsum);
   } else {
     for (int i = 0; i < kBlock; i++) {
       const int v = i < n ? int(std::nearbyint(x[i] * inv)) : 0;
@@ -154,11 +290,13 @@ inline void quantizeBlock(const float* x, int n, int8_t* q, float& scale, int32_
       total += v;
     }
   }
-  if (evensFirst) {
-    for (int j = 0; j < kBlock / 2; j++) {
-      q[j] = codes[2 * j];
-      q[kBlock / 2 + j] = codes[2 * j + 1];
-    }
+  if (nibbleOrder) {
+    constexpr int G = V::kBytes;  // pairs of elements a weight load holds
+    for (int g = 0; g < kBlock; g += 2 * G)
+      for (int j = 0; j < G; j++) {
+        q[g + j] = codes[g + 2 * j];
+        q[g + G + j] = codes[g + 2 * j + 1];
+      }
   } else {
     std::memcpy(q, codes, kBlock);
   }
@@ -176,28 +314,27 @@ inline void quantizeActs(const float* x, int stride, int batch, int cols, QActs&
     }
 }
 
-inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
-
 // RU rows at a time share each activation load and give the core RU · B independent chains
 // (batch 1: 4 rows; 2 and 8 were 15-25 % slower, bench/native-decode's program, three runs).
 template <int B, int Bits, int RU>
 inline void matmulRowGroup(const QMatrix& w, const QActs& a, float* y, int yStride, int r, int prefetchBytes) {
-  const int zero = 1 << (Bits - 1);
-  const __m512i nibble = _mm512_set1_epi8(0x0f);
-  __m512 acc[RU][B];
+  // int8 codes on AVX2 are centred before the products (V::dotCentred): no zero point then.
+  constexpr bool kCentred = Bits == 8 && V::kInt8Centred;
+  const int zero = kCentred ? 0 : 1 << (Bits - 1);
+  constexpr int kVecs = kBlock / V::kBytes;  // activation vectors a block
+  V::F acc[RU][B];
   float corr[RU][B];
   for (int u = 0; u < RU; u++)
     for (int b = 0; b < B; b++) {
-      acc[u][b] = _mm512_setzero_ps();
+      acc[u][b] = V::zero();
       corr[u][b] = 0.f;
     }
   for (int k = 0; k < w.blocks; k++) {
-    __m512i xlo[B], xhi[B];
+    V::I xv[B][kVecs];
     float xs[B], xz[B];
     for (int b = 0; b < B; b++) {
       const int8_t* xq = a.q + (size_t(b) * a.blocks + k) * kBlock;
-      xlo[b] = _mm512_loadu_si512(xq);
-      xhi[b] = _mm512_loadu_si512(xq + 64);
+      for (int v = 0; v < kVecs; v++) xv[b][v] = V::loadBytes(xq + v * V::kBytes);
       xs[b] = a.scale[size_t(b) * a.blocks + k];
       xz[b] = xs[b] * float(zero * a.sum[size_t(b) * a.blocks + k]);
     }
@@ -206,26 +343,28 @@ inline void matmulRowGroup(const QMatrix& w, const QActs& a, float* y, int yStri
       // The hardware prefetcher alone left the loads waiting (perf: most samples on the
       // instructions behind them); 4 KB ahead took 7-10 % off a step.
       for (int line = 0; line < w.blockBytes; line += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + prefetchBytes + line), _MM_HINT_T0);
-      __m512i lo, hi;
+      V::I wv[kVecs];  // weight codes, in the order of the activation vectors
       if (Bits == 8) {
-        lo = _mm512_loadu_si512(blk);
-        hi = _mm512_loadu_si512(blk + 64);
+        for (int v = 0; v < kVecs; v++) wv[v] = V::loadBytes(blk + v * V::kBytes);
       } else {
-        const __m512i v = _mm512_loadu_si512(blk);
-        lo = _mm512_and_si512(v, nibble);
-        hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+        for (int v = 0; v < kVecs; v += 2) {
+          const V::I packed = V::loadBytes(blk + (v / 2) * V::kBytes);
+          wv[v] = V::low4(packed);
+          wv[v + 1] = V::high4(packed);
+        }
       }
       const float ws = w.scales[size_t(r + u) * w.blocks + k];
       for (int b = 0; b < B; b++) {
-        const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo[b]), hi, xhi[b]);
-        acc[u][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(ws * xs[b]), acc[u][b]);
+        V::I dot = V::zeroI();
+        for (int v = 0; v < kVecs; v++) dot = dotStep<V, kCentred>(dot, wv[v], xv[b][v]);
+        acc[u][b] = V::fmadd(V::toFloat(dot), V::set1(ws * xs[b]), acc[u][b]);
         corr[u][b] += ws * xz[b];
       }
     }
   }
   for (int u = 0; u < RU; u++) {
     const float bias = w.bias ? w.bias[r + u] : 0.f;
-    for (int b = 0; b < B; b++) y[size_t(b) * yStride + r + u] = hsum(acc[u][b]) - corr[u][b] + bias;
+    for (int b = 0; b < B; b++) y[size_t(b) * yStride + r + u] = V::sum(acc[u][b]) - corr[u][b] + bias;
   }
 }
 
@@ -266,34 +405,29 @@ inline void matmul(int batch, const QMatrix& w, const QActs& a, float* y, int yS
   else matmulRowsAnyBatch<4>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
 }
 
-// exp, 16 lanes: 2^(x log2 e), a degree-6 polynomial for 2^f on [−0.5, 0.5], relative error
+// exp, a vector: 2^(x log2 e), a degree-6 polynomial for 2^f on [−0.5, 0.5], relative error
 // ~2e-7; the argument clamped to [−87, 88].
-inline __m512 exp512(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.f)), _mm512_set1_ps(88.f));
-  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, n);
-  __m512 p = _mm512_set1_ps(1.5353362e-4f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3398874e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6180250e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5503406e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022652e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
+inline V::F expV(V::F x) {
+  x = V::min(V::max(x, V::set1(-87.f)), V::set1(88.f));
+  const V::F t = V::mul(x, V::set1(1.44269504089f));
+  const V::F n = V::roundNearest(t);
+  const V::F f = V::sub(t, n);
+  V::F p = V::set1(1.5353362e-4f);
+  for (float c : {1.3398874e-3f, 9.6180250e-3f, 5.5503406e-2f, 2.4022652e-1f, 6.9314718e-1f, 1.f}) p = V::fmadd(p, f, V::set1(c));
+  return V::scale2(p, n);
 }
 
-inline __m512 silu512(__m512 v) { return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_sub_ps(_mm512_setzero_ps(), v)))); }
+inline V::F siluV(V::F v) { return V::div(v, V::add(V::set1(1.f), expV(V::sub(V::zero(), v)))); }
 
 // softplus(v) = max(v, 0) + log(1 + e), e = exp(−|v|) in (0, 1]; log(1 + e) = 2 atanh(z) with
 // z = e / (2 + e) <= 1/3, its odd series to z^13 (the next term is below 2e-8 of the sum).
-inline __m512 softplus512(__m512 v) {
-  const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(v)));
-  const __m512 z = _mm512_div_ps(e, _mm512_add_ps(_mm512_set1_ps(2.f), e));
-  const __m512 z2 = _mm512_mul_ps(z, z);
-  __m512 p = _mm512_set1_ps(1.f / 13);
-  for (float c : {1.f / 11, 1.f / 9, 1.f / 7, 1.f / 5, 1.f / 3, 1.f}) p = _mm512_fmadd_ps(p, z2, _mm512_set1_ps(c));
-  return _mm512_add_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_mul_ps(_mm512_set1_ps(2.f), _mm512_mul_ps(z, p)));
+inline V::F softplusV(V::F v) {
+  const V::F e = expV(V::sub(V::zero(), V::abs(v)));
+  const V::F z = V::div(e, V::add(V::set1(2.f), e));
+  const V::F z2 = V::mul(z, z);
+  V::F p = V::set1(1.f / 13);
+  for (float c : {1.f / 11, 1.f / 9, 1.f / 7, 1.f / 5, 1.f / 3, 1.f}) p = V::fmadd(p, z2, V::set1(c));
+  return V::add(V::max(v, V::zero()), V::mul(V::set1(2.f), V::mul(z, p)));
 }
 
 /** A step's working memory for up to kMaxBatch sequences. */
@@ -363,8 +497,8 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
   auto mark = [&](Phase p) {
     if (clock && me == 0) clock->mark(p);
   };
-  // This thread's share of the D / 16 channel vectors.
-  const int v0 = int(int64_t(s.D / 16) * me / team) * 16, v1 = int(int64_t(s.D / 16) * (me + 1) / team) * 16;
+  // This thread's share of the D / W channel vectors.
+  const int v0 = int(int64_t(s.D / V::W) * me / team) * V::W, v1 = int(int64_t(s.D / V::W) * (me + 1) / team) * V::W;
 #pragma omp single
   for (int b = 0; b < batch; b++)
     for (int c = 0; c < s.d; c++) {
@@ -382,16 +516,16 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
     // The conv over the window [state rows 1..K−1, x], which becomes the new state; then SiLU.
     for (int b = 0; b < batch; b++) {
       float* conv = st.conv[b * s.layers + li];
-      for (int c = v0; c < v1; c += 16) {
-        const __m512 xin = _mm512_loadu_ps(t.xz + size_t(b) * 2 * s.D + c);
-        __m512 acc = _mm512_fmadd_ps(_mm512_loadu_ps(L.convW + (s.K - 1) * s.D + c), xin, L.convB ? _mm512_loadu_ps(L.convB + c) : _mm512_setzero_ps());
+      for (int c = v0; c < v1; c += V::W) {
+        const V::F xin = V::load(t.xz + size_t(b) * 2 * s.D + c);
+        V::F acc = V::fmadd(V::load(L.convW + (s.K - 1) * s.D + c), xin, L.convB ? V::load(L.convB + c) : V::zero());
         for (int k = 0; k < s.K - 1; k++) {
-          const __m512 prev = _mm512_loadu_ps(conv + (k + 1) * s.D + c);
-          acc = _mm512_fmadd_ps(_mm512_loadu_ps(L.convW + k * s.D + c), prev, acc);
-          _mm512_storeu_ps(conv + k * s.D + c, prev);
+          const V::F prev = V::load(conv + (k + 1) * s.D + c);
+          acc = V::fmadd(V::load(L.convW + k * s.D + c), prev, acc);
+          V::store(conv + k * s.D + c, prev);
         }
-        _mm512_storeu_ps(conv + (s.K - 1) * s.D + c, xin);
-        _mm512_storeu_ps(t.xc + b * s.D + c, silu512(acc));
+        V::store(conv + (s.K - 1) * s.D + c, xin);
+        V::store(t.xc + b * s.D + c, siluV(acc));
       }
     }
 #pragma omp barrier
@@ -410,20 +544,20 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
     for (int b = 0; b < batch; b++) {
       float* ssm = st.ssm[b * s.layers + li];
       const float* xdbl = t.xdbl + b * (s.R + 2 * s.N);
-      for (int c = v0; c < v1; c += 16) {
-        const __m512 dt = softplus512(_mm512_loadu_ps(t.dt + b * s.D + c));
-        const __m512 x = _mm512_loadu_ps(t.xc + b * s.D + c);
-        const __m512 dtx = _mm512_mul_ps(dt, x);
-        __m512 y = _mm512_mul_ps(_mm512_loadu_ps(L.Dskip + c), x);
+      for (int c = v0; c < v1; c += V::W) {
+        const V::F dt = softplusV(V::load(t.dt + b * s.D + c));
+        const V::F x = V::load(t.xc + b * s.D + c);
+        const V::F dtx = V::mul(dt, x);
+        V::F y = V::mul(V::load(L.Dskip + c), x);
         for (int n = 0; n < s.N; n++) {
           float* hp = ssm + n * s.D + c;
-          const __m512 decay = exp512(_mm512_mul_ps(dt, _mm512_loadu_ps(L.negAT + n * s.D + c)));
-          const __m512 h = _mm512_fmadd_ps(_mm512_loadu_ps(hp), decay, _mm512_mul_ps(dtx, _mm512_set1_ps(xdbl[s.R + n])));
-          _mm512_storeu_ps(hp, h);
-          y = _mm512_fmadd_ps(h, _mm512_set1_ps(xdbl[s.R + s.N + n]), y);
+          const V::F decay = expV(V::mul(dt, V::load(L.negAT + n * s.D + c)));
+          const V::F h = V::fmadd(V::load(hp), decay, V::mul(dtx, V::set1(xdbl[s.R + n])));
+          V::store(hp, h);
+          y = V::fmadd(h, V::set1(xdbl[s.R + s.N + n]), y);
         }
-        const __m512 z = _mm512_loadu_ps(t.xz + size_t(b) * 2 * s.D + s.D + c);
-        _mm512_storeu_ps(t.y + b * s.D + c, _mm512_mul_ps(y, silu512(z)));
+        const V::F z = V::load(t.xz + size_t(b) * 2 * s.D + s.D + c);
+        V::store(t.y + b * s.D + c, V::mul(y, siluV(z)));
       }
     }
 #pragma omp barrier
