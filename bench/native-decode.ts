@@ -10,7 +10,7 @@
 //
 //   npx tsx bench/native-decode.ts [--rounds 3] [--steps 100] [--threads 2] [--isa avx512|avx2]
 //
-// It needs Linux on x86-64 with AVX-512 VNNI and g++ (said and skipped otherwise). The
+// It needs Linux on x86-64 with AVX-512 VNNI (--isa avx2: AVX2 and FMA) and g++ (said and skipped otherwise). The
 // executable is built with -march=native into .cache/bench/native-decode/ (once per source).
 // The ORT side uses bench/engine-cpu.ts's random checkpoint and graph builds (.cache/bench/),
 // made here when missing.

@@ -211,9 +211,9 @@ export const WorkerConfigSchema = z.object({
    */
   ORT_PACKED_WEIGHTS_FILE: bool.default(true),
   /**
-   * int8 / int4 weights of pure Mamba models: decode steps on our own AVX-512 VNNI kernels
+   * int8 / int4 weights of pure Mamba models: decode steps on our own AVX-512 VNNI or AVX2 kernels
    * (worker/engine/ort/native-decode.ts, built by `npm run build:cpu`) instead of the ONNX graph.
-   * auto: where the addon is built and the CPU (x86-64 with AVX-512 VNNI) and model allow it,
+   * auto: where the addon is built and the CPU (x86-64 with AVX-512 VNNI or AVX2) and model allow it,
    * else ONNX Runtime, saying why at debug level; on: the worker refuses to start where it cannot;
    * off: never. Prefill stays ONNX Runtime's.
    */

@@ -1,6 +1,6 @@
 // Vitest global setup: builds the ORT engine's native decode addon (`npm run build:cpu`) before
 // the tests, where this machine can, so `npm test` tests the native decode path and not only
-// ONNX Runtime's. Where it cannot (no AVX-512 VNNI, not Linux x86-64, no g++), the native
+// ONNX Runtime's. Where it cannot (neither AVX-512 VNNI nor AVX2, not Linux x86-64, no g++), the native
 // decode tests skip and say why (worker/engine/ort/testing/native-availability.ts).
 import { buildNativeCpu } from '../worker/native-cpu/build.ts';
 import { nativeCpuUnsupported } from '../worker/native-cpu/support.ts';

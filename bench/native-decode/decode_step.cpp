@@ -1,5 +1,6 @@
 // A whole mamba-130m-shaped decode step (24 Mamba-1 layers and the LM head) on the kernels of
-// the ORT engine's native decode path (worker/native-cpu/src/mamba_cpu.h: AVX-512 VNNI, OpenMP),
+// the ORT engine's native decode path (worker/native-cpu/src/mamba_cpu.h: AVX-512 VNNI or, built
+// with -DMAMBA_CPU_AVX2, AVX2; OpenMP),
 // over block-quantized weights (blocks of 128 values, one fp32 scale each, implicit zero point
 // 2^(bits-1): the bytes of the engine's int8 and int4 builds) and int8 activations quantized
 // per block (what MatMulNBits' accuracy_level 4 does). Random weights: the speed does not

@@ -1,5 +1,5 @@
 // The ORT engine's native decode path: for int8 and int4 builds of pure Mamba models, decode
-// steps run on our own AVX-512 VNNI kernels (worker/native-cpu/, `npm run build:cpu`) instead of
+// steps run on our own AVX-512 VNNI or AVX2 kernels (worker/native-cpu/, `npm run build:cpu`) instead of
 // the ONNX graph, 1.8–2.9x faster at batch 1 (docs/cpu-engine.md). Prefill, import/export and
 // every other operation stay ONNX Runtime's; the native step reads the same weights file (mapped,
 // not copied: the int8 and int4 blocks are MatMulNBits' bytes) and the thread's state arrays in

@@ -90,7 +90,7 @@ export interface OrtEngineOptions {
   /** Quantized builds: 'f32' multiplies exactly by the dequantized weights (slow; tests). Default int8. */
   readonly quantizedActivations?: NBitsActivations;
   /**
-   * Decode steps of int8 / int4 builds of pure Mamba models on our own AVX-512 VNNI kernels
+   * Decode steps of int8 / int4 builds of pure Mamba models on our own AVX-512 VNNI / AVX2 kernels
    * (native-decode.ts; `npm run build:cpu`) instead of the ONNX graph: 'auto' (default) where
    * the addon is built and the CPU and model allow it, 'on' refuses to start elsewhere, 'off'
    * never. The engine logs which decode it runs.

@@ -5,7 +5,7 @@
 // and the engine's own consistency (full prompt == step by step == batched == resumed) holds
 // to 1e-4 as in fp32. Served decode runs both ways where it can: ONNX Runtime's graph and the
 // native decode step (native-decode.ts; pure Mamba models with d_inner a multiple of 16, on a
-// CPU with AVX-512 VNNI), which must meet the same bounds.
+// CPU with AVX-512 VNNI or AVX2: each build this CPU runs), which must meet the same bounds.
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
