@@ -14,7 +14,7 @@
 // executable is built with -march=native into .cache/bench/native-decode/ (once per source).
 // The ORT side uses bench/engine-cpu.ts's random checkpoint and graph builds (.cache/bench/),
 // made here when missing.
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
@@ -26,6 +26,8 @@ import type { Engine } from '../worker/engine/engine.ts';
 import { ensureGraphBuild } from '../worker/engine/ort/graph-cache.ts';
 import { openCheckpoint } from '../worker/model/checkpoint.ts';
 import { writeRandomCheckpoint } from '../worker/model/testing/random-checkpoint.ts';
+import { gppMissing, NATIVE_CPU_WARNING_FLAGS } from '../worker/native-cpu/build.ts';
+import { NATIVE_CPU_BUILDS, nativeCpuBuildsRunnable, nativeCpuPlatformUnsupported } from '../worker/native-cpu/support.ts';
 import { medianDecodeStepMs } from './decode-timing.ts';
 import { measureReadBandwidth } from './memory-bandwidth.ts';
 import { median } from './stats.ts';
@@ -52,20 +54,14 @@ type Dtype = 'int8' | 'int4';
 const DTYPES: Dtype[] = ['int8', 'int4'];
 const BATCHES = [1, 8];
 
+/** Why the --isa build cannot run here (support.ts's CPU checks, then g++), or undefined. */
 function unsupportedReason(): string | undefined {
-  if (args.isa === 'avx2') {
-    if (process.platform !== 'linux' || process.arch !== 'x64') return `needs Linux on x86-64 (this is ${process.platform}/${process.arch})`;
-    const flags = new Set(/^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim().split(/\s+/) ?? []);
-    if (!flags.has('avx2') || !flags.has('fma')) return 'needs AVX2 and FMA';
-    if (spawnSync('sh', ['-c', 'command -v g++'], { encoding: 'utf8' }).status !== 0) return 'needs g++ (apt-get install g++)';
-    return undefined;
+  const platform = nativeCpuPlatformUnsupported();
+  if (platform) return platform;
+  if (!nativeCpuBuildsRunnable().some((b) => b.isa === args.isa)) {
+    return `this CPU lacks some of ${NATIVE_CPU_BUILDS.find((b) => b.isa === args.isa)!.cpuFlags.join(', ')} (the ${args.isa} build's instructions)`;
   }
-  if (process.platform !== 'linux' || process.arch !== 'x64') return `needs Linux on x86-64 (this is ${process.platform}/${process.arch})`;
-  const flags = new Set(/^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim().split(/\s+/) ?? []);
-  const missing = ['avx512f', 'avx512bw', 'avx512_vnni'].filter((f) => !flags.has(f));
-  if (missing.length > 0) return `needs AVX-512 VNNI (this CPU lacks ${missing.join(', ')})`;
-  if (spawnSync('sh', ['-c', 'command -v g++'], { encoding: 'utf8' }).status !== 0) return 'needs g++ (apt-get install g++)';
-  return undefined;
+  return gppMissing();
 }
 
 /** The executable for this source, built once (-march=native: it runs where it was built). */
@@ -77,11 +73,8 @@ function buildNative(): string {
   mkdirSync(dir, { recursive: true });
   console.log(`building ${exe} with g++ (once)…`);
   const tmp = `${exe}.tmp-${process.pid}`;
-  // -Wno-(maybe-)uninitialized: GCC 12's AVX-512 headers trip both themselves (the
-  // _mm512_undefined_* placeholders of nearly every conversion, shuffle and reduction; GCC bug
-  // 105593, fixed in GCC 13).
   const isaFlags = args.isa === 'avx2' ? ['-mavx2', '-mfma', '-mtune=native', '-DMAMBA_CPU_AVX2'] : ['-march=native'];
-  const flags = ['-O3', ...isaFlags, '-fopenmp', '-std=c++17', '-Wall', '-Wextra', '-Werror', '-Wno-uninitialized', '-Wno-maybe-uninitialized'];
+  const flags = ['-O3', ...isaFlags, '-fopenmp', '-std=c++17', ...NATIVE_CPU_WARNING_FLAGS];
   execFileSync('g++', [...flags, '-o', tmp, source], { stdio: 'inherit' });
   renameSync(tmp, exe);
   return exe;
@@ -140,7 +133,7 @@ async function ortEngine(dtype: Dtype): Promise<{ engine: Engine; weightBytes: n
 
 const reason = unsupportedReason();
 if (reason) {
-  console.log(`bench/native-decode.ts: skipped, it ${reason}.`);
+  console.log(`bench/native-decode.ts: skipped: ${reason}.`);
   process.exit(0);
 }
 const exe = buildNative();

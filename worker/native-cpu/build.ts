@@ -26,6 +26,17 @@ export class NativeCpuBuildError extends Error {
     this.name = 'NativeCpuBuildError';
   }
 }
+/**
+ * Warnings as errors, but for two that GCC 12's AVX-512 headers trip themselves (their
+ * _mm512_undefined_* placeholders; GCC bug 105593, fixed in GCC 13). Also bench/native-decode's.
+ */
+export const NATIVE_CPU_WARNING_FLAGS = ['-Wall', '-Wextra', '-Werror', '-Wno-uninitialized', '-Wno-maybe-uninitialized'] as const;
+
+/** Why g++ cannot be used here, or undefined. */
+export function gppMissing(): string | undefined {
+  return spawnSync('sh', ['-c', 'command -v g++'], { encoding: 'utf8' }).status !== 0 ? 'g++ was not found on PATH (apt-get install g++)' : undefined;
+}
+
 /** Build every variant of the addon (each when its sources changed, or always with force); returns their paths. */
 export function buildNativeCpu(options: { force?: boolean; log?: (line: string) => void } = {}): string[] {
   // Only the platform: a build is compiled for its instruction set, so a machine without it
@@ -34,7 +45,8 @@ export function buildNativeCpu(options: { force?: boolean; log?: (line: string) 
   if (unsupported) throw new NativeCpuBuildError(unsupported);
   const stale = NATIVE_CPU_BUILDS.filter((b) => options.force || !nativeCpuAddonCurrent(b.addon));
   if (stale.length === 0) return NATIVE_CPU_BUILDS.map((b) => b.addon);
-  if (spawnSync('sh', ['-c', 'command -v g++'], { encoding: 'utf8' }).status !== 0) throw new NativeCpuBuildError('g++ was not found on PATH (apt-get install g++)');
+  const noCompiler = gppMissing();
+  if (noCompiler) throw new NativeCpuBuildError(noCompiler);
   const includes = [join(root, 'node_modules', 'node-addon-api'), join(root, 'node_modules', 'node-api-headers', 'include')];
   for (const dir of includes) if (!existsSync(dir)) throw new NativeCpuBuildError(`${dir} is missing: run \`npm ci\` first`);
   const hash = nativeCpuSourceHash();
@@ -48,13 +60,7 @@ export function buildNativeCpu(options: { force?: boolean; log?: (line: string) 
       '-shared',
       '-fopenmp',
       ...build.compilerFlags,
-      '-Wall',
-      '-Wextra',
-      '-Werror',
-      // GCC 12's AVX-512 headers trip both themselves (their _mm512_undefined_* placeholders;
-      // GCC bug 105593, fixed in GCC 13).
-      '-Wno-uninitialized',
-      '-Wno-maybe-uninitialized',
+      ...NATIVE_CPU_WARNING_FLAGS,
       '-DNAPI_VERSION=8',
       '-DNAPI_CPP_EXCEPTIONS',
       '-DNODE_ADDON_API_DISABLE_DEPRECATED',

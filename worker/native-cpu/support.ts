@@ -39,9 +39,6 @@ export const NATIVE_CPU_BUILDS: readonly NativeCpuBuild[] = [
   },
 ];
 
-/** The default build's path (this CPU's, else the AVX-512 one). */
-export const NATIVE_CPU_ADDON = NATIVE_CPU_BUILDS[0]!.addon;
-
 /** Why the addon cannot be built here (it is compiled for Linux on x86-64), or undefined. */
 export function nativeCpuPlatformUnsupported(): string | undefined {
   return process.platform !== 'linux' || process.arch !== 'x64' ? `the native decode step is built for Linux on x86-64 (this is ${process.platform}/${process.arch})` : undefined;
@@ -55,20 +52,26 @@ function cpuFlags(): Set<string> | undefined {
   }
 }
 
+/** The builds this CPU can run, best first, or why none (one read of /proc/cpuinfo). */
+function runnable(): { builds: NativeCpuBuild[] } | { reason: string } {
+  const platform = nativeCpuPlatformUnsupported();
+  if (platform) return { reason: platform };
+  const flags = cpuFlags();
+  if (!flags) return { reason: '/proc/cpuinfo is not readable' };
+  const builds = NATIVE_CPU_BUILDS.filter((b) => b.cpuFlags.every((f) => flags.has(f)));
+  return builds.length > 0 ? { builds } : { reason: 'this CPU has neither AVX-512 with VNNI nor AVX2 with FMA' };
+}
+
 /** The builds this CPU can run, best first. */
 export function nativeCpuBuildsRunnable(): NativeCpuBuild[] {
-  if (nativeCpuPlatformUnsupported()) return [];
-  const flags = cpuFlags();
-  return flags ? NATIVE_CPU_BUILDS.filter((b) => b.cpuFlags.every((f) => flags.has(f))) : [];
+  const found = runnable();
+  return 'builds' in found ? found.builds : [];
 }
 
 /** The build this CPU runs, or why none. */
 export function nativeCpuBuildFor(): { build: NativeCpuBuild } | { reason: string } {
-  const platform = nativeCpuPlatformUnsupported();
-  if (platform) return { reason: platform };
-  if (!cpuFlags()) return { reason: '/proc/cpuinfo is not readable' };
-  const build = nativeCpuBuildsRunnable()[0];
-  return build ? { build } : { reason: 'this CPU has neither AVX-512 with VNNI nor AVX2 with FMA' };
+  const found = runnable();
+  return 'builds' in found ? { build: found.builds[0]! } : found;
 }
 
 /** Why this machine cannot run the addon, or undefined when it can. */

@@ -96,7 +96,7 @@ export interface OrtEngineOptions {
    * never. The engine logs which decode it runs.
    */
   readonly nativeDecode?: NativeDecodeSetting;
-  /** Tests: the native decode addon to load (default worker/native-cpu/build/mamba_cpu.node). */
+  /** Tests: the native decode build to load (default: the one this CPU runs, native-cpu/support.ts). */
   readonly nativeDecodeAddon?: string;
 }
 
