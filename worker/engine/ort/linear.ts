@@ -36,19 +36,23 @@ export type LinearNames =
  */
 export type NBitsActivations = 'int8' | 'f32';
 
+/** The initializer names of a quantized projection `name`: its codes, their scales and its bias (native-decode.ts finds them by these). */
+export const nbitsNames = (name: string, bits: QuantBits) => ({ data: `${name}_q${bits}`, scales: `${name}_scales`, bias: `${name}_b` });
+
 export function registerLinear(g: GraphBuilder, name: string, ref: LinearRef, activations: NBitsActivations = 'int8'): LinearNames {
   if (ref.kind === 'f32') {
     const wT = g.externalFloat(`${name}_t`, [ref.in, ref.out], ref.wT);
     return ref.bias ? { kind: 'f32', wT, bias: g.externalFloat(`${name}_b`, [ref.out], ref.bias) } : { kind: 'f32', wT };
   }
   const kb = blocksPerRow(ref.in, ref.block);
+  const named = nbitsNames(name, ref.bits);
   const names = {
     kind: 'nbits' as const,
-    data: g.external(`${name}_q${ref.bits}`, 'uint8', [ref.out, kb, (ref.block * ref.bits) / 8], ref.data),
-    scales: g.externalFloat(`${name}_scales`, [ref.out * kb], ref.scales),
+    data: g.external(named.data, 'uint8', [ref.out, kb, (ref.block * ref.bits) / 8], ref.data),
+    scales: g.externalFloat(named.scales, [ref.out * kb], ref.scales),
     attrs: { K: ref.in, N: ref.out, bits: ref.bits, block_size: ref.block, accuracy_level: activations === 'int8' ? 4 : 0 },
   };
-  return ref.bias ? { ...names, bias: g.externalFloat(`${name}_b`, [ref.out], ref.bias) } : names;
+  return ref.bias ? { ...names, bias: g.externalFloat(named.bias, [ref.out], ref.bias) } : names;
 }
 
 /** x [..., in] -> [..., out]. */

@@ -45,7 +45,7 @@ import {
   type AttentionWeightNames,
   type AttentionWeightRefs,
 } from './attention-graph.ts';
-import { emitLinear, registerLinear, type LinearNames, type LinearRef, type NBitsActivations } from './linear.ts';
+import { emitLinear, nbitsNames, registerLinear, type LinearNames, type LinearRef, type NBitsActivations } from './linear.ts';
 import { GraphBuilder, encodeModel, MS_DOMAIN, type ExternalRef } from './onnx-builder.ts';
 import { blocksPerRow, type WeightsDtype } from './quantize.ts';
 
@@ -123,12 +123,35 @@ interface Dims {
   attention?: AttentionDims;
 }
 
+/**
+ * The names of the graph's model-wide initializers, and of Mamba layer i's (projections are
+ * named further by linear.ts). registerWeights names them so; native-decode.ts finds a build's
+ * weights in weights.bin by them.
+ */
+export const WEIGHT_NAMES = { embeddings: 'embeddings', head: 'lm_head', normF: 'norm_f' } as const;
+export const layerPrefix = (i: number) => `l${i}.`;
+export function mambaLayerWeightNames(i: number) {
+  const p = layerPrefix(i);
+  return {
+    norm: `${p}norm`,
+    inProj: `${p}in_proj`,
+    convW: `${p}conv_w`,
+    convWKD: `${p}conv_w_kd`,
+    convBias: `${p}conv_b`,
+    xProj: `${p}x_proj`,
+    dtProj: `${p}dt_proj`,
+    negExpAT: `${p}neg_exp_a_t`,
+    Dskip: `${p}d_skip`,
+    outProj: `${p}out_proj`,
+  };
+}
+
 function registerWeights(g: GraphBuilder, weights: GraphWeights, dims: Dims, activations: NBitsActivations): WeightNames {
   const linear = (name: string, ref: LinearRef) => registerLinear(g, name, ref, activations);
   const { d, D, N, K, V } = dims;
   const w = (name: string, shape: number[], ref: ExternalRef) => g.externalFloat(name, shape, ref);
   let embeddings: WeightNames['embeddings'];
-  if (weights.embeddings.kind === 'f32') embeddings = { kind: 'f32', table: w('embeddings', [V, d], weights.embeddings.table) };
+  if (weights.embeddings.kind === 'f32') embeddings = { kind: 'f32', table: w(WEIGHT_NAMES.embeddings, [V, d], weights.embeddings.table) };
   else {
     // GatherBlockQuantized wants the scales with the data's rank ([V, blocks, 1]); MatMulNBits
     // wants them flat. Two initializers over the same bytes of the weights file: ORT maps the
@@ -136,10 +159,11 @@ function registerWeights(g: GraphBuilder, weights: GraphWeights, dims: Dims, act
     // released while the gather's is only ever touched at the rows it reads.
     const m = weights.embeddings.matrix;
     const kb = blocksPerRow(m.in, m.block);
+    const named = nbitsNames(WEIGHT_NAMES.embeddings, m.bits);
     embeddings = {
       kind: 'nbits',
-      data: g.external(`embeddings_q${m.bits}`, 'uint8', [V, kb, (m.block * m.bits) / 8], m.data),
-      scales: g.externalFloat('embeddings_scales', [V, kb, 1], m.scales),
+      data: g.external(named.data, 'uint8', [V, kb, (m.block * m.bits) / 8], m.data),
+      scales: g.externalFloat(named.scales, [V, kb, 1], m.scales),
       attrs: { gather_axis: 0, quantize_axis: 2, block_size: m.block, bits: m.bits },
       cols: m.in,
     };
@@ -149,27 +173,28 @@ function registerWeights(g: GraphBuilder, weights: GraphWeights, dims: Dims, act
   // table resident twice: ORT pre-packs the head's copy at load, and releases the original only
   // when no other node reads it; under its own name the gather's mapping of the file is
   // touched only at the rows it gathers.
-  const head: WeightNames['head'] = weights.head.kind === 'f32' ? { kind: 'rows', rows: w('lm_head', [V, d], weights.head.rows) } : linear('lm_head', weights.head);
+  const head: WeightNames['head'] =
+    weights.head.kind === 'f32' ? { kind: 'rows', rows: w(WEIGHT_NAMES.head, [V, d], weights.head.rows) } : linear(WEIGHT_NAMES.head, weights.head);
   return {
     embeddings,
     head,
-    normF: w('norm_f', [d], weights.normF),
+    normF: w(WEIGHT_NAMES.normF, [d], weights.normF),
     layers: weights.layers.map((lw, i) => {
-      const p = `l${i}.`;
-      if (lw.kind === 'attention') return registerAttentionWeights(g, p, lw, dims.attention!, activations);
+      if (lw.kind === 'attention') return registerAttentionWeights(g, layerPrefix(i), lw, dims.attention!, activations);
+      const n = mambaLayerWeightNames(i);
       const names: MambaWeightNames = {
         kind: 'mamba',
-        norm: w(`${p}norm`, [d], lw.norm),
-        inProj: linear(`${p}in_proj`, lw.inProj),
-        convW: w(`${p}conv_w`, [D, 1, K], lw.convW),
-        convWKD: w(`${p}conv_w_kd`, [K, D], lw.convWKD),
-        xProj: linear(`${p}x_proj`, lw.xProj),
-        dtProj: linear(`${p}dt_proj`, lw.dtProj),
-        negExpAT: w(`${p}neg_exp_a_t`, [N, D], lw.negExpAT),
-        Dskip: w(`${p}d_skip`, [D], lw.Dskip),
-        outProj: linear(`${p}out_proj`, lw.outProj),
+        norm: w(n.norm, [d], lw.norm),
+        inProj: linear(n.inProj, lw.inProj),
+        convW: w(n.convW, [D, 1, K], lw.convW),
+        convWKD: w(n.convWKD, [K, D], lw.convWKD),
+        xProj: linear(n.xProj, lw.xProj),
+        dtProj: linear(n.dtProj, lw.dtProj),
+        negExpAT: w(n.negExpAT, [N, D], lw.negExpAT),
+        Dskip: w(n.Dskip, [D], lw.Dskip),
+        outProj: linear(n.outProj, lw.outProj),
       };
-      if (lw.convBias) names.convBias = w(`${p}conv_b`, [D], lw.convBias);
+      if (lw.convBias) names.convBias = w(n.convBias, [D], lw.convBias);
       return names;
     }),
   };

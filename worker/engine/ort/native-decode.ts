@@ -13,6 +13,8 @@ import { dirname, join } from 'node:path';
 import onnxProto from 'onnx-proto';
 import { nativeCpuAddonCurrent, nativeCpuBuildFor, NATIVE_CPU_BUILDS, type NativeCpuIsa } from '../../native-cpu/support.ts';
 import type { MambaConfig } from '../../model/mamba-config.ts';
+import { nbitsNames } from './linear.ts';
+import { mambaLayerWeightNames, WEIGHT_NAMES } from './mamba-graph.ts';
 import type { WeightsDtype } from './quantize.ts';
 
 const { onnx } = onnxProto;
@@ -145,33 +147,35 @@ export async function planNativeDecode(r: NativeDecodeRequest): Promise<{ plan: 
   };
   const optional = (name: string): Range | undefined => tensors.get(name)?.range;
   const matrix = (name: string): MatrixRanges => {
-    const bias = optional(`${name}_b`);
-    return { data: range(`${name}_q${bits}`), scales: range(`${name}_scales`), ...(bias ? { bias } : {}) };
+    const named = nbitsNames(name, bits);
+    const bias = optional(named.bias);
+    return { data: range(named.data), scales: range(named.scales), ...(bias ? { bias } : {}) };
   };
   const c = r.config;
   const layers = Array.from({ length: c.numLayers }, (_, i) => {
-    const p = `l${i}.`;
-    const convB = optional(`${p}conv_b`);
+    const n = mambaLayerWeightNames(i);
+    const convB = optional(n.convBias);
     return {
-      norm: range(`${p}norm`),
-      inProj: matrix(`${p}in_proj`),
-      convW: range(`${p}conv_w_kd`),
+      norm: range(n.norm),
+      inProj: matrix(n.inProj),
+      convW: range(n.convWKD),
       ...(convB ? { convB } : {}),
-      xProj: matrix(`${p}x_proj`),
-      dtProj: matrix(`${p}dt_proj`),
-      negAT: range(`${p}neg_exp_a_t`),
-      Dskip: range(`${p}d_skip`),
-      outProj: matrix(`${p}out_proj`),
+      xProj: matrix(n.xProj),
+      dtProj: matrix(n.dtProj),
+      negAT: range(n.negExpAT),
+      Dskip: range(n.Dskip),
+      outProj: matrix(n.outProj),
     };
   });
-  const head = matrix('lm_head');
-  const embed = { data: range(`embeddings_q${bits}`), scales: range('embeddings_scales') };
-  const normF = range('norm_f');
+  const head = matrix(WEIGHT_NAMES.head);
+  const embedNames = nbitsNames(WEIGHT_NAMES.embeddings, bits);
+  const embed = { data: range(embedNames.data), scales: range(embedNames.scales) };
+  const normF = range(WEIGHT_NAMES.normF);
   if (missing.length > 0) return refuse(`the graph build lacks ${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', …' : ''}`);
   const locations = new Set([...tensors.values()].map((t) => t.location));
   if (locations.size !== 1) return refuse('the graph build keeps its weights in more than one file');
-  const headRows = tensors.get(`lm_head_q${bits}`)!.dims[0]!;
-  if (tensors.get(`embeddings_q${bits}`)!.dims[0] !== headRows) return refuse('the embedding and the LM head have different numbers of rows');
+  const headRows = tensors.get(nbitsNames(WEIGHT_NAMES.head, bits).data)!.dims[0]!;
+  if (tensors.get(embedNames.data)!.dims[0] !== headRows) return refuse('the embedding and the LM head have different numbers of rows');
   return {
     plan: {
       addonPath: chosen.addonPath,
