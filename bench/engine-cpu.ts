@@ -56,7 +56,8 @@ const modelDir = join(args['cache-dir'], 'mamba-130m-random');
 const graphsDir = join(args['cache-dir'], 'graphs');
 
 type Variant = WeightsDtype | 'f32-pack-at-load' | 'f32-unpacked' | 'int8-native' | 'int4-native';
-const dtypeOf = (v: Variant): WeightsDtype => (v === 'f32-unpacked' || v === 'f32-pack-at-load' ? 'f32' : v === 'int8-native' ? 'int8' : v === 'int4-native' ? 'int4' : v);
+/** A variant's weights: the name up to its first '-' (f32-unpacked → f32, int4-native → int4). */
+const dtypeOf = (v: Variant): WeightsDtype => v.split('-')[0] as WeightsDtype;
 
 interface Figures {
   dtype: Variant;
