@@ -9,7 +9,7 @@ export default defineConfig({
     maxWorkers: 2,
     testTimeout: 60_000,
     hookTimeout: 120_000,
-    // Builds the native decode addon where the machine can, so its tests run (they skip, saying
+    // Builds the native kernels' addon where the machine can, so its tests run (they skip, saying
     // why, where it cannot).
     globalSetup: ['test-support/build-native-cpu.ts'],
   },

@@ -1,5 +1,5 @@
 // How the CPU benchmarks time an engine's decode step (bench/engine-cpu.ts, hybrid-cpu.ts,
-// native-decode.ts): one definition, so their figures are comparable.
+// native-kernels.ts): one definition, so their figures are comparable.
 import type { Engine } from '../worker/engine/engine.ts';
 import { median } from './stats.ts';
 

@@ -12,8 +12,9 @@
 // ORT_PREPACK_WEIGHTS=false (the weights held once, as the mapped build file, unpacked).
 // "Resident at the end" shows what each keeps, the peak what loading cost.
 //
-// int8 and int4 decode with ONNX Runtime's graph; int8-native / int4-native with the native
-// decode step (ORT_NATIVE_DECODE=on; `npm run build:cpu`), prefill being ONNX Runtime's in both.
+// int8 and int4 run on ONNX Runtime's graph (ORT_NATIVE_KERNELS=off); int8-native / int4-native
+// on the native kernels, prefill and decode (ORT_NATIVE_KERNELS=on; `npm run build:cpu`), with no
+// ONNX Runtime session in the process.
 //
 // Each variant runs in a process of its own, so its peak RSS is its own. The random checkpoint
 // (~520 MB) is generated once into .cache/bench/.
@@ -30,7 +31,7 @@ import { ensurePackedModel } from '../worker/engine/ort/packed-weights.ts';
 import type { WeightsDtype } from '../worker/engine/ort/quantize.ts';
 import { openCheckpoint } from '../worker/model/checkpoint.ts';
 import { writeRandomCheckpoint } from '../worker/model/testing/random-checkpoint.ts';
-import { nativeDecodeUnavailable } from '../worker/engine/ort/testing/native-availability.ts';
+import { nativeKernelsUnavailable } from '../worker/engine/ort/testing/native-availability.ts';
 import { medianDecodeStepMs } from './decode-timing.ts';
 import { measureReadBandwidth } from './memory-bandwidth.ts';
 import { median } from './stats.ts';
@@ -41,8 +42,8 @@ const { values: args } = parseArgs({
     steps: { type: 'string', default: '60' },
     /**
      * Variants: a weights dtype, f32-pack-at-load (ORT_PACKED_WEIGHTS_FILE=false), f32-unpacked
-     * (ORT_PREPACK_WEIGHTS=false), int8-native / int4-native (ORT_NATIVE_DECODE=on). Default: all
-     * of them, the native ones where the native decode step is built and runs here.
+     * (ORT_PREPACK_WEIGHTS=false), int8-native / int4-native (ORT_NATIVE_KERNELS=on). Default: all
+     * of them, the native ones where the native kernels are built and run here.
      */
     dtypes: { type: 'string' },
     'cache-dir': { type: 'string', default: '.cache/bench' },
@@ -101,9 +102,9 @@ async function measure(variant: Variant): Promise<Figures> {
     weightsDtype: dtype,
     prepackWeights: variant !== 'f32-unpacked',
     packedWeightsFile: variant !== 'f32-pack-at-load',
-    // int8 / int4 decode with ONNX Runtime's graph; the -native variants on the native step
-    // (ORT_NATIVE_DECODE=on: they fail where it cannot run; npm run build:cpu builds it).
-    nativeDecode: variant.endsWith('-native') ? 'on' : 'off',
+    // int8 / int4 on ONNX Runtime's graph; the -native variants on the native kernels
+    // (ORT_NATIVE_KERNELS=on: they fail where it cannot run; npm run build:cpu builds it).
+    nativeKernels: variant.endsWith('-native') ? 'on' : 'off',
   });
   const loadMs = performance.now() - loadStarted;
   const afterLoad = memory();
@@ -136,8 +137,8 @@ if (!existsSync(join(modelDir, 'model.safetensors'))) {
   console.log(`generating a mamba-130m-shaped random checkpoint in ${modelDir} (once)…`);
   await writeRandomCheckpoint(modelDir, { hiddenSize: 768, numLayers: 24, vocabSize: 50280, stateSize: 16, convKernel: 4, expand: 2, seed: 130 });
 }
-const nativeSkip = nativeDecodeUnavailable();
-if (!args.dtypes && nativeSkip) console.log(`(no int8-native / int4-native variants: ${nativeSkip}; npm run build:cpu builds the native decode step)`);
+const nativeSkip = nativeKernelsUnavailable();
+if (!args.dtypes && nativeSkip) console.log(`(no int8-native / int4-native variants: ${nativeSkip}; npm run build:cpu builds the native kernels)`);
 const dtypes = (args.dtypes ?? `f32,f32-pack-at-load,f32-unpacked,int8,int4${nativeSkip ? '' : ',int8-native,int4-native'}`).split(',') as Variant[];
 // Builds first (a build's own memory is not the engine's).
 const ckpt = await openCheckpoint(modelDir);

@@ -1,16 +1,16 @@
-// The native decode step end to end: one worker serving 1 and 16 sessions generating at once,
-// int8 and int4 weights, decode on ONNX Runtime's graph (ORT_NATIVE_DECODE=off) or on the
-// native step (on), a fresh stack per setting, in interleaved rounds. The engine-level figures
+// The native kernels end to end: one worker serving 1 and 16 sessions generating at once, int8
+// and int4 weights, on ONNX Runtime's graph (ORT_NATIVE_KERNELS=off) or on the native kernels
+// (on), a fresh stack per setting, in interleaved rounds. The engine-level figures
 // are bench/engine-cpu.ts's int8-native / int4-native variants; this is what a client sees,
 // with prefill, sampling, the queue and checkpointing around every step.
 //
 //   npx tsx bench/native-serving.ts [--rounds 3] [--tokens 48]
 //
-// Needs the native decode step built (npm run build:cpu) and a CPU it runs on; says so and
+// Needs the native kernels built (npm run build:cpu) and a CPU it runs on; says so and
 // stops otherwise. The model is mamba-130m's shape with a byte vocabulary (the LM head is small,
 // so the projections are nearly all of a step).
 import { parseArgs } from 'node:util';
-import { nativeDecodeUnavailable } from '../worker/engine/ort/testing/native-availability.ts';
+import { nativeKernelsUnavailable } from '../worker/engine/ort/testing/native-availability.ts';
 import { benchModel, servedThroughput } from './serving-harness.ts';
 import { median } from './stats.ts';
 
@@ -18,18 +18,18 @@ const { values: args } = parseArgs({ options: { rounds: { type: 'string', defaul
 const rounds = Number(args.rounds);
 const tokens = Number(args.tokens);
 
-const unavailable = nativeDecodeUnavailable();
+const unavailable = nativeKernelsUnavailable();
 if (unavailable) {
-  console.log(`bench/native-serving.ts: skipped, the native decode step cannot run here: ${unavailable}`);
+  console.log(`bench/native-serving.ts: skipped, the native kernels cannot run here: ${unavailable}`);
   process.exit(0);
 }
 const modelDir = await benchModel('serving-130m', { hiddenSize: 768, numLayers: 24, stateSize: 16 });
 const LOADS = [1, 16];
 const SETTINGS: [string, Record<string, string>][] = [
-  ['int8 graph', { WEIGHTS_DTYPE: 'int8', ORT_NATIVE_DECODE: 'off' }],
-  ['int8 native', { WEIGHTS_DTYPE: 'int8', ORT_NATIVE_DECODE: 'on' }],
-  ['int4 graph', { WEIGHTS_DTYPE: 'int4', ORT_NATIVE_DECODE: 'off' }],
-  ['int4 native', { WEIGHTS_DTYPE: 'int4', ORT_NATIVE_DECODE: 'on' }],
+  ['int8 graph', { WEIGHTS_DTYPE: 'int8', ORT_NATIVE_KERNELS: 'off' }],
+  ['int8 native', { WEIGHTS_DTYPE: 'int8', ORT_NATIVE_KERNELS: 'on' }],
+  ['int4 graph', { WEIGHTS_DTYPE: 'int4', ORT_NATIVE_KERNELS: 'off' }],
+  ['int4 native', { WEIGHTS_DTYPE: 'int4', ORT_NATIVE_KERNELS: 'on' }],
 ];
 
 const figures = new Map<string, number[][]>(SETTINGS.map(([name]) => [name, []]));

@@ -13,11 +13,11 @@ const BENCHMARKS = [
   'bench/ort-scan-formulations.ts', // why the prefill scan is formulated as it is
   'bench/ort-fused-ops.ts', // ORT's fused Mamba-family kernels against the standard ops the graph uses
   'bench/ort-matmul-rates.ts', // how fast ORT's matmul kernels read weights, apart from the rest of a step
-  'bench/native-decode.ts', // a decode step of our own AVX-512 kernels against the ORT engine's (builds with g++; skips without)
+  'bench/native-kernels.ts', // a decode step of our own AVX-512 kernels against the ORT engine's (builds with g++; skips without)
   'bench/serving-overhead.ts',
   'bench/serving-throughput.ts',
   'bench/ort-spinning.ts', // ORT's intra-op spinning on and off, end to end
-  'bench/native-serving.ts', // int8 / int4 served with the native decode step and with the graph's, end to end
+  'bench/native-serving.ts', // int8 / int4 served on the native kernels and on the graph, end to end
   'bench/resume-cost.ts',
   'bench/prefix-cache.ts', // stateless chats: a 4k-token history cold, reused, after a restart
   'bench/cartridges.ts', // N sessions from one 32k-token cartridge vs each re-reading it

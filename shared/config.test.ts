@@ -57,11 +57,11 @@ describe('worker config: WEIGHTS_DTYPE', () => {
     expect(() => parseEnv(WorkerConfigSchema, { ...base, ORT_PREPACK_WEIGHTS: 'false', WEIGHTS_DTYPE: 'int4' })).toThrow(/ORT_PREPACK_WEIGHTS: false is for f32 weights only/);
   });
 
-  it('decodes quantized weights on the native step where it can, unless told otherwise', () => {
-    expect(parseEnv(WorkerConfigSchema, base).ORT_NATIVE_DECODE).toBe('auto');
-    expect(parseEnv(WorkerConfigSchema, { ...base, ORT_NATIVE_DECODE: 'on' }).ORT_NATIVE_DECODE).toBe('on');
-    expect(parseEnv(WorkerConfigSchema, { ...base, ORT_NATIVE_DECODE: 'off' }).ORT_NATIVE_DECODE).toBe('off');
-    expect(() => parseEnv(WorkerConfigSchema, { ...base, ORT_NATIVE_DECODE: 'yes' })).toThrow(/ORT_NATIVE_DECODE/);
+  it('runs quantized weights on the native kernels where it can, unless told otherwise', () => {
+    expect(parseEnv(WorkerConfigSchema, base).ORT_NATIVE_KERNELS).toBe('auto');
+    expect(parseEnv(WorkerConfigSchema, { ...base, ORT_NATIVE_KERNELS: 'on' }).ORT_NATIVE_KERNELS).toBe('on');
+    expect(parseEnv(WorkerConfigSchema, { ...base, ORT_NATIVE_KERNELS: 'off' }).ORT_NATIVE_KERNELS).toBe('off');
+    expect(() => parseEnv(WorkerConfigSchema, { ...base, ORT_NATIVE_KERNELS: 'yes' })).toThrow(/ORT_NATIVE_KERNELS/);
   });
 
   it('maps packed weights from a file unless told not to', () => {

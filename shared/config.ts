@@ -211,13 +211,13 @@ export const WorkerConfigSchema = z.object({
    */
   ORT_PACKED_WEIGHTS_FILE: bool.default(true),
   /**
-   * int8 / int4 weights of pure Mamba models: decode steps on our own AVX-512 VNNI or AVX2 kernels
-   * (worker/engine/ort/native-decode.ts, built by `npm run build:cpu`) instead of the ONNX graph.
-   * auto: where the addon is built and the CPU (x86-64 with AVX-512 VNNI or AVX2) and model allow it,
-   * else ONNX Runtime, saying why at debug level; on: the worker refuses to start where it cannot;
-   * off: never. Prefill stays ONNX Runtime's.
+   * int8 / int4 weights of pure Mamba models: prefill and decode on our own AVX-512 VNNI or AVX2
+   * kernels (worker/engine/ort/native-kernels.ts, built by `npm run build:cpu`) instead of the ONNX
+   * graph, with no ONNX Runtime session in the worker. auto: where the addon is built and the CPU
+   * (x86-64 with AVX-512 VNNI or AVX2) and model allow it, else ONNX Runtime, saying why in the
+   * log; on: the worker refuses to start where it cannot; off: never.
    */
-  ORT_NATIVE_DECODE: z.enum(['auto', 'on', 'off']).default('auto'),
+  ORT_NATIVE_KERNELS: z.enum(['auto', 'on', 'off']).default('auto'),
   WORKER_CONCURRENCY: int(1, 1024).default(8),
   /** Bytes of hot session states kept in the worker's LRU cache. */
   STATE_CACHE_BYTES: int(0).default(1 << 30),

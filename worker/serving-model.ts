@@ -44,7 +44,7 @@ export async function loadServingModel(
     | 'WEIGHTS_DTYPE'
     | 'ORT_PREPACK_WEIGHTS'
     | 'ORT_PACKED_WEIGHTS_FILE'
-    | 'ORT_NATIVE_DECODE'
+    | 'ORT_NATIVE_KERNELS'
     | 'S3_ENDPOINT'
     | 'S3_REGION'
     | 'S3_FORCE_PATH_STYLE'
@@ -73,7 +73,7 @@ export async function loadServingModel(
     weightsDtype: config.WEIGHTS_DTYPE,
     prepackWeights: config.ORT_PREPACK_WEIGHTS,
     packedWeightsFile: config.ORT_PACKED_WEIGHTS_FILE,
-    nativeDecode: config.ORT_NATIVE_DECODE,
+    nativeKernels: config.ORT_NATIVE_KERNELS,
     ...(log ? { log } : {}),
   });
   const tokenizer = await loadTokenizer(dir, checkpoint.vocabRows);

@@ -42,9 +42,9 @@ describe('createEngine', () => {
     await expect(createEngine({ modelDir: join(root, 'model'), engine: 'ort', weightsDtype: 'int8', prepackWeights: false })).rejects.toMatchObject({ code: 'weights_dtype_unsupported' });
   });
 
-  it('passes ORT_NATIVE_DECODE to the ort engine: on refuses to start where the native decode step does not apply (here: f32 weights)', async () => {
-    await expect(createEngine({ modelDir: join(root, 'model'), engine: 'ort', cacheDir: join(root, 'cache'), intraOpThreads: 1, nativeDecode: 'on' })).rejects.toMatchObject({
-      code: 'native_decode_unavailable',
+  it('passes ORT_NATIVE_KERNELS to the ort engine: on refuses to start where the native kernels do not apply (here: f32 weights)', async () => {
+    await expect(createEngine({ modelDir: join(root, 'model'), engine: 'ort', cacheDir: join(root, 'cache'), intraOpThreads: 1, nativeKernels: 'on' })).rejects.toMatchObject({
+      code: 'native_kernels_unavailable',
     });
   });
 

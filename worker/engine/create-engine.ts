@@ -5,7 +5,7 @@ import { openCheckpoint, type Checkpoint } from '../model/checkpoint.ts';
 import { cudaAvailability } from './cuda/cuda-addon.ts';
 import { CudaEngine } from './cuda/cuda-engine.ts';
 import type { Engine, EngineKind } from './engine.ts';
-import type { NativeDecodeSetting } from './ort/native-decode.ts';
+import type { NativeKernelsSetting } from './ort/native-kernels.ts';
 import { OrtEngine } from './ort/ort-engine.ts';
 import { WeightsDtypeError, type WeightsDtype } from './ort/quantize.ts';
 import { ReferenceEngine } from './reference/reference-engine.ts';
@@ -32,8 +32,8 @@ export interface CreateEngineOptions {
   readonly prepackWeights?: boolean;
   /** ORT_PACKED_WEIGHTS_FILE (default on): f32 packed weights mapped from a file made once. */
   readonly packedWeightsFile?: boolean;
-  /** ORT_NATIVE_DECODE (default auto): int8 / int4 decode steps on the native kernels where they can run. */
-  readonly nativeDecode?: NativeDecodeSetting;
+  /** ORT_NATIVE_KERNELS (default auto): int8 / int4 prefill and decode on the native kernels where they can run. */
+  readonly nativeKernels?: NativeKernelsSetting;
   /** Where the ORT engine reports load-time work and degradations (default: its own JSON lines on stderr). */
   readonly log?: Pick<Logger, 'info' | 'warn'>;
 }
@@ -67,7 +67,7 @@ export async function createEngine(options: CreateEngineOptions): Promise<{ engi
         weightsDtype: dtype,
         prepackWeights: options.prepackWeights ?? true,
         packedWeightsFile: options.packedWeightsFile ?? true,
-        nativeDecode: options.nativeDecode ?? 'auto',
+        nativeKernels: options.nativeKernels ?? 'auto',
         ...(options.log ? { log: options.log } : {}),
       });
       return { engine, checkpoint };

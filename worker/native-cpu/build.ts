@@ -1,7 +1,7 @@
-// `npm run build:cpu`: builds the ORT engine's native decode step (worker/native-cpu/src/, see
+// `npm run build:cpu`: builds the ORT engine's native kernels (worker/native-cpu/src/, see
 // docs/cpu-engine.md) into worker/native-cpu/build/mamba_cpu.node with the machine's g++. Never
 // run by `npm install` (a clean install needs no compiler): without it, or where it cannot be
-// built, the engine decodes with ONNX Runtime as before.
+// built, the engine runs on ONNX Runtime as before.
 //
 //   npm run build:cpu            build when the sources changed since the last build
 //   npm run build:cpu -- --force build again
@@ -28,7 +28,7 @@ export class NativeCpuBuildError extends Error {
 }
 /**
  * Warnings as errors, but for two that GCC 12's AVX-512 headers trip themselves (their
- * _mm512_undefined_* placeholders; GCC bug 105593, fixed in GCC 13). Also bench/native-decode's.
+ * _mm512_undefined_* placeholders; GCC bug 105593, fixed in GCC 13). Also bench/native-kernels'.
  */
 export const NATIVE_CPU_WARNING_FLAGS = ['-Wall', '-Wextra', '-Werror', '-Wno-uninitialized', '-Wno-maybe-uninitialized'] as const;
 

@@ -1,6 +1,6 @@
-// Where the native decode addon is, which of its builds this machine's CPU can run, and whether
+// Where the native kernels' addon is, which of its builds this machine's CPU can run, and whether
 // a build matches its sources: what the engine checks before it loads the addon
-// (worker/engine/ort/native-decode.ts) and what `npm run build:cpu` (build.ts) builds.
+// (worker/engine/ort/native-kernels.ts) and what `npm run build:cpu` (build.ts) builds.
 //
 // Two builds of the same sources (src/mamba_cpu.h picks its instructions when compiled):
 // avx512 (AVX-512 F/BW/VL/DQ and VNNI) and avx2 (AVX2 and FMA, for x86-64 CPUs without
@@ -41,7 +41,7 @@ export const NATIVE_CPU_BUILDS: readonly NativeCpuBuild[] = [
 
 /** Why the addon cannot be built here (it is compiled for Linux on x86-64), or undefined. */
 export function nativeCpuPlatformUnsupported(): string | undefined {
-  return process.platform !== 'linux' || process.arch !== 'x64' ? `the native decode step is built for Linux on x86-64 (this is ${process.platform}/${process.arch})` : undefined;
+  return process.platform !== 'linux' || process.arch !== 'x64' ? `the native kernels are built for Linux on x86-64 (this is ${process.platform}/${process.arch})` : undefined;
 }
 
 function cpuFlags(): Set<string> | undefined {

@@ -36,7 +36,7 @@ export type LinearNames =
  */
 export type NBitsActivations = 'int8' | 'f32';
 
-/** The initializer names of a quantized projection `name`: its codes, their scales and its bias (native-decode.ts finds them by these). */
+/** The initializer names of a quantized projection `name`: its codes, their scales and its bias (native-kernels.ts finds them by these). */
 export const nbitsNames = (name: string, bits: QuantBits) => ({ data: `${name}_q${bits}`, scales: `${name}_scales`, bias: `${name}_b` });
 
 export function registerLinear(g: GraphBuilder, name: string, ref: LinearRef, activations: NBitsActivations = 'int8'): LinearNames {

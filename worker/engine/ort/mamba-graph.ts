@@ -125,7 +125,7 @@ interface Dims {
 
 /**
  * The names of the graph's model-wide initializers, and of Mamba layer i's (projections are
- * named further by linear.ts). registerWeights names them so; native-decode.ts finds a build's
+ * named further by linear.ts). registerWeights names them so; native-kernels.ts finds a build's
  * weights in weights.bin by them.
  */
 export const WEIGHT_NAMES = { embeddings: 'embeddings', head: 'lm_head', normF: 'norm_f' } as const;

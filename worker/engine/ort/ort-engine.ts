@@ -24,7 +24,7 @@ import { layersOfType } from '../../model/mamba-config.ts';
 import { modelInfoFromCheckpoint } from '../model-info.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
 import type { NBitsActivations } from './linear.ts';
-import { NativeDecodeUnavailableError, planNativeDecode, type NativeDecodeSetting } from './native-decode.ts';
+import { NativeKernelsUnavailableError, planNativeKernels, type NativeKernelsSetting } from './native-kernels.ts';
 import { discardPackedModel, ensurePackedModel, PackedWeightsError } from './packed-weights.ts';
 import { WeightsDtypeError, type WeightsDtype } from './quantize.ts';
 import { transposeLast2 } from './transpose.ts';
@@ -90,14 +90,14 @@ export interface OrtEngineOptions {
   /** Quantized builds: 'f32' multiplies exactly by the dequantized weights (slow; tests). Default int8. */
   readonly quantizedActivations?: NBitsActivations;
   /**
-   * Decode steps of int8 / int4 builds of pure Mamba models on our own AVX-512 VNNI / AVX2 kernels
-   * (native-decode.ts; `npm run build:cpu`) instead of the ONNX graph: 'auto' (default) where
-   * the addon is built and the CPU and model allow it, 'on' refuses to start elsewhere, 'off'
-   * never. The engine logs which decode it runs.
+   * Prefill and decode of int8 / int4 builds of pure Mamba models on our own AVX-512 VNNI / AVX2
+   * kernels (native-kernels.ts; `npm run build:cpu`) instead of the ONNX graph, with no ONNX
+   * Runtime session then: 'auto' (default) where the addon is built and the CPU and model allow
+   * it, 'on' refuses to start elsewhere, 'off' never. The engine logs which it runs on.
    */
-  readonly nativeDecode?: NativeDecodeSetting;
-  /** Tests: the native decode build to load (default: the one this CPU runs, native-cpu/support.ts). */
-  readonly nativeDecodeAddon?: string;
+  readonly nativeKernels?: NativeKernelsSetting;
+  /** Tests: the native kernels' build to load (default: the one this CPU runs, native-cpu/support.ts). */
+  readonly nativeKernelsAddon?: string;
 }
 
 /**
@@ -211,16 +211,16 @@ export class OrtEngine implements Engine {
       : null;
     const threads = options.intraOpThreads || availableParallelism();
     // Quantized activations 'f32' are a test setting the native step does not have.
-    const planned = await planNativeDecode({
-      setting: options.quantizedActivations === 'f32' ? 'off' : (options.nativeDecode ?? 'auto'),
+    const planned = await planNativeKernels({
+      setting: options.quantizedActivations === 'f32' ? 'off' : (options.nativeKernels ?? 'auto'),
       modelPath: build.modelPath,
       config: ckpt.config,
       dtype: weightsDtype,
       threads,
       executionProvider: options.executionProvider ?? 'cpu',
-      ...(options.nativeDecodeAddon ? { addonPath: options.nativeDecodeAddon } : {}),
+      ...(options.nativeKernelsAddon ? { addonPath: options.nativeKernelsAddon } : {}),
     });
-    const nativeDecode = 'plan' in planned ? planned.plan : null;
+    const nativeKernels = 'plan' in planned ? planned.plan : null;
     /** The engine on the model at `modelPath` (the build, or its packed-weights model). */
     const start = async (modelPath: string): Promise<OrtEngine> => {
       const thread = new Worker(new URL('./ort-thread.mjs', import.meta.url), {
@@ -233,7 +233,7 @@ export class OrtEngine implements Engine {
           dState,
           attention,
           maxPrefillChunk: options.maxPrefillChunk ?? 256,
-          nativeDecode,
+          nativeKernels,
           sessionOptions: {
             executionProviders: [options.executionProvider ?? 'cpu'],
             intraOpNumThreads: threads,
@@ -246,23 +246,23 @@ export class OrtEngine implements Engine {
         },
       });
       const engine = new OrtEngine(info, thread);
-      let ready: { nativeDecodeError?: string };
+      let ready: { nativeKernelsError?: string };
       try {
-        ready = await engine.request<{ nativeDecodeError?: string }>(0, undefined);
+        ready = await engine.request<{ nativeKernelsError?: string }>(0, undefined);
       } catch (err) {
         await thread.terminate();
         throw err;
       }
-      if (ready.nativeDecodeError !== undefined) {
-        if (options.nativeDecode === 'on') {
+      if (ready.nativeKernelsError !== undefined) {
+        if (options.nativeKernels === 'on') {
           await engine.close();
-          throw new NativeDecodeUnavailableError(`ORT_NATIVE_DECODE=on, but the native decode step did not load: ${ready.nativeDecodeError}`);
+          throw new NativeKernelsUnavailableError(`ORT_NATIVE_KERNELS=on, but the native kernels did not load: ${ready.nativeKernelsError}`);
         }
-        log.warn('native decode step did not load: decoding with ONNX Runtime', { code: 'native_decode_unavailable', error: ready.nativeDecodeError });
-      } else if (nativeDecode) {
-        log.info('decode steps run on the native kernels', { weights: weightsDtype, threads, isa: nativeDecode.isa });
-      } else if (weightsDtype !== 'f32' && (options.nativeDecode ?? 'auto') === 'auto' && 'reason' in planned) {
-        log.info('decode steps run on ONNX Runtime', { weights: weightsDtype, reason: planned.reason });
+        log.warn('native kernels did not load: running on ONNX Runtime', { code: 'native_kernels_unavailable', error: ready.nativeKernelsError });
+      } else if (nativeKernels) {
+        log.info('prefill and decode run on the native kernels (no ONNX Runtime session)', { weights: weightsDtype, threads, isa: nativeKernels.isa });
+      } else if (weightsDtype !== 'f32' && (options.nativeKernels ?? 'auto') === 'auto' && 'reason' in planned) {
+        log.info('prefill and decode run on ONNX Runtime', { weights: weightsDtype, reason: planned.reason });
       }
       return engine;
     };

@@ -3,9 +3,9 @@
 // activations the only difference left is rounding (1e-4); as served (int8 activations, like
 // llama.cpp's Q8_0/Q4_0 dot products) the logits stay within a few percent of their range,
 // and the engine's own consistency (full prompt == step by step == batched == resumed) holds
-// to 1e-4 as in fp32. Served decode runs both ways where it can: ONNX Runtime's graph and the
-// native decode step (native-decode.ts; pure Mamba models with d_inner a multiple of 16, on a
-// CPU with AVX-512 VNNI or AVX2: each build this CPU runs), which must meet the same bounds.
+// to 1e-4 as in fp32. Served engines run both ways where they can: ONNX Runtime's graph and the
+// native kernels (native-kernels.ts; pure Mamba models with d_inner a multiple of 16, on a CPU
+// with AVX-512 VNNI or AVX2: each build this CPU runs), which must meet the same bounds.
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -16,7 +16,7 @@ import { ReferenceEngine } from '../reference/reference-engine.ts';
 import { maxAbsDiff, prefilledStates, stepLogits, tokensFor } from '../testing/compare.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
 import { OrtEngine } from './ort-engine.ts';
-import { nativeDecodeUnavailable, testableNativeBuilds } from './testing/native-availability.ts';
+import { nativeKernelsUnavailable, testableNativeBuilds } from './testing/native-availability.ts';
 import { quantizedView } from './testing/quantized-view.ts';
 
 let root: string;
@@ -34,23 +34,23 @@ const layouts: [string, RandomCheckpointOptions][] = [
   // dt_proj's K (time_step_rank 2) is far below a quantization block; x_proj's N is odd-sized.
   ['biases everywhere, untied head, fp16, odd sizes', { seed: 2, bias: true, tied: false, dtype: 'F16', convKernel: 3, stateSize: 5, expand: 1.5, hiddenSize: 24, numLayers: 3 }],
   ['hybrid: grouped KV heads, attention biases, RoPE', { seed: 7, hiddenSize: 32, numLayers: 3, vocabSize: 64, hybrid: { attentionLayers: [1], window: 5, heads: 4, kvHeads: 2, headDim: 8, bias: true } }],
-  // What the native decode step can take besides the default: biases, an untied head, fp16,
+  // What the native kernels can take besides the default: biases, an untied head, fp16,
   // a short conv, a small odd state, a padded last block (d = 200).
   ['biases everywhere, untied head, fp16, d_inner 400', { seed: 3, bias: true, tied: false, dtype: 'F16', convKernel: 3, stateSize: 5, hiddenSize: 200, numLayers: 2 }],
 ];
 
-const nativeSkip = nativeDecodeUnavailable();
-if (nativeSkip) console.warn(`native decode tests skip: ${nativeSkip}`);
-/** The native step's builds this CPU runs (avx512 and avx2 on an AVX-512 VNNI CPU), by name. */
+const nativeSkip = nativeKernelsUnavailable();
+if (nativeSkip) console.warn(`native kernel tests skip: ${nativeSkip}`);
+/** The native kernels' builds this CPU runs (avx512 and avx2 on an AVX-512 VNNI CPU), by name. */
 const nativeBuilds = new Map(testableNativeBuilds().map((b) => [`native ${b.isa}`, b.addon]));
-/** The decode paths a layout is served with: ONNX Runtime's always, each native build where the step applies. */
+/** The paths a layout is served with: ONNX Runtime's always, each native build where the kernels apply. */
 const decodePaths = (options: RandomCheckpointOptions): string[] => {
   const D = Math.trunc((options.expand ?? 2) * (options.hiddenSize ?? 32));
   return nativeSkip || options.hybrid || D % 16 !== 0 ? ['onnxruntime'] : ['onnxruntime', ...nativeBuilds.keys()];
 };
 
 describe.each(['int8', 'int4'] as const)('%s weights', (dtype) => {
-  describe.each(layouts.flatMap(([name, options]) => decodePaths(options).map((decode) => [`${name}, ${decode} decode`, options, decode] as const)))('%s', (name, options, decode) => {
+  describe.each(layouts.flatMap(([name, options]) => decodePaths(options).map((decode) => [`${name}, on ${decode}`, options, decode] as const)))('%s', (name, options, decode) => {
     let ckpt: Checkpoint;
     let ref: ReferenceEngine;
     let served: OrtEngine;
@@ -62,14 +62,14 @@ describe.each(['int8', 'int4'] as const)('%s weights', (dtype) => {
       ckpt = await openCheckpoint(dir);
       ref = await ReferenceEngine.load(quantizedView(ckpt, dtype));
       const addon = nativeBuilds.get(decode);
-      served = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 1, weightsDtype: dtype, ...(addon ? { nativeDecode: 'on', nativeDecodeAddon: addon } : { nativeDecode: 'off' }) });
+      served = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 1, weightsDtype: dtype, ...(addon ? { nativeKernels: 'on', nativeKernelsAddon: addon } : { nativeKernels: 'off' }) });
     });
     afterAll(async () => {
       await served?.close();
       await ref?.close();
     });
 
-    // Exact activations are a graph setting (the native step always quantizes them): once a layout.
+    // Exact activations are a graph setting (the native kernels always quantize them): once a layout.
     it.skipIf(decode !== 'onnxruntime')('with exact activations, every position matches the float64 reference on the dequantized weights within 1e-4', async () => {
       const exact = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 1, weightsDtype: dtype, quantizedActivations: 'f32' });
       try {

@@ -9,6 +9,10 @@
 // Plain JavaScript on purpose: a worker thread does not inherit the TypeScript loader of
 // every runner (tsx, vitest), and this file needs nothing but onnxruntime-node.
 //
+// Where the engine planned the native kernels (native-kernels.ts) and their addon loads, they
+// run prefill and decode, and this thread never loads onnxruntime-node nor creates a session:
+// the process then holds the weights once, as the addon's read-only mapping of the build's file.
+//
 // A state is one array per layer and kind (conv [K, D], ssm [N, D] per Mamba layer; a hybrid's
 // key and value rings [KV, W, hd] per attention layer), matching the graph's per-layer inputs
 // and outputs, in the graph's layout (see mamba-graph.ts, attention-graph.ts). The rings are
@@ -17,10 +21,9 @@
 // per attention layer, not a whole window.
 import { createRequire } from 'node:module';
 import { parentPort, workerData } from 'node:worker_threads';
-import * as ort from 'onnxruntime-node';
 import { hybridPrefillChunk, ropeInvFreq, ropeTables, windowMask, writeRing } from './window-inputs.mjs';
 
-const { modelPath, layers, dInner, dConv, dState, attention, sessionOptions, maxPrefillChunk, nativeDecode } = workerData;
+const { modelPath, layers, dInner, dConv, dState, attention, sessionOptions, maxPrefillChunk, nativeKernels } = workerData;
 const convLayer = dConv * dInner;
 const ssmLayer = dState * dInner;
 /** Attention layers (0 for a pure Mamba model) and the floats of one ring. */
@@ -116,21 +119,23 @@ function writeRings(out, b, L, rings, start) {
   }
 }
 
+/** onnxruntime-node and the session, loaded only where the native kernels do not run. */
+let ort;
 let session;
 
 /**
- * The native decode step (native-decode.ts, worker/native-cpu/): when the engine planned it and
- * the addon loaded, decode steps run on it, synchronously on this thread and its OpenMP team,
- * reading and writing the states' layer arrays in place. Everything else stays ORT's.
+ * The native kernels (native-kernels.ts, worker/native-cpu/): when the engine planned them and
+ * the addon loaded, prefill and decode run on them, synchronously on this thread and its OpenMP
+ * team, reading and writing the states' layer arrays in place.
  */
 let decoder = null;
-let nativeDecodeError;
-if (nativeDecode) {
+let nativeKernelsError;
+if (nativeKernels) {
   try {
-    const { Decoder } = createRequire(import.meta.url)(nativeDecode.addonPath);
-    decoder = new Decoder(nativeDecode.decoder);
+    const { Decoder } = createRequire(import.meta.url)(nativeKernels.addonPath);
+    decoder = new Decoder(nativeKernels.decoder);
   } catch (err) {
-    nativeDecodeError = `${err?.code ? `${err.code}: ` : ''}${String(err?.message ?? err)}`;
+    nativeKernelsError = `${err?.code ? `${err.code}: ` : ''}${String(err?.message ?? err)}`;
   }
 }
 
@@ -143,13 +148,22 @@ function decodeNative({ sids, tokens }) {
     conv.push(...s.conv);
     ssm.push(...s.ssm);
   }
-  const logits = new Float32Array(sids.length * nativeDecode.decoder.dims.V);
+  const logits = new Float32Array(sids.length * nativeKernels.decoder.dims.V);
   decoder.decode(Int32Array.from(tokens), conv, ssm, logits);
+  return { result: { logits }, transfer: [logits.buffer] };
+}
+
+/** The whole prompt in one call: the kernels run it in chunks of their own (mamba_cpu.h, kPrefillChunk). */
+function prefillNative({ sid, tokens, allLogits }) {
+  const s = state(sid);
+  const logits = new Float32Array((allLogits ? tokens.length : 1) * nativeKernels.decoder.dims.V);
+  decoder.prefill(Int32Array.from(tokens), s.conv, s.ssm, logits, allLogits);
   return { result: { logits }, transfer: [logits.buffer] };
 }
 
 async function prefill({ sid, tokens, allLogits, position }) {
   detachBatch();
+  if (decoder) return prefillNative({ sid, tokens, allLogits });
   const s = state(sid);
   const total = tokens.length;
   const rowsOut = [];
@@ -291,8 +305,11 @@ parentPort.on('message', (msg) => {
 });
 
 try {
-  session = await ort.InferenceSession.create(modelPath, sessionOptions);
-  parentPort.postMessage({ id: 0, ok: true, result: { ready: true, ...(nativeDecodeError !== undefined ? { nativeDecodeError } : {}) } });
+  if (!decoder) {
+    ort = await import('onnxruntime-node');
+    session = await ort.InferenceSession.create(modelPath, sessionOptions);
+  }
+  parentPort.postMessage({ id: 0, ok: true, result: { ready: true, ...(nativeKernelsError !== undefined ? { nativeKernelsError } : {}) } });
 } catch (err) {
   parentPort.postMessage({ id: 0, ok: false, error: String(err?.message ?? err) });
 }

@@ -1,6 +1,6 @@
-// The ORT engine's native decode step as a Node addon (Node-API, node-addon-api): a Decoder maps
-// the graph build's weights file read-only and runs decode steps on it with mamba_cpu.h's
-// kernels, on the calling thread and an OpenMP team. Built by `npm run build:cpu`
+// The ORT engine's native kernels as a Node addon (Node-API, node-addon-api): a Decoder maps
+// the graph build's weights file read-only and runs prefill and decode steps on it with
+// mamba_cpu.h's kernels, on the calling thread and an OpenMP team. Built by `npm run build:cpu`
 // (worker/native-cpu/build.ts); loaded by worker/engine/ort/ort-thread.mjs.
 //
 //   new Decoder({ weightsPath, bits, threads, prefetchBytes, dims: { d, layers, D, N, R, K, V, eps },
@@ -11,11 +11,15 @@
 //   decoder.decode(tokens: Int32Array, conv: Float32Array[], ssm: Float32Array[], logits: Float32Array)
 //     conv[b * layers + i] is sequence b's layer i [K, D], ssm[…] its [N, D]; both updated in
 //     place; logits [B, V] written
+//   decoder.prefill(tokens: Int32Array, conv: Float32Array[], ssm: Float32Array[], logits: Float32Array, allLogits: boolean)
+//     one sequence absorbs a prompt: conv[i] / ssm[i] its layer i, updated in place; logits
+//     [T, V] (allLogits) or the last token's [1, V] written
 //   decoder.close()   unmaps the file; later calls throw
 //
 // Errors are JavaScript Errors whose `code` says what was wrong: native_weights_invalid (a
 // range or size that does not fit the file or the dims), native_weights_unreadable (the file
-// could not be opened or mapped), native_decode_invalid (arguments of decode), native_closed.
+// could not be opened or mapped), native_decode_invalid (arguments of decode or prefill),
+// native_closed.
 #include <fcntl.h>
 #include <napi.h>
 #include <sys/mman.h>
@@ -49,7 +53,8 @@ struct Mapping {
 class Decoder : public Napi::ObjectWrap<Decoder> {
  public:
   static Napi::Function Init(Napi::Env env) {
-    return DefineClass(env, "Decoder", {InstanceMethod<&Decoder::Decode>("decode"), InstanceMethod<&Decoder::Close>("close")});
+    return DefineClass(env, "Decoder",
+                       {InstanceMethod<&Decoder::Decode>("decode"), InstanceMethod<&Decoder::Prefill>("prefill"), InstanceMethod<&Decoder::Close>("close")});
   }
 
   explicit Decoder(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Decoder>(info) {
@@ -110,7 +115,7 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
       L.outProj = matrix(env, l.Get("outProj"), s.d, s.D, true, at + "outProj");
       model_.layers.push_back(L);
     }
-    scratch_ = std::make_unique<Scratch>(s);
+    scratch_ = std::make_unique<Scratch>(s, kMaxBatch);
   }
 
  private:
@@ -156,17 +161,9 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
     if (conv.Length() != size_t(B) * s.layers || ssm.Length() != size_t(B) * s.layers)
       throw codedError(env, "native_decode_invalid", "decode: conv and ssm must hold one array per sequence and layer");
     if (logits.ElementLength() != size_t(B) * s.V) throw codedError(env, "native_decode_invalid", "decode: logits must hold batch x vocabulary rows floats");
-    for (int b = 0; b < B; b++)
-      if (tokens[b] < 0 || tokens[b] >= s.V) throw codedError(env, "native_decode_invalid", "decode: token " + std::to_string(tokens[b]) + " is outside the vocabulary");
-    std::vector<float*> convRefs(conv.Length()), ssmRefs(ssm.Length());
-    for (uint32_t i = 0; i < conv.Length(); i++) {
-      const Napi::Value c = conv.Get(i), h = ssm.Get(i);
-      if (!c.IsTypedArray() || c.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array || c.As<Napi::Float32Array>().ElementLength() != size_t(s.K) * s.D ||
-          !h.IsTypedArray() || h.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array || h.As<Napi::Float32Array>().ElementLength() != size_t(s.N) * s.D)
-        throw codedError(env, "native_decode_invalid", "decode: state arrays must be Float32Array [K, D] (conv) and [N, D] (ssm)");
-      convRefs[i] = c.As<Napi::Float32Array>().Data();
-      ssmRefs[i] = h.As<Napi::Float32Array>().Data();
-    }
+    checkTokens(env, tokens, "decode");
+    std::vector<float*> convRefs, ssmRefs;
+    stateRefs(env, conv, ssm, "decode", convRefs, ssmRefs);
     const int* ids = tokens.Data();
     float* out = logits.Data();
     for (int g = 0; g < B; g += kMaxBatch) {
@@ -179,9 +176,63 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
     return env.Undefined();
   }
 
+  Napi::Value Prefill(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!map_) throw codedError(env, "native_closed", "prefill: the decoder is closed");
+    if (info.Length() != 5 || !info[0].IsTypedArray() || !info[1].IsArray() || !info[2].IsArray() || !info[3].IsTypedArray() || !info[4].IsBoolean())
+      throw codedError(env, "native_decode_invalid", "prefill(tokens: Int32Array, conv: Float32Array[], ssm: Float32Array[], logits: Float32Array, allLogits: boolean)");
+    const Dims& s = model_.dims;
+    const Napi::Int32Array tokens = info[0].As<Napi::Int32Array>();
+    const int T = int(tokens.ElementLength());
+    const Napi::Array conv = info[1].As<Napi::Array>(), ssm = info[2].As<Napi::Array>();
+    Napi::Float32Array logits = info[3].As<Napi::Float32Array>();
+    const bool allLogits = info[4].As<Napi::Boolean>().Value();
+    if (T < 1) throw codedError(env, "native_decode_invalid", "prefill: no tokens");
+    if (conv.Length() != size_t(s.layers) || ssm.Length() != size_t(s.layers))
+      throw codedError(env, "native_decode_invalid", "prefill: conv and ssm must hold one array per layer");
+    if (logits.ElementLength() != size_t(allLogits ? T : 1) * s.V)
+      throw codedError(env, "native_decode_invalid", "prefill: logits must hold (allLogits ? tokens : 1) x vocabulary rows floats");
+    checkTokens(env, tokens, "prefill");
+    std::vector<float*> convRefs, ssmRefs;
+    stateRefs(env, conv, ssm, "prefill", convRefs, ssmRefs);
+    // A prompt's working memory is made at its first prefill, not for engines that never prefill here.
+    if (!prefillScratch_) prefillScratch_ = std::make_unique<Scratch>(s, kPrefillChunk);
+    const int* ids = tokens.Data();
+    float* out = logits.Data();
+    for (int at = 0; at < T; at += kPrefillChunk) {
+      const int n = std::min(kPrefillChunk, T - at);
+      float* rows = allLogits ? out + size_t(at) * s.V : at + n == T ? out : nullptr;
+#pragma omp parallel num_threads(threads_)
+      prefill(model_, n, ids + at, convRefs.data(), ssmRefs.data(), *prefillScratch_, rows, allLogits);
+    }
+    return env.Undefined();
+  }
+
+  void checkTokens(Napi::Env env, const Napi::Int32Array& tokens, const char* op) const {
+    for (size_t i = 0; i < tokens.ElementLength(); i++)
+      if (tokens[i] < 0 || tokens[i] >= model_.dims.V)
+        throw codedError(env, "native_decode_invalid", std::string(op) + ": token " + std::to_string(tokens[i]) + " is outside the vocabulary");
+  }
+
+  /** The data of each state array, checked to be Float32Array [K, D] (conv) and [N, D] (ssm). */
+  void stateRefs(Napi::Env env, const Napi::Array& conv, const Napi::Array& ssm, const char* op, std::vector<float*>& convRefs, std::vector<float*>& ssmRefs) const {
+    const Dims& s = model_.dims;
+    convRefs.resize(conv.Length());
+    ssmRefs.resize(ssm.Length());
+    for (uint32_t i = 0; i < conv.Length(); i++) {
+      const Napi::Value c = conv.Get(i), h = ssm.Get(i);
+      if (!c.IsTypedArray() || c.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array || c.As<Napi::Float32Array>().ElementLength() != size_t(s.K) * s.D ||
+          !h.IsTypedArray() || h.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array || h.As<Napi::Float32Array>().ElementLength() != size_t(s.N) * s.D)
+        throw codedError(env, "native_decode_invalid", std::string(op) + ": state arrays must be Float32Array [K, D] (conv) and [N, D] (ssm)");
+      convRefs[i] = c.As<Napi::Float32Array>().Data();
+      ssmRefs[i] = h.As<Napi::Float32Array>().Data();
+    }
+  }
+
   Napi::Value Close(const Napi::CallbackInfo& info) {
     map_.reset();
     scratch_.reset();
+    prefillScratch_.reset();
     return info.Env().Undefined();
   }
 
@@ -190,6 +241,7 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
   Model model_;
   std::unique_ptr<Mapping> map_;
   std::unique_ptr<Scratch> scratch_;
+  std::unique_ptr<Scratch> prefillScratch_;
 };
 
 Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {

@@ -1,7 +1,7 @@
-// A Mamba-1 decode step on the CPU, over block-quantized weights, with SIMD kernels (AVX-512
-// VNNI, or AVX2 when compiled with -DMAMBA_CPU_AVX2) and OpenMP threads: the native decode path
-// of the ORT engine (worker/native-cpu/src/addon.cpp, docs/cpu-engine.md) and of
-// bench/native-decode/decode_step.cpp.
+// A Mamba-1 decode step and prefill on the CPU, over block-quantized weights, with SIMD kernels
+// (AVX-512 VNNI, or AVX2 when compiled with -DMAMBA_CPU_AVX2) and OpenMP threads: the native
+// kernels of the ORT engine (worker/native-cpu/src/addon.cpp, docs/cpu-engine.md) and of
+// bench/native-kernels/kernels.cpp.
 //
 // Weights are the ORT build's bytes as they are (quantize.ts): a matrix W [N, K] is N rows of
 // ceil(K / 128) blocks, each block 128 codes q (int8: one byte each; int4: byte j holds element
@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <utility>
 #include <vector>
 
 namespace mamba_cpu {
@@ -140,6 +141,8 @@ struct Avx512 {
   static float maxOf(F v) { return _mm512_reduce_max_ps(v); }
   static I loadBytes(const void* p) { return _mm512_loadu_si512(p); }
   static I zeroI() { return _mm512_setzero_si512(); }
+  /** v in lane 0, the other lanes 0. */
+  static I lane0(int32_t v) { return _mm512_zextsi128_si512(_mm_cvtsi32_si128(v)); }
   static I low4(I v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0f)); }
   static I high4(I v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f)); }
   /** acc + Σ over each 4 bytes of w (unsigned) · x (signed). */
@@ -190,6 +193,7 @@ struct Avx2 {
   }
   static I loadBytes(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
   static I zeroI() { return _mm256_setzero_si256(); }
+  static I lane0(int32_t v) { return _mm256_zextsi128_si256(_mm_cvtsi32_si128(v)); }
   static I low4(I v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0f)); }
   static I high4(I v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f)); }
   /** acc + Σ over each 4 bytes of w (unsigned, < 128: int4 codes) · x (signed). */
@@ -235,16 +239,16 @@ inline typename Isa::I dotStep(typename Isa::I acc, typename Isa::I w, typename 
   else return Isa::dot(acc, w, x);
 }
 
-/** Activations quantized per block: int8 codes, one scale and the codes' sum per block. */
+/** Activations quantized per block: int8 codes, one scale and the codes' sum per block, per row. */
 struct QActs {
-  int blocks = 0;
-  int8_t* q = nullptr;     // [kMaxBatch, blocks * 128]
-  float* scale = nullptr;  // [kMaxBatch, blocks]
-  int32_t* sum = nullptr;  // [kMaxBatch, blocks]
-  explicit QActs(int maxCols) : blocks((maxCols + kBlock - 1) / kBlock) {
-    q = alignedArray<int8_t>(size_t(kMaxBatch) * blocks * kBlock);
-    scale = alignedArray<float>(size_t(kMaxBatch) * blocks);
-    sum = alignedArray<int32_t>(size_t(kMaxBatch) * blocks);
+  int rows = 0, blocks = 0;
+  int8_t* q = nullptr;     // [rows, blocks * 128]
+  float* scale = nullptr;  // [rows, blocks]
+  int32_t* sum = nullptr;  // [rows, blocks]
+  QActs(int maxCols, int rows_) : rows(rows_), blocks((maxCols + kBlock - 1) / kBlock) {
+    q = alignedArray<int8_t>(size_t(rows) * blocks * kBlock);
+    scale = alignedArray<float>(size_t(rows) * blocks);
+    sum = alignedArray<int32_t>(size_t(rows) * blocks);
   }
   QActs(const QActs&) = delete;
   QActs& operator=(const QActs&) = delete;
@@ -252,6 +256,23 @@ struct QActs {
     std::free(q);
     std::free(scale);
     std::free(sum);
+  }
+};
+
+/** Rows of a QActs from one row on: what a matmul reads. */
+struct ActsView {
+  int blocks;
+  const int8_t* q;
+  const float* scale;
+  const int32_t* sum;
+  ActsView(const QActs& a, int row = 0)
+      : blocks(a.blocks), q(a.q + size_t(row) * a.blocks * kBlock), scale(a.scale + size_t(row) * a.blocks), sum(a.sum + size_t(row) * a.blocks) {}
+  ActsView from(int row) const {
+    ActsView v = *this;
+    v.q += size_t(row) * blocks * kBlock;
+    v.scale += size_t(row) * blocks;
+    v.sum += size_t(row) * blocks;
+    return v;
   }
 };
 
@@ -304,9 +325,9 @@ inline void quantizeBlock(const float* x, int n, int8_t* q, float& scale, int32_
   sum = total;
 }
 
-/** x[b][0..cols) (rows `stride` apart) into `a`, in the order `w`'s blocks want. */
-inline void quantizeActs(const float* x, int stride, int batch, int cols, QActs& a, const QMatrix& w) {
-  for (int b = 0; b < batch; b++)
+/** Rows [r0, r1) of x (rows `stride` apart, `cols` used) into the same rows of `a`, in the order `w`'s blocks want. */
+inline void quantizeRows(const float* x, int stride, int r0, int r1, int cols, QActs& a, const QMatrix& w) {
+  for (int b = r0; b < r1; b++)
     for (int k = 0; k < w.blocks; k++) {
       const int start = k * kBlock, n = std::min(cols, start + kBlock) - start;
       const size_t at = size_t(b) * a.blocks + k;
@@ -314,29 +335,24 @@ inline void quantizeActs(const float* x, int stride, int batch, int cols, QActs&
     }
 }
 
+inline void quantizeActs(const float* x, int stride, int batch, int cols, QActs& a, const QMatrix& w) { quantizeRows(x, stride, 0, batch, cols, a, w); }
+
 // RU rows at a time share each activation load and give the core RU · B independent chains
-// (batch 1: 4 rows; 2 and 8 were 15-25 % slower, bench/native-decode's program, three runs).
+// (batch 1: 4 rows; 2 and 8 were 15-25 % slower, bench/native-kernels' program, three runs).
 template <int B, int Bits, int RU>
-inline void matmulRowGroup(const QMatrix& w, const QActs& a, float* y, int yStride, int r, int prefetchBytes) {
+inline void matmulRowGroup(const QMatrix& w, const ActsView& a, float* y, int yStride, int r, int prefetchBytes) {
   // int8 codes on AVX2 are centred before the products (V::dotCentred): no zero point then.
   constexpr bool kCentred = Bits == 8 && V::kInt8Centred;
-  const int zero = kCentred ? 0 : 1 << (Bits - 1);
+  constexpr int kZero = kCentred ? 0 : 1 << (Bits - 1);
   constexpr int kVecs = kBlock / V::kBytes;  // activation vectors a block
   V::F acc[RU][B];
-  float corr[RU][B];
   for (int u = 0; u < RU; u++)
-    for (int b = 0; b < B; b++) {
-      acc[u][b] = V::zero();
-      corr[u][b] = 0.f;
-    }
+    for (int b = 0; b < B; b++) acc[u][b] = V::zero();
   for (int k = 0; k < w.blocks; k++) {
     V::I xv[B][kVecs];
-    float xs[B], xz[B];
     for (int b = 0; b < B; b++) {
       const int8_t* xq = a.q + (size_t(b) * a.blocks + k) * kBlock;
       for (int v = 0; v < kVecs; v++) xv[b][v] = V::loadBytes(xq + v * V::kBytes);
-      xs[b] = a.scale[size_t(b) * a.blocks + k];
-      xz[b] = xs[b] * float(zero * a.sum[size_t(b) * a.blocks + k]);
     }
     for (int u = 0; u < RU; u++) {
       const uint8_t* blk = w.data + (size_t(r + u) * w.blocks + k) * w.blockBytes;
@@ -353,23 +369,23 @@ inline void matmulRowGroup(const QMatrix& w, const QActs& a, float* y, int yStri
           wv[v + 1] = V::high4(packed);
         }
       }
-      const float ws = w.scales[size_t(r + u) * w.blocks + k];
+      const V::F ws = V::set1(w.scales[size_t(r + u) * w.blocks + k]);
       for (int b = 0; b < B; b++) {
-        V::I dot = V::zeroI();
+        // The zero point comes off in integers: the block's sum starts at −zero · Σ codes.
+        V::I dot = kZero ? V::lane0(-kZero * a.sum[size_t(b) * a.blocks + k]) : V::zeroI();
         for (int v = 0; v < kVecs; v++) dot = dotStep<V, kCentred>(dot, wv[v], xv[b][v]);
-        acc[u][b] = V::fmadd(V::toFloat(dot), V::set1(ws * xs[b]), acc[u][b]);
-        corr[u][b] += ws * xz[b];
+        acc[u][b] = V::fmadd(V::mul(V::toFloat(dot), V::set1(a.scale[size_t(b) * a.blocks + k])), ws, acc[u][b]);
       }
     }
   }
   for (int u = 0; u < RU; u++) {
     const float bias = w.bias ? w.bias[r + u] : 0.f;
-    for (int b = 0; b < B; b++) y[size_t(b) * yStride + r + u] = V::sum(acc[u][b]) - corr[u][b] + bias;
+    for (int b = 0; b < B; b++) y[size_t(b) * yStride + r + u] = V::sum(acc[u][b]) + bias;
   }
 }
 
 template <int B, int Bits>
-inline void matmulRows(const QMatrix& w, const QActs& a, float* y, int yStride, int r0, int r1, int prefetchBytes) {
+inline void matmulRows(const QMatrix& w, const ActsView& a, float* y, int yStride, int r0, int r1, int prefetchBytes) {
   constexpr int RU = B == 1 ? 4 : B <= 2 ? 2 : 1;
   int r = r0;
   for (; r + RU <= r1; r += RU) matmulRowGroup<B, Bits, RU>(w, a, y, yStride, r, prefetchBytes);
@@ -377,7 +393,7 @@ inline void matmulRows(const QMatrix& w, const QActs& a, float* y, int yStride, 
 }
 
 template <int Bits>
-inline void matmulRowsAnyBatch(int batch, const QMatrix& w, const QActs& a, float* y, int yStride, int r0, int r1, int pf) {
+inline void matmulRowsAnyBatch(int batch, const QMatrix& w, const ActsView& a, float* y, int yStride, int r0, int r1, int pf) {
   switch (batch) {
     case 1: return matmulRows<1, Bits>(w, a, y, yStride, r0, r1, pf);
     case 2: return matmulRows<2, Bits>(w, a, y, yStride, r0, r1, pf);
@@ -390,19 +406,41 @@ inline void matmulRowsAnyBatch(int batch, const QMatrix& w, const QActs& a, floa
   }
 }
 
-/**
- * y[b][r] = Σ_c W[r][c] x[b][c] (+ bias), inside a parallel region: this thread's share of the
- * rows, in runs of 16 so that no two threads write one cache line of y. (OpenMP's dynamic
- * schedule, chunks of 64 rows, was 8-10 % slower.) The caller's barrier follows.
- */
-inline void matmul(int batch, const QMatrix& w, const QActs& a, float* y, int yStride, int prefetchBytes) {
+/** This thread's share [first, second) of n items, split evenly over the team. */
+inline std::pair<int, int> share(int n) {
   const int team = omp_get_num_threads(), me = omp_get_thread_num();
-  const int chunks = (w.rows + 15) / 16;
-  const int c0 = int(int64_t(chunks) * me / team), c1 = int(int64_t(chunks) * (me + 1) / team);
+  return {int(int64_t(n) * me / team), int(int64_t(n) * (me + 1) / team)};
+}
+
+/** Weight rows a prefill matmul takes at a time: all its token groups read them from L1/L2. */
+#ifndef MAMBA_CPU_PANEL_ROWS
+#define MAMBA_CPU_PANEL_ROWS 16
+#endif
+constexpr int kPanelRows = MAMBA_CPU_PANEL_ROWS;
+
+/**
+ * y[b][r] = Σ_c W[r][c] x[b][c] (+ bias) for `batch` rows of activations, inside a parallel
+ * region: this thread's share of the weight rows, in runs of 16 so that no two threads write
+ * one cache line of y. (OpenMP's dynamic schedule, chunks of 64 rows, was 8-10 % slower.) Up
+ * to kMaxBatch rows (decode) stream the weights once; more (prefill) go panel by panel, each
+ * panel of kPanelRows weight rows meeting every group of kMaxBatch activation rows while it is
+ * in cache. The caller's barrier follows.
+ */
+inline void matmul(int batch, const QMatrix& w, const ActsView& a, float* y, int yStride, int prefetchBytes) {
+  const auto [c0, c1] = share((w.rows + 15) / 16);
   const int r0 = c0 * 16, r1 = std::min(w.rows, c1 * 16);
   if (r0 >= r1) return;
-  if (w.bits == 8) matmulRowsAnyBatch<8>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
-  else matmulRowsAnyBatch<4>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
+  auto rows = [&](int n, const ActsView& x, float* out, int from, int to, int pf) {
+    if (w.bits == 8) matmulRowsAnyBatch<8>(n, w, x, out, yStride, from, to, pf);
+    else matmulRowsAnyBatch<4>(n, w, x, out, yStride, from, to, pf);
+  };
+  if (batch <= kMaxBatch) return rows(batch, a, y, r0, r1, prefetchBytes);
+  for (int p = r0; p < r1; p += kPanelRows) {
+    const int p1 = std::min(r1, p + kPanelRows);
+    // The first group streams the panel in (prefetching ahead as decode does); the rest find it cached.
+    for (int g = 0; g < batch; g += kMaxBatch)
+      rows(std::min(kMaxBatch, batch - g), a.from(g), y + size_t(g) * yStride, p, p1, g == 0 ? prefetchBytes : 0);
+  }
 }
 
 // exp, a vector: 2^(x log2 e), a degree-6 polynomial for 2^f on [−0.5, 0.5], relative error
@@ -430,21 +468,26 @@ inline V::F softplusV(V::F v) {
   return V::add(V::max(v, V::zero()), V::mul(V::set1(2.f), V::mul(z, p)));
 }
 
-/** A step's working memory for up to kMaxBatch sequences. */
+/**
+ * Working memory for `rows` rows of activations: the sequences of a decode step (kMaxBatch),
+ * or the tokens of a prefill chunk (kPrefillChunk).
+ */
 struct Scratch {
+  int rows;
   float *resid, *h, *xz, *xc, *xdbl, *dt, *y;
   QActs actsD, actsd, actsR;
-  explicit Scratch(const Dims& s)
-      : resid(alignedArray<float>(size_t(kMaxBatch) * s.d)),
-        h(alignedArray<float>(size_t(kMaxBatch) * s.d)),
-        xz(alignedArray<float>(size_t(kMaxBatch) * 2 * s.D)),
-        xc(alignedArray<float>(size_t(kMaxBatch) * s.D)),
-        xdbl(alignedArray<float>(size_t(kMaxBatch) * (s.R + 2 * s.N))),
-        dt(alignedArray<float>(size_t(kMaxBatch) * s.D)),
-        y(alignedArray<float>(size_t(kMaxBatch) * s.D)),
-        actsD(s.D),
-        actsd(s.d),
-        actsR(s.R) {}
+  Scratch(const Dims& s, int rows_)
+      : rows(rows_),
+        resid(alignedArray<float>(size_t(rows) * s.d)),
+        h(alignedArray<float>(size_t(rows) * s.d)),
+        xz(alignedArray<float>(size_t(rows) * 2 * s.D)),
+        xc(alignedArray<float>(size_t(rows) * s.D)),
+        xdbl(alignedArray<float>(size_t(rows) * (s.R + 2 * s.N))),
+        dt(alignedArray<float>(size_t(rows) * s.D)),
+        y(alignedArray<float>(size_t(rows) * s.D)),
+        actsD(s.D, rows),
+        actsd(s.d, rows),
+        actsR(s.R, rows) {}
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
   ~Scratch() {
@@ -466,16 +509,16 @@ inline void rmsnorm(const float* x, const float* w, float* out, int n, float eps
 }
 
 /**
- * The residual stream between layers: add the last layer's output (t.h) to it, normalize it
- * into t.h with `weight`, and quantize that for `next`, the matmul that reads it.
+ * The residual stream between layers, rows [r0, r1): add the last layer's output (t.h) to it,
+ * normalize it into t.h with `weight`, and quantize that for `next`, the matmul that reads it.
  */
-inline void addNormQuantize(const Dims& s, int batch, Scratch& t, const float* weight, const QMatrix& next) {
-  for (int b = 0; b < batch; b++) {
-    float* r = t.resid + b * s.d;
-    for (int c = 0; c < s.d; c++) r[c] += t.h[b * s.d + c];
-    rmsnorm(r, weight, t.h + b * s.d, s.d, s.eps);
+inline void addNormQuantize(const Dims& s, int r0, int r1, Scratch& t, const float* weight, const QMatrix& next) {
+  for (int b = r0; b < r1; b++) {
+    float* r = t.resid + size_t(b) * s.d;
+    for (int c = 0; c < s.d; c++) r[c] += t.h[size_t(b) * s.d + c];
+    rmsnorm(r, weight, t.h + size_t(b) * s.d, s.d, s.eps);
   }
-  quantizeActs(t.h, s.d, batch, s.d, t.actsd, next);
+  quantizeRows(t.h, s.d, r0, r1, s.d, t.actsd, next);
 }
 
 /** Optional wall time by phase, read by the team's first thread after each phase's barrier. */
@@ -509,7 +552,7 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
   for (int li = 0; li < s.layers; li++) {
     const Layer& L = m.layers[li];
 #pragma omp single
-    addNormQuantize(s, batch, t, L.norm, L.inProj);
+    addNormQuantize(s, 0, batch, t, L.norm, L.inProj);
     matmul(batch, L.inProj, t.actsd, t.xz, 2 * s.D, pf);
 #pragma omp barrier
     mark(kInProj);
@@ -569,10 +612,109 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
     mark(kOutProj);
   }
 #pragma omp single
-  addNormQuantize(s, batch, t, m.normF, m.head);
+  addNormQuantize(s, 0, batch, t, m.normF, m.head);
   matmul(batch, m.head, t.actsd, logits, int(logitsStride), pf);
 #pragma omp barrier
   mark(kHead);
+}
+
+/** Tokens one prefill call computes at once (its Scratch's rows); a longer prompt runs in chunks. */
+#ifndef MAMBA_CPU_PREFILL_CHUNK
+#define MAMBA_CPU_PREFILL_CHUNK 128
+#endif
+constexpr int kPrefillChunk = MAMBA_CPU_PREFILL_CHUNK;
+
+/**
+ * Absorb T <= t.rows tokens of one sequence: its states (conv[li] [K, D], ssm[li] [N, D]) are
+ * updated in place, and `logits` gets each token's row [T, V] (allLogits) or the last token's
+ * [1, V] (none when null: a chunk before a prompt's last). Called inside a parallel region by
+ * every thread of the team.
+ *
+ * The arithmetic is the decode step's, token for token: the same quantization of each token's
+ * activations, the same kernels and the same order of operations, so a prompt absorbed here
+ * leaves the state T decode steps would. What differs is the order of the work: each matmul
+ * meets all T tokens while a panel of its weights is in cache (compute-bound, where a decode
+ * step is bound by reading the weights), and the conv and the scan walk the T tokens in time
+ * order for each vector of channels, the state in registers and L1.
+ */
+inline void prefill(const Model& m, int T, const int* tokens, float* const* conv, float* const* ssm, Scratch& t, float* logits, bool allLogits) {
+  const Dims& s = m.dims;
+  const int pf = m.prefetchBytes;
+  const auto [t0, t1] = share(T);  // this thread's tokens, for per-token work
+  const int me = omp_get_thread_num(), team = omp_get_num_threads();
+  const int v0 = int(int64_t(s.D / V::W) * me / team) * V::W, v1 = int(int64_t(s.D / V::W) * (me + 1) / team) * V::W;
+  const int xdblCols = s.R + 2 * s.N;
+  for (int b = t0; b < t1; b++)
+    for (int c = 0; c < s.d; c++) {
+      t.resid[size_t(b) * s.d + c] = m.embed.value(tokens[b], c);
+      t.h[size_t(b) * s.d + c] = 0.f;
+    }
+  for (int li = 0; li < s.layers; li++) {
+    const Layer& L = m.layers[li];
+    addNormQuantize(s, t0, t1, t, L.norm, L.inProj);
+#pragma omp barrier
+    matmul(T, L.inProj, t.actsd, t.xz, 2 * s.D, pf);
+#pragma omp barrier
+    // The conv over time: token j's window is the K inputs ending at j, the first of them from
+    // the state (its K rows, newest last) while j < K − 1; the new state is the last K inputs.
+    float* cs = conv[li];
+    for (int c = v0; c < v1; c += V::W) {
+      auto input = [&](int i) { return i < s.K ? V::load(cs + i * s.D + c) : V::load(t.xz + size_t(i - s.K) * 2 * s.D + c); };
+      for (int j = 0; j < T; j++) {
+        V::F acc = V::fmadd(V::load(L.convW + (s.K - 1) * s.D + c), input(j + s.K), L.convB ? V::load(L.convB + c) : V::zero());
+        for (int k = 0; k < s.K - 1; k++) acc = V::fmadd(V::load(L.convW + k * s.D + c), input(j + 1 + k), acc);
+        V::store(t.xc + size_t(j) * s.D + c, siluV(acc));
+      }
+      // In order of k: row k takes input T + k, which is a later state row or a token's input.
+      for (int k = 0; k < s.K; k++) V::store(cs + k * s.D + c, input(T + k));
+    }
+#pragma omp barrier
+    quantizeRows(t.xc, s.D, t0, t1, s.D, t.actsD, L.xProj);
+#pragma omp barrier
+    matmul(T, L.xProj, t.actsD, t.xdbl, xdblCols, pf);
+#pragma omp barrier
+    quantizeRows(t.xdbl, xdblCols, t0, t1, s.R, t.actsR, L.dtProj);
+#pragma omp barrier
+    matmul(T, L.dtProj, t.actsR, t.dt, s.D, pf);
+#pragma omp barrier
+    // The selective scan over time and the gate, a vector of channels at a time.
+    float* hs = ssm[li];
+    for (int c = v0; c < v1; c += V::W) {
+      const V::F Dskip = V::load(L.Dskip + c);
+      for (int j = 0; j < T; j++) {
+        const float* xdbl = t.xdbl + size_t(j) * xdblCols;
+        const V::F dt = softplusV(V::load(t.dt + size_t(j) * s.D + c));
+        const V::F x = V::load(t.xc + size_t(j) * s.D + c);
+        const V::F dtx = V::mul(dt, x);
+        V::F y = V::mul(Dskip, x);
+        for (int n = 0; n < s.N; n++) {
+          float* hp = hs + n * s.D + c;
+          const V::F decay = expV(V::mul(dt, V::load(L.negAT + n * s.D + c)));
+          const V::F h = V::fmadd(V::load(hp), decay, V::mul(dtx, V::set1(xdbl[s.R + n])));
+          V::store(hp, h);
+          y = V::fmadd(h, V::set1(xdbl[s.R + s.N + n]), y);
+        }
+        const V::F z = V::load(t.xz + size_t(j) * 2 * s.D + s.D + c);
+        V::store(t.y + size_t(j) * s.D + c, V::mul(y, siluV(z)));
+      }
+    }
+#pragma omp barrier
+    quantizeRows(t.y, s.D, t0, t1, s.D, t.actsD, L.outProj);
+#pragma omp barrier
+    matmul(T, L.outProj, t.actsD, t.h, s.d, pf);
+#pragma omp barrier
+  }
+  // A chunk before a prompt's last leaves only its states behind: no final norm or head.
+  if (logits && allLogits) {
+    addNormQuantize(s, t0, t1, t, m.normF, m.head);
+#pragma omp barrier
+    matmul(T, m.head, t.actsd, logits, s.V, pf);
+  } else if (logits) {
+#pragma omp single
+    addNormQuantize(s, T - 1, T, t, m.normF, m.head);
+    matmul(1, m.head, ActsView(t.actsd, T - 1), logits, s.V, pf);
+  }
+#pragma omp barrier
 }
 
 }  // namespace mamba_cpu

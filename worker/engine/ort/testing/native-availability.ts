@@ -1,4 +1,4 @@
-// Which builds of the native decode step the tests can run here, and if none why: they need
+// Which builds of the native kernels the tests can run here, and if none why: they need
 // the builds the tests' global setup makes (test-support/build-native-cpu.ts) and a CPU that runs
 // them. A CPU with AVX-512 VNNI runs both the avx512 build (the engine's choice) and the avx2 one.
 import { existsSync } from 'node:fs';
@@ -9,7 +9,7 @@ export function testableNativeBuilds(): NativeCpuBuild[] {
   return nativeCpuBuildsRunnable().filter((b) => existsSync(b.addon) && nativeCpuAddonCurrent(b.addon));
 }
 
-export function nativeDecodeUnavailable(): string | undefined {
+export function nativeKernelsUnavailable(): string | undefined {
   const cpu = nativeCpuUnsupported();
   if (cpu) return cpu;
   const runnable = nativeCpuBuildsRunnable();

@@ -1,9 +1,11 @@
-// The ORT engine's native decode path: for int8 and int4 builds of pure Mamba models, decode
-// steps run on our own AVX-512 VNNI or AVX2 kernels (worker/native-cpu/, `npm run build:cpu`) instead of
-// the ONNX graph, 1.8–2.9x faster at batch 1 (docs/cpu-engine.md). Prefill, import/export and
-// every other operation stay ONNX Runtime's; the native step reads the same weights file (mapped,
-// not copied: the int8 and int4 blocks are MatMulNBits' bytes) and the thread's state arrays in
-// place (the graph's [K, D] and [N, D] layouts).
+// The ORT engine's native kernels: for int8 and int4 builds of pure Mamba models, prefill and
+// decode run on our own AVX-512 VNNI or AVX2 kernels (worker/native-cpu/, `npm run build:cpu`)
+// instead of the ONNX graph, and the engine then creates no ONNX Runtime session at all: the
+// kernels read the graph build's weights file (mapped, not copied: the int8 and int4 blocks are
+// MatMulNBits' bytes) and the thread's state arrays in place (the graph's [K, D] and [N, D]
+// layouts). Faster at every batch and prompt length, and one copy of the weights in memory
+// (docs/cpu-engine.md, "The native kernels"). ONNX Runtime's graph stays the portable path:
+// f32, hybrid models, other CPUs, and wherever the addon is not built.
 //
 // This module decides whether that path can run and describes the weights to it: it reads the
 // graph build's initializers (their byte ranges in weights.bin) from model.onnx.
@@ -19,16 +21,16 @@ import type { WeightsDtype } from './quantize.ts';
 
 const { onnx } = onnxProto;
 
-/** `ORT_NATIVE_DECODE`: auto = where it can run; on = refuse to start where it cannot; off = never. */
-export type NativeDecodeSetting = 'auto' | 'on' | 'off';
-export const NATIVE_DECODE_SETTINGS: readonly NativeDecodeSetting[] = ['auto', 'on', 'off'];
+/** `ORT_NATIVE_KERNELS`: auto = where it can run; on = refuse to start where it cannot; off = never. */
+export type NativeKernelsSetting = 'auto' | 'on' | 'off';
+export const NATIVE_KERNELS_SETTINGS: readonly NativeKernelsSetting[] = ['auto', 'on', 'off'];
 
-/** ORT_NATIVE_DECODE=on where the native decode step cannot run (the reason says why). */
-export class NativeDecodeUnavailableError extends Error {
-  readonly code = 'native_decode_unavailable';
+/** ORT_NATIVE_KERNELS=on where the native kernels cannot run (the reason says why). */
+export class NativeKernelsUnavailableError extends Error {
+  readonly code = 'native_kernels_unavailable';
   constructor(message: string) {
     super(message);
-    this.name = 'NativeDecodeUnavailableError';
+    this.name = 'NativeKernelsUnavailableError';
   }
 }
 
@@ -62,7 +64,7 @@ export interface NativeDecoderOptions {
   }[];
 }
 
-export interface NativeDecodePlan {
+export interface NativeKernelsPlan {
   readonly addonPath: string;
   /** The instruction set of that build (its kernels' vector width): for the engine's log. */
   readonly isa: NativeCpuIsa | 'given';
@@ -93,8 +95,8 @@ export async function externalInitializers(modelPath: string): Promise<Map<strin
   return out;
 }
 
-export interface NativeDecodeRequest {
-  readonly setting: NativeDecodeSetting;
+export interface NativeKernelsRequest {
+  readonly setting: NativeKernelsSetting;
   readonly modelPath: string;
   readonly config: MambaConfig;
   readonly dtype: WeightsDtype;
@@ -104,11 +106,11 @@ export interface NativeDecodeRequest {
   readonly addonPath?: string;
 }
 
-/** The build to load, or why this engine cannot decode natively (the weights are checked by planNativeDecode). */
-function chooseAddon(r: NativeDecodeRequest): { addonPath: string; isa: NativeDecodePlan['isa'] } | { reason: string } {
-  if (r.executionProvider !== 'cpu') return { reason: 'the CUDA execution provider decodes on the GPU' };
-  if (r.dtype === 'f32') return { reason: 'f32 weights decode with ONNX Runtime (the native step reads int8 and int4 weights)' };
-  if (r.config.hybrid) return { reason: 'hybrid models decode with ONNX Runtime (the native step has no attention layers)' };
+/** The build to load, or why this engine cannot run on the native kernels (the weights are checked by planNativeKernels). */
+function chooseAddon(r: NativeKernelsRequest): { addonPath: string; isa: NativeKernelsPlan['isa'] } | { reason: string } {
+  if (r.executionProvider !== 'cpu') return { reason: 'the CUDA execution provider runs on the GPU' };
+  if (r.dtype === 'f32') return { reason: 'f32 weights run on ONNX Runtime (the native kernels read int8 and int4 weights)' };
+  if (r.config.hybrid) return { reason: 'hybrid models run on ONNX Runtime (the native kernels have no attention layers)' };
   if (r.config.intermediateSize % 16 !== 0) return { reason: `d_inner ${r.config.intermediateSize} is not a multiple of 16` };
   const cpu = nativeCpuBuildFor();
   if ('reason' in cpu) return cpu;
@@ -117,19 +119,19 @@ function chooseAddon(r: NativeDecodeRequest): { addonPath: string; isa: NativeDe
     return { addonPath: r.addonPath, isa: NATIVE_CPU_BUILDS.find((b) => b.addon === r.addonPath)?.isa ?? 'given' };
   }
   const { addon, isa } = cpu.build;
-  if (!existsSync(addon)) return { reason: `the native decode step is not built (npm run build:cpu builds ${addon})` };
-  if (!nativeCpuAddonCurrent(addon)) return { reason: 'the native decode step was built from older sources (npm run build:cpu builds it again)' };
+  if (!existsSync(addon)) return { reason: `the native kernels are not built (npm run build:cpu builds ${addon})` };
+  if (!nativeCpuAddonCurrent(addon)) return { reason: 'the native kernels were built from older sources (npm run build:cpu builds it again)' };
   return { addonPath: addon, isa };
 }
 
 /**
- * The native decode step's plan for this engine, or the reason it decodes with ONNX Runtime
- * (setting auto or off). With setting on, a reason is a NativeDecodeUnavailableError.
+ * The native kernels' plan for this engine, or the reason it runs on ONNX Runtime
+ * (setting auto or off). With setting on, a reason is a NativeKernelsUnavailableError.
  */
-export async function planNativeDecode(r: NativeDecodeRequest): Promise<{ plan: NativeDecodePlan } | { reason: string }> {
-  if (r.setting === 'off') return { reason: 'ORT_NATIVE_DECODE=off' };
+export async function planNativeKernels(r: NativeKernelsRequest): Promise<{ plan: NativeKernelsPlan } | { reason: string }> {
+  if (r.setting === 'off') return { reason: 'ORT_NATIVE_KERNELS=off' };
   const refuse = (reason: string) => {
-    if (r.setting === 'on') throw new NativeDecodeUnavailableError(`ORT_NATIVE_DECODE=on, but ${reason}`);
+    if (r.setting === 'on') throw new NativeKernelsUnavailableError(`ORT_NATIVE_KERNELS=on, but ${reason}`);
     return { reason };
   };
   const chosen = chooseAddon(r);

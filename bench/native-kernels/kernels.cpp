@@ -1,5 +1,5 @@
-// A whole mamba-130m-shaped decode step (24 Mamba-1 layers and the LM head) on the kernels of
-// the ORT engine's native decode path (worker/native-cpu/src/mamba_cpu.h: AVX-512 VNNI or, built
+// A whole mamba-130m-shaped decode step (24 Mamba-1 layers and the LM head), and a prefill, on
+// the ORT engine's native kernels (worker/native-cpu/src/mamba_cpu.h: AVX-512 VNNI or, built
 // with -DMAMBA_CPU_AVX2, AVX2; OpenMP),
 // over block-quantized weights (blocks of 128 values, one fp32 scale each, implicit zero point
 // 2^(bits-1): the bytes of the engine's int8 and int4 builds) and int8 activations quantized
@@ -7,13 +7,16 @@
 // depend on the values.
 //
 // It measures the kernels alone, apart from Node and the engine, and checks them against a
-// float64 scalar reference of the same step written here. Driven by bench/native-decode.ts,
+// float64 scalar reference of the same step written here. Driven by bench/native-kernels.ts,
 // which builds it with the machine's g++ and checks it before timing it.
 //
-//   decode_step --dtype int8|int4 --batch B --steps S --threads T   timing, one JSON line
-//   decode_step --dtype int8|int4 --batch B --check [--layers L]    kernels vs a float64
+//   kernels --dtype int8|int4 --batch B --steps S --threads T   timing, one JSON line
+//   kernels --dtype int8|int4 --batch B --check [--layers L]    kernels vs a float64
 //                                                                   scalar reference, JSON
-//   decode_step --bandwidth --threads T                             read bandwidth, JSON
+//   kernels --dtype int8|int4 --prefill L --steps R --threads T  prefill of L tokens, tok/s
+//                                                                   (median of R rounds), JSON
+//   kernels --dtype int8|int4 --prefill L --check                 prefill vs L decode steps, JSON
+//   kernels --bandwidth --threads T                             read bandwidth, JSON
 //   (timing with --profile: also the time by phase, on stderr; --prefetch BYTES)
 #include "../../worker/native-cpu/src/mamba_cpu.h"
 
@@ -208,6 +211,7 @@ struct Args {
   bool bandwidth = false;
   bool profile = false;
   int prefetch = 4096;
+  int prefill = 0;  // --prefill L: time (or with --check, check) absorbing an L-token prompt
 };
 
 Args parse(int argc, char** argv) {
@@ -236,6 +240,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--bandwidth") a.bandwidth = true;
     else if (k == "--profile") a.profile = true;
     else if (k == "--prefetch") a.prefetch = std::atoi(next().c_str());
+    else if (k == "--prefill") a.prefill = std::atoi(next().c_str());
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       std::exit(2);
@@ -248,6 +253,72 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
+/**
+ * --prefill L: a fresh sequence absorbs an L-token prompt in chunks of kPrefillChunk. With
+ * --check, against L decode steps of batch 1 from a fresh state: prefill is the step's
+ * arithmetic token for token (mamba_cpu.h), so logits and states must agree to float32
+ * rounding. Otherwise timed, median of --steps rounds, as tokens a second.
+ */
+int prefillMode(const Model& model, const Args& args) {
+  const Dims& s = model.dims;
+  const int L = args.prefill;
+  std::vector<int> prompt(L);
+  for (int i = 0; i < L; i++) prompt[i] = (i * 7919 + 11) % s.V;
+  Scratch chunk(s, kPrefillChunk);
+  std::vector<float> conv(size_t(s.layers) * s.K * s.D), ssm(size_t(s.layers) * s.N * s.D), logits(s.V);
+  std::vector<float*> convRefs, ssmRefs;
+  for (int li = 0; li < s.layers; li++) {
+    convRefs.push_back(conv.data() + size_t(li) * s.K * s.D);
+    ssmRefs.push_back(ssm.data() + size_t(li) * s.N * s.D);
+  }
+  auto absorb = [&]() {
+    std::fill(conv.begin(), conv.end(), 0.f);
+    std::fill(ssm.begin(), ssm.end(), 0.f);
+    for (int at = 0; at < L; at += kPrefillChunk) {
+      const int T = std::min(kPrefillChunk, L - at);
+#pragma omp parallel
+      prefill(model, T, prompt.data() + at, convRefs.data(), ssmRefs.data(), chunk, at + T == L ? logits.data() : nullptr, false);
+    }
+  };
+  if (args.check) {
+    absorb();
+    Scratch one(s, kMaxBatch);
+    std::vector<float> conv1(conv.size()), ssm1(ssm.size()), logits1(s.V);
+    std::vector<float*> c1, h1;
+    for (int li = 0; li < s.layers; li++) {
+      c1.push_back(conv1.data() + size_t(li) * s.K * s.D);
+      h1.push_back(ssm1.data() + size_t(li) * s.N * s.D);
+    }
+    const StateRefs refs{c1.data(), h1.data()};
+    for (int i = 0; i < L; i++) {
+#pragma omp parallel
+      step(model, 1, prompt.data() + i, refs, one, logits1.data(), s.V);
+    }
+    auto maxDiff = [](const std::vector<float>& a, const std::vector<float>& b) {
+      double d = 0, top = 0;
+      for (size_t i = 0; i < a.size(); i++) {
+        d = std::max(d, double(std::fabs(a[i] - b[i])));
+        top = std::max(top, double(std::fabs(b[i])));
+      }
+      return d / std::max(top, 1e-30);
+    };
+    std::printf("{\"prefillCheck\":true,\"bits\":%d,\"tokens\":%d,\"logit0\":%.5g,\"logitsRelError\":%.3g,\"convRelError\":%.3g,\"ssmRelError\":%.3g}\n", args.bits, L,
+                logits[0], maxDiff(logits, logits1), maxDiff(conv, conv1), maxDiff(ssm, ssm1));
+    return 0;
+  }
+  absorb();  // warm-up
+  std::vector<double> rates;
+  for (int r = 0; r < args.steps; r++) {
+    const auto started = std::chrono::steady_clock::now();
+    absorb();
+    rates.push_back(L / std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  }
+  std::sort(rates.begin(), rates.end());
+  std::printf("{\"prefill\":true,\"bits\":%d,\"tokens\":%d,\"threads\":%d,\"medianTokPerS\":%.1f,\"bestTokPerS\":%.1f,\"rounds\":%d,\"peakRssBytes\":%lld}\n", args.bits, L,
+              args.threads, rates[rates.size() / 2], rates.back(), int(rates.size()), peakRssBytes());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -255,7 +326,7 @@ int main(int argc, char** argv) {
   Model model = randomModel(args.bits, 1234, args.layers);
   model.prefetchBytes = args.prefetch;
   const Dims& s = model.dims;
-  Scratch scratch(s);
+  Scratch scratch(s, kMaxBatch);
   // Each sequence's state, [layers, K, D] and [layers, N, D], and the per-layer pointers to it.
   std::vector<std::vector<float>> convs(args.batch, std::vector<float>(size_t(s.layers) * s.K * s.D)), ssms(args.batch, std::vector<float>(size_t(s.layers) * s.N * s.D));
   std::vector<float*> convRefs, ssmRefs;
@@ -272,6 +343,8 @@ int main(int argc, char** argv) {
   };
   omp_set_num_threads(args.threads);
 
+  if (args.prefill > 0) return prefillMode(model, args);
+
   if (args.check) {
     // 1. Each matmul alone: the kernels against float64 sums over the same quantized
     //    activations; only the order of float32 additions differs, so the error is ~1e-6.
@@ -283,7 +356,7 @@ int main(int argc, char** argv) {
       for (const QMatrix* w : std::initializer_list<const QMatrix*>{&L.inProj, &L.xProj, &L.dtProj, &L.outProj, &model.head}) {
         std::vector<float> x(size_t(args.batch) * w->cols);
         for (float& v : x) v = n(rng);
-        QActs a(w->cols);
+        QActs a(w->cols, args.batch);
         quantizeActs(x.data(), w->cols, args.batch, w->cols, a, *w);
         std::vector<float> y(size_t(args.batch) * w->rows);
 #pragma omp parallel

@@ -1,17 +1,18 @@
-// The native decode step's kernels alone (worker/native-cpu/src/mamba_cpu.h, which the ORT
-// engine decodes int8 and int4 builds with: ORT_NATIVE_DECODE), apart from Node and the engine:
-// bench/native-decode/decode_step.cpp runs a whole mamba-130m-shaped decode step (24 Mamba-1
-// layers and the LM head) on them over random weights of the int8 and int4 builds' shapes. This
-// script builds it with the machine's g++, checks it against the program's float64 scalar
-// reference, and times it against the ORT engine's graph decode (ORT_NATIVE_DECODE=off) in
-// alternating runs, each against the read bandwidth measured between them by the project's
-// WebAssembly probe and by the program's own 512-bit loads. (bench/engine-cpu.ts times the
-// engine with the native step: its int8-native / int4-native variants.)
+// The native kernels alone (worker/native-cpu/src/mamba_cpu.h, which the ORT engine runs int8
+// and int4 builds on: ORT_NATIVE_KERNELS), apart from Node and the engine:
+// bench/native-kernels/kernels.cpp runs a whole mamba-130m-shaped decode step (24 Mamba-1
+// layers and the LM head), and a prefill, on them over random weights of the int8 and int4
+// builds' shapes. This script builds it with the machine's g++, checks it (the step against the
+// program's float64 scalar reference, the prefill against as many steps), and times it against
+// the ORT engine's graph (ORT_NATIVE_KERNELS=off) in alternating runs, decode steps each against
+// the read bandwidth measured between them by the project's WebAssembly probe and by the
+// program's own 512-bit loads. (bench/engine-cpu.ts times the engine on the kernels: its
+// int8-native / int4-native variants.)
 //
-//   npx tsx bench/native-decode.ts [--rounds 3] [--steps 100] [--threads 2] [--isa avx512|avx2]
+//   npx tsx bench/native-kernels.ts [--rounds 3] [--steps 100] [--threads 2] [--isa avx512|avx2]
 //
 // It needs Linux on x86-64 with AVX-512 VNNI (--isa avx2: AVX2 and FMA) and g++ (said and skipped otherwise). The
-// executable is built with -march=native into .cache/bench/native-decode/ (once per source).
+// executable is built with -march=native into .cache/bench/native-kernels/ (once per source).
 // The ORT side uses bench/engine-cpu.ts's random checkpoint and graph builds (.cache/bench/),
 // made here when missing.
 import { execFileSync } from 'node:child_process';
@@ -47,12 +48,28 @@ const rounds = Number(args.rounds);
 const steps = Number(args.steps);
 const threads = Number(args.threads);
 const here = dirname(fileURLToPath(import.meta.url));
-const source = join(here, 'native-decode', 'decode_step.cpp');
+const source = join(here, 'native-kernels', 'kernels.cpp');
 const kernels = join(here, '..', 'worker', 'native-cpu', 'src', 'mamba_cpu.h'); // the engine's kernels it includes
 
 type Dtype = 'int8' | 'int4';
 const DTYPES: Dtype[] = ['int8', 'int4'];
 const BATCHES = [1, 8];
+/** The prompt each prefill round absorbs (from a fresh state, logits of the last token). */
+const PREFILL_TOKENS = 512;
+
+/** The ORT engine's prefill of PREFILL_TOKENS tokens, tokens a second (the median of 3 after one warm-up). */
+async function ortPrefillRate(engine: Engine): Promise<number> {
+  const tokens = Int32Array.from({ length: PREFILL_TOKENS }, (_, i) => (i * 7919 + 11) % 50000);
+  const rates: number[] = [];
+  for (let i = 0; i < 4; i++) {
+    const state = await engine.newState();
+    const started = performance.now();
+    await engine.prefill(state, tokens);
+    if (i > 0) rates.push(PREFILL_TOKENS / ((performance.now() - started) / 1000));
+    engine.freeState(state);
+  }
+  return median(rates);
+}
 
 /** Why the --isa build cannot run here (support.ts's CPU checks, then g++), or undefined. */
 function unsupportedReason(): string | undefined {
@@ -67,8 +84,8 @@ function unsupportedReason(): string | undefined {
 /** The executable for this source, built once (-march=native: it runs where it was built). */
 function buildNative(): string {
   const hash = createHash('sha256').update(readFileSync(source)).update(readFileSync(kernels)).digest('hex').slice(0, 12);
-  const dir = join(args['cache-dir'], 'native-decode');
-  const exe = join(dir, `decode_step-${args.isa}-${hash}`);
+  const dir = join(args['cache-dir'], 'native-kernels');
+  const exe = join(dir, `kernels-${args.isa}-${hash}`);
   if (existsSync(exe)) return exe;
   mkdirSync(dir, { recursive: true });
   console.log(`building ${exe} with g++ (once)…`);
@@ -111,9 +128,15 @@ function checkNative(exe: string): string[] {
         `(largest ${r.maxLogit!.toFixed(0)}), against ${r.activationQuantEffect!.toFixed(3)} from quantizing the activations`;
       lines.push(line);
       if (!(r.matmulRelError! < 1e-5) || !(r.stepLogitError! <= tolerance * r.activationQuantEffect!)) {
-        throw new Error(`native decode step disagrees with the float64 reference: ${line}`);
+        throw new Error(`native kernels disagree with the float64 reference: ${line}`);
       }
     }
+    // Prefill is the step's arithmetic token for token (mamba_cpu.h): over 300 tokens (chunks of
+    // 128 and a rest) it must leave the logits and states of 300 steps, to float32 rounding.
+    const p = runNative(exe, ['--dtype', dtype, '--prefill', '300', '--check']);
+    const line = `${dtype}, prefill of 300 tokens against 300 steps: logits ${p.logitsRelError!.toExponential(1)}, conv states ${p.convRelError!.toExponential(1)}, ssm states ${p.ssmRelError!.toExponential(1)} (relative)`;
+    lines.push(line);
+    if (!(Math.max(p.logitsRelError!, p.convRelError!, p.ssmRelError!) < 1e-6)) throw new Error(`native prefill disagrees with native steps: ${line}`);
   }
   return lines;
 }
@@ -126,18 +149,18 @@ async function ortEngine(dtype: Dtype): Promise<{ engine: Engine; weightBytes: n
   }
   const graphsDir = join(args['cache-dir'], 'graphs');
   const build = await ensureGraphBuild(await openCheckpoint(modelDir), graphsDir, { dtype });
-  const { engine } = await createEngine({ modelDir, engine: 'ort', cacheDir: graphsDir, intraOpThreads: threads, weightsDtype: dtype, nativeDecode: 'off' });
+  const { engine } = await createEngine({ modelDir, engine: 'ort', cacheDir: graphsDir, intraOpThreads: threads, weightsDtype: dtype, nativeKernels: 'off' });
   return { engine, weightBytes: statSync(join(dirname(build.modelPath), 'weights.bin')).size };
 }
 
 
 const reason = unsupportedReason();
 if (reason) {
-  console.log(`bench/native-decode.ts: skipped: ${reason}.`);
+  console.log(`bench/native-kernels.ts: skipped: ${reason}.`);
   process.exit(0);
 }
 const exe = buildNative();
-console.log('check against the float64 reference (bench/native-decode/decode_step.cpp --check):');
+console.log('check against the float64 reference (bench/native-kernels/kernels.cpp --check):');
 for (const line of checkNative(exe)) console.log(`  ${line}`);
 
 const engines = new Map<Dtype, Engine>();
@@ -149,8 +172,9 @@ for (const dtype of DTYPES) {
 }
 
 const key = (engine: 'ort' | 'native', dtype: Dtype, batch: number) => `${engine} ${dtype} b${batch}`;
-const ms = new Map<string, number[]>();
-const record = (k: string, v: number) => ms.set(k, [...(ms.get(k) ?? []), v]);
+/** Decode step ms and prefill tok/s, by what was measured, one figure a round. */
+const measured = new Map<string, number[]>();
+const record = (k: string, v: number) => measured.set(k, [...(measured.get(k) ?? []), v]);
 const nativeBytes = new Map<Dtype, number>();
 const nativePeak = new Map<Dtype, number>(); // the native process's peak RSS, its largest over the runs
 const bandwidth = { vector: [] as number[], native: [] as number[] };
@@ -171,6 +195,11 @@ for (let round = 0; round < rounds; round++) {
         }
       }
     }
+    const order = round % 2 === 0 ? (['ort', 'native'] as const) : (['native', 'ort'] as const);
+    for (const which of order) {
+      if (which === 'ort') record(`ort ${dtype} prefill`, await ortPrefillRate(engines.get(dtype)!));
+      else record(`native ${dtype} prefill`, runNative(exe, ['--dtype', dtype, '--prefill', String(PREFILL_TOKENS), '--steps', '3', '--threads', String(threads)]).medianTokPerS!);
+    }
   }
   console.log(`round ${round + 1}/${rounds} done`);
 }
@@ -182,7 +211,7 @@ console.log(
   `\nmamba-130m-shaped decode, native kernels built for ${args.isa}, ${threads} thread(s), ${rounds} alternating rounds of ${steps} steps (medians). Read bandwidth, median of the rounds: ` +
     `${gbs(bw.vector)} (bench/memory-bandwidth.ts, WebAssembly 128-bit loads), ${gbs(bw.native)} (the native program's 512-bit loads)\n`,
 );
-console.log('| decode step | ORT engine | native step | ORT ÷ native (time) | batch 1, weight bytes ÷ time ÷ bandwidth (WebAssembly probe / 512-bit probe): ORT, native |');
+console.log('| decode step | ORT engine | native kernels | ORT ÷ native (time) | batch 1, weight bytes ÷ time ÷ bandwidth (WebAssembly probe / 512-bit probe): ORT, native |');
 console.log('|---|---|---|---|---|');
 const json: Record<string, unknown>[] = [];
 const share = (bytes: number, stepMs: number) => {
@@ -191,8 +220,8 @@ const share = (bytes: number, stepMs: number) => {
 };
 for (const dtype of DTYPES) {
   for (const batch of BATCHES) {
-    const ort = median(ms.get(key('ort', dtype, batch))!);
-    const native = median(ms.get(key('native', dtype, batch))!);
+    const ort = median(measured.get(key('ort', dtype, batch))!);
+    const native = median(measured.get(key('native', dtype, batch))!);
     const ortShare = share(ortBytes.get(dtype)!, ort);
     const nativeShare = share(nativeBytes.get(dtype)!, native);
     const shares = batch === 1 ? `${ortShare.text}, ${nativeShare.text}` : '—';
@@ -209,8 +238,15 @@ for (const dtype of DTYPES) {
     });
   }
 }
+console.log(`\n| prefill of ${PREFILL_TOKENS} tokens | ORT engine | native kernels | native ÷ ORT |\n|---|---|---|---|`);
+for (const dtype of DTYPES) {
+  const ort = median(measured.get(`ort ${dtype} prefill`)!);
+  const native = median(measured.get(`native ${dtype} prefill`)!);
+  console.log(`| ${dtype} | ${ort.toFixed(0)} tok/s | ${native.toFixed(0)} tok/s | ${(native / ort).toFixed(2)} |`);
+  json.push({ dtype, prefill_tokens: PREFILL_TOKENS, ort_prefill_tok_s: ort, native_prefill_tok_s: native });
+}
 for (const dtype of DTYPES) {
   const weights = nativeBytes.get(dtype)!;
   console.log(`native ${dtype}: peak RSS ${(nativePeak.get(dtype)! / 1e6).toFixed(0)} MB for ${(weights / 1e6).toFixed(0)} MB of weights (goal: 1.2 × weights + 200 MB = ${((1.2 * weights + 200e6) / 1e6).toFixed(0)} MB)`);
 }
-console.log(JSON.stringify({ bench: 'native-decode', threads, rounds, steps, bandwidth_wasm_gbs: bw.vector / 1e9, bandwidth_512_gbs: bw.native / 1e9, native_peak_rss_bytes: Object.fromEntries(nativePeak), results: json }));
+console.log(JSON.stringify({ bench: 'native-kernels', threads, rounds, steps, bandwidth_wasm_gbs: bw.vector / 1e9, bandwidth_512_gbs: bw.native / 1e9, native_peak_rss_bytes: Object.fromEntries(nativePeak), results: json }));
