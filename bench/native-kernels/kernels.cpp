@@ -210,7 +210,7 @@ struct Args {
   bool check = false;
   bool bandwidth = false;
   bool profile = false;
-  int prefetch = 4096;
+  int prefetch = 8192;
   int prefill = 0;  // --prefill L: time (or with --check, check) absorbing an L-token prompt
 };
 

@@ -94,7 +94,7 @@ struct Model {
   const float* normF = nullptr;  // [d]
   QMatrix embed;                 // [V, d]: rows dequantized at the step's start (tied: the head)
   QMatrix head;                  // [V, d]
-  int prefetchBytes = 4096;      // how far ahead the matmuls ask for weights
+  int prefetchBytes = 8192;      // how far ahead the matmuls ask for weights
 };
 
 template <typename T>
@@ -337,59 +337,55 @@ inline void quantizeRows(const float* x, int stride, int r0, int r1, int cols, Q
 
 inline void quantizeActs(const float* x, int stride, int batch, int cols, QActs& a, const QMatrix& w) { quantizeRows(x, stride, 0, batch, cols, a, w); }
 
-// RU rows at a time share each activation load and give the core RU · B independent chains
-// (batch 1: 4 rows; 2 and 8 were 15-25 % slower, bench/native-kernels' program, three runs).
-template <int B, int Bits, int RU>
-inline void matmulRowGroup(const QMatrix& w, const ActsView& a, float* y, int yStride, int r, int prefetchBytes) {
+/**
+ * One weight row against B rows of activations: y[b][r] for b < B. A row at a time: with the
+ * zero point taken off in integers, one row read at 57 GB/s where 4 rows at a time (the best
+ * while it was a float correction) read at 35–43 (batch 1, bench/native-kernels' program,
+ * three runs; batch 2: 3.2 against 4.3 ms a step with 2 rows at a time).
+ */
+template <int B, int Bits>
+inline void matmulRow(const QMatrix& w, const ActsView& a, float* y, int yStride, int r, int prefetchBytes) {
   // int8 codes on AVX2 are centred before the products (V::dotCentred): no zero point then.
   constexpr bool kCentred = Bits == 8 && V::kInt8Centred;
   constexpr int kZero = kCentred ? 0 : 1 << (Bits - 1);
   constexpr int kVecs = kBlock / V::kBytes;  // activation vectors a block
-  V::F acc[RU][B];
-  for (int u = 0; u < RU; u++)
-    for (int b = 0; b < B; b++) acc[u][b] = V::zero();
+  V::F acc[B];
+  for (int b = 0; b < B; b++) acc[b] = V::zero();
+  const uint8_t* row = w.data + size_t(r) * w.blocks * w.blockBytes;
+  const float* scales = w.scales + size_t(r) * w.blocks;
   for (int k = 0; k < w.blocks; k++) {
-    V::I xv[B][kVecs];
+    const uint8_t* blk = row + size_t(k) * w.blockBytes;
+    // The hardware prefetcher alone left the loads waiting (perf: most samples on the
+    // instructions behind them): 4 KB ahead took 7-10 % off a step, 8 KB a little more with a
+    // row at a time (a step's weights stream through in row order, so ahead is the next rows).
+    for (int line = 0; line < w.blockBytes; line += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + prefetchBytes + line), _MM_HINT_T0);
+    V::I wv[kVecs];  // weight codes, in the order of the activation vectors
+    if (Bits == 8) {
+      for (int v = 0; v < kVecs; v++) wv[v] = V::loadBytes(blk + v * V::kBytes);
+    } else {
+      for (int v = 0; v < kVecs; v += 2) {
+        const V::I packed = V::loadBytes(blk + (v / 2) * V::kBytes);
+        wv[v] = V::low4(packed);
+        wv[v + 1] = V::high4(packed);
+      }
+    }
+    const V::F ws = V::set1(scales[k]);
     for (int b = 0; b < B; b++) {
-      const int8_t* xq = a.q + (size_t(b) * a.blocks + k) * kBlock;
-      for (int v = 0; v < kVecs; v++) xv[b][v] = V::loadBytes(xq + v * V::kBytes);
-    }
-    for (int u = 0; u < RU; u++) {
-      const uint8_t* blk = w.data + (size_t(r + u) * w.blocks + k) * w.blockBytes;
-      // The hardware prefetcher alone left the loads waiting (perf: most samples on the
-      // instructions behind them); 4 KB ahead took 7-10 % off a step.
-      for (int line = 0; line < w.blockBytes; line += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + prefetchBytes + line), _MM_HINT_T0);
-      V::I wv[kVecs];  // weight codes, in the order of the activation vectors
-      if (Bits == 8) {
-        for (int v = 0; v < kVecs; v++) wv[v] = V::loadBytes(blk + v * V::kBytes);
-      } else {
-        for (int v = 0; v < kVecs; v += 2) {
-          const V::I packed = V::loadBytes(blk + (v / 2) * V::kBytes);
-          wv[v] = V::low4(packed);
-          wv[v + 1] = V::high4(packed);
-        }
-      }
-      const V::F ws = V::set1(w.scales[size_t(r + u) * w.blocks + k]);
-      for (int b = 0; b < B; b++) {
-        // The zero point comes off in integers: the block's sum starts at −zero · Σ codes.
-        V::I dot = kZero ? V::lane0(-kZero * a.sum[size_t(b) * a.blocks + k]) : V::zeroI();
-        for (int v = 0; v < kVecs; v++) dot = dotStep<V, kCentred>(dot, wv[v], xv[b][v]);
-        acc[u][b] = V::fmadd(V::mul(V::toFloat(dot), V::set1(a.scale[size_t(b) * a.blocks + k])), ws, acc[u][b]);
-      }
+      const size_t at = size_t(b) * a.blocks + k;
+      const int8_t* xq = a.q + at * kBlock;
+      // The zero point comes off in integers: the block's sum starts at −zero · Σ codes.
+      V::I dot = kZero ? V::lane0(-kZero * a.sum[at]) : V::zeroI();
+      for (int v = 0; v < kVecs; v++) dot = dotStep<V, kCentred>(dot, wv[v], V::loadBytes(xq + v * V::kBytes));
+      acc[b] = V::fmadd(V::mul(V::toFloat(dot), V::set1(a.scale[at])), ws, acc[b]);
     }
   }
-  for (int u = 0; u < RU; u++) {
-    const float bias = w.bias ? w.bias[r + u] : 0.f;
-    for (int b = 0; b < B; b++) y[size_t(b) * yStride + r + u] = V::sum(acc[u][b]) + bias;
-  }
+  const float bias = w.bias ? w.bias[r] : 0.f;
+  for (int b = 0; b < B; b++) y[size_t(b) * yStride + r] = V::sum(acc[b]) + bias;
 }
 
 template <int B, int Bits>
 inline void matmulRows(const QMatrix& w, const ActsView& a, float* y, int yStride, int r0, int r1, int prefetchBytes) {
-  constexpr int RU = B == 1 ? 4 : B <= 2 ? 2 : 1;
-  int r = r0;
-  for (; r + RU <= r1; r += RU) matmulRowGroup<B, Bits, RU>(w, a, y, yStride, r, prefetchBytes);
-  for (; r < r1; r++) matmulRowGroup<B, Bits, 1>(w, a, y, yStride, r, prefetchBytes);
+  for (int r = r0; r < r1; r++) matmulRow<B, Bits>(w, a, y, yStride, r, prefetchBytes);
 }
 
 template <int Bits>
