@@ -282,7 +282,7 @@ int prefillMode(const Model& model, const Args& args) {
   };
   if (args.check) {
     absorb();
-    Scratch one(s, kMaxBatch);
+    StepScratch one(s, args.threads);
     std::vector<float> conv1(conv.size()), ssm1(ssm.size()), logits1(s.V);
     std::vector<float*> c1, h1;
     for (int li = 0; li < s.layers; li++) {
@@ -326,7 +326,7 @@ int main(int argc, char** argv) {
   Model model = randomModel(args.bits, 1234, args.layers);
   model.prefetchBytes = args.prefetch;
   const Dims& s = model.dims;
-  Scratch scratch(s, kMaxBatch);
+  StepScratch scratch(s, args.threads);
   // Each sequence's state, [layers, K, D] and [layers, N, D], and the per-layer pointers to it.
   std::vector<std::vector<float>> convs(args.batch, std::vector<float>(size_t(s.layers) * s.K * s.D)), ssms(args.batch, std::vector<float>(size_t(s.layers) * s.N * s.D));
   std::vector<float*> convRefs, ssmRefs;
@@ -450,7 +450,7 @@ int main(int argc, char** argv) {
       last = now;
     }
   } clock;
-  const char* const phaseNames[kPhases] = {"embed", "norm+in_proj", "conv", "x_proj", "dt_proj", "scan", "out_proj", "final norm+head"};
+  const char* const phaseNames[kPhases] = {"embed", "norm+in_proj", "conv", "x_proj+dt_proj+scan", "out_proj", "final norm+head"};
 #pragma omp parallel
   for (int i = 0; i < args.steps + 3; i++) {
 #pragma omp single

@@ -115,7 +115,7 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
       L.outProj = matrix(env, l.Get("outProj"), s.d, s.D, true, at + "outProj");
       model_.layers.push_back(L);
     }
-    scratch_ = std::make_unique<Scratch>(s, kMaxBatch);
+    scratch_ = std::make_unique<StepScratch>(s, threads_);
   }
 
  private:
@@ -240,7 +240,7 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
   int threads_ = 1;
   Model model_;
   std::unique_ptr<Mapping> map_;
-  std::unique_ptr<Scratch> scratch_;
+  std::unique_ptr<StepScratch> scratch_;
   std::unique_ptr<Scratch> prefillScratch_;
 };
 

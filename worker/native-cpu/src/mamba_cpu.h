@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <utility>
 #include <vector>
@@ -325,15 +326,21 @@ inline void quantizeBlock(const float* x, int n, int8_t* q, float& scale, int32_
   sum = total;
 }
 
-/** Rows [r0, r1) of x (rows `stride` apart, `cols` used) into the same rows of `a`, in the order `w`'s blocks want. */
-inline void quantizeRows(const float* x, int stride, int r0, int r1, int cols, QActs& a, const QMatrix& w) {
+/**
+ * Blocks [k0, k1) of rows [r0, r1) of x (rows `stride` apart, `cols` used) into the same rows and
+ * blocks of `a`, in the order `w`'s blocks want.
+ */
+inline void quantizeRange(const float* x, int stride, int r0, int r1, int cols, int k0, int k1, QActs& a, const QMatrix& w) {
   for (int b = r0; b < r1; b++)
-    for (int k = 0; k < w.blocks; k++) {
+    for (int k = k0; k < k1; k++) {
       const int start = k * kBlock, n = std::min(cols, start + kBlock) - start;
       const size_t at = size_t(b) * a.blocks + k;
       quantizeBlock(x + size_t(b) * stride + start, n, a.q + at * kBlock, a.scale[at], a.sum[at], w.bits == 4);
     }
 }
+
+/** Rows [r0, r1) of x, every block. */
+inline void quantizeRows(const float* x, int stride, int r0, int r1, int cols, QActs& a, const QMatrix& w) { quantizeRange(x, stride, r0, r1, cols, 0, w.blocks, a, w); }
 
 inline void quantizeActs(const float* x, int stride, int batch, int cols, QActs& a, const QMatrix& w) { quantizeRows(x, stride, 0, batch, cols, a, w); }
 
@@ -518,44 +525,114 @@ inline void addNormQuantize(const Dims& s, int r0, int r1, Scratch& t, const flo
 }
 
 /** Optional wall time by phase, read by the team's first thread after each phase's barrier. */
-enum Phase { kEmbed, kInProj, kConv, kXProj, kDtProj, kScan, kOutProj, kHead, kPhases };
+enum Phase { kEmbed, kInProj, kConv, kScan, kOutProj, kHead, kPhases };
 struct PhaseClock {
   virtual void mark(Phase) = 0;
   virtual ~PhaseClock() = default;
 };
 
 /**
+ * A decode step's working memory for up to kMaxBatch sequences: the arrays the team shares, and
+ * what each thread computes for itself (see step()).
+ */
+struct StepScratch {
+  /** One thread's own: its copy of the residual stream, the normalized rows, x_proj's output. */
+  struct Own {
+    float *resid, *hn, *xdbl;
+    QActs actsd, actsR;
+    explicit Own(const Dims& s)
+        : resid(alignedArray<float>(size_t(kMaxBatch) * s.d)),
+          hn(alignedArray<float>(size_t(kMaxBatch) * s.d)),
+          xdbl(alignedArray<float>(size_t(kMaxBatch) * (s.R + 2 * s.N))),
+          actsd(s.d, kMaxBatch),
+          actsR(s.R, kMaxBatch) {}
+    Own(const Own&) = delete;
+    Own& operator=(const Own&) = delete;
+    ~Own() {
+      for (float* p : {resid, hn, xdbl}) std::free(p);
+    }
+  };
+  float *h, *xz, *xc, *dt, *y;
+  QActs actsX, actsY;  // xc for x_proj, y for out_proj
+  std::vector<std::unique_ptr<Own>> own;
+  /** For teams of up to `threads` threads (or OpenMP's default team size, if larger). */
+  StepScratch(const Dims& s, int threads)
+      : h(alignedArray<float>(size_t(kMaxBatch) * s.d)),
+        xz(alignedArray<float>(size_t(kMaxBatch) * 2 * s.D)),
+        xc(alignedArray<float>(size_t(kMaxBatch) * s.D)),
+        dt(alignedArray<float>(size_t(kMaxBatch) * s.D)),
+        y(alignedArray<float>(size_t(kMaxBatch) * s.D)),
+        actsX(s.D, kMaxBatch),
+        actsY(s.D, kMaxBatch) {
+    for (int i = 0; i < std::max(threads, omp_get_max_threads()); i++) own.push_back(std::make_unique<Own>(s));
+  }
+  StepScratch(const StepScratch&) = delete;
+  StepScratch& operator=(const StepScratch&) = delete;
+  ~StepScratch() {
+    for (float* p : {h, xz, xc, dt, y}) std::free(p);
+  }
+};
+
+/** Rows [r0, r1) of y = W x for `batch` rows of activations, on this thread alone. */
+inline void matmulRange(int batch, const QMatrix& w, const ActsView& a, float* y, int yStride, int r0, int r1, int prefetchBytes) {
+  if (w.bits == 8) matmulRowsAnyBatch<8>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
+  else matmulRowsAnyBatch<4>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
+}
+
+/**
+ * This thread's copy of the residual stream: add the last layer's output (h, when `add`),
+ * normalize it with `weight` and quantize that for `next`, the matmul that reads it.
+ */
+inline void ownNormQuantize(const Dims& s, int batch, StepScratch::Own& my, const float* h, bool add, const float* weight, const QMatrix& next) {
+  for (int b = 0; b < batch; b++) {
+    float* r = my.resid + size_t(b) * s.d;
+    if (add)
+      for (int c = 0; c < s.d; c++) r[c] += h[size_t(b) * s.d + c];
+    rmsnorm(r, weight, my.hn + size_t(b) * s.d, s.d, s.eps);
+  }
+  quantizeRows(my.hn, s.d, 0, batch, s.d, my.actsd, next);
+}
+
+/**
  * One decode step for `batch` <= kMaxBatch sequences: tokens in, logits [batch, V] (rows
  * `logitsStride` apart) out, states updated in place. Called inside a parallel region by
  * every thread of the team.
+ *
+ * Four barriers a layer. A barrier costs ~1.5 µs on a 2-vCPU VM, and a step of the first
+ * design had ten a layer, with a thread idle through each single-threaded part: what is cheap
+ * is computed by every thread for itself instead (its own copy of the residual stream and its
+ * norm, x_proj whole), and each thread owns whole blocks of 128 channels, so that it quantizes
+ * its own conv and scan outputs and computes dt for its own channels with no one waiting:
+ *   in_proj (rows split) | conv, quantize | x_proj (whole), dt_proj, scan, quantize | out_proj
+ * Every value is computed by the same arithmetic as before (the kernels are row by row), so a
+ * step equals a prefill token for token still.
  */
-inline void step(const Model& m, int batch, const int* tokens, const StateRefs& st, Scratch& t, float* logits, int64_t logitsStride, PhaseClock* clock = nullptr) {
+inline void step(const Model& m, int batch, const int* tokens, const StateRefs& st, StepScratch& t, float* logits, int64_t logitsStride, PhaseClock* clock = nullptr) {
   const Dims& s = m.dims;
   const int me = omp_get_thread_num(), team = omp_get_num_threads();
   const int pf = m.prefetchBytes;
   auto mark = [&](Phase p) {
     if (clock && me == 0) clock->mark(p);
   };
-  // This thread's share of the D / W channel vectors.
-  const int v0 = int(int64_t(s.D / V::W) * me / team) * V::W, v1 = int(int64_t(s.D / V::W) * (me + 1) / team) * V::W;
-#pragma omp single
+  StepScratch::Own& my = *t.own[size_t(me)];
+  // This thread's whole blocks of channels: [c0, c1), blocks [k0, k1).
+  const int channelBlocks = (s.D + kBlock - 1) / kBlock;
+  const int k0 = int(int64_t(channelBlocks) * me / team), k1 = int(int64_t(channelBlocks) * (me + 1) / team);
+  const int c0 = std::min(s.D, k0 * kBlock), c1 = std::min(s.D, k1 * kBlock);
+  const int xdblCols = s.R + 2 * s.N;
   for (int b = 0; b < batch; b++)
-    for (int c = 0; c < s.d; c++) {
-      t.resid[b * s.d + c] = m.embed.value(tokens[b], c);
-      t.h[b * s.d + c] = 0.f;
-    }
+    for (int c = 0; c < s.d; c++) my.resid[size_t(b) * s.d + c] = m.embed.value(tokens[b], c);
   mark(kEmbed);
   for (int li = 0; li < s.layers; li++) {
     const Layer& L = m.layers[li];
-#pragma omp single
-    addNormQuantize(s, 0, batch, t, L.norm, L.inProj);
-    matmul(batch, L.inProj, t.actsd, t.xz, 2 * s.D, pf);
+    ownNormQuantize(s, batch, my, t.h, li > 0, L.norm, L.inProj);
+    matmul(batch, L.inProj, my.actsd, t.xz, 2 * s.D, pf);
 #pragma omp barrier
     mark(kInProj);
     // The conv over the window [state rows 1..K−1, x], which becomes the new state; then SiLU.
     for (int b = 0; b < batch; b++) {
       float* conv = st.conv[b * s.layers + li];
-      for (int c = v0; c < v1; c += V::W) {
+      for (int c = c0; c < c1; c += V::W) {
         const V::F xin = V::load(t.xz + size_t(b) * 2 * s.D + c);
         V::F acc = V::fmadd(V::load(L.convW + (s.K - 1) * s.D + c), xin, L.convB ? V::load(L.convB + c) : V::zero());
         for (int k = 0; k < s.K - 1; k++) {
@@ -567,23 +644,17 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
         V::store(t.xc + b * s.D + c, siluV(acc));
       }
     }
+    quantizeRange(t.xc, s.D, 0, batch, s.D, k0, k1, t.actsX, L.xProj);
 #pragma omp barrier
     mark(kConv);
-#pragma omp single
-    quantizeActs(t.xc, s.D, batch, s.D, t.actsD, L.xProj);
-    matmul(batch, L.xProj, t.actsD, t.xdbl, s.R + 2 * s.N, pf);
-#pragma omp barrier
-    mark(kXProj);
-#pragma omp single
-    quantizeActs(t.xdbl, s.R + 2 * s.N, batch, s.R, t.actsR, L.dtProj);
-    matmul(batch, L.dtProj, t.actsR, t.dt, s.D, pf);
-#pragma omp barrier
-    mark(kDtProj);
+    matmulRange(batch, L.xProj, t.actsX, my.xdbl, xdblCols, 0, L.xProj.rows, pf);
+    quantizeRows(my.xdbl, xdblCols, 0, batch, s.R, my.actsR, L.dtProj);
+    matmulRange(batch, L.dtProj, my.actsR, t.dt, s.D, c0, c1, pf);
     // The selective-scan step and the gate, 16 channels a vector.
     for (int b = 0; b < batch; b++) {
       float* ssm = st.ssm[b * s.layers + li];
-      const float* xdbl = t.xdbl + b * (s.R + 2 * s.N);
-      for (int c = v0; c < v1; c += V::W) {
+      const float* xdbl = my.xdbl + b * xdblCols;
+      for (int c = c0; c < c1; c += V::W) {
         const V::F dt = softplusV(V::load(t.dt + b * s.D + c));
         const V::F x = V::load(t.xc + b * s.D + c);
         const V::F dtx = V::mul(dt, x);
@@ -599,17 +670,15 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
         V::store(t.y + b * s.D + c, V::mul(y, siluV(z)));
       }
     }
+    quantizeRange(t.y, s.D, 0, batch, s.D, k0, k1, t.actsY, L.outProj);
 #pragma omp barrier
     mark(kScan);
-#pragma omp single
-    quantizeActs(t.y, s.D, batch, s.D, t.actsD, L.outProj);
-    matmul(batch, L.outProj, t.actsD, t.h, s.d, pf);
+    matmul(batch, L.outProj, t.actsY, t.h, s.d, pf);
 #pragma omp barrier
     mark(kOutProj);
   }
-#pragma omp single
-  addNormQuantize(s, 0, batch, t, m.normF, m.head);
-  matmul(batch, m.head, t.actsd, logits, int(logitsStride), pf);
+  ownNormQuantize(s, batch, my, t.h, true, m.normF, m.head);
+  matmul(batch, m.head, my.actsd, logits, int(logitsStride), pf);
 #pragma omp barrier
   mark(kHead);
 }
