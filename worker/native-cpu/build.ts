@@ -15,7 +15,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { NATIVE_CPU_BUILDS, NATIVE_CPU_SOURCES, nativeCpuAddonCurrent, nativeCpuPlatformUnsupported, nativeCpuSourceHash } from './support.ts';
+import { NATIVE_CPU_BUILDS, NATIVE_CPU_LINK_FLAGS, NATIVE_CPU_SOURCES, nativeCpuAddonCurrent, nativeCpuPlatformUnsupported, nativeCpuSourceHash } from './support.ts';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -59,6 +59,7 @@ export function buildNativeCpu(options: { force?: boolean; log?: (line: string) 
       '-fPIC',
       '-shared',
       '-fopenmp',
+      ...NATIVE_CPU_LINK_FLAGS,
       ...build.compilerFlags,
       ...NATIVE_CPU_WARNING_FLAGS,
       '-DNAPI_VERSION=8',

@@ -80,10 +80,20 @@ export function nativeCpuUnsupported(): string | undefined {
   return 'reason' in found ? found.reason : undefined;
 }
 
-/** A hash of the addon's sources, recorded beside a build. */
+/**
+ * Flags every build links with. `-z nodelete` keeps the addon, and so libgomp, mapped for the
+ * life of the process: Node unloads an addon when the worker thread that loaded it exits, and
+ * libgomp, which only the addon loads, went with it while its pool threads still ran. An engine
+ * on two or more threads then killed its process with SIGSEGV when it closed.
+ */
+export const NATIVE_CPU_LINK_FLAGS: readonly string[] = ['-Wl,-z,nodelete'];
+
+/** A hash of the addon's sources and build flags, recorded beside a build. */
 export function nativeCpuSourceHash(): string {
   const h = createHash('sha256');
   for (const f of readdirSync(NATIVE_CPU_SOURCES).sort()) h.update(f).update(readFileSync(join(NATIVE_CPU_SOURCES, f)));
+  // The flags too: a build made with other flags is as stale as one made from other sources.
+  h.update(JSON.stringify([NATIVE_CPU_LINK_FLAGS, NATIVE_CPU_BUILDS.map((b) => b.compilerFlags)]));
   return h.digest('hex').slice(0, 16);
 }
 

@@ -120,12 +120,16 @@ describe.skipIf(skip)('the native kernels in the engine', () => {
     expect(infos).toContainEqual({ msg: 'prefill and decode run on the native kernels (no ONNX Runtime session)', fields: { weights: 'int8', threads: 2, isa: builds[0]!.isa } });
   });
 
-  it('a process serving on them never loads ONNX Runtime (it does with ORT_NATIVE_KERNELS=off)', async () => {
+  // The close: Node unloads the addon with the thread that loaded it, and an addon that took
+  // libgomp with it killed the process (SIGSEGV) while the team's threads still ran.
+  it('a process serving on them never loads ONNX Runtime (it does with ORT_NATIVE_KERNELS=off), and closes and exits cleanly on two threads', async () => {
     await ensureGraphBuild(ckpt, join(root, 'cache'), { dtype: 'int8' });
     const script = join(import.meta.dirname, 'testing', 'native-process.mts');
     const run = (setting: string) => {
       const child = spawnSync(process.execPath, ['--import', 'tsx', script, ckpt.dir, join(root, 'cache'), setting], { encoding: 'utf8', timeout: 60_000 });
       expect(child.stderr).toBe('');
+      expect(child.signal).toBeNull();
+      expect(child.status).toBe(0);
       return JSON.parse(child.stdout) as { onnxruntimeMapped: boolean; logitsFinite: boolean };
     };
     expect(run('on')).toEqual({ onnxruntimeMapped: false, logitsFinite: true });

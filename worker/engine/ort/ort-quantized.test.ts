@@ -62,7 +62,9 @@ describe.each(['int8', 'int4'] as const)('%s weights', (dtype) => {
       ckpt = await openCheckpoint(dir);
       ref = await ReferenceEngine.load(quantizedView(ckpt, dtype));
       const addon = nativeBuilds.get(decode);
-      served = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 1, weightsDtype: dtype, ...(addon ? { nativeKernels: 'on', nativeKernelsAddon: addon } : { nativeKernels: 'off' }) });
+      // Two threads: the native kernels split channels by blocks of 128 between them (d_inner 400:
+      // two blocks each, the last one partial).
+      served = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 2, weightsDtype: dtype, ...(addon ? { nativeKernels: 'on', nativeKernelsAddon: addon } : { nativeKernels: 'off' }) });
     });
     afterAll(async () => {
       await served?.close();

@@ -1,6 +1,7 @@
-// Run by native-kernels.test.ts in a child process: load an int8 engine with ORT_NATIVE_KERNELS
-// as given, prefill and decode once, and say whether ONNX Runtime's library is mapped into the
-// process (/proc/self/maps): only a fresh process shows what an engine alone loads.
+// Run by native-kernels.test.ts in a child process: load an int8 engine on two threads with
+// ORT_NATIVE_KERNELS as given, prefill and decode once, say whether ONNX Runtime's library is
+// mapped into the process (/proc/self/maps), close the engine and exit: only a fresh process
+// shows what an engine alone loads, and that it closes without taking the process down.
 import { readFileSync } from 'node:fs';
 import { openCheckpoint } from '../../../model/checkpoint.ts';
 import { OrtEngine } from '../ort-engine.ts';
@@ -9,7 +10,7 @@ import type { NativeKernelsSetting } from '../native-kernels.ts';
 const [dir, cacheDir, setting] = process.argv.slice(2);
 const engine = await OrtEngine.load(await openCheckpoint(dir!), {
   cacheDir: cacheDir!,
-  intraOpThreads: 1,
+  intraOpThreads: 2,
   weightsDtype: 'int8',
   nativeKernels: setting as NativeKernelsSetting,
   log: { info: () => {}, warn: () => {} },
