@@ -7,7 +7,8 @@
 // logits and (on import/export) state bytes with it.
 //
 // Plain JavaScript on purpose: a worker thread does not inherit the TypeScript loader of
-// every runner (tsx, vitest), and this file needs nothing but onnxruntime-node.
+// every runner (tsx, vitest), and this file needs nothing but onnxruntime-node or the native
+// kernels' addon.
 //
 // Where the engine planned the native kernels (native-kernels.ts) and their addon loads, they
 // run prefill and decode, and this thread never loads onnxruntime-node nor creates a session:
