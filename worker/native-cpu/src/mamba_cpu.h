@@ -532,6 +532,27 @@ struct PhaseClock {
 };
 
 /**
+ * One token's selective-scan update and gate for the channel vector at c: the token's dt before
+ * softplus (dtRaw), input x, x_proj output (xdbl: dt rank, then B, then C), gate input z; the
+ * layer's state rows hs [N, D] updated in place, y written. The decode step and prefill both
+ * call it: their arithmetic is one, so a prompt leaves exactly what as many steps leave.
+ */
+inline void scanToken(const Dims& s, const Layer& L, int c, const float* dtRaw, const float* x, const float* xdbl, const float* z, float* hs, float* y) {
+  const V::F dt = softplusV(V::load(dtRaw + c));
+  const V::F xv = V::load(x + c);
+  const V::F dtx = V::mul(dt, xv);
+  V::F acc = V::mul(V::load(L.Dskip + c), xv);
+  for (int n = 0; n < s.N; n++) {
+    float* hp = hs + n * s.D + c;
+    const V::F decay = expV(V::mul(dt, V::load(L.negAT + n * s.D + c)));
+    const V::F h = V::fmadd(V::load(hp), decay, V::mul(dtx, V::set1(xdbl[s.R + n])));
+    V::store(hp, h);
+    acc = V::fmadd(h, V::set1(xdbl[s.R + s.N + n]), acc);
+  }
+  V::store(y + c, V::mul(acc, siluV(V::load(z + c))));
+}
+
+/**
  * A decode step's working memory for up to kMaxBatch sequences: the arrays the team shares, and
  * what each thread computes for itself (see step()).
  */
@@ -650,26 +671,10 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
     matmulRange(batch, L.xProj, t.actsX, my.xdbl, xdblCols, 0, L.xProj.rows, pf);
     quantizeRows(my.xdbl, xdblCols, 0, batch, s.R, my.actsR, L.dtProj);
     matmulRange(batch, L.dtProj, my.actsR, t.dt, s.D, c0, c1, pf);
-    // The selective-scan step and the gate, 16 channels a vector.
-    for (int b = 0; b < batch; b++) {
-      float* ssm = st.ssm[b * s.layers + li];
-      const float* xdbl = my.xdbl + b * xdblCols;
-      for (int c = c0; c < c1; c += V::W) {
-        const V::F dt = softplusV(V::load(t.dt + b * s.D + c));
-        const V::F x = V::load(t.xc + b * s.D + c);
-        const V::F dtx = V::mul(dt, x);
-        V::F y = V::mul(V::load(L.Dskip + c), x);
-        for (int n = 0; n < s.N; n++) {
-          float* hp = ssm + n * s.D + c;
-          const V::F decay = expV(V::mul(dt, V::load(L.negAT + n * s.D + c)));
-          const V::F h = V::fmadd(V::load(hp), decay, V::mul(dtx, V::set1(xdbl[s.R + n])));
-          V::store(hp, h);
-          y = V::fmadd(h, V::set1(xdbl[s.R + s.N + n]), y);
-        }
-        const V::F z = V::load(t.xz + size_t(b) * 2 * s.D + s.D + c);
-        V::store(t.y + b * s.D + c, V::mul(y, siluV(z)));
-      }
-    }
+    // The selective-scan step and the gate, a vector of channels at a time.
+    for (int b = 0; b < batch; b++)
+      for (int c = c0; c < c1; c += V::W)
+        scanToken(s, L, c, t.dt + b * s.D, t.xc + b * s.D, my.xdbl + b * xdblCols, t.xz + size_t(b) * 2 * s.D + s.D, st.ssm[b * s.layers + li], t.y + b * s.D);
     quantizeRange(t.y, s.D, 0, batch, s.D, k0, k1, t.actsY, L.outProj);
 #pragma omp barrier
     mark(kScan);
@@ -743,26 +748,9 @@ inline void prefill(const Model& m, int T, const int* tokens, float* const* conv
     matmul(T, L.dtProj, t.actsR, t.dt, s.D, pf);
 #pragma omp barrier
     // The selective scan over time and the gate, a vector of channels at a time.
-    float* hs = ssm[li];
-    for (int c = v0; c < v1; c += V::W) {
-      const V::F Dskip = V::load(L.Dskip + c);
-      for (int j = 0; j < T; j++) {
-        const float* xdbl = t.xdbl + size_t(j) * xdblCols;
-        const V::F dt = softplusV(V::load(t.dt + size_t(j) * s.D + c));
-        const V::F x = V::load(t.xc + size_t(j) * s.D + c);
-        const V::F dtx = V::mul(dt, x);
-        V::F y = V::mul(Dskip, x);
-        for (int n = 0; n < s.N; n++) {
-          float* hp = hs + n * s.D + c;
-          const V::F decay = expV(V::mul(dt, V::load(L.negAT + n * s.D + c)));
-          const V::F h = V::fmadd(V::load(hp), decay, V::mul(dtx, V::set1(xdbl[s.R + n])));
-          V::store(hp, h);
-          y = V::fmadd(h, V::set1(xdbl[s.R + s.N + n]), y);
-        }
-        const V::F z = V::load(t.xz + size_t(j) * 2 * s.D + s.D + c);
-        V::store(t.y + size_t(j) * s.D + c, V::mul(y, siluV(z)));
-      }
-    }
+    for (int c = v0; c < v1; c += V::W)
+      for (int j = 0; j < T; j++)
+        scanToken(s, L, c, t.dt + size_t(j) * s.D, t.xc + size_t(j) * s.D, t.xdbl + size_t(j) * xdblCols, t.xz + size_t(j) * 2 * s.D + s.D, ssm[li], t.y + size_t(j) * s.D);
 #pragma omp barrier
     quantizeRows(t.y, s.D, t0, t1, s.D, t.actsD, L.outProj);
 #pragma omp barrier
