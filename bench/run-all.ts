@@ -13,7 +13,7 @@ const BENCHMARKS = [
   'bench/ort-scan-formulations.ts', // why the prefill scan is formulated as it is
   'bench/ort-fused-ops.ts', // ORT's fused Mamba-family kernels against the standard ops the graph uses
   'bench/ort-matmul-rates.ts', // how fast ORT's matmul kernels read weights, apart from the rest of a step
-  'bench/native-kernels.ts', // a decode step of our own AVX-512 kernels against the ORT engine's (builds with g++; skips without)
+  'bench/native-kernels.ts', // our own kernels' decode step and prefill against the ORT engine's graph (builds with g++; skips without)
   'bench/serving-overhead.ts',
   'bench/serving-throughput.ts',
   'bench/ort-spinning.ts', // ORT's intra-op spinning on and off, end to end
