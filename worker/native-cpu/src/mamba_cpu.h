@@ -415,7 +415,13 @@ inline std::pair<int, int> share(int n) {
   return {int(int64_t(n) * me / team), int(int64_t(n) * (me + 1) / team)};
 }
 
-/** Weight rows a prefill matmul takes at a time: all its token groups read them from L1/L2. */
+/** Rows [r0, r1) of y = W x for `batch` rows of activations, on this thread alone. */
+inline void matmulRange(int batch, const QMatrix& w, const ActsView& a, float* y, int yStride, int r0, int r1, int prefetchBytes) {
+  if (w.bits == 8) matmulRowsAnyBatch<8>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
+  else matmulRowsAnyBatch<4>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
+}
+
+/** Weight rows a prefill matmul takes at a time: all its token groups read them from L1/L2 (-D to experiment). */
 #ifndef MAMBA_CPU_PANEL_ROWS
 #define MAMBA_CPU_PANEL_ROWS 16
 #endif
@@ -433,16 +439,12 @@ inline void matmul(int batch, const QMatrix& w, const ActsView& a, float* y, int
   const auto [c0, c1] = share((w.rows + 15) / 16);
   const int r0 = c0 * 16, r1 = std::min(w.rows, c1 * 16);
   if (r0 >= r1) return;
-  auto rows = [&](int n, const ActsView& x, float* out, int from, int to, int pf) {
-    if (w.bits == 8) matmulRowsAnyBatch<8>(n, w, x, out, yStride, from, to, pf);
-    else matmulRowsAnyBatch<4>(n, w, x, out, yStride, from, to, pf);
-  };
-  if (batch <= kMaxBatch) return rows(batch, a, y, r0, r1, prefetchBytes);
+  if (batch <= kMaxBatch) return matmulRange(batch, w, a, y, yStride, r0, r1, prefetchBytes);
   for (int p = r0; p < r1; p += kPanelRows) {
     const int p1 = std::min(r1, p + kPanelRows);
     // The first group streams the panel in (prefetching ahead as decode does); the rest find it cached.
     for (int g = 0; g < batch; g += kMaxBatch)
-      rows(std::min(kMaxBatch, batch - g), a.from(g), y + size_t(g) * yStride, p, p1, g == 0 ? prefetchBytes : 0);
+      matmulRange(std::min(kMaxBatch, batch - g), w, a.from(g), y + size_t(g) * yStride, yStride, p, p1, g == 0 ? prefetchBytes : 0);
   }
 }
 
@@ -594,12 +596,6 @@ struct StepScratch {
   }
 };
 
-/** Rows [r0, r1) of y = W x for `batch` rows of activations, on this thread alone. */
-inline void matmulRange(int batch, const QMatrix& w, const ActsView& a, float* y, int yStride, int r0, int r1, int prefetchBytes) {
-  if (w.bits == 8) matmulRowsAnyBatch<8>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
-  else matmulRowsAnyBatch<4>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
-}
-
 /**
  * This thread's copy of the residual stream: add the last layer's output (h, when `add`),
  * normalize it with `weight` and quantize that for `next`, the matmul that reads it.
@@ -688,7 +684,7 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
   mark(kHead);
 }
 
-/** Tokens one prefill call computes at once (its Scratch's rows); a longer prompt runs in chunks. */
+/** Tokens one prefill call computes at once (its Scratch's rows); a longer prompt runs in chunks (-D to experiment). */
 #ifndef MAMBA_CPU_PREFILL_CHUNK
 #define MAMBA_CPU_PREFILL_CHUNK 128
 #endif
