@@ -6,7 +6,7 @@
 // program's float64 scalar reference, the prefill against as many steps), and times it against
 // the ORT engine's graph (ORT_NATIVE_KERNELS=off) in alternating runs, decode steps each against
 // the read bandwidth measured between them by the project's WebAssembly probe and by the
-// program's own 512-bit loads. (bench/engine-cpu.ts times the engine on the kernels: its
+// program's own vector loads (512-bit; 256-bit in the AVX2 build). (bench/engine-cpu.ts times the engine on the kernels: its
 // int8-native / int4-native variants.)
 //
 //   npx tsx bench/native-kernels.ts [--rounds 3] [--steps 100] [--threads 2] [--isa avx512|avx2]
@@ -206,12 +206,14 @@ for (let round = 0; round < rounds; round++) {
 for (const engine of engines.values()) await engine.close();
 
 const bw = { vector: median(bandwidth.vector), native: median(bandwidth.native) };
+/** The width of the native program's probe loads: its vectors. */
+const loadBits = args.isa === 'avx2' ? 256 : 512;
 const gbs = (b: number) => `${(b / 1e9).toFixed(1)} GB/s`;
 console.log(
   `\nmamba-130m-shaped decode, native kernels built for ${args.isa}, ${threads} thread(s), ${rounds} alternating rounds of ${steps} steps (medians). Read bandwidth, median of the rounds: ` +
-    `${gbs(bw.vector)} (bench/memory-bandwidth.ts, WebAssembly 128-bit loads), ${gbs(bw.native)} (the native program's 512-bit loads)\n`,
+    `${gbs(bw.vector)} (bench/memory-bandwidth.ts, WebAssembly 128-bit loads), ${gbs(bw.native)} (the native program's ${loadBits}-bit loads)\n`,
 );
-console.log('| decode step | ORT engine | native kernels | ORT ÷ native (time) | batch 1, weight bytes ÷ time ÷ bandwidth (WebAssembly probe / 512-bit probe): ORT, native |');
+console.log(`| decode step | ORT engine | native kernels | ORT ÷ native (time) | batch 1, weight bytes ÷ time ÷ bandwidth (WebAssembly probe / ${loadBits}-bit probe): ORT, native |`);
 console.log('|---|---|---|---|---|');
 const json: Record<string, unknown>[] = [];
 const share = (bytes: number, stepMs: number) => {
