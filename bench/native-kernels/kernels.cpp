@@ -264,7 +264,7 @@ int prefillMode(const Model& model, const Args& args) {
   const int L = args.prefill;
   std::vector<int> prompt(L);
   for (int i = 0; i < L; i++) prompt[i] = (i * 7919 + 11) % s.V;
-  Scratch chunk(s, kPrefillChunk);
+  PrefillScratch chunk(s, kPrefillChunk);
   std::vector<float> conv(size_t(s.layers) * s.K * s.D), ssm(size_t(s.layers) * s.N * s.D), logits(s.V);
   std::vector<float*> convRefs, ssmRefs;
   for (int li = 0; li < s.layers; li++) {

@@ -196,7 +196,7 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
     std::vector<float*> convRefs, ssmRefs;
     stateRefs(env, conv, ssm, "prefill", convRefs, ssmRefs);
     // A prompt's working memory is made at its first prefill, not for engines that never prefill here.
-    if (!prefillScratch_) prefillScratch_ = std::make_unique<Scratch>(s, kPrefillChunk);
+    if (!prefillScratch_) prefillScratch_ = std::make_unique<PrefillScratch>(s, kPrefillChunk);
     const int* ids = tokens.Data();
     float* out = logits.Data();
     for (int at = 0; at < T; at += kPrefillChunk) {
@@ -241,7 +241,7 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
   Model model_;
   std::unique_ptr<Mapping> map_;
   std::unique_ptr<StepScratch> scratch_;
-  std::unique_ptr<Scratch> prefillScratch_;
+  std::unique_ptr<PrefillScratch> prefillScratch_;
 };
 
 Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {

@@ -473,15 +473,12 @@ inline V::F softplusV(V::F v) {
   return V::add(V::max(v, V::zero()), V::mul(V::set1(2.f), V::mul(z, p)));
 }
 
-/**
- * Working memory for `rows` rows of activations: the sequences of a decode step (kMaxBatch),
- * or the tokens of a prefill chunk (kPrefillChunk).
- */
-struct Scratch {
+/** A prefill's working memory for chunks of up to `rows` tokens (kPrefillChunk). */
+struct PrefillScratch {
   int rows;
   float *resid, *h, *xz, *xc, *xdbl, *dt, *y;
   QActs actsD, actsd, actsR;
-  Scratch(const Dims& s, int rows_)
+  PrefillScratch(const Dims& s, int rows_)
       : rows(rows_),
         resid(alignedArray<float>(size_t(rows) * s.d)),
         h(alignedArray<float>(size_t(rows) * s.d)),
@@ -493,9 +490,9 @@ struct Scratch {
         actsD(s.D, rows),
         actsd(s.d, rows),
         actsR(s.R, rows) {}
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  ~Scratch() {
+  PrefillScratch(const PrefillScratch&) = delete;
+  PrefillScratch& operator=(const PrefillScratch&) = delete;
+  ~PrefillScratch() {
     for (float* p : {resid, h, xz, xc, xdbl, dt, y}) std::free(p);
   }
 };
@@ -514,16 +511,19 @@ inline void rmsnorm(const float* x, const float* w, float* out, int n, float eps
 }
 
 /**
- * The residual stream between layers, rows [r0, r1): add the last layer's output (t.h) to it,
- * normalize it into t.h with `weight`, and quantize that for `next`, the matmul that reads it.
+ * The residual stream between layers, rows [r0, r1): add the last layer's output h to resid
+ * (when `add`: not before the first layer), normalize it into `normed` with `weight` (`normed`
+ * may be h itself: a row is read before it is written), and quantize that into `acts` for
+ * `next`, the matmul that reads it. The decode step and prefill both call it.
  */
-inline void addNormQuantize(const Dims& s, int r0, int r1, Scratch& t, const float* weight, const QMatrix& next) {
+inline void addNormQuantize(const Dims& s, int r0, int r1, float* resid, const float* h, bool add, float* normed, const float* weight, QActs& acts, const QMatrix& next) {
   for (int b = r0; b < r1; b++) {
-    float* r = t.resid + size_t(b) * s.d;
-    for (int c = 0; c < s.d; c++) r[c] += t.h[size_t(b) * s.d + c];
-    rmsnorm(r, weight, t.h + size_t(b) * s.d, s.d, s.eps);
+    float* r = resid + size_t(b) * s.d;
+    if (add)
+      for (int c = 0; c < s.d; c++) r[c] += h[size_t(b) * s.d + c];
+    rmsnorm(r, weight, normed + size_t(b) * s.d, s.d, s.eps);
   }
-  quantizeRows(t.h, s.d, r0, r1, s.d, t.actsd, next);
+  quantizeRows(normed, s.d, r0, r1, s.d, acts, next);
 }
 
 /** Optional wall time by phase, read by the team's first thread after each phase's barrier. */
@@ -532,6 +532,24 @@ struct PhaseClock {
   virtual void mark(Phase) = 0;
   virtual ~PhaseClock() = default;
 };
+
+/**
+ * The conv and SiLU of T tokens for the channel vector at c: token j's window is the K inputs
+ * ending at its own (xz's rows, xzStride apart), the first of them from the state cs [K, D]
+ * (the last K inputs, newest last) while j < K − 1; xc gets the outputs (rows xcStride apart)
+ * and the state becomes the last K inputs. The decode step (a token a sequence) and prefill
+ * both call it, so their arithmetic is one, as scanToken's.
+ */
+inline void convTokens(const Dims& s, const Layer& L, int c, int T, const float* xz, size_t xzStride, float* cs, float* xc, size_t xcStride) {
+  auto input = [&](int i) { return i < s.K ? V::load(cs + i * s.D + c) : V::load(xz + size_t(i - s.K) * xzStride + c); };
+  for (int j = 0; j < T; j++) {
+    V::F acc = V::fmadd(V::load(L.convW + (s.K - 1) * s.D + c), input(j + s.K), L.convB ? V::load(L.convB + c) : V::zero());
+    for (int k = 0; k < s.K - 1; k++) acc = V::fmadd(V::load(L.convW + k * s.D + c), input(j + 1 + k), acc);
+    V::store(xc + size_t(j) * xcStride + c, siluV(acc));
+  }
+  // In order of k: row k takes input T + k, which is a later state row or a token's input.
+  for (int k = 0; k < s.K; k++) V::store(cs + k * s.D + c, input(T + k));
+}
 
 /**
  * One token's selective-scan update and gate for the channel vector at c: the token's dt before
@@ -597,20 +615,6 @@ struct StepScratch {
 };
 
 /**
- * This thread's copy of the residual stream: add the last layer's output (h, when `add`),
- * normalize it with `weight` and quantize that for `next`, the matmul that reads it.
- */
-inline void ownNormQuantize(const Dims& s, int batch, StepScratch::Own& my, const float* h, bool add, const float* weight, const QMatrix& next) {
-  for (int b = 0; b < batch; b++) {
-    float* r = my.resid + size_t(b) * s.d;
-    if (add)
-      for (int c = 0; c < s.d; c++) r[c] += h[size_t(b) * s.d + c];
-    rmsnorm(r, weight, my.hn + size_t(b) * s.d, s.d, s.eps);
-  }
-  quantizeRows(my.hn, s.d, 0, batch, s.d, my.actsd, next);
-}
-
-/**
  * One decode step for `batch` <= kMaxBatch sequences: tokens in, logits [batch, V] (rows
  * `logitsStride` apart) out, states updated in place. Called inside a parallel region by
  * every thread of the team.
@@ -642,25 +646,13 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
   mark(kEmbed);
   for (int li = 0; li < s.layers; li++) {
     const Layer& L = m.layers[li];
-    ownNormQuantize(s, batch, my, t.h, li > 0, L.norm, L.inProj);
+    addNormQuantize(s, 0, batch, my.resid, t.h, li > 0, my.hn, L.norm, my.actsd, L.inProj);
     matmul(batch, L.inProj, my.actsd, t.xz, 2 * s.D, pf);
 #pragma omp barrier
     mark(kInProj);
     // The conv over the window [state rows 1..K−1, x], which becomes the new state; then SiLU.
-    for (int b = 0; b < batch; b++) {
-      float* conv = st.conv[b * s.layers + li];
-      for (int c = c0; c < c1; c += V::W) {
-        const V::F xin = V::load(t.xz + size_t(b) * 2 * s.D + c);
-        V::F acc = V::fmadd(V::load(L.convW + (s.K - 1) * s.D + c), xin, L.convB ? V::load(L.convB + c) : V::zero());
-        for (int k = 0; k < s.K - 1; k++) {
-          const V::F prev = V::load(conv + (k + 1) * s.D + c);
-          acc = V::fmadd(V::load(L.convW + k * s.D + c), prev, acc);
-          V::store(conv + k * s.D + c, prev);
-        }
-        V::store(conv + (s.K - 1) * s.D + c, xin);
-        V::store(t.xc + b * s.D + c, siluV(acc));
-      }
-    }
+    for (int b = 0; b < batch; b++)
+      for (int c = c0; c < c1; c += V::W) convTokens(s, L, c, 1, t.xz + size_t(b) * 2 * s.D, 2 * s.D, st.conv[b * s.layers + li], t.xc + b * s.D, s.D);
     quantizeRange(t.xc, s.D, 0, batch, s.D, k0, k1, t.actsX, L.xProj);
 #pragma omp barrier
     mark(kConv);
@@ -678,13 +670,13 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
 #pragma omp barrier
     mark(kOutProj);
   }
-  ownNormQuantize(s, batch, my, t.h, true, m.normF, m.head);
+  addNormQuantize(s, 0, batch, my.resid, t.h, true, my.hn, m.normF, my.actsd, m.head);
   matmul(batch, m.head, my.actsd, logits, int(logitsStride), pf);
 #pragma omp barrier
   mark(kHead);
 }
 
-/** Tokens one prefill call computes at once (its Scratch's rows); a longer prompt runs in chunks (-D to experiment). */
+/** Tokens one prefill call computes at once (its PrefillScratch's rows); a longer prompt runs in chunks (-D to experiment). */
 #ifndef MAMBA_CPU_PREFILL_CHUNK
 #define MAMBA_CPU_PREFILL_CHUNK 128
 #endif
@@ -703,7 +695,7 @@ constexpr int kPrefillChunk = MAMBA_CPU_PREFILL_CHUNK;
  * step is bound by reading the weights), and the conv and the scan walk the T tokens in time
  * order for each vector of channels, the state in registers and L1.
  */
-inline void prefill(const Model& m, int T, const int* tokens, float* const* conv, float* const* ssm, Scratch& t, float* logits, bool allLogits) {
+inline void prefill(const Model& m, int T, const int* tokens, float* const* conv, float* const* ssm, PrefillScratch& t, float* logits, bool allLogits) {
   const Dims& s = m.dims;
   const int pf = m.prefetchBytes;
   const auto [t0, t1] = share(T);  // this thread's tokens, for per-token work
@@ -711,29 +703,15 @@ inline void prefill(const Model& m, int T, const int* tokens, float* const* conv
   const int v0 = int(int64_t(s.D / V::W) * me / team) * V::W, v1 = int(int64_t(s.D / V::W) * (me + 1) / team) * V::W;
   const int xdblCols = s.R + 2 * s.N;
   for (int b = t0; b < t1; b++)
-    for (int c = 0; c < s.d; c++) {
-      t.resid[size_t(b) * s.d + c] = m.embed.value(tokens[b], c);
-      t.h[size_t(b) * s.d + c] = 0.f;
-    }
+    for (int c = 0; c < s.d; c++) t.resid[size_t(b) * s.d + c] = m.embed.value(tokens[b], c);
   for (int li = 0; li < s.layers; li++) {
     const Layer& L = m.layers[li];
-    addNormQuantize(s, t0, t1, t, L.norm, L.inProj);
+    addNormQuantize(s, t0, t1, t.resid, t.h, li > 0, t.h, L.norm, t.actsd, L.inProj);
 #pragma omp barrier
     matmul(T, L.inProj, t.actsd, t.xz, 2 * s.D, pf);
 #pragma omp barrier
-    // The conv over time: token j's window is the K inputs ending at j, the first of them from
-    // the state (its K rows, newest last) while j < K − 1; the new state is the last K inputs.
-    float* cs = conv[li];
-    for (int c = v0; c < v1; c += V::W) {
-      auto input = [&](int i) { return i < s.K ? V::load(cs + i * s.D + c) : V::load(t.xz + size_t(i - s.K) * 2 * s.D + c); };
-      for (int j = 0; j < T; j++) {
-        V::F acc = V::fmadd(V::load(L.convW + (s.K - 1) * s.D + c), input(j + s.K), L.convB ? V::load(L.convB + c) : V::zero());
-        for (int k = 0; k < s.K - 1; k++) acc = V::fmadd(V::load(L.convW + k * s.D + c), input(j + 1 + k), acc);
-        V::store(t.xc + size_t(j) * s.D + c, siluV(acc));
-      }
-      // In order of k: row k takes input T + k, which is a later state row or a token's input.
-      for (int k = 0; k < s.K; k++) V::store(cs + k * s.D + c, input(T + k));
-    }
+    // The conv over time, a vector of channels at a time.
+    for (int c = v0; c < v1; c += V::W) convTokens(s, L, c, T, t.xz, 2 * s.D, conv[li], t.xc, s.D);
 #pragma omp barrier
     quantizeRows(t.xc, s.D, t0, t1, s.D, t.actsD, L.xProj);
 #pragma omp barrier
@@ -755,12 +733,12 @@ inline void prefill(const Model& m, int T, const int* tokens, float* const* conv
   }
   // A chunk before a prompt's last leaves only its states behind: no final norm or head.
   if (logits && allLogits) {
-    addNormQuantize(s, t0, t1, t, m.normF, m.head);
+    addNormQuantize(s, t0, t1, t.resid, t.h, true, t.h, m.normF, t.actsd, m.head);
 #pragma omp barrier
     matmul(T, m.head, t.actsd, logits, s.V, pf);
   } else if (logits) {
 #pragma omp single
-    addNormQuantize(s, T - 1, T, t, m.normF, m.head);
+    addNormQuantize(s, T - 1, T, t.resid, t.h, true, t.h, m.normF, t.actsd, m.head);
     matmul(1, m.head, ActsView(t.actsd, T - 1), logits, s.V, pf);
   }
 #pragma omp barrier
