@@ -25,14 +25,13 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../worker/engine/create-engine.ts';
-import type { Engine } from '../worker/engine/engine.ts';
 import { ensureGraphBuild } from '../worker/engine/ort/graph-cache.ts';
 import { ensurePackedModel } from '../worker/engine/ort/packed-weights.ts';
 import type { WeightsDtype } from '../worker/engine/ort/quantize.ts';
 import { openCheckpoint } from '../worker/model/checkpoint.ts';
 import { writeRandomCheckpoint } from '../worker/model/testing/random-checkpoint.ts';
 import { nativeKernelsUnavailable } from '../worker/engine/ort/testing/native-availability.ts';
-import { medianDecodeStepMs } from './decode-timing.ts';
+import { medianDecodeStepMs, prefillTokensPerSecond } from './engine-timing.ts';
 import { measureReadBandwidth } from './memory-bandwidth.ts';
 import { median } from './stats.ts';
 
@@ -80,16 +79,6 @@ function memory(): { anon: number; file: number; peak: number } {
 }
 
 
-async function prefillRate(engine: Engine, L: number): Promise<number> {
-  const tokens = Int32Array.from({ length: L }, (_, i) => (i * 7919) % 50000);
-  await engine.prefill(await engine.newState(), tokens.subarray(0, 64)); // warm-up
-  const state = await engine.newState();
-  const started = performance.now();
-  await engine.prefill(state, tokens);
-  const seconds = (performance.now() - started) / 1000;
-  engine.freeState(state);
-  return L / seconds;
-}
 
 async function measure(variant: Variant): Promise<Figures> {
   const dtype = dtypeOf(variant);
@@ -116,8 +105,8 @@ async function measure(variant: Variant): Promise<Figures> {
     afterLoad: { anon: afterLoad.anon, file: afterLoad.file },
     decode1Ms: await medianDecodeStepMs(engine, 1, steps),
     decode8Ms: await medianDecodeStepMs(engine, 8, steps),
-    prefill512: await prefillRate(engine, 512),
-    prefill4096: await prefillRate(engine, 4096),
+    prefill512: await prefillTokensPerSecond(engine, 512),
+    prefill4096: await prefillTokensPerSecond(engine, 4096),
     peakRss: 0,
     atEnd: { anon: 0, file: 0 },
   };

@@ -16,9 +16,8 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { createEngine } from '../worker/engine/create-engine.ts';
-import type { Engine } from '../worker/engine/engine.ts';
 import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../worker/model/testing/random-checkpoint.ts';
-import { medianDecodeStepMs } from './decode-timing.ts';
+import { medianDecodeStepMs, prefillTokensPerSecond } from './engine-timing.ts';
 import { median } from './stats.ts';
 
 const { values: args } = parseArgs({
@@ -64,16 +63,6 @@ for (const v of variants) {
 /** A history of `length` tokens each session reads before the timed steps. */
 const historyPrompt = (length: number) => Int32Array.from({ length }, (_, i) => (i * 7919 + 11) % 50000);
 
-async function prefillTokensPerSecond(engine: Engine): Promise<number> {
-  const tokens = Int32Array.from({ length: PREFILL_L }, (_, i) => (i * 7919) % 50000);
-  await engine.prefill(await engine.newState(), tokens.subarray(0, 64)); // warm-up
-  const state = await engine.newState();
-  const started = performance.now();
-  await engine.prefill(state, tokens);
-  const seconds = (performance.now() - started) / 1000;
-  engine.freeState(state);
-  return PREFILL_L / seconds;
-}
 
 interface Figures {
   stateBytes: number;
@@ -90,7 +79,7 @@ for (let round = 0; round < rounds; round++) {
     f.stateBytes = engine.model.stateBytes;
     f.b1.push(1000 / (await medianDecodeStepMs(engine, 1, steps, historyPrompt(v.history))));
     f.b8.push((8 * 1000) / (await medianDecodeStepMs(engine, 8, steps, historyPrompt(v.history))));
-    f.prefill.push(await prefillTokensPerSecond(engine));
+    f.prefill.push(await prefillTokensPerSecond(engine, PREFILL_L));
     await engine.close();
     console.log(`round ${round + 1}/${rounds}: ${v.name} done`);
   }

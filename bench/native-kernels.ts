@@ -29,7 +29,7 @@ import { openCheckpoint } from '../worker/model/checkpoint.ts';
 import { writeRandomCheckpoint } from '../worker/model/testing/random-checkpoint.ts';
 import { gppMissing, NATIVE_CPU_WARNING_FLAGS } from '../worker/native-cpu/build.ts';
 import { NATIVE_CPU_BUILDS, nativeCpuBuildsRunnable, nativeCpuPlatformUnsupported } from '../worker/native-cpu/support.ts';
-import { medianDecodeStepMs } from './decode-timing.ts';
+import { medianDecodeStepMs, prefillTokensPerSecond } from './engine-timing.ts';
 import { measureReadBandwidth } from './memory-bandwidth.ts';
 import { median } from './stats.ts';
 
@@ -57,19 +57,6 @@ const BATCHES = [1, 8];
 /** The prompt each prefill round absorbs (from a fresh state, logits of the last token). */
 const PREFILL_TOKENS = 512;
 
-/** The ORT engine's prefill of PREFILL_TOKENS tokens, tokens a second (the median of 3 after one warm-up). */
-async function ortPrefillRate(engine: Engine): Promise<number> {
-  const tokens = Int32Array.from({ length: PREFILL_TOKENS }, (_, i) => (i * 7919 + 11) % 50000);
-  const rates: number[] = [];
-  for (let i = 0; i < 4; i++) {
-    const state = await engine.newState();
-    const started = performance.now();
-    await engine.prefill(state, tokens);
-    if (i > 0) rates.push(PREFILL_TOKENS / ((performance.now() - started) / 1000));
-    engine.freeState(state);
-  }
-  return median(rates);
-}
 
 /** Why the --isa build cannot run here (support.ts's CPU checks, then g++), or undefined. */
 function unsupportedReason(): string | undefined {
@@ -197,7 +184,7 @@ for (let round = 0; round < rounds; round++) {
     }
     const order = round % 2 === 0 ? (['ort', 'native'] as const) : (['native', 'ort'] as const);
     for (const which of order) {
-      if (which === 'ort') record(`ort ${dtype} prefill`, await ortPrefillRate(engines.get(dtype)!));
+      if (which === 'ort') record(`ort ${dtype} prefill`, await prefillTokensPerSecond(engines.get(dtype)!, PREFILL_TOKENS, 3));
       else record(`native ${dtype} prefill`, runNative(exe, ['--dtype', dtype, '--prefill', String(PREFILL_TOKENS), '--steps', '3', '--threads', String(threads)]).medianTokPerS!);
     }
   }

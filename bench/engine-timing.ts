@@ -1,5 +1,5 @@
-// How the CPU benchmarks time an engine's decode step (bench/engine-cpu.ts, hybrid-cpu.ts,
-// native-kernels.ts): one definition, so their figures are comparable.
+// How the CPU benchmarks time an engine's decode step and prefill (bench/engine-cpu.ts,
+// hybrid-cpu.ts, native-kernels.ts): one definition each, so their figures are comparable.
 import type { Engine } from '../worker/engine/engine.ts';
 import { median } from './stats.ts';
 
@@ -21,4 +21,24 @@ export async function medianDecodeStepMs(engine: Engine, batch: number, steps: n
   }
   for (const s of states) engine.freeState(s);
   return median(times);
+}
+
+/**
+ * An engine's prefill rate, tokens a second: a fresh session reads a `length`-token prompt (the
+ * logits of its last token), after a 64-token warm-up; the median of `rounds` such reads.
+ */
+export async function prefillTokensPerSecond(engine: Engine, length: number, rounds = 1): Promise<number> {
+  const tokens = Int32Array.from({ length }, (_, i) => (i * 7919) % 50000);
+  const warm = await engine.newState();
+  await engine.prefill(warm, tokens.subarray(0, 64));
+  engine.freeState(warm);
+  const rates: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    const state = await engine.newState();
+    const started = performance.now();
+    await engine.prefill(state, tokens);
+    rates.push(length / ((performance.now() - started) / 1000));
+    engine.freeState(state);
+  }
+  return median(rates);
 }
