@@ -7,7 +7,9 @@
 //                 embed: QM, head: QM, normF: R,
 //                 layers: [{ norm: R, inProj: QM, convW: R, convB?: R, xProj: QM, dtProj: QM,
 //                            negAT: R, Dskip: R, outProj: QM }] })
-//     R = [offset, length] in bytes within the file; QM = { data: R, scales: R, bias?: R }
+//     R = [offset, length] in bytes within the file; QM = { data: R, scales: R, bias?: R } for
+//     bits 8 and 4 (blocks of codes); for bits 32 (f32) QM = { data: R, bias?: R }, the
+//     projections' data Wᵀ [in, out] (the graph's MatMul layout), embed's and head's [V, d]
 //   decoder.decode(tokens: Int32Array, conv: Float32Array[], ssm: Float32Array[], logits: Float32Array)
 //     conv[b * layers + i] is sequence b's layer i [K, D], ssm[…] its [N, D]; both updated in
 //     place; logits [B, V] written
@@ -64,7 +66,7 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
     const std::string path = o.Get("weightsPath").As<Napi::String>().Utf8Value();
     bits_ = o.Get("bits").As<Napi::Number>().Int32Value();
     threads_ = o.Get("threads").As<Napi::Number>().Int32Value();
-    if (bits_ != 8 && bits_ != 4) throw codedError(env, "native_weights_invalid", "Decoder: bits must be 8 or 4");
+    if (bits_ != 8 && bits_ != 4 && bits_ != 32) throw codedError(env, "native_weights_invalid", "Decoder: bits must be 8, 4 or 32");
     if (threads_ < 1) throw codedError(env, "native_weights_invalid", "Decoder: threads must be positive");
     const Napi::Object d = o.Get("dims").As<Napi::Object>();
     auto dim = [&](const char* k) { return d.Get(k).As<Napi::Number>().Int32Value(); };
@@ -96,8 +98,8 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
     map_->size = size_t(st.st_size);
 
     model_.normF = floats(env, o.Get("normF"), s.d, "normF");
-    model_.embed = matrix(env, o.Get("embed"), s.V, s.d, false, "embed");
-    model_.head = matrix(env, o.Get("head"), s.V, s.d, true, "head");
+    model_.embed = matrix(env, o.Get("embed"), s.V, s.d, false, false, "embed");
+    model_.head = matrix(env, o.Get("head"), s.V, s.d, true, false, "head");
     const Napi::Array layers = o.Get("layers").As<Napi::Array>();
     if (int(layers.Length()) != s.layers) throw codedError(env, "native_weights_invalid", "Decoder: layers has the wrong length");
     for (int i = 0; i < s.layers; i++) {
@@ -105,17 +107,17 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
       const std::string at = "layers[" + std::to_string(i) + "].";
       Layer L;
       L.norm = floats(env, l.Get("norm"), s.d, at + "norm");
-      L.inProj = matrix(env, l.Get("inProj"), 2 * s.D, s.d, true, at + "inProj");
+      L.inProj = matrix(env, l.Get("inProj"), 2 * s.D, s.d, true, true, at + "inProj");
       L.convW = floats(env, l.Get("convW"), size_t(s.K) * s.D, at + "convW");
       L.convB = l.Has("convB") && !l.Get("convB").IsUndefined() ? floats(env, l.Get("convB"), s.D, at + "convB") : nullptr;
-      L.xProj = matrix(env, l.Get("xProj"), s.R + 2 * s.N, s.D, true, at + "xProj");
-      L.dtProj = matrix(env, l.Get("dtProj"), s.D, s.R, true, at + "dtProj");
+      L.xProj = matrix(env, l.Get("xProj"), s.R + 2 * s.N, s.D, true, true, at + "xProj");
+      L.dtProj = matrix(env, l.Get("dtProj"), s.D, s.R, true, true, at + "dtProj");
       L.negAT = floats(env, l.Get("negAT"), size_t(s.N) * s.D, at + "negAT");
       L.Dskip = floats(env, l.Get("Dskip"), s.D, at + "Dskip");
-      L.outProj = matrix(env, l.Get("outProj"), s.d, s.D, true, at + "outProj");
+      L.outProj = matrix(env, l.Get("outProj"), s.d, s.D, true, true, at + "outProj");
       model_.layers.push_back(L);
     }
-    scratch_ = std::make_unique<StepScratch>(s, threads_);
+    scratch_ = std::make_unique<StepScratch>(s, threads_, bits_ == 32);
   }
 
  private:
@@ -133,17 +135,22 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
   const float* floats(Napi::Env env, Napi::Value v, size_t count, const std::string& what) {
     return reinterpret_cast<const float*>(range(env, v, count * 4, what));
   }
-  QMatrix matrix(Napi::Env env, Napi::Value v, int rows, int cols, bool biasAllowed, const std::string& what) {
-    if (!v.IsObject()) throw codedError(env, "native_weights_invalid", "Decoder: " + what + " must be { data, scales, bias? }");
+  /** A matrix [rows, cols]; f32 (bits 32) ones stored as Wᵀ [cols, rows] when `colsMajor`, else as rows. */
+  QMatrix matrix(Napi::Env env, Napi::Value v, int rows, int cols, bool biasAllowed, bool colsMajor, const std::string& what) {
+    if (!v.IsObject()) throw codedError(env, "native_weights_invalid", "Decoder: " + what + (bits_ == 32 ? " must be { data, bias? }" : " must be { data, scales, bias? }"));
     const Napi::Object o = v.As<Napi::Object>();
-    QMatrix shape = QMatrix::of(rows, cols, bits_, nullptr, nullptr, nullptr);
-    const uint8_t* data = range(env, o.Get("data"), shape.dataBytes(), what + ".data");
-    const float* scales = floats(env, o.Get("scales"), shape.scaleCount(), what + ".scales");
     const float* bias = nullptr;
     if (o.Has("bias") && !o.Get("bias").IsUndefined()) {
       if (!biasAllowed) throw codedError(env, "native_weights_invalid", "Decoder: " + what + " takes no bias");
       bias = floats(env, o.Get("bias"), size_t(rows), what + ".bias");
     }
+    if (bits_ == 32) {
+      if (o.Has("scales") && !o.Get("scales").IsUndefined()) throw codedError(env, "native_weights_invalid", "Decoder: " + what + " is f32 and takes no scales");
+      return QMatrix::f32(rows, cols, colsMajor, floats(env, o.Get("data"), size_t(rows) * cols, what + ".data"), bias);
+    }
+    QMatrix shape = QMatrix::of(rows, cols, bits_, nullptr, nullptr, nullptr);
+    const uint8_t* data = range(env, o.Get("data"), shape.dataBytes(), what + ".data");
+    const float* scales = floats(env, o.Get("scales"), shape.scaleCount(), what + ".scales");
     return QMatrix::of(rows, cols, bits_, data, scales, bias);
   }
 
@@ -196,7 +203,7 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
     std::vector<float*> convRefs, ssmRefs;
     stateRefs(env, conv, ssm, "prefill", convRefs, ssmRefs);
     // A prompt's working memory is made at its first prefill, not for engines that never prefill here.
-    if (!prefillScratch_) prefillScratch_ = std::make_unique<PrefillScratch>(s, kPrefillChunk);
+    if (!prefillScratch_) prefillScratch_ = std::make_unique<PrefillScratch>(s, kPrefillChunk, bits_ == 32);
     const int* ids = tokens.Data();
     float* out = logits.Data();
     for (int at = 0; at < T; at += kPrefillChunk) {

@@ -13,6 +13,11 @@
 // block are stored evens first, then odds, per vector of weight bytes, so the low and high
 // nibbles of a load meet their activations with no shuffle of the weights.
 //
+// f32 builds (bits 32) are read as the graph build stores them too: a projection's weights
+// transposed, Wᵀ [K, N] (what ONNX MatMul takes; `colsMajor`), and the embedding and the LM
+// head as rows [V, d]. Their activations are not quantized: the matmuls multiply floats
+// (f32ColsTile, f32RowsRow below).
+//
 // States use the ORT graph's layouts: conv [K, D] (the last K inputs of the conv, newest last)
 // and ssm [N, D] per layer, so a vector holds a run of channels everywhere.
 #pragma once
@@ -36,10 +41,16 @@ constexpr int kBlock = 128;
 /** Sequences one step computes at once; a larger batch runs in groups of this many. */
 constexpr int kMaxBatch = 8;
 
+/**
+ * A matrix W [rows, cols] (rows: outputs, cols: inputs), y = W x + bias. bits 8 or 4: blocks of
+ * quantized codes, row by row; bits 32: floats, as rows [rows, cols] or, `colsMajor`, as Wᵀ
+ * [cols, rows] (the f32 graph's MatMul layout).
+ */
 struct QMatrix {
   int rows = 0, cols = 0, bits = 8, blocks = 0, blockBytes = 0;
-  const uint8_t* data = nullptr;   // [rows, blocks, blockBytes]
-  const float* scales = nullptr;   // [rows * blocks]
+  bool colsMajor = false;
+  const uint8_t* data = nullptr;   // [rows, blocks, blockBytes]; f32: [rows, cols] or [cols, rows]
+  const float* scales = nullptr;   // [rows * blocks]; f32: none
   const float* bias = nullptr;     // [rows] or null
 
   static QMatrix of(int rows, int cols, int bits, const uint8_t* data, const float* scales, const float* bias) {
@@ -54,16 +65,25 @@ struct QMatrix {
     m.bias = bias;
     return m;
   }
-  size_t dataBytes() const { return size_t(rows) * blocks * blockBytes; }
-  size_t scaleCount() const { return size_t(rows) * blocks; }
-  /** The stored code of element (r, c). */
+  static QMatrix f32(int rows, int cols, bool colsMajor, const float* data, const float* bias) {
+    QMatrix m = of(rows, cols, 32, reinterpret_cast<const uint8_t*>(data), nullptr, bias);
+    m.colsMajor = colsMajor;
+    return m;
+  }
+  const float* floats() const { return reinterpret_cast<const float*>(data); }
+  size_t dataBytes() const { return bits == 32 ? size_t(rows) * cols * 4 : size_t(rows) * blocks * blockBytes; }
+  size_t scaleCount() const { return bits == 32 ? 0 : size_t(rows) * blocks; }
+  /** The stored code of element (r, c) (bits 8 and 4). */
   int code(int r, int c) const {
     const uint8_t* blk = data + (size_t(r) * blocks + c / kBlock) * blockBytes;
     const int j = c % kBlock;
     if (bits == 8) return blk[j];
     return (j & 1) ? (blk[j >> 1] >> 4) : (blk[j >> 1] & 15);
   }
-  float value(int r, int c) const { return float(code(r, c) - (1 << (bits - 1))) * scales[size_t(r) * blocks + c / kBlock]; }
+  float value(int r, int c) const {
+    if (bits == 32) return colsMajor ? floats()[size_t(c) * rows + r] : floats()[size_t(r) * cols + c];
+    return float(code(r, c) - (1 << (bits - 1))) * scales[size_t(r) * blocks + c / kBlock];
+  }
 };
 
 struct Dims {
@@ -120,6 +140,7 @@ T* alignedArray(size_t n) {
 struct Avx512 {
   static constexpr int W = 16;          // floats a vector
   static constexpr int kBytes = 64;     // bytes a vector
+  static constexpr int kAccRegs = 24;   // accumulators an f32 tile keeps in registers (of 32)
   static constexpr bool kInt8Centred = false;
   using F = __m512;
   using I = __m512i;
@@ -162,6 +183,7 @@ struct Avx512 {
 struct Avx2 {
   static constexpr int W = 8;
   static constexpr int kBytes = 32;
+  static constexpr int kAccRegs = 12;  // of 16 registers
   static constexpr bool kInt8Centred = true;
   using F = __m256;
   using I = __m256i;
@@ -240,13 +262,21 @@ inline typename Isa::I dotStep(typename Isa::I acc, typename Isa::I w, typename 
   else return Isa::dot(acc, w, x);
 }
 
-/** Activations quantized per block: int8 codes, one scale and the codes' sum per block, per row. */
+/**
+ * A matmul's activations, per row: quantized per block (int8 codes, one scale and the codes'
+ * sum per block) for quantized weights, or, for f32 weights (`floats`), the values as they are.
+ */
 struct QActs {
   int rows = 0, blocks = 0;
   int8_t* q = nullptr;     // [rows, blocks * 128]
   float* scale = nullptr;  // [rows, blocks]
   int32_t* sum = nullptr;  // [rows, blocks]
-  QActs(int maxCols, int rows_) : rows(rows_), blocks((maxCols + kBlock - 1) / kBlock) {
+  float* f = nullptr;      // [rows, blocks * 128], f32 weights' (zero past the columns)
+  QActs(int maxCols, int rows_, bool floats = false) : rows(rows_), blocks((maxCols + kBlock - 1) / kBlock) {
+    if (floats) {
+      f = alignedArray<float>(size_t(rows) * blocks * kBlock);
+      return;
+    }
     q = alignedArray<int8_t>(size_t(rows) * blocks * kBlock);
     scale = alignedArray<float>(size_t(rows) * blocks);
     sum = alignedArray<int32_t>(size_t(rows) * blocks);
@@ -257,6 +287,7 @@ struct QActs {
     std::free(q);
     std::free(scale);
     std::free(sum);
+    std::free(f);
   }
 };
 
@@ -266,13 +297,19 @@ struct ActsView {
   const int8_t* q;
   const float* scale;
   const int32_t* sum;
-  ActsView(const QActs& a, int row = 0)
-      : blocks(a.blocks), q(a.q + size_t(row) * a.blocks * kBlock), scale(a.scale + size_t(row) * a.blocks), sum(a.sum + size_t(row) * a.blocks) {}
+  const float* f;
+  ActsView(const QActs& a, int row = 0) : blocks(a.blocks), q(a.q), scale(a.scale), sum(a.sum), f(a.f) { *this = from(row); }
+  /** Floats from one row to the next (f). */
+  size_t stride() const { return size_t(blocks) * kBlock; }
   ActsView from(int row) const {
     ActsView v = *this;
-    v.q += size_t(row) * blocks * kBlock;
-    v.scale += size_t(row) * blocks;
-    v.sum += size_t(row) * blocks;
+    // Only the arrays this kind of activations has (pointer arithmetic on null is undefined).
+    if (q) {
+      v.q += size_t(row) * blocks * kBlock;
+      v.scale += size_t(row) * blocks;
+      v.sum += size_t(row) * blocks;
+    }
+    if (f) v.f += size_t(row) * stride();
     return v;
   }
 };
@@ -335,6 +372,11 @@ inline void quantizeRange(const float* x, int stride, int r0, int r1, int cols, 
     for (int k = k0; k < k1; k++) {
       const int start = k * kBlock, n = std::min(cols, start + kBlock) - start;
       const size_t at = size_t(b) * a.blocks + k;
+      if (w.bits == 32) {  // f32 weights take the values as they are
+        std::memcpy(a.f + at * kBlock, x + size_t(b) * stride + start, size_t(n) * 4);
+        std::memset(a.f + at * kBlock + n, 0, size_t(kBlock - n) * 4);
+        continue;
+      }
       quantizeBlock(x + size_t(b) * stride + start, n, a.q + at * kBlock, a.scale[at], a.sum[at], w.bits == 4);
     }
 }
@@ -390,9 +432,36 @@ inline void matmulRow(const QMatrix& w, const ActsView& a, float* y, int yStride
   for (int b = 0; b < B; b++) y[size_t(b) * yStride + r] = V::sum(acc[b]) + bias;
 }
 
+/**
+ * One row of f32 weights stored as rows (the LM head) against B rows of activations: the same
+ * row at a time, one vector of products a batch row at a time, summed across the vector at the end.
+ */
+template <int B>
+inline void f32RowsRow(const QMatrix& w, const ActsView& a, float* y, int yStride, int r, int prefetchBytes) {
+  const float* row = w.floats() + size_t(r) * w.cols;
+  const size_t xs = a.stride();
+  V::F acc[B];
+  for (int b = 0; b < B; b++) acc[b] = V::zero();
+  int c = 0;
+  for (; c + V::W <= w.cols; c += V::W) {
+    if (prefetchBytes && (c * 4) % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(row + c) + prefetchBytes, _MM_HINT_T0);
+    const V::F wv = V::load(row + c);
+    for (int b = 0; b < B; b++) acc[b] = V::fmadd(wv, V::load(a.f + b * xs + c), acc[b]);
+  }
+  const float bias = w.bias ? w.bias[r] : 0.f;
+  for (int b = 0; b < B; b++) {
+    float total = V::sum(acc[b]);
+    for (int k = c; k < w.cols; k++) total = std::fma(row[k], a.f[b * xs + k], total);
+    y[size_t(b) * yStride + r] = total + bias;
+  }
+}
+
 template <int B, int Bits>
 inline void matmulRows(const QMatrix& w, const ActsView& a, float* y, int yStride, int r0, int r1, int prefetchBytes) {
-  for (int r = r0; r < r1; r++) matmulRow<B, Bits>(w, a, y, yStride, r, prefetchBytes);
+  for (int r = r0; r < r1; r++) {
+    if constexpr (Bits == 32) f32RowsRow<B>(w, a, y, yStride, r, prefetchBytes);
+    else matmulRow<B, Bits>(w, a, y, yStride, r, prefetchBytes);
+  }
 }
 
 template <int Bits>
@@ -415,10 +484,151 @@ inline std::pair<int, int> share(int n) {
   return {int(int64_t(n) * me / team), int(int64_t(n) * (me + 1) / team)};
 }
 
-/** Rows [r0, r1) of y = W x for `batch` rows of activations, on this thread alone. */
+/** Column vectors an f32 tile of B activation rows keeps in registers: B · NV accumulators. */
+constexpr int colsTileVecs(int B) { return std::max(1, std::min(8, V::kAccRegs / B)); }
+
+/** Rows of Wᵀ a decode step's f32 matmul takes at a time (f32Cols; -D to experiment). */
+#ifndef MAMBA_CPU_F32_KBLOCK
+#define MAMBA_CPU_F32_KBLOCK 8
+#endif
+constexpr int kF32KBlock = MAMBA_CPU_F32_KBLOCK;
+/** Rows of Wᵀ a prefill's f32 matmul packs at a time: a panel's slice that stays in L1 (f32Cols). */
+#ifndef MAMBA_CPU_F32_PACK_ROWS
+#define MAMBA_CPU_F32_PACK_ROWS 128
+#endif
+constexpr int kF32PackRows = MAMBA_CPU_F32_PACK_ROWS;
+
+/**
+ * A tile of y = W x + bias for f32 W stored transposed (Wᵀ [cols, rows], the f32 graph's
+ * MatMul layout): NV vectors of columns for B rows of activations, over rows [k0, k1) of Wᵀ. `w0`
+ * is row k0 at the tile's first column, rows `ld` floats apart; `y` the tile's first column of
+ * activation row 0. Each row of Wᵀ's slice is loaded once and multiplied by each activation
+ * row's x[k], the B · NV sums in registers, taken from y when k0 > 0 (a float stored and loaded
+ * is the same float); `bias` (the tile's, or null) is added at the end. So every output is Σ_k
+ * in order of k, one fused multiply-add at a time, whatever the tile, the blocks of k and where
+ * the slice is read from: decode and prefill compute each value alike. `pfRows`: how many rows
+ * ahead to prefetch the slice (0: none).
+ */
+template <int B, int NV>
+inline void f32ColsTile(const float* w0, size_t ld, const float* bias, const ActsView& a, int k0, int k1, float* y, int yStride, int pfRows) {
+  const size_t xs = a.stride();
+  constexpr int kLineFloats = 16;
+  V::F acc[B][NV];
+  for (int b = 0; b < B; b++)
+    for (int v = 0; v < NV; v++) acc[b][v] = k0 == 0 ? V::zero() : V::load(y + size_t(b) * yStride + v * V::W);
+  for (int k = k0; k < k1; k++) {
+    const float* wk = w0 + size_t(k - k0) * ld;
+    if (pfRows)
+      for (int f = 0; f < NV * V::W; f += kLineFloats) _mm_prefetch(reinterpret_cast<const char*>(wk + size_t(pfRows) * ld + f), _MM_HINT_T0);
+    V::F wv[NV];
+    for (int v = 0; v < NV; v++) wv[v] = V::load(wk + v * V::W);
+    for (int b = 0; b < B; b++) {
+      const V::F xb = V::set1(a.f[b * xs + k]);
+      for (int v = 0; v < NV; v++) acc[b][v] = V::fmadd(xb, wv[v], acc[b][v]);
+    }
+  }
+  for (int b = 0; b < B; b++)
+    for (int v = 0; v < NV; v++) V::store(y + size_t(b) * yStride + v * V::W, bias ? V::add(acc[b][v], V::load(bias + v * V::W)) : acc[b][v]);
+}
+
+/** Columns [c0, c1) over rows [k0, k1) of Wᵀ for B rows of activations (f32ColsTile); a rest of under a vector one column at a time. */
+template <int B>
+inline void f32ColsTiles(const QMatrix& w, const ActsView& a, float* y, int yStride, int c0, int c1, int k0, int k1, int pfRows) {
+  constexpr int NV = colsTileVecs(B);
+  const size_t ld = size_t(w.rows);
+  const float* row0 = w.floats() + size_t(k0) * ld;
+  const float* bias = k1 == w.cols ? w.bias : nullptr;
+  int n = c0;
+  for (; n + NV * V::W <= c1; n += NV * V::W) f32ColsTile<B, NV>(row0 + n, ld, bias ? bias + n : nullptr, a, k0, k1, y + n, yStride, pfRows);
+  for (; n + V::W <= c1; n += V::W) f32ColsTile<B, 1>(row0 + n, ld, bias ? bias + n : nullptr, a, k0, k1, y + n, yStride, pfRows);
+  const size_t xs = a.stride();
+  for (; n < c1; n++)
+    for (int b = 0; b < B; b++) {
+      float& out = y[size_t(b) * yStride + n];
+      float total = k0 == 0 ? 0.f : out;
+      for (int k = k0; k < k1; k++) total = std::fma(a.f[b * xs + k], row0[size_t(k - k0) * ld + n], total);
+      out = bias ? total + bias[n] : total;
+    }
+}
+
+inline void f32ColsAnyBatch(int batch, const QMatrix& w, const ActsView& a, float* y, int yStride, int c0, int c1, int k0, int k1, int pfRows) {
+  switch (batch) {
+    case 1: return f32ColsTiles<1>(w, a, y, yStride, c0, c1, k0, k1, pfRows);
+    case 2: return f32ColsTiles<2>(w, a, y, yStride, c0, c1, k0, k1, pfRows);
+    case 3: return f32ColsTiles<3>(w, a, y, yStride, c0, c1, k0, k1, pfRows);
+    case 4: return f32ColsTiles<4>(w, a, y, yStride, c0, c1, k0, k1, pfRows);
+    case 5: return f32ColsTiles<5>(w, a, y, yStride, c0, c1, k0, k1, pfRows);
+    case 6: return f32ColsTiles<6>(w, a, y, yStride, c0, c1, k0, k1, pfRows);
+    case 7: return f32ColsTiles<7>(w, a, y, yStride, c0, c1, k0, k1, pfRows);
+    default: return f32ColsTiles<8>(w, a, y, yStride, c0, c1, k0, k1, pfRows);
+  }
+}
+
+/** Groups of activation rows a prefill's f32 tile takes, with three vectors of columns (its accumulators). */
+constexpr int kF32Group = V::kAccRegs / 3;
+constexpr int kF32Panel = colsTileVecs(kF32Group) * V::W;
+
+/** A packed panel's tile for the last, smaller group of a prompt's rows (n < kF32Group). */
+inline void f32PanelTile(int n, const float* pack, const float* bias, const ActsView& a, int k0, int k1, float* y, int yStride) {
+  constexpr int NV = colsTileVecs(kF32Group);
+  switch (n) {
+    case 1: return f32ColsTile<1, NV>(pack, kF32Panel, bias, a, k0, k1, y, yStride, 0);
+    case 2: return f32ColsTile<2, NV>(pack, kF32Panel, bias, a, k0, k1, y, yStride, 0);
+    case 3: return f32ColsTile<3, NV>(pack, kF32Panel, bias, a, k0, k1, y, yStride, 0);
+    case 4: return f32ColsTile<4, NV>(pack, kF32Panel, bias, a, k0, k1, y, yStride, 0);
+    case 5: return f32ColsTile<5, NV>(pack, kF32Panel, bias, a, k0, k1, y, yStride, 0);
+    case 6: return f32ColsTile<6, NV>(pack, kF32Panel, bias, a, k0, k1, y, yStride, 0);
+    default: return f32ColsTile<7, NV>(pack, kF32Panel, bias, a, k0, k1, y, yStride, 0);
+  }
+}
+
+/**
+ * Columns [c0, c1) of y for any number of activation rows, Wᵀ stored.
+ *
+ * A decode step's batch (up to kMaxBatch rows) goes through Wᵀ in blocks of kF32KBlock rows,
+ * every group of rows and every column of the range in each block, so that each row of Wᵀ is
+ * read from one end of the range to the other while the next block's are prefetched.
+ *
+ * A prompt goes by panels of kF32Panel columns: each panel's slice of kF32PackRows rows of Wᵀ
+ * is copied into a contiguous buffer (in L1), which every group of kF32Group prompt rows then
+ * reads (compute-bound, where a decode step is bound by reading Wᵀ). Read in place, the slice's
+ * rows lie a multiple of 4 KB apart (in_proj's rows are 12 KB) and evict each other from L1.
+ */
+inline void f32Cols(int batch, const QMatrix& w, const ActsView& a, float* y, int yStride, int c0, int c1, int prefetchBytes) {
+  if (batch <= kMaxBatch) {
+    for (int k0 = 0; k0 < w.cols; k0 += kF32KBlock) {
+      const int k1 = std::min(w.cols, k0 + kF32KBlock);
+      for (int g = 0; g < batch; g += kF32Group)
+        f32ColsAnyBatch(std::min(kF32Group, batch - g), w, a.from(g), y + size_t(g) * yStride, yStride, c0, c1, k0, k1, g == 0 && prefetchBytes ? kF32KBlock : 0);
+    }
+    return;
+  }
+  constexpr int NV = colsTileVecs(kF32Group);
+  alignas(64) float pack[kF32PackRows * kF32Panel];
+  const size_t ld = size_t(w.rows);
+  for (int p = c0; p < c1; p += kF32Panel) {
+    const int p1 = std::min(c1, p + kF32Panel);
+    if (p1 - p < kF32Panel) {  // a last, narrower panel: read in place
+      for (int g = 0; g < batch; g += kF32Group) f32ColsAnyBatch(std::min(kF32Group, batch - g), w, a.from(g), y + size_t(g) * yStride, yStride, p, p1, 0, w.cols, 0);
+      continue;
+    }
+    for (int k0 = 0; k0 < w.cols; k0 += kF32PackRows) {
+      const int k1 = std::min(w.cols, k0 + kF32PackRows);
+      for (int k = k0; k < k1; k++) std::memcpy(pack + size_t(k - k0) * kF32Panel, w.floats() + size_t(k) * ld + p, sizeof(float) * kF32Panel);
+      const float* bias = k1 == w.cols && w.bias ? w.bias + p : nullptr;
+      int g = 0;
+      for (; g + kF32Group <= batch; g += kF32Group) f32ColsTile<kF32Group, NV>(pack, kF32Panel, bias, a.from(g), k0, k1, y + size_t(g) * yStride + p, yStride, 0);
+      if (g < batch) f32PanelTile(batch - g, pack, bias, a.from(g), k0, k1, y + size_t(g) * yStride + p, yStride);
+    }
+  }
+}
+
+/** Rows [r0, r1) of y = W x for `batch` rows of activations (for Wᵀ: its columns), on this thread alone. */
 inline void matmulRange(int batch, const QMatrix& w, const ActsView& a, float* y, int yStride, int r0, int r1, int prefetchBytes) {
   if (w.bits == 8) matmulRowsAnyBatch<8>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
-  else matmulRowsAnyBatch<4>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
+  else if (w.bits == 4) matmulRowsAnyBatch<4>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
+  else if (w.colsMajor) f32Cols(batch, w, a, y, yStride, r0, r1, prefetchBytes);
+  else matmulRowsAnyBatch<32>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
 }
 
 /** Weight rows a prefill matmul takes at a time: all its token groups read them from L1/L2 (-D to experiment). */
@@ -439,7 +649,8 @@ inline void matmul(int batch, const QMatrix& w, const ActsView& a, float* y, int
   const auto [c0, c1] = share((w.rows + 15) / 16);
   const int r0 = c0 * 16, r1 = std::min(w.rows, c1 * 16);
   if (r0 >= r1) return;
-  if (batch <= kMaxBatch) return matmulRange(batch, w, a, y, yStride, r0, r1, prefetchBytes);
+  // f32 Wᵀ goes by panels at any batch (f32Cols).
+  if (batch <= kMaxBatch || (w.bits == 32 && w.colsMajor)) return matmulRange(batch, w, a, y, yStride, r0, r1, prefetchBytes);
   for (int p = r0; p < r1; p += kPanelRows) {
     const int p1 = std::min(r1, p + kPanelRows);
     // The first group streams the panel in (prefetching ahead as decode does); the rest find it cached.
@@ -478,7 +689,8 @@ struct PrefillScratch {
   int rows;
   float *resid, *h, *xz, *xc, *xdbl, *dt, *y;
   QActs actsD, actsd, actsR;
-  PrefillScratch(const Dims& s, int rows_)
+  /** `f32`: for f32 weights (activations as floats). */
+  PrefillScratch(const Dims& s, int rows_, bool f32 = false)
       : rows(rows_),
         resid(alignedArray<float>(size_t(rows) * s.d)),
         h(alignedArray<float>(size_t(rows) * s.d)),
@@ -487,9 +699,9 @@ struct PrefillScratch {
         xdbl(alignedArray<float>(size_t(rows) * (s.R + 2 * s.N))),
         dt(alignedArray<float>(size_t(rows) * s.D)),
         y(alignedArray<float>(size_t(rows) * s.D)),
-        actsD(s.D, rows),
-        actsd(s.d, rows),
-        actsR(s.R, rows) {}
+        actsD(s.D, rows, f32),
+        actsd(s.d, rows, f32),
+        actsR(s.R, rows, f32) {}
   PrefillScratch(const PrefillScratch&) = delete;
   PrefillScratch& operator=(const PrefillScratch&) = delete;
   ~PrefillScratch() {
@@ -581,12 +793,12 @@ struct StepScratch {
   struct Own {
     float *resid, *hn, *xdbl;
     QActs actsd, actsR;
-    explicit Own(const Dims& s)
+    Own(const Dims& s, bool f32)
         : resid(alignedArray<float>(size_t(kMaxBatch) * s.d)),
           hn(alignedArray<float>(size_t(kMaxBatch) * s.d)),
           xdbl(alignedArray<float>(size_t(kMaxBatch) * (s.R + 2 * s.N))),
-          actsd(s.d, kMaxBatch),
-          actsR(s.R, kMaxBatch) {}
+          actsd(s.d, kMaxBatch, f32),
+          actsR(s.R, kMaxBatch, f32) {}
     Own(const Own&) = delete;
     Own& operator=(const Own&) = delete;
     ~Own() {
@@ -596,16 +808,16 @@ struct StepScratch {
   float *h, *xz, *xc, *dt, *y;
   QActs actsX, actsY;  // xc for x_proj, y for out_proj
   std::vector<std::unique_ptr<Own>> own;
-  /** For teams of up to `threads` threads (or OpenMP's default team size, if larger). */
-  StepScratch(const Dims& s, int threads)
+  /** For teams of up to `threads` threads (or OpenMP's default team size, if larger); `f32`: for f32 weights. */
+  StepScratch(const Dims& s, int threads, bool f32 = false)
       : h(alignedArray<float>(size_t(kMaxBatch) * s.d)),
         xz(alignedArray<float>(size_t(kMaxBatch) * 2 * s.D)),
         xc(alignedArray<float>(size_t(kMaxBatch) * s.D)),
         dt(alignedArray<float>(size_t(kMaxBatch) * s.D)),
         y(alignedArray<float>(size_t(kMaxBatch) * s.D)),
-        actsX(s.D, kMaxBatch),
-        actsY(s.D, kMaxBatch) {
-    for (int i = 0; i < std::max(threads, omp_get_max_threads()); i++) own.push_back(std::make_unique<Own>(s));
+        actsX(s.D, kMaxBatch, f32),
+        actsY(s.D, kMaxBatch, f32) {
+    for (int i = 0; i < std::max(threads, omp_get_max_threads()); i++) own.push_back(std::make_unique<Own>(s, f32));
   }
   StepScratch(const StepScratch&) = delete;
   StepScratch& operator=(const StepScratch&) = delete;
