@@ -39,10 +39,14 @@ export type NBitsActivations = 'int8' | 'f32';
 /** The initializer names of a quantized projection `name`: its codes, their scales and its bias (native-kernels.ts finds them by these). */
 export const nbitsNames = (name: string, bits: QuantBits) => ({ data: `${name}_q${bits}`, scales: `${name}_scales`, bias: `${name}_b` });
 
+/** The initializer names of an f32 projection `name`: Wᵀ [in, out] and its bias (native-kernels.ts finds them by these). */
+export const f32LinearNames = (name: string) => ({ wT: `${name}_t`, bias: `${name}_b` });
+
 export function registerLinear(g: GraphBuilder, name: string, ref: LinearRef, activations: NBitsActivations = 'int8'): LinearNames {
   if (ref.kind === 'f32') {
-    const wT = g.externalFloat(`${name}_t`, [ref.in, ref.out], ref.wT);
-    return ref.bias ? { kind: 'f32', wT, bias: g.externalFloat(`${name}_b`, [ref.out], ref.bias) } : { kind: 'f32', wT };
+    const named = f32LinearNames(name);
+    const wT = g.externalFloat(named.wT, [ref.in, ref.out], ref.wT);
+    return ref.bias ? { kind: 'f32', wT, bias: g.externalFloat(named.bias, [ref.out], ref.bias) } : { kind: 'f32', wT };
   }
   const kb = blocksPerRow(ref.in, ref.block);
   const named = nbitsNames(name, ref.bits);

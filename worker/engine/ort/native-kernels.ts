@@ -1,11 +1,11 @@
-// The ORT engine's native kernels: for int8 and int4 builds of pure Mamba models, prefill and
-// decode run on our own AVX-512 VNNI or AVX2 kernels (worker/native-cpu/, `npm run build:cpu`)
+// The ORT engine's native kernels: for f32, int8 and int4 builds of pure Mamba models, prefill
+// and decode run on our own AVX-512 or AVX2 kernels (worker/native-cpu/, `npm run build:cpu`)
 // instead of the ONNX graph, and the engine then creates no ONNX Runtime session at all: the
 // kernels read the graph build's weights file (mapped, not copied: the int8 and int4 blocks are
-// MatMulNBits' bytes) and the thread's state arrays in place (the graph's [K, D] and [N, D]
-// layouts). Faster at every batch and prompt length, and one copy of the weights in memory
+// MatMulNBits' bytes, the f32 projections the MatMuls' Wᵀ) and the thread's state arrays in
+// place (the graph's [K, D] and [N, D] layouts). Faster, and one copy of the weights in memory
 // (docs/cpu-engine.md, "The native kernels"). ONNX Runtime's graph stays the portable path:
-// f32, hybrid models, other CPUs, and wherever the addon is not built.
+// hybrid models, other CPUs, the CUDA provider, and wherever the addon is not built.
 //
 // This module decides whether that path can run and describes the weights to it: it reads the
 // graph build's initializers (their byte ranges in weights.bin) from model.onnx.
@@ -15,7 +15,7 @@ import { dirname, join } from 'node:path';
 import onnxProto from 'onnx-proto';
 import { nativeCpuAddonCurrent, nativeCpuBuildFor, NATIVE_CPU_BUILDS, type NativeCpuIsa } from '../../native-cpu/support.ts';
 import type { MambaConfig } from '../../model/mamba-config.ts';
-import { nbitsNames } from './linear.ts';
+import { f32LinearNames, nbitsNames } from './linear.ts';
 import { mambaLayerWeightNames, WEIGHT_NAMES } from './mamba-graph.ts';
 import type { WeightsDtype } from './quantize.ts';
 
@@ -36,16 +36,17 @@ export class NativeKernelsUnavailableError extends Error {
 
 /** [offset, length] in bytes within the weights file. */
 type Range = [number, number];
+/** A matrix's bytes: int8 / int4 codes and their scales; f32 values alone. */
 interface MatrixRanges {
   data: Range;
-  scales: Range;
+  scales?: Range;
   bias?: Range;
 }
 
 /** What worker/native-cpu/src/addon.cpp's Decoder takes (see its header). */
 export interface NativeDecoderOptions {
   readonly weightsPath: string;
-  readonly bits: 4 | 8;
+  readonly bits: 4 | 8 | 32;
   readonly threads: number;
   readonly dims: { d: number; layers: number; D: number; N: number; R: number; K: number; V: number; eps: number };
   readonly embed: MatrixRanges;
@@ -109,7 +110,6 @@ export interface NativeKernelsRequest {
 /** The build to load, or why this engine cannot run on the native kernels (the weights are checked by planNativeKernels). */
 function chooseAddon(r: NativeKernelsRequest): { addonPath: string; isa: NativeKernelsPlan['isa'] } | { reason: string } {
   if (r.executionProvider !== 'cpu') return { reason: 'the CUDA execution provider runs on the GPU' };
-  if (r.dtype === 'f32') return { reason: 'f32 weights run on ONNX Runtime (the native kernels read int8 and int4 weights)' };
   if (r.config.hybrid) return { reason: 'hybrid models run on ONNX Runtime (the native kernels have no attention layers)' };
   if (r.config.intermediateSize % 16 !== 0) return { reason: `d_inner ${r.config.intermediateSize} is not a multiple of 16` };
   const cpu = nativeCpuBuildFor();
@@ -136,7 +136,7 @@ export async function planNativeKernels(r: NativeKernelsRequest): Promise<{ plan
   };
   const chosen = chooseAddon(r);
   if ('reason' in chosen) return refuse(chosen.reason);
-  const bits = r.dtype === 'int8' ? 8 : 4;
+  const bits = r.dtype === 'int8' ? 8 : r.dtype === 'int4' ? 4 : 32;
   const tensors = await externalInitializers(r.modelPath);
   const missing: string[] = [];
   const range = (name: string): Range => {
@@ -148,7 +148,12 @@ export async function planNativeKernels(r: NativeKernelsRequest): Promise<{ plan
     return t.range;
   };
   const optional = (name: string): Range | undefined => tensors.get(name)?.range;
+  // The names registerLinear (linear.ts) gives a projection's initializers.
   const matrix = (name: string): MatrixRanges => {
+    if (bits === 32) {
+      const bias = optional(f32LinearNames(name).bias);
+      return { data: range(f32LinearNames(name).wT), ...(bias ? { bias } : {}) };
+    }
     const named = nbitsNames(name, bits);
     const bias = optional(named.bias);
     return { data: range(named.data), scales: range(named.scales), ...(bias ? { bias } : {}) };
@@ -169,15 +174,16 @@ export async function planNativeKernels(r: NativeKernelsRequest): Promise<{ plan
       outProj: matrix(n.outProj),
     };
   });
-  const head = matrix(WEIGHT_NAMES.head);
-  const embedNames = nbitsNames(WEIGHT_NAMES.embeddings, bits);
-  const embed = { data: range(embedNames.data), scales: range(embedNames.scales) };
+  // f32: the table and the head's rows [V, d] as they are (a tied head: the same bytes).
+  const head = bits === 32 ? { data: range(WEIGHT_NAMES.head) } : matrix(WEIGHT_NAMES.head);
+  const embedData = bits === 32 ? WEIGHT_NAMES.embeddings : nbitsNames(WEIGHT_NAMES.embeddings, bits).data;
+  const embed = bits === 32 ? { data: range(embedData) } : { data: range(embedData), scales: range(nbitsNames(WEIGHT_NAMES.embeddings, bits).scales) };
   const normF = range(WEIGHT_NAMES.normF);
   if (missing.length > 0) return refuse(`the graph build lacks ${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', …' : ''}`);
   const locations = new Set([...tensors.values()].map((t) => t.location));
   if (locations.size !== 1) return refuse('the graph build keeps its weights in more than one file');
-  const headRows = tensors.get(nbitsNames(WEIGHT_NAMES.head, bits).data)!.dims[0]!;
-  if (tensors.get(embedNames.data)!.dims[0] !== headRows) return refuse('the embedding and the LM head have different numbers of rows');
+  const headRows = tensors.get(bits === 32 ? WEIGHT_NAMES.head : nbitsNames(WEIGHT_NAMES.head, bits).data)!.dims[0]!;
+  if (tensors.get(embedData)!.dims[0] !== headRows) return refuse('the embedding and the LM head have different numbers of rows');
   return {
     plan: {
       addonPath: chosen.addonPath,

@@ -261,7 +261,7 @@ export class OrtEngine implements Engine {
         log.warn('native kernels did not load: running on ONNX Runtime', { code: 'native_kernels_unavailable', error: ready.nativeKernelsError });
       } else if (nativeKernels) {
         log.info('prefill and decode run on the native kernels (no ONNX Runtime session)', { weights: weightsDtype, threads, isa: nativeKernels.isa });
-      } else if (weightsDtype !== 'f32' && (options.nativeKernels ?? 'auto') === 'auto' && 'reason' in planned) {
+      } else if ((options.nativeKernels ?? 'auto') === 'auto' && 'reason' in planned) {
         log.info('prefill and decode run on ONNX Runtime', { weights: weightsDtype, reason: planned.reason });
       }
       return engine;
@@ -271,7 +271,9 @@ export class OrtEngine implements Engine {
     // restores MatMulNBits' int8-compute packing from that file wrongly (NaN logits;
     // packed-weights.test.ts keeps checking), so quantized builds pack at load; the file is
     // this CPU's layout, which the CUDA provider does not read.
-    const usePackedFile = prepack && weightsDtype === 'f32' && (options.executionProvider ?? 'cpu') === 'cpu' && (options.packedWeightsFile ?? true);
+    // Not when the native kernels run: they read the build's own weights, and ONNX Runtime then
+    // loads only if their addon fails to (packing at load, then).
+    const usePackedFile = !nativeKernels && prepack && weightsDtype === 'f32' && (options.executionProvider ?? 'cpu') === 'cpu' && (options.packedWeightsFile ?? true);
     if (usePackedFile) {
       let packed: string | undefined;
       try {
