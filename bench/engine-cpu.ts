@@ -12,9 +12,9 @@
 // ORT_PREPACK_WEIGHTS=false (the weights held once, as the mapped build file, unpacked).
 // "Resident at the end" shows what each keeps, the peak what loading cost.
 //
-// int8 and int4 run on ONNX Runtime's graph (ORT_NATIVE_KERNELS=off); int8-native / int4-native
-// on the native kernels, prefill and decode (ORT_NATIVE_KERNELS=on; `npm run build:cpu`), with no
-// ONNX Runtime session in the process.
+// f32, int8 and int4 run on ONNX Runtime's graph (ORT_NATIVE_KERNELS=off); f32-native /
+// int8-native / int4-native on the native kernels, prefill and decode (ORT_NATIVE_KERNELS=on;
+// `npm run build:cpu`), with no ONNX Runtime session in the process.
 //
 // Each variant runs in a process of its own, so its peak RSS is its own. The random checkpoint
 // (~520 MB) is generated once into .cache/bench/.
@@ -41,7 +41,7 @@ const { values: args } = parseArgs({
     steps: { type: 'string', default: '60' },
     /**
      * Variants: a weights dtype, f32-pack-at-load (ORT_PACKED_WEIGHTS_FILE=false), f32-unpacked
-     * (ORT_PREPACK_WEIGHTS=false), int8-native / int4-native (ORT_NATIVE_KERNELS=on). Default: all
+     * (ORT_PREPACK_WEIGHTS=false), f32-native / int8-native / int4-native (ORT_NATIVE_KERNELS=on). Default: all
      * of them, the native ones where the native kernels are built and run here.
      */
     dtypes: { type: 'string' },
@@ -55,7 +55,7 @@ const steps = Number(args.steps);
 const modelDir = join(args['cache-dir'], 'mamba-130m-random');
 const graphsDir = join(args['cache-dir'], 'graphs');
 
-type Variant = WeightsDtype | 'f32-pack-at-load' | 'f32-unpacked' | 'int8-native' | 'int4-native';
+type Variant = WeightsDtype | 'f32-pack-at-load' | 'f32-unpacked' | 'f32-native' | 'int8-native' | 'int4-native';
 /** A variant's weights: the name up to its first '-' (f32-unpacked → f32, int4-native → int4). */
 const dtypeOf = (v: Variant): WeightsDtype => v.split('-')[0] as WeightsDtype;
 
@@ -91,7 +91,7 @@ async function measure(variant: Variant): Promise<Figures> {
     weightsDtype: dtype,
     prepackWeights: variant !== 'f32-unpacked',
     packedWeightsFile: variant !== 'f32-pack-at-load',
-    // int8 / int4 on ONNX Runtime's graph; the -native variants on the native kernels
+    // f32 / int8 / int4 on ONNX Runtime's graph; the -native variants on the native kernels
     // (ORT_NATIVE_KERNELS=on: they fail where it cannot run; npm run build:cpu builds it).
     nativeKernels: variant.endsWith('-native') ? 'on' : 'off',
   });
@@ -127,8 +127,8 @@ if (!existsSync(join(modelDir, 'model.safetensors'))) {
   await writeRandomCheckpoint(modelDir, { hiddenSize: 768, numLayers: 24, vocabSize: 50280, stateSize: 16, convKernel: 4, expand: 2, seed: 130 });
 }
 const nativeSkip = nativeKernelsUnavailable();
-if (!args.dtypes && nativeSkip) console.log(`(no int8-native / int4-native variants: ${nativeSkip}; npm run build:cpu builds the native kernels)`);
-const dtypes = (args.dtypes ?? `f32,f32-pack-at-load,f32-unpacked,int8,int4${nativeSkip ? '' : ',int8-native,int4-native'}`).split(',') as Variant[];
+if (!args.dtypes && nativeSkip) console.log(`(no -native variants: ${nativeSkip}; npm run build:cpu builds the native kernels)`);
+const dtypes = (args.dtypes ?? `f32,f32-pack-at-load,f32-unpacked,int8,int4${nativeSkip ? '' : ',f32-native,int8-native,int4-native'}`).split(',') as Variant[];
 // Builds first (a build's own memory is not the engine's).
 const ckpt = await openCheckpoint(modelDir);
 for (const dtype of new Set(dtypes.map(dtypeOf))) {

@@ -40,7 +40,9 @@ function maxDiff(rows: number[][], flat: Float32Array | Float64Array, vocab: num
 
 const engines: [string, (dir: string) => Promise<Engine>][] = [
   ['reference', async (dir) => ReferenceEngine.load(await openCheckpoint(dir))],
+  // As it runs by default (f32 on the native kernels where they are built), and on ONNX Runtime's graph.
   ['ort', async (dir) => OrtEngine.load(await openCheckpoint(dir), { cacheDir, intraOpThreads: 1 })],
+  ['ort (ONNX Runtime graph)', async (dir) => OrtEngine.load(await openCheckpoint(dir), { cacheDir, intraOpThreads: 1, nativeKernels: 'off' })],
 ];
 
 /** A fresh state, or (for a far-position case) a zero state that has counted `position` tokens. */

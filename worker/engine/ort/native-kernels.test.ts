@@ -2,12 +2,13 @@
 // they prefill and decode as ONNX Runtime's graph does (a batch larger than the kernels take at
 // once, a prompt longer than their chunk), that the process then loads no ONNX Runtime, how they
 // fall back, and how the addon refuses bad input. Their numbers are held to the float64
-// reference in ort-quantized.test.ts, beside the graph's own path.
+// reference in ort-quantized.test.ts (int8, int4), and in ort-engine.test.ts and golden.test.ts
+// (f32, which the engine runs on them by default), beside the graph's own path.
 import { spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCheckpoint, type Checkpoint } from '../../model/checkpoint.ts';
 import { writeRandomCheckpoint } from '../../model/testing/random-checkpoint.ts';
@@ -37,7 +38,7 @@ const builds = testableNativeBuilds();
 
 describe.skipIf(skip)('the native kernels in the engine', () => {
   it.each(builds.map((b) => [b.isa, b.addon] as const))('%s build: decodes a batch larger than its kernels take at once (11 sequences, groups of 8) as ONNX Runtime does, row for row', async (_isa, addon) => {
-    for (const dtype of ['int8', 'int4'] as const) {
+    for (const dtype of ['int8', 'int4', 'f32'] as const) {
       const native = await load({ weightsDtype: dtype, nativeKernels: 'on', nativeKernelsAddon: addon });
       const graph = await load({ weightsDtype: dtype, nativeKernels: 'off' });
       try {
@@ -68,11 +69,12 @@ describe.skipIf(skip)('the native kernels in the engine', () => {
   // an activation across the rounding boundary of its int8 code: over 129 and 300 tokens that
   // moved a row by up to 0.19 on logits of ~44 (and the rows after it, less and less). So short
   // prompts are held to the graph at 1e-4, and prompts longer than the kernels' chunk of 128 to
-  // their own steps exactly and to the graph within 2 % of the logit range.
+  // their own steps exactly and to the graph within 2 % of the logit range. f32 has no codes to
+  // round: it is held to the graph at 1e-4 at every length.
   it.each(builds.map((b) => [b.isa, b.addon] as const))(
-    '%s build: prefills as ONNX Runtime does (short prompts), and prompts longer than its chunk as its own steps do',
+    '%s build: prefills as ONNX Runtime does (short prompts; f32 every prompt), and prompts longer than its chunk as its own steps do',
     async (_isa, addon) => {
-      for (const dtype of ['int8', 'int4'] as const) {
+      for (const dtype of ['int8', 'int4', 'f32'] as const) {
         const native = await load({ weightsDtype: dtype, nativeKernels: 'on', nativeKernelsAddon: addon });
         const graph = await load({ weightsDtype: dtype, nativeKernels: 'off' });
         const V = ckpt.vocabRows;
@@ -102,7 +104,7 @@ describe.skipIf(skip)('the native kernels in the engine', () => {
             expect(maxAbsDiff(last.data, prompt.data.subarray((length - 1) * V))).toBe(0);
             const graphRows = (await graph.prefill(await graph.newState(), tokens, { allLogits: true })).data;
             const range = graphRows.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
-            expect(maxAbsDiff(prompt.data, graphRows)).toBeLessThan(0.02 * range);
+            expect(maxAbsDiff(prompt.data, graphRows)).toBeLessThan(dtype === 'f32' ? 1e-4 : 0.02 * range);
           }
         } finally {
           await native.close();
@@ -118,6 +120,20 @@ describe.skipIf(skip)('the native kernels in the engine', () => {
     await engine.close();
     // The best build this CPU runs, unasked.
     expect(infos).toContainEqual({ msg: 'prefill and decode run on the native kernels (no ONNX Runtime session)', fields: { weights: 'int8', threads: 2, isa: builds[0]!.isa } });
+  });
+
+  it('f32 runs on them by default and then makes no packed-weights file for ONNX Runtime (it does with ORT_NATIVE_KERNELS=off)', async () => {
+    const cacheDir = join(root, 'cache-f32');
+    const build = await ensureGraphBuild(ckpt, cacheDir, { dtype: 'f32' });
+    const packedFiles = async () => (await readdir(dirname(build.modelPath))).filter((f) => f.startsWith('packed-'));
+    const infos: string[] = [];
+    const native = await OrtEngine.load(ckpt, { cacheDir, intraOpThreads: 2, log: { info: (msg) => infos.push(msg), warn: () => {} } });
+    await native.close();
+    expect(infos).toContain('prefill and decode run on the native kernels (no ONNX Runtime session)');
+    expect(await packedFiles()).toEqual([]);
+    const graph = await OrtEngine.load(ckpt, { cacheDir, intraOpThreads: 2, nativeKernels: 'off', log: { info: () => {}, warn: () => {} } });
+    await graph.close();
+    expect(await packedFiles()).not.toEqual([]);
   });
 
   // The close: Node unloads the addon with the thread that loaded it, and an addon that took
@@ -159,14 +175,13 @@ describe('when the native kernels do not apply', () => {
   };
 
   it('says why and runs on ONNX Runtime (auto), or refuses to start (on)', async () => {
-    expect(await plan({ dtype: 'f32' })).toEqual({ reason: expect.stringMatching(/f32 weights run on ONNX Runtime/) });
     expect(await plan({ setting: 'off' })).toEqual({ reason: 'ORT_NATIVE_KERNELS=off' });
     expect(await plan({ executionProvider: 'cuda' })).toEqual({ reason: expect.stringMatching(/CUDA/) });
     expect(await plan({ config: { ...ckpt.config, intermediateSize: 40 } })).toEqual({ reason: expect.stringMatching(/not a multiple of 16/) });
     const hybrid = { ...ckpt.config, hybrid: {} as NonNullable<Checkpoint['config']['hybrid']> };
     expect(await plan({ config: hybrid })).toEqual({ reason: expect.stringMatching(/hybrid models run on ONNX Runtime/) });
     if (!skip) expect(await plan({ addonPath: join(root, 'absent.node') })).toEqual({ reason: expect.stringMatching(/absent.node does not exist/) });
-    await expect(plan({ setting: 'on', dtype: 'f32' })).rejects.toMatchObject({ code: 'native_kernels_unavailable', message: expect.stringMatching(/^ORT_NATIVE_KERNELS=on, but f32/) });
+    await expect(plan({ setting: 'on', executionProvider: 'cuda' })).rejects.toMatchObject({ code: 'native_kernels_unavailable', message: expect.stringMatching(/^ORT_NATIVE_KERNELS=on, but the CUDA/) });
   });
 });
 
@@ -183,6 +198,26 @@ describe.skipIf(skip)('the addon refuses bad input with a code', () => {
     const planned = await planNativeKernels({ setting: 'on', modelPath: build.modelPath, config: ckpt.config, dtype: 'int8', threads: 1, executionProvider: 'cpu' });
     if (!('plan' in planned)) throw new Error(planned.reason);
     options = planned.plan.decoder;
+  });
+
+  it('f32 weights: scales where there are none, a matrix of the wrong size, bits other than 8, 4 or 32', async () => {
+    const build = await ensureGraphBuild(ckpt, join(root, 'cache'), { dtype: 'f32' });
+    const planned = await planNativeKernels({ setting: 'on', modelPath: build.modelPath, config: ckpt.config, dtype: 'f32', threads: 1, executionProvider: 'cpu' });
+    if (!('plan' in planned)) throw new Error(planned.reason);
+    const f32 = planned.plan.decoder;
+    expect(f32.bits).toBe(32);
+    const layer = f32.layers[0]!;
+    const withLayer = (l: Partial<typeof layer>) => ({ ...f32, layers: [{ ...layer, ...l }, ...f32.layers.slice(1)] });
+    expect(() => new Decoder(withLayer({ inProj: { ...layer.inProj, scales: f32.normF } }))).toThrow(expect.objectContaining({ code: 'native_weights_invalid', message: expect.stringMatching(/f32 and takes no scales/) }));
+    const [offset, length] = layer.outProj.data;
+    expect(() => new Decoder(withLayer({ outProj: { data: [offset, length - 4] } }))).toThrow(expect.objectContaining({ code: 'native_weights_invalid', message: expect.stringMatching(/outProj.data holds/) }));
+    expect(() => new Decoder({ ...f32, bits: 16 as 32 })).toThrow(expect.objectContaining({ code: 'native_weights_invalid', message: expect.stringMatching(/bits must be 8, 4 or 32/) }));
+    const decoder = new Decoder(f32);
+    const { layers, K, N, D, V } = f32.dims;
+    const logits = new Float32Array(V);
+    decoder.prefill(Int32Array.of(5, 6), Array.from({ length: layers }, () => new Float32Array(K * D)), Array.from({ length: layers }, () => new Float32Array(N * D)), logits, false);
+    expect(logits.every(Number.isFinite) && logits.some((v) => v !== 0)).toBe(true);
+    decoder.close();
   });
 
   it('weights: a range outside the file or of the wrong size, a file that is not there', () => {

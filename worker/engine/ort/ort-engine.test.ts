@@ -1,5 +1,7 @@
 // The ORT engine held to the plain reference: full prompt == step by step == resumed from
-// exported bytes == reference, on random checkpoints in every layout the loader accepts.
+// exported bytes == reference, on random checkpoints in every layout the loader accepts, both
+// as it runs by default (f32 on the native kernels where they are built and apply: pure Mamba,
+// d_inner a multiple of 16) and on ONNX Runtime's graph (ORT_NATIVE_KERNELS=off).
 import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -12,7 +14,7 @@ import { EngineError } from '../engine.ts';
 import { ReferenceEngine } from '../reference/reference-engine.ts';
 import { maxAbsDiff, prefilledStates, stepLogits, tokensFor } from '../testing/compare.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
-import { OrtEngine } from './ort-engine.ts';
+import { OrtEngine, type OrtEngineOptions } from './ort-engine.ts';
 
 const FP32_TOLERANCE = 1e-4;
 
@@ -37,18 +39,23 @@ const layouts: [string, RandomCheckpointOptions][] = [
   ['fp16 weights, odd sizes (d_conv 3, d_state 5, expand 1.5)', { seed: 5, dtype: 'F16', convKernel: 3, stateSize: 5, expand: 1.5, hiddenSize: 24, numLayers: 3 }],
 ];
 
-describe.each(layouts)('ORT engine vs reference: %s', (name, options) => {
+const paths: [string, Partial<OrtEngineOptions>][] = [
+  ['by default', {}],
+  ['ONNX Runtime graph', { nativeKernels: 'off' }],
+];
+
+describe.each(paths.flatMap(([path, pathOptions]) => layouts.map(([name, options]) => [path, name, options, pathOptions] as const)))('ORT engine (%s) vs reference: %s', (path, name, options, pathOptions) => {
   let ckpt: Checkpoint;
   let ref: ReferenceEngine;
   let ort: OrtEngine;
   const L = 23;
 
   beforeAll(async () => {
-    const dir = join(root, name.replace(/[^a-z0-9]+/gi, '-'));
+    const dir = join(root, `${path}-${name}`.replace(/[^a-z0-9]+/gi, '-'));
     await writeRandomCheckpoint(dir, options);
     ckpt = await openCheckpoint(dir);
     ref = await ReferenceEngine.load(ckpt);
-    ort = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 1 });
+    ort = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 1, ...pathOptions });
   });
   afterAll(async () => {
     await ort?.close();
@@ -76,7 +83,7 @@ describe.each(layouts)('ORT engine vs reference: %s', (name, options) => {
     const first = await ort.newState();
     await ort.prefill(first, tokens.subarray(0, K));
     const bytes = await ort.exportState(first, { parentVersion: 4, transcriptHash: 'abc' });
-    const fresh = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 1 });
+    const fresh = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 1, ...pathOptions });
     try {
       const imported = await fresh.importState(bytes);
       expect(imported.parentVersion).toBe(4);
@@ -127,7 +134,7 @@ describe.each(layouts.slice(0, 2))('ORT engine with weights not pre-packed vs re
     await writeRandomCheckpoint(dir, options);
     ckpt = await openCheckpoint(dir);
     ref = await ReferenceEngine.load(ckpt);
-    ort = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 2, prepackWeights: false });
+    ort = await OrtEngine.load(ckpt, { cacheDir: join(root, 'cache'), intraOpThreads: 2, prepackWeights: false, nativeKernels: 'off' });
   });
   afterAll(async () => {
     await ort?.close();
@@ -155,16 +162,18 @@ describe.each(layouts.slice(0, 2))('ORT engine with weights not pre-packed vs re
   });
 });
 
+// On ONNX Runtime's graph: its spin settings and prompt chunks are its own.
 describe('ORT engine behaviour', () => {
   let ckpt: Checkpoint;
   let ort: OrtEngine;
   const cacheDir = () => join(root, 'cache-behaviour');
+  const load = (c: Checkpoint, options: Partial<OrtEngineOptions>) => OrtEngine.load(c, { cacheDir: cacheDir(), intraOpThreads: 1, nativeKernels: 'off', ...options });
 
   beforeAll(async () => {
     const dir = join(root, 'behaviour');
     await writeRandomCheckpoint(dir, { seed: 7, hiddenSize: 64, numLayers: 2 });
     ckpt = await openCheckpoint(dir);
-    ort = await OrtEngine.load(ckpt, { cacheDir: cacheDir(), intraOpThreads: 1, maxPrefillChunk: 16 });
+    ort = await load(ckpt, { maxPrefillChunk: 16 });
   });
   afterAll(async () => {
     await ort?.close();
@@ -181,7 +190,7 @@ describe('ORT engine behaviour', () => {
     const tokens = tokensFor(20, ckpt.config.vocabSize, 12);
     const expected = await ort.prefill(await ort.newState(), tokens, { allLogits: true });
     for (const spin of [{ intraOpSpinMicros: 50 }, { intraOpSpinning: true }]) {
-      const other = await OrtEngine.load(ckpt, { cacheDir: cacheDir(), intraOpThreads: 2, maxPrefillChunk: 16, ...spin });
+      const other = await load(ckpt, { intraOpThreads: 2, maxPrefillChunk: 16, ...spin });
       try {
         const got = await other.prefill(await other.newState(), tokens, { allLogits: true });
         expect(maxAbsDiff(got.data, expected.data)).toBeLessThan(1e-5);
@@ -193,7 +202,7 @@ describe('ORT engine behaviour', () => {
 
   it('chunks long prompts without changing the result', async () => {
     const tokens = tokensFor(50, ckpt.config.vocabSize, 9);
-    const whole = await OrtEngine.load(ckpt, { cacheDir: cacheDir(), intraOpThreads: 1, maxPrefillChunk: 4096 });
+    const whole = await load(ckpt, { maxPrefillChunk: 4096 });
     try {
       const a = await ort.prefill(await ort.newState(), tokens, { allLogits: true });
       const b = await whole.prefill(await whole.newState(), tokens, { allLogits: true });
@@ -225,7 +234,7 @@ describe('ORT engine behaviour', () => {
 
     const otherDir = join(root, 'other');
     await writeRandomCheckpoint(otherDir, { seed: 8, hiddenSize: 64, numLayers: 2 });
-    const other = await OrtEngine.load(await openCheckpoint(otherDir), { cacheDir: cacheDir(), intraOpThreads: 1 });
+    const other = await load(await openCheckpoint(otherDir), {});
     try {
       await expect(other.importState(bytes)).rejects.toMatchObject({ code: 'state_model_mismatch' });
     } finally {
