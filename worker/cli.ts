@@ -14,6 +14,7 @@ import { stateFloats } from './model/mamba-config.ts';
 import { hubOptionsOf } from './model/hub-options.ts';
 import { resolveModelDir } from './model/model-source.ts';
 import { loadTokenizer } from './model/tokenizer.ts';
+import { createLogger } from '../shared/logger.ts';
 import { startProgress, type ProgressSink } from '../shared/progress.ts';
 
 export const USAGE = `usage:
@@ -98,7 +99,8 @@ async function localModelDir(model: string, env: NodeJS.ProcessEnv): Promise<str
 }
 
 async function withEngine<T>(modelDir: string, choice: EngineChoice, env: NodeJS.ProcessEnv, fn: (engine: Engine) => Promise<T>): Promise<T> {
-  const { engine } = await createEngine({ modelDir, engine: choice, cacheDir: env.MODEL_CACHE_DIR || undefined });
+  // Warnings only: a command's output is its data, and what the engine runs on (its info lines) is noise here.
+  const { engine } = await createEngine({ modelDir, engine: choice, cacheDir: env.MODEL_CACHE_DIR || undefined, log: createLogger('engine', 'warn') });
   try {
     return await fn(engine);
   } finally {
