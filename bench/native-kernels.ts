@@ -1,15 +1,15 @@
-// The native kernels alone (worker/native-cpu/src/mamba_cpu.h, which the ORT engine runs int8
-// and int4 builds on: ORT_NATIVE_KERNELS), apart from Node and the engine:
+// The native kernels alone (worker/native-cpu/src/mamba_cpu.h, which the ORT engine runs pure
+// Mamba builds on: ORT_NATIVE_KERNELS), apart from Node and the engine:
 // bench/native-kernels/kernels.cpp runs a whole mamba-130m-shaped decode step (24 Mamba-1
-// layers and the LM head), and a prefill, on them over random weights of the int8 and int4
-// builds' shapes. This script builds it with the machine's g++, checks it (the step against the
+// layers and the LM head), and a prefill, on them over random weights of the int8, int4 and
+// f32 builds' shapes. This script builds it with the machine's g++, checks it (the step against the
 // program's float64 scalar reference, the prefill against as many steps), and times it against
 // the ORT engine's graph (ORT_NATIVE_KERNELS=off) in alternating runs, decode steps each against
 // the read bandwidth measured between them by the project's WebAssembly probe and by the
 // program's own vector loads (512-bit; 256-bit in the AVX2 build). (bench/engine-cpu.ts times the engine on the kernels: its
 // int8-native / int4-native variants.)
 //
-//   npx tsx bench/native-kernels.ts [--rounds 3] [--steps 100] [--threads 2] [--isa avx512|avx2]
+//   npx tsx bench/native-kernels.ts [--rounds 3] [--steps 100] [--threads 2] [--isa avx512|avx2] [--dtypes int8,int4,f32]
 //
 // It needs Linux on x86-64 with AVX-512 VNNI (--isa avx2: AVX2 and FMA) and g++ (said and skipped otherwise). The
 // executable is built with -march=native into .cache/bench/native-kernels/ (once per source).
@@ -40,6 +40,7 @@ const { values: args } = parseArgs({
     threads: { type: 'string', default: String(Math.min(2, availableParallelism())) },
     /** avx512 (the default) or avx2: which of the engine's kernel builds to time. */
     isa: { type: 'string', default: 'avx512' },
+    dtypes: { type: 'string', default: 'int8,int4,f32' },
     'cache-dir': { type: 'string', default: '.cache/bench' },
   },
 });
@@ -51,8 +52,9 @@ const here = dirname(fileURLToPath(import.meta.url));
 const source = join(here, 'native-kernels', 'kernels.cpp');
 const kernels = join(here, '..', 'worker', 'native-cpu', 'src', 'mamba_cpu.h'); // the engine's kernels it includes
 
-type Dtype = 'int8' | 'int4';
-const DTYPES: Dtype[] = ['int8', 'int4'];
+type Dtype = 'int8' | 'int4' | 'f32';
+const DTYPES = args.dtypes.split(',') as Dtype[];
+for (const d of DTYPES) if (!['int8', 'int4', 'f32'].includes(d)) throw new Error(`--dtypes takes int8, int4 and f32, not ${d}`);
 const BATCHES = [1, 8];
 /** The prompt each prefill round absorbs (from a fresh state, logits of the last token). */
 const PREFILL_TOKENS = 512;
@@ -99,7 +101,8 @@ function runNative(exe: string, argv: string[]): Record<string, number> {
  * rounding boundary of the next quantization, a difference of one code, and through 24 random
  * layers those compound to the size of what quantizing the activations does at all; through 2
  * layers they stay rare, and any error in the conv, the scan, the norms or the gating would
- * show at the size of the logits.
+ * show at the size of the logits. f32 has no codes to round: its step is held to 1e-6 of the
+ * largest logit.
  */
 function checkNative(exe: string): string[] {
   const lines: string[] = [];
@@ -110,11 +113,13 @@ function checkNative(exe: string): string[] {
       [24, 3, 1.5],
     ] as const) {
       const r = runNative(exe, ['--dtype', dtype, '--batch', String(batch), '--layers', String(layers), '--check']);
+      // f32 quantizes nothing: its step differs from float64 by float32 rounding alone.
+      const stepOk = dtype === 'f32' ? r.stepLogitError! <= 1e-6 * r.maxLogit! : r.stepLogitError! <= tolerance * r.activationQuantEffect!;
       const line =
         `${dtype}, ${layers} layers, batch ${batch}: matmuls ${r.matmulRelError!.toExponential(1)} of the largest output; a step's logits ${r.stepLogitError!.toExponential(1)} ` +
-        `(largest ${r.maxLogit!.toFixed(0)}), against ${r.activationQuantEffect!.toFixed(3)} from quantizing the activations`;
+        `(largest ${r.maxLogit!.toFixed(0)}), ${dtype === 'f32' ? 'within 1e-6 of it' : `against ${r.activationQuantEffect!.toFixed(3)} from quantizing the activations`}`;
       lines.push(line);
-      if (!(r.matmulRelError! < 1e-5) || !(r.stepLogitError! <= tolerance * r.activationQuantEffect!)) {
+      if (!(r.matmulRelError! < 1e-5) || !stepOk) {
         throw new Error(`native kernels disagree with the float64 reference: ${line}`);
       }
     }

@@ -3,19 +3,20 @@
 // with -DMAMBA_CPU_AVX2, AVX2; OpenMP),
 // over block-quantized weights (blocks of 128 values, one fp32 scale each, implicit zero point
 // 2^(bits-1): the bytes of the engine's int8 and int4 builds) and int8 activations quantized
-// per block (what MatMulNBits' accuracy_level 4 does). Random weights: the speed does not
-// depend on the values.
+// per block (what MatMulNBits' accuracy_level 4 does), or over f32 weights in the f32 build's
+// layouts (projections Wᵀ, the head as rows) and f32 activations. Random weights: the speed
+// does not depend on the values.
 //
 // It measures the kernels alone, apart from Node and the engine, and checks them against a
 // float64 scalar reference of the same step written here. Driven by bench/native-kernels.ts,
 // which builds it with the machine's g++ and checks it before timing it.
 //
-//   kernels --dtype int8|int4 --batch B --steps S --threads T   timing, one JSON line
-//   kernels --dtype int8|int4 --batch B --check [--layers L]    kernels vs a float64
-//                                                                   scalar reference, JSON
-//   kernels --dtype int8|int4 --prefill L --steps R --threads T  prefill of L tokens, tok/s
-//                                                                   (median of R rounds), JSON
-//   kernels --dtype int8|int4 --prefill L --check                 prefill vs L decode steps, JSON
+//   kernels --dtype int8|int4|f32 --batch B --steps S --threads T   timing, one JSON line
+//   kernels --dtype int8|int4|f32 --batch B --check [--layers L]    kernels vs a float64
+//                                                                       scalar reference, JSON
+//   kernels --dtype int8|int4|f32 --prefill L --steps R --threads T  prefill of L tokens, tok/s
+//                                                                       (median of R rounds), JSON
+//   kernels --dtype int8|int4|f32 --prefill L --check                 prefill vs L decode steps, JSON
 //   kernels --bandwidth --threads T                             read bandwidth, JSON
 //   (timing with --profile: also the time by phase, on stderr; --prefetch BYTES)
 #include "../../worker/native-cpu/src/mamba_cpu.h"
@@ -38,7 +39,22 @@ T* owned(size_t n) {
   return p;
 }
 
-QMatrix randomMatrix(std::mt19937& rng, int rows, int cols, int bits, bool withBias, float stddev) {
+/** f32 (bits 32): normal values, stored as Wᵀ [cols, rows] (a projection, `colsMajor`) or as rows (the head). */
+QMatrix randomF32Matrix(std::mt19937& rng, int rows, int cols, bool colsMajor, bool withBias, float stddev) {
+  float* data = owned<float>(size_t(rows) * cols);
+  std::normal_distribution<float> n(0.f, stddev);
+  for (size_t i = 0; i < size_t(rows) * cols; i++) data[i] = n(rng);
+  float* bias = nullptr;
+  if (withBias) {
+    bias = owned<float>(rows);
+    std::normal_distribution<float> b(0.f, 0.02f);
+    for (int r = 0; r < rows; r++) bias[r] = b(rng);
+  }
+  return QMatrix::f32(rows, cols, colsMajor, data, bias);
+}
+
+QMatrix randomMatrix(std::mt19937& rng, int rows, int cols, int bits, bool withBias, float stddev, bool colsMajor = true) {
+  if (bits == 32) return randomF32Matrix(rng, rows, cols, colsMajor, withBias, stddev);
   const int blocks = (cols + kBlock - 1) / kBlock, blockBytes = kBlock * bits / 8;
   uint8_t* data = owned<uint8_t>(size_t(rows) * blocks * blockBytes);
   float* scales = owned<float>(size_t(rows) * blocks);
@@ -97,7 +113,7 @@ Model randomModel(int bits, uint32_t seed, int layers) {
     m.layers.push_back(l);
   }
   m.normF = randomVector(rng, s.d, 1.f, 0.05f);
-  m.head = randomMatrix(rng, s.V, s.d, bits, false, 1.f);
+  m.head = randomMatrix(rng, s.V, s.d, bits, false, 1.f, false);
   m.embed = m.head;  // tied
   return m;
 }
@@ -227,11 +243,11 @@ Args parse(int argc, char** argv) {
     };
     if (k == "--dtype") {
       std::string v = next();
-      if (v != "int8" && v != "int4") {
-        std::fprintf(stderr, "--dtype is int8 or int4\n");
+      if (v != "int8" && v != "int4" && v != "f32") {
+        std::fprintf(stderr, "--dtype is int8, int4 or f32\n");
         std::exit(2);
       }
-      a.bits = v == "int8" ? 8 : 4;
+      a.bits = v == "int8" ? 8 : v == "int4" ? 4 : 32;
     } else if (k == "--batch") a.batch = std::atoi(next().c_str());
     else if (k == "--steps") a.steps = std::atoi(next().c_str());
     else if (k == "--threads") a.threads = std::atoi(next().c_str());
@@ -264,7 +280,7 @@ int prefillMode(const Model& model, const Args& args) {
   const int L = args.prefill;
   std::vector<int> prompt(L);
   for (int i = 0; i < L; i++) prompt[i] = (i * 7919 + 11) % s.V;
-  PrefillScratch chunk(s, kPrefillChunk);
+  PrefillScratch chunk(s, kPrefillChunk, args.bits == 32);
   std::vector<float> conv(size_t(s.layers) * s.K * s.D), ssm(size_t(s.layers) * s.N * s.D), logits(s.V);
   std::vector<float*> convRefs, ssmRefs;
   for (int li = 0; li < s.layers; li++) {
@@ -282,7 +298,7 @@ int prefillMode(const Model& model, const Args& args) {
   };
   if (args.check) {
     absorb();
-    StepScratch one(s, args.threads);
+    StepScratch one(s, args.threads, args.bits == 32);
     std::vector<float> conv1(conv.size()), ssm1(ssm.size()), logits1(s.V);
     std::vector<float*> c1, h1;
     for (int li = 0; li < s.layers; li++) {
@@ -326,7 +342,7 @@ int main(int argc, char** argv) {
   Model model = randomModel(args.bits, 1234, args.layers);
   model.prefetchBytes = args.prefetch;
   const Dims& s = model.dims;
-  StepScratch scratch(s, args.threads);
+  StepScratch scratch(s, args.threads, args.bits == 32);
   // Each sequence's state, [layers, K, D] and [layers, N, D], and the per-layer pointers to it.
   std::vector<std::vector<float>> convs(args.batch, std::vector<float>(size_t(s.layers) * s.K * s.D)), ssms(args.batch, std::vector<float>(size_t(s.layers) * s.N * s.D));
   std::vector<float*> convRefs, ssmRefs;
@@ -356,7 +372,7 @@ int main(int argc, char** argv) {
       for (const QMatrix* w : std::initializer_list<const QMatrix*>{&L.inProj, &L.xProj, &L.dtProj, &L.outProj, &model.head}) {
         std::vector<float> x(size_t(args.batch) * w->cols);
         for (float& v : x) v = n(rng);
-        QActs a(w->cols, args.batch);
+        QActs a(w->cols, args.batch, w->bits == 32);
         quantizeActs(x.data(), w->cols, args.batch, w->cols, a, *w);
         std::vector<float> y(size_t(args.batch) * w->rows);
 #pragma omp parallel
@@ -364,6 +380,10 @@ int main(int argc, char** argv) {
         for (int b = 0; b < args.batch; b++) {
           std::vector<double> xq(w->cols);
           for (int c = 0; c < w->cols; c++) {
+            if (w->bits == 32) {  // f32: the activations as they are
+              xq[c] = a.f[size_t(b) * a.blocks * kBlock + c];
+              continue;
+            }
             // int4 blocks hold each weight load's codes evens first (quantizeBlock)
             const int j = c % kBlock, G = V::kBytes, g = j / (2 * G) * (2 * G), jj = j % (2 * G);
             const int at = w->bits == 4 ? g + (jj % 2 ? G + jj / 2 : jj / 2) : j;
@@ -392,7 +412,7 @@ int main(int argc, char** argv) {
 #pragma omp parallel
       step(model, args.batch, tokens.data(), states, scratch, logits.data(), s.V);
       for (int b = 0; b < args.batch; b++) {
-        const std::vector<double> want = refStep(model, tokens[b], ref[b], true);
+        const std::vector<double> want = refStep(model, tokens[b], ref[b], args.bits != 32);
         const std::vector<double> unquantized = refStep(model, tokens[b], exact[b], false);
         if (i < 2) continue;
         for (int v = 0; v < s.V; v++) {
