@@ -198,7 +198,7 @@ export const WorkerConfigSchema = z.object({
    * fastest decode), mapped from a file made once (ORT_PACKED_WEIGHTS_FILE) or packed in memory
    * at load. false: the MatMuls read the mapped weights file as it is, unpacked, at a measured
    * cost in decode speed (docs/cpu-engine.md, "Memory"). f32 only: the quantized kernels compute from their
-   * packed layout.
+   * packed layout. ONNX Runtime's graph only: the native kernels (ORT_NATIVE_KERNELS) read the build as it is.
    */
   ORT_PREPACK_WEIGHTS: bool.default(true),
   /**
@@ -207,11 +207,12 @@ export const WorkerConfigSchema = z.object({
    * no load peak of two copies, and the packed copy is page cache every worker on the host
    * shares (worker/engine/ort/packed-weights.ts). The file costs disk (f32 mamba-130m: 1.2 GB
    * beside the 517 MB build). Where ORT cannot make or read it, the worker packs at load and
-   * logs a warning. Quantized builds always pack at load.
+   * logs a warning. Quantized builds always pack at load. ONNX Runtime's graph only: with the
+   * native kernels running (ORT_NATIVE_KERNELS) no such file is made.
    */
   ORT_PACKED_WEIGHTS_FILE: bool.default(true),
   /**
-   * int8 / int4 weights of pure Mamba models: prefill and decode on our own AVX-512 VNNI or AVX2
+   * Pure Mamba models, any WEIGHTS_DTYPE: prefill and decode on our own AVX-512 or AVX2
    * kernels (worker/engine/ort/native-kernels.ts, built by `npm run build:cpu`) instead of the ONNX
    * graph, with no ONNX Runtime session in the worker. auto: where the addon is built and the CPU
    * (x86-64 with AVX-512 VNNI or AVX2) and model allow it, else ONNX Runtime, saying why in the

@@ -32,7 +32,7 @@ export interface CreateEngineOptions {
   readonly prepackWeights?: boolean;
   /** ORT_PACKED_WEIGHTS_FILE (default on): f32 packed weights mapped from a file made once. */
   readonly packedWeightsFile?: boolean;
-  /** ORT_NATIVE_KERNELS (default auto): int8 / int4 prefill and decode on the native kernels where they can run. */
+  /** ORT_NATIVE_KERNELS (default auto): pure Mamba models' prefill and decode (f32, int8, int4) on the native kernels where they can run. */
   readonly nativeKernels?: NativeKernelsSetting;
   /** Where the ORT engine reports load-time work and degradations (default: its own JSON lines on stderr). */
   readonly log?: Pick<Logger, 'info' | 'warn'>;
