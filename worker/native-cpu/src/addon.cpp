@@ -3,13 +3,15 @@
 // mamba_cpu.h's kernels, on the calling thread and an OpenMP team. Built by `npm run build:cpu`
 // (worker/native-cpu/build.ts); loaded by worker/engine/ort/ort-thread.mjs.
 //
-//   new Decoder({ weightsPath, bits, threads, prefetchBytes, dims: { d, layers, D, N, R, K, V, eps },
+//   new Decoder({ weightsPath, stripsPath?, bits, threads, prefetchBytes, dims: { d, layers, D, N, R, K, V, eps },
 //                 embed: QM, head: QM, normF: R,
 //                 layers: [{ norm: R, inProj: QM, convW: R, convB?: R, xProj: QM, dtProj: QM,
 //                            negAT: R, Dskip: R, outProj: QM }] })
 //     R = [offset, length] in bytes within the file; QM = { data: R, scales: R, bias?: R } for
 //     bits 8 and 4 (blocks of codes); for bits 32 (f32) QM = { data: R, bias?: R }, the
-//     projections' data Wᵀ [in, out] (the graph's MatMul layout), embed's and head's [V, d]
+//     projections' data Wᵀ [in, out] (the graph's MatMul layout), embed's and head's [V, d];
+//     an f32 projection may instead be { strips: R, bias?: R }: its Wᵀ in column strips
+//     (mamba_cpu.h's QMatrix::strips), R then within the file at stripsPath
 //   decoder.decode(tokens: Int32Array, conv: Float32Array[], ssm: Float32Array[], logits: Float32Array)
 //     conv[b * layers + i] is sequence b's layer i [K, D], ssm[…] its [N, D]; both updated in
 //     place; logits [B, V] written
@@ -83,19 +85,8 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
       throw codedError(env, "native_weights_invalid", "Decoder: dims out of range (d_inner must be a positive multiple of 16, d_conv >= 2)");
     if (o.Has("prefetchBytes")) model_.prefetchBytes = o.Get("prefetchBytes").As<Napi::Number>().Int32Value();
 
-    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw codedError(env, "native_weights_unreadable", "Decoder: cannot open " + path + ": " + std::strerror(errno));
-    struct stat st {};
-    if (fstat(fd, &st) != 0 || st.st_size <= 0) {
-      close(fd);
-      throw codedError(env, "native_weights_unreadable", "Decoder: cannot read the size of " + path);
-    }
-    void* p = mmap(nullptr, size_t(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
-    close(fd);  // the mapping keeps the file
-    if (p == MAP_FAILED) throw codedError(env, "native_weights_unreadable", "Decoder: cannot map " + path + ": " + std::strerror(errno));
-    map_ = std::make_unique<Mapping>();
-    map_->base = static_cast<const uint8_t*>(p);
-    map_->size = size_t(st.st_size);
+    map_ = mapFile(env, path);
+    if (o.Has("stripsPath") && !o.Get("stripsPath").IsUndefined()) stripsMap_ = mapFile(env, o.Get("stripsPath").As<Napi::String>().Utf8Value());
 
     model_.normF = floats(env, o.Get("normF"), s.d, "normF");
     model_.embed = matrix(env, o.Get("embed"), s.V, s.d, false, false, "embed");
@@ -121,16 +112,35 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
   }
 
  private:
-  /** The bytes of a [offset, length] range, checked to lie in the file, be 4-byte aligned and hold `want` bytes. */
-  const uint8_t* range(Napi::Env env, Napi::Value v, size_t want, const std::string& what) {
+  /** `path` mapped read-only, whole. */
+  static std::unique_ptr<Mapping> mapFile(Napi::Env env, const std::string& path) {
+    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw codedError(env, "native_weights_unreadable", "Decoder: cannot open " + path + ": " + std::strerror(errno));
+    struct stat st {};
+    if (fstat(fd, &st) != 0 || st.st_size <= 0) {
+      close(fd);
+      throw codedError(env, "native_weights_unreadable", "Decoder: cannot read the size of " + path);
+    }
+    void* p = mmap(nullptr, size_t(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);  // the mapping keeps the file
+    if (p == MAP_FAILED) throw codedError(env, "native_weights_unreadable", "Decoder: cannot map " + path + ": " + std::strerror(errno));
+    auto m = std::make_unique<Mapping>();
+    m->base = static_cast<const uint8_t*>(p);
+    m->size = size_t(st.st_size);
+    return m;
+  }
+
+  /** The bytes of a [offset, length] range, checked to lie in the file (`in`: the weights file by default), be 4-byte aligned and hold `want` bytes. */
+  const uint8_t* range(Napi::Env env, Napi::Value v, size_t want, const std::string& what, const Mapping* in = nullptr) {
+    const Mapping& file = in ? *in : *map_;
     if (!v.IsArray() || v.As<Napi::Array>().Length() != 2) throw codedError(env, "native_weights_invalid", "Decoder: " + what + " must be [offset, length]");
     const Napi::Array a = v.As<Napi::Array>();
     const double off = a.Get(uint32_t(0)).As<Napi::Number>().DoubleValue(), len = a.Get(uint32_t(1)).As<Napi::Number>().DoubleValue();
-    if (off < 0 || len < 0 || off + len > double(map_->size) || size_t(off) % 4 != 0)
+    if (off < 0 || len < 0 || off + len > double(file.size) || size_t(off) % 4 != 0)
       throw codedError(env, "native_weights_invalid", "Decoder: " + what + " lies outside the weights file or is misaligned");
     if (size_t(len) != want)
       throw codedError(env, "native_weights_invalid", "Decoder: " + what + " holds " + std::to_string(size_t(len)) + " bytes, expected " + std::to_string(want));
-    return map_->base + size_t(off);
+    return file.base + size_t(off);
   }
   const float* floats(Napi::Env env, Napi::Value v, size_t count, const std::string& what) {
     return reinterpret_cast<const float*>(range(env, v, count * 4, what));
@@ -146,6 +156,11 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
     }
     if (bits_ == 32) {
       if (o.Has("scales") && !o.Get("scales").IsUndefined()) throw codedError(env, "native_weights_invalid", "Decoder: " + what + " is f32 and takes no scales");
+      if (o.Has("strips") && !o.Get("strips").IsUndefined()) {
+        if (!colsMajor || !stripsMap_) throw codedError(env, "native_weights_invalid", "Decoder: " + what + ".strips needs stripsPath and a projection");
+        const QMatrix shape = QMatrix::f32Strips(rows, cols, nullptr, nullptr);
+        return QMatrix::f32Strips(rows, cols, reinterpret_cast<const float*>(range(env, o.Get("strips"), shape.dataBytes(), what + ".strips", stripsMap_.get())), bias);
+      }
       return QMatrix::f32(rows, cols, colsMajor, floats(env, o.Get("data"), size_t(rows) * cols, what + ".data"), bias);
     }
     QMatrix shape = QMatrix::of(rows, cols, bits_, nullptr, nullptr, nullptr);
@@ -238,6 +253,7 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
     map_.reset();
+    stripsMap_.reset();
     scratch_.reset();
     prefillScratch_.reset();
     return info.Env().Undefined();
@@ -247,6 +263,7 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
   int threads_ = 1;
   Model model_;
   std::unique_ptr<Mapping> map_;
+  std::unique_ptr<Mapping> stripsMap_;
   std::unique_ptr<StepScratch> scratch_;
   std::unique_ptr<PrefillScratch> prefillScratch_;
 };

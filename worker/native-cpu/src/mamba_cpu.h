@@ -15,8 +15,10 @@
 //
 // f32 builds (bits 32) are read as the graph build stores them too: a projection's weights
 // transposed, Wᵀ [K, N] (what ONNX MatMul takes; `colsMajor`), and the embedding and the LM
-// head as rows [V, d]. Their activations are not quantized: the matmuls multiply floats
-// (f32ColsTile, f32RowsRow below).
+// head as rows [V, d]; in_proj and out_proj, the big ones, from a copy of Wᵀ in column strips
+// (`strips`: [ceil(N / 48), K, 48], each strip contiguous down the rows, made once beside the
+// build by native-strips.ts). Their activations are not quantized: the matmuls multiply
+// floats (f32ColsTile, f32RowsRow below).
 //
 // States use the ORT graph's layouts: conv [K, D] (the last K inputs of the conv, newest last)
 // and ssm [N, D] per layer, so a vector holds a run of channels everywhere.
@@ -40,6 +42,8 @@ namespace mamba_cpu {
 constexpr int kBlock = 128;
 /** Sequences one step computes at once; a larger batch runs in groups of this many. */
 constexpr int kMaxBatch = 8;
+/** Columns of an f32 strip (QMatrix::strips): 3 AVX-512 vectors, 6 AVX2 ones. */
+constexpr int kStrip = 48;
 
 /**
  * A matrix W [rows, cols] (rows: outputs, cols: inputs), y = W x + bias. bits 8 or 4: blocks of
@@ -49,7 +53,8 @@ constexpr int kMaxBatch = 8;
 struct QMatrix {
   int rows = 0, cols = 0, bits = 8, blocks = 0, blockBytes = 0;
   bool colsMajor = false;
-  const uint8_t* data = nullptr;   // [rows, blocks, blockBytes]; f32: [rows, cols] or [cols, rows]
+  bool strips = false;             // f32 Wᵀ in column strips [ceil(rows / kStrip), cols, kStrip] (colsMajor too)
+  const uint8_t* data = nullptr;   // [rows, blocks, blockBytes]; f32: [rows, cols], [cols, rows] or strips
   const float* scales = nullptr;   // [rows * blocks]; f32: none
   const float* bias = nullptr;     // [rows] or null
 
@@ -70,8 +75,17 @@ struct QMatrix {
     m.colsMajor = colsMajor;
     return m;
   }
+  /** f32 Wᵀ as column strips: strip j holds columns [48 j, 48 j + 48) of every row k, row after row (zero past `rows`). */
+  static QMatrix f32Strips(int rows, int cols, const float* data, const float* bias) {
+    QMatrix m = f32(rows, cols, true, data, bias);
+    m.strips = true;
+    return m;
+  }
   const float* floats() const { return reinterpret_cast<const float*>(data); }
-  size_t dataBytes() const { return bits == 32 ? size_t(rows) * cols * 4 : size_t(rows) * blocks * blockBytes; }
+  size_t dataBytes() const {
+    if (strips) return size_t((rows + kStrip - 1) / kStrip) * kStrip * cols * 4;
+    return bits == 32 ? size_t(rows) * cols * 4 : size_t(rows) * blocks * blockBytes;
+  }
   size_t scaleCount() const { return bits == 32 ? 0 : size_t(rows) * blocks; }
   /** The stored code of element (r, c) (bits 8 and 4). */
   int code(int r, int c) const {
@@ -81,6 +95,7 @@ struct QMatrix {
     return (j & 1) ? (blk[j >> 1] >> 4) : (blk[j >> 1] & 15);
   }
   float value(int r, int c) const {
+    if (strips) return floats()[(size_t(r / kStrip) * cols + c) * kStrip + r % kStrip];
     if (bits == 32) return colsMajor ? floats()[size_t(c) * rows + r] : floats()[size_t(r) * cols + c];
     return float(code(r, c) - (1 << (bits - 1))) * scales[size_t(r) * blocks + c / kBlock];
   }
@@ -623,10 +638,72 @@ inline void f32Cols(int batch, const QMatrix& w, const ActsView& a, float* y, in
   }
 }
 
+/** One strip's tiles for B activation rows: as many vectors of its columns a tile as B leaves registers for. */
+template <int B>
+inline void f32StripTiles(const float* w0, const float* bias, const ActsView& a, int k0, int k1, float* y, int yStride, int pfRows) {
+  constexpr int S = kStrip / V::W, NV = std::min(S, colsTileVecs(B)), R = S % NV;
+  int v = 0;
+  for (; v + NV <= S; v += NV) f32ColsTile<B, NV>(w0 + v * V::W, kStrip, bias ? bias + v * V::W : nullptr, a, k0, k1, y + v * V::W, yStride, pfRows);
+  if constexpr (R > 0) f32ColsTile<B, R>(w0 + v * V::W, kStrip, bias ? bias + v * V::W : nullptr, a, k0, k1, y + v * V::W, yStride, pfRows);
+}
+
+inline void f32StripTilesAnyBatch(int batch, const float* w0, const float* bias, const ActsView& a, int k0, int k1, float* y, int yStride, int pfRows) {
+  switch (batch) {
+    case 1: return f32StripTiles<1>(w0, bias, a, k0, k1, y, yStride, pfRows);
+    case 2: return f32StripTiles<2>(w0, bias, a, k0, k1, y, yStride, pfRows);
+    case 3: return f32StripTiles<3>(w0, bias, a, k0, k1, y, yStride, pfRows);
+    case 4: return f32StripTiles<4>(w0, bias, a, k0, k1, y, yStride, pfRows);
+    case 5: return f32StripTiles<5>(w0, bias, a, k0, k1, y, yStride, pfRows);
+    case 6: return f32StripTiles<6>(w0, bias, a, k0, k1, y, yStride, pfRows);
+    case 7: return f32StripTiles<7>(w0, bias, a, k0, k1, y, yStride, pfRows);
+    default: return f32StripTiles<8>(w0, bias, a, k0, k1, y, yStride, pfRows);
+  }
+}
+
+/**
+ * Columns [c0, c1) of y for f32 Wᵀ stored as column strips (c0 a strip's first column), any
+ * number of activation rows in groups of kF32Group. A strip is contiguous down all its rows, so
+ * a decode step reads one stream a thread, strip after strip, the sums of a strip in registers
+ * down all rows: read in place instead (f32Cols), a row of Wᵀ is 3–12 KB, and a block of them
+ * read a slice at a time streamed in_proj at 13–16 GB/s and out_proj at 11–13 where strips
+ * stream both at 19–21 (a plain read: 18–19; host D). A prompt takes a strip 128 rows at a time
+ * (24 KB, in L1) for every group of its rows: no copy, the strip is already contiguous. A last
+ * strip that the matrix ends inside goes through a buffer (the file pads it with zeros).
+ */
+inline void f32Strips(int batch, const QMatrix& w, const ActsView& a, float* y, int yStride, int c0, int c1, int prefetchBytes) {
+  const bool decode = batch <= kMaxBatch;
+  const int pfRows = decode && prefetchBytes ? std::max(1, prefetchBytes / (kStrip * 4)) : 0;
+  alignas(64) float rest[kF32Group * kStrip];
+  const bool oneTile = batch <= kF32Group && colsTileVecs(batch) >= kStrip / V::W;
+  for (int n = c0; n < c1; n += kStrip) {
+    const float* strip = w.floats() + size_t(n / kStrip) * w.cols * kStrip;
+    const int valid = std::min(kStrip, w.rows - n);
+    // Down all rows at once where one tile holds the strip for every row (the sums in registers
+    // throughout); else 128 rows at a time, which the tiles and groups then find in L1.
+    const int kc = oneTile || valid < kStrip ? w.cols : kF32PackRows;
+    for (int k0 = 0; k0 < w.cols; k0 += kc) {
+      const int k1 = std::min(w.cols, k0 + kc);
+      const float* bias = k1 == w.cols && w.bias && valid == kStrip ? w.bias + n : nullptr;
+      for (int g = 0; g < batch; g += kF32Group) {
+        const int rows = std::min(kF32Group, batch - g);
+        float* out = y + size_t(g) * yStride + n;
+        if (valid == kStrip) {
+          f32StripTilesAnyBatch(rows, strip + size_t(k0) * kStrip, bias, a.from(g), k0, k1, out, yStride, g == 0 ? pfRows : 0);
+          continue;
+        }
+        f32StripTilesAnyBatch(rows, strip, nullptr, a.from(g), 0, w.cols, rest, kStrip, g == 0 ? pfRows : 0);
+        for (int b = 0; b < rows; b++)
+          for (int j = 0; j < valid; j++) out[size_t(b) * yStride + j] = w.bias ? rest[b * kStrip + j] + w.bias[n + j] : rest[b * kStrip + j];
+      }
+    }
+  }
+}
+
 /** Rows [r0, r1) of y = W x for `batch` rows of activations (for Wᵀ: its columns), on this thread alone. */
 inline void matmulRange(int batch, const QMatrix& w, const ActsView& a, float* y, int yStride, int r0, int r1, int prefetchBytes) {
   if (w.bits == 8) matmulRowsAnyBatch<8>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
   else if (w.bits == 4) matmulRowsAnyBatch<4>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
+  else if (w.strips) f32Strips(batch, w, a, y, yStride, r0, r1, prefetchBytes);
   else if (w.colsMajor) f32Cols(batch, w, a, y, yStride, r0, r1, prefetchBytes);
   else matmulRowsAnyBatch<32>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
 }
@@ -646,8 +723,9 @@ constexpr int kPanelRows = MAMBA_CPU_PANEL_ROWS;
  * in cache. The caller's barrier follows.
  */
 inline void matmul(int batch, const QMatrix& w, const ActsView& a, float* y, int yStride, int prefetchBytes) {
-  const auto [c0, c1] = share((w.rows + 15) / 16);
-  const int r0 = c0 * 16, r1 = std::min(w.rows, c1 * 16);
+  const int unit = w.strips ? kStrip : 16;  // a thread takes whole strips
+  const auto [c0, c1] = share((w.rows + unit - 1) / unit);
+  const int r0 = c0 * unit, r1 = std::min(w.rows, c1 * unit);
   if (r0 >= r1) return;
   // f32 Wᵀ goes by panels at any batch (f32Cols).
   if (batch <= kMaxBatch || (w.bits == 32 && w.colsMajor)) return matmulRange(batch, w, a, y, yStride, r0, r1, prefetchBytes);
