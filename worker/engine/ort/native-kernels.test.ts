@@ -15,6 +15,7 @@ import { writeRandomCheckpoint } from '../../model/testing/random-checkpoint.ts'
 import { maxAbsDiff, prefilledStates, stepLogits, tokensFor } from '../testing/compare.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
 import { planNativeKernels, type NativeDecoderOptions } from './native-kernels.ts';
+import { STRIPS_FILE } from './native-strips.ts';
 import { OrtEngine, type OrtEngineOptions } from './ort-engine.ts';
 import { nativeKernelsUnavailable, testableNativeBuilds } from './testing/native-availability.ts';
 
@@ -122,7 +123,7 @@ describe.skipIf(skip)('the native kernels in the engine', () => {
     expect(infos).toContainEqual({ msg: 'prefill and decode run on the native kernels (no ONNX Runtime session)', fields: { weights: 'int8', threads: 2, isa: builds[0]!.isa } });
   });
 
-  it('f32 runs on them by default and then makes no packed-weights file for ONNX Runtime (it does with ORT_NATIVE_KERNELS=off)', async () => {
+  it('f32 runs on them by default, with its strips file, and then makes no packed-weights file for ONNX Runtime (it does with ORT_NATIVE_KERNELS=off)', async () => {
     const cacheDir = join(root, 'cache-f32');
     const build = await ensureGraphBuild(ckpt, cacheDir, { dtype: 'f32' });
     const packedFiles = async () => (await readdir(dirname(build.modelPath))).filter((f) => f.startsWith('packed-'));
@@ -131,6 +132,8 @@ describe.skipIf(skip)('the native kernels in the engine', () => {
     await native.close();
     expect(infos).toContain('prefill and decode run on the native kernels (no ONNX Runtime session)');
     expect(await packedFiles()).toEqual([]);
+    // Its in_proj and out_proj in column strips, made beside the build (native-strips.ts).
+    expect(await readdir(dirname(build.modelPath))).toContain(STRIPS_FILE);
     const graph = await OrtEngine.load(ckpt, { cacheDir, intraOpThreads: 2, nativeKernels: 'off', log: { info: () => {}, warn: () => {} } });
     await graph.close();
     expect(await packedFiles()).not.toEqual([]);
@@ -200,7 +203,7 @@ describe.skipIf(skip)('the addon refuses bad input with a code', () => {
     options = planned.plan.decoder;
   });
 
-  it('f32 weights: scales where there are none, a matrix of the wrong size, bits other than 8, 4 or 32', async () => {
+  it('f32 weights: scales where there are none, a matrix or strips of the wrong size, strips without their file or for the head, bits other than 8, 4 or 32', async () => {
     const build = await ensureGraphBuild(ckpt, join(root, 'cache'), { dtype: 'f32' });
     const planned = await planNativeKernels({ setting: 'on', modelPath: build.modelPath, config: ckpt.config, dtype: 'f32', threads: 1, executionProvider: 'cpu' });
     if (!('plan' in planned)) throw new Error(planned.reason);
@@ -209,8 +212,16 @@ describe.skipIf(skip)('the addon refuses bad input with a code', () => {
     const layer = f32.layers[0]!;
     const withLayer = (l: Partial<typeof layer>) => ({ ...f32, layers: [{ ...layer, ...l }, ...f32.layers.slice(1)] });
     expect(() => new Decoder(withLayer({ inProj: { ...layer.inProj, scales: f32.normF } }))).toThrow(expect.objectContaining({ code: 'native_weights_invalid', message: expect.stringMatching(/f32 and takes no scales/) }));
-    const [offset, length] = layer.outProj.data;
-    expect(() => new Decoder(withLayer({ outProj: { data: [offset, length - 4] } }))).toThrow(expect.objectContaining({ code: 'native_weights_invalid', message: expect.stringMatching(/outProj.data holds/) }));
+    // in_proj and out_proj come from the strips file (native-strips.ts), x_proj from the build's Wᵀ.
+    if (!('strips' in layer.outProj) || !('data' in layer.xProj)) throw new Error('f32 plan without strips');
+    const outStrips = layer.outProj.strips;
+    const [offset, length] = outStrips;
+    expect(() => new Decoder(withLayer({ outProj: { strips: [offset, length - 4] } }))).toThrow(expect.objectContaining({ code: 'native_weights_invalid', message: expect.stringMatching(/outProj.strips holds/) }));
+    const [xOffset, xLength] = layer.xProj.data;
+    expect(() => new Decoder(withLayer({ xProj: { data: [xOffset, xLength + 4] } }))).toThrow(expect.objectContaining({ code: 'native_weights_invalid', message: expect.stringMatching(/xProj.data holds/) }));
+    expect(() => new Decoder({ ...f32, head: { strips: outStrips } })).toThrow(expect.objectContaining({ code: 'native_weights_invalid', message: expect.stringMatching(/head.strips needs stripsPath and a projection/) }));
+    const { stripsPath: _, ...noStrips } = f32;
+    expect(() => new Decoder(noStrips)).toThrow(expect.objectContaining({ code: 'native_weights_invalid', message: expect.stringMatching(/strips needs stripsPath/) }));
     expect(() => new Decoder({ ...f32, bits: 16 as 32 })).toThrow(expect.objectContaining({ code: 'native_weights_invalid', message: expect.stringMatching(/bits must be 8, 4 or 32/) }));
     const decoder = new Decoder(f32);
     const { layers, K, N, D, V } = f32.dims;

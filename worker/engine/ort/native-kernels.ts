@@ -16,6 +16,7 @@ import onnxProto from 'onnx-proto';
 import { nativeCpuAddonCurrent, nativeCpuBuildFor, NATIVE_CPU_BUILDS, type NativeCpuIsa } from '../../native-cpu/support.ts';
 import type { MambaConfig } from '../../model/mamba-config.ts';
 import { f32LinearNames, nbitsNames } from './linear.ts';
+import { ensureF32Strips, type StripSource } from './native-strips.ts';
 import { mambaLayerWeightNames, WEIGHT_NAMES } from './mamba-graph.ts';
 import type { WeightsDtype } from './quantize.ts';
 
@@ -36,16 +37,17 @@ export class NativeKernelsUnavailableError extends Error {
 
 /** [offset, length] in bytes within the weights file. */
 type Range = [number, number];
-/** A matrix's bytes: int8 / int4 codes and their scales; f32 values alone. */
-interface MatrixRanges {
-  data: Range;
-  scales?: Range;
-  bias?: Range;
-}
+/**
+ * A matrix's bytes in the weights file: int8 / int4 codes and their scales, f32 values alone;
+ * or (f32 in_proj and out_proj) its column strips in the strips file (native-strips.ts).
+ */
+type MatrixRanges = { data: Range; scales?: Range; bias?: Range } | { strips: Range; bias?: Range };
 
 /** What worker/native-cpu/src/addon.cpp's Decoder takes (see its header). */
 export interface NativeDecoderOptions {
   readonly weightsPath: string;
+  /** f32: the strips file that in_proj's and out_proj's `strips` ranges lie in. */
+  readonly stripsPath?: string;
   readonly bits: 4 | 8 | 32;
   readonly threads: number;
   readonly dims: { d: number; layers: number; D: number; N: number; R: number; K: number; V: number; eps: number };
@@ -159,7 +161,7 @@ export async function planNativeKernels(r: NativeKernelsRequest): Promise<{ plan
     return { data: range(named.data), scales: range(named.scales), ...(bias ? { bias } : {}) };
   };
   const c = r.config;
-  const layers = Array.from({ length: c.numLayers }, (_, i) => {
+  const layers = Array.from({ length: c.numLayers }, (_, i): NativeDecoderOptions['layers'][number] => {
     const n = mambaLayerWeightNames(i);
     const convB = optional(n.convBias);
     return {
@@ -184,12 +186,40 @@ export async function planNativeKernels(r: NativeKernelsRequest): Promise<{ plan
   if (locations.size !== 1) return refuse('the graph build keeps its weights in more than one file');
   const headRows = tensors.get(bits === 32 ? WEIGHT_NAMES.head : nbitsNames(WEIGHT_NAMES.head, bits).data)!.dims[0]!;
   if (tensors.get(embedData)!.dims[0] !== headRows) return refuse('the embedding and the LM head have different numbers of rows');
+  const weightsPath = join(dirname(r.modelPath), [...locations][0]!);
+  // f32: in_proj and out_proj from their column strips, made once beside the build.
+  let stripsPath: string | undefined;
+  if (bits === 32) {
+    const sources: StripSource[] = [];
+    for (let i = 0; i < c.numLayers; i++) {
+      const n = mambaLayerWeightNames(i);
+      for (const [name, inputs, outputs] of [
+        [n.inProj, c.hiddenSize, 2 * c.intermediateSize],
+        [n.outProj, c.intermediateSize, c.hiddenSize],
+      ] as const) {
+        sources.push({ name, range: tensors.get(f32LinearNames(name).wT)!.range, inputs, outputs });
+      }
+    }
+    try {
+      const strips = await ensureF32Strips(dirname(r.modelPath), weightsPath, sources);
+      stripsPath = strips.path;
+      layers.forEach((l, i) => {
+        const n = mambaLayerWeightNames(i);
+        const inBias = (l.inProj as { bias?: Range }).bias, outBias = (l.outProj as { bias?: Range }).bias;
+        l.inProj = { strips: strips.ranges.get(n.inProj)!, ...(inBias ? { bias: inBias } : {}) };
+        l.outProj = { strips: strips.ranges.get(n.outProj)!, ...(outBias ? { bias: outBias } : {}) };
+      });
+    } catch (err) {
+      return refuse(`the f32 strips file could not be made (${err instanceof Error ? err.message : String(err)})`);
+    }
+  }
   return {
     plan: {
       addonPath: chosen.addonPath,
       isa: chosen.isa,
       decoder: {
-        weightsPath: join(dirname(r.modelPath), [...locations][0]!),
+        weightsPath,
+        ...(stripsPath ? { stripsPath } : {}),
         bits,
         threads: r.threads,
         dims: { d: c.hiddenSize, layers: c.numLayers, D: c.intermediateSize, N: c.stateSize, R: c.timeStepRank, K: c.convKernel, V: headRows, eps: c.layerNormEpsilon },
