@@ -3,8 +3,9 @@
 // with -DMAMBA_CPU_AVX2, AVX2; OpenMP),
 // over block-quantized weights (blocks of 128 values, one fp32 scale each, implicit zero point
 // 2^(bits-1): the bytes of the engine's int8 and int4 builds) and int8 activations quantized
-// per block (what MatMulNBits' accuracy_level 4 does), or over f32 weights in the f32 build's
-// layouts (projections Wᵀ, the head as rows) and f32 activations. Random weights: the speed
+// per block (what MatMulNBits' accuracy_level 4 does), or over f32 weights in the layouts the
+// engine reads (in_proj and out_proj in column strips, x_proj and dt_proj as the build's Wᵀ,
+// the head as rows) and f32 activations. Random weights: the speed
 // does not depend on the values.
 //
 // It measures the kernels alone, apart from Node and the engine, and checks them against a
@@ -39,22 +40,28 @@ T* owned(size_t n) {
   return p;
 }
 
-/** f32 (bits 32): normal values, stored as Wᵀ [cols, rows] (a projection, `colsMajor`) or as rows (the head). */
-QMatrix randomF32Matrix(std::mt19937& rng, int rows, int cols, bool colsMajor, bool withBias, float stddev) {
-  float* data = owned<float>(size_t(rows) * cols);
+/**
+ * f32 (bits 32): normal values, stored as Wᵀ [cols, rows] (a projection, `colsMajor`), as the
+ * engine's column strips of it (`strips`: in_proj and out_proj), or as rows (the head).
+ */
+QMatrix randomF32Matrix(std::mt19937& rng, int rows, int cols, bool colsMajor, bool strips, bool withBias, float stddev) {
+  const size_t count = strips ? QMatrix::f32Strips(rows, cols, nullptr, nullptr).dataBytes() / 4 : size_t(rows) * cols;
+  float* data = owned<float>(count);
   std::normal_distribution<float> n(0.f, stddev);
-  for (size_t i = 0; i < size_t(rows) * cols; i++) data[i] = n(rng);
+  for (size_t i = 0; i < count; i++) data[i] = n(rng);
   float* bias = nullptr;
   if (withBias) {
     bias = owned<float>(rows);
     std::normal_distribution<float> b(0.f, 0.02f);
     for (int r = 0; r < rows; r++) bias[r] = b(rng);
   }
-  return QMatrix::f32(rows, cols, colsMajor, data, bias);
+  return strips ? QMatrix::f32Strips(rows, cols, data, bias) : QMatrix::f32(rows, cols, colsMajor, data, bias);
 }
 
-QMatrix randomMatrix(std::mt19937& rng, int rows, int cols, int bits, bool withBias, float stddev, bool colsMajor = true) {
-  if (bits == 32) return randomF32Matrix(rng, rows, cols, colsMajor, withBias, stddev);
+enum class F32Layout { kCols, kStrips, kRows };
+
+QMatrix randomMatrix(std::mt19937& rng, int rows, int cols, int bits, bool withBias, float stddev, F32Layout f32 = F32Layout::kCols) {
+  if (bits == 32) return randomF32Matrix(rng, rows, cols, f32 != F32Layout::kRows, f32 == F32Layout::kStrips, withBias, stddev);
   const int blocks = (cols + kBlock - 1) / kBlock, blockBytes = kBlock * bits / 8;
   uint8_t* data = owned<uint8_t>(size_t(rows) * blocks * blockBytes);
   float* scales = owned<float>(size_t(rows) * blocks);
@@ -97,7 +104,7 @@ Model randomModel(int bits, uint32_t seed, int layers) {
   for (int i = 0; i < s.layers; i++) {
     Layer l;
     l.norm = randomVector(rng, s.d, 1.f, 0.05f);
-    l.inProj = randomMatrix(rng, 2 * s.D, s.d, bits, false, 1.f / std::sqrt(float(s.d)));
+    l.inProj = randomMatrix(rng, 2 * s.D, s.d, bits, false, 1.f / std::sqrt(float(s.d)), F32Layout::kStrips);
     l.convW = randomVector(rng, s.D * s.K, 0.f, 0.3f);
     l.convB = randomVector(rng, s.D, 0.f, 0.1f);
     l.xProj = randomMatrix(rng, s.R + 2 * s.N, s.D, bits, false, 1.f / std::sqrt(float(s.D)));
@@ -109,11 +116,11 @@ Model randomModel(int bits, uint32_t seed, int layers) {
       for (int c = 0; c < s.D; c++) negAT[n * s.D + c] = -float(n + 1);  // Mamba's A_log = log(1..N)
     l.negAT = negAT;
     l.Dskip = randomVector(rng, s.D, 1.f, 0.1f);
-    l.outProj = randomMatrix(rng, s.d, s.D, bits, false, 0.5f / std::sqrt(float(s.D)));
+    l.outProj = randomMatrix(rng, s.d, s.D, bits, false, 0.5f / std::sqrt(float(s.D)), F32Layout::kStrips);
     m.layers.push_back(l);
   }
   m.normF = randomVector(rng, s.d, 1.f, 0.05f);
-  m.head = randomMatrix(rng, s.V, s.d, bits, false, 1.f, false);
+  m.head = randomMatrix(rng, s.V, s.d, bits, false, 1.f, F32Layout::kRows);
   m.embed = m.head;  // tied
   return m;
 }
