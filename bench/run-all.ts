@@ -17,7 +17,7 @@ const BENCHMARKS = [
   'bench/serving-overhead.ts',
   'bench/serving-throughput.ts',
   'bench/ort-spinning.ts', // ORT's intra-op spinning on and off, end to end
-  'bench/native-serving.ts', // int8 / int4 served on the native kernels and on the graph, end to end
+  'bench/native-serving.ts', // f32 / int8 / int4 served on the native kernels and on the graph, end to end
   'bench/resume-cost.ts',
   'bench/prefix-cache.ts', // stateless chats: a 4k-token history cold, reused, after a restart
   'bench/cartridges.ts', // N sessions from one 32k-token cartridge vs each re-reading it
