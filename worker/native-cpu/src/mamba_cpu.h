@@ -604,63 +604,6 @@ inline void f32ColsAnyBatch(int batch, const QMatrix& w, const ActsView& a, floa
 
 /** Groups of activation rows a prefill's f32 tile takes, with three vectors of columns (its accumulators). */
 constexpr int kF32Group = V::kAccRegs / 3;
-constexpr int kF32Panel = colsTileVecs(kF32Group) * V::W;
-
-/** A packed panel's tile for the last, smaller group of a prompt's rows (n < kF32Group). */
-inline void f32PanelTile(int n, const float* pack, const float* bias, const ActsView& a, int k0, int k1, float* y, int yStride) {
-  constexpr int NV = colsTileVecs(kF32Group);
-  switch (n) {
-    case 1: return f32ColsTile<1, NV>(pack, kF32Panel, bias, a, k0, k1, y, yStride, 0);
-    case 2: return f32ColsTile<2, NV>(pack, kF32Panel, bias, a, k0, k1, y, yStride, 0);
-    case 3: return f32ColsTile<3, NV>(pack, kF32Panel, bias, a, k0, k1, y, yStride, 0);
-    case 4: return f32ColsTile<4, NV>(pack, kF32Panel, bias, a, k0, k1, y, yStride, 0);
-    case 5: return f32ColsTile<5, NV>(pack, kF32Panel, bias, a, k0, k1, y, yStride, 0);
-    case 6: return f32ColsTile<6, NV>(pack, kF32Panel, bias, a, k0, k1, y, yStride, 0);
-    default: return f32ColsTile<7, NV>(pack, kF32Panel, bias, a, k0, k1, y, yStride, 0);
-  }
-}
-
-/**
- * Columns [c0, c1) of y for any number of activation rows, Wᵀ stored as the build stores it
- * (the engine's x_proj and dt_proj; in_proj and out_proj come in strips, f32Strips below).
- *
- * A decode step's batch (up to kMaxBatch rows) goes through Wᵀ in blocks of kF32KBlock rows,
- * every group of rows and every column of the range in each block, so that each row of Wᵀ is
- * read from one end of the range to the other while the next block's are prefetched.
- *
- * A prompt goes by panels of kF32Panel columns: each panel's slice of kF32PackRows rows of Wᵀ
- * is copied into a contiguous buffer (in L1), which every group of kF32Group prompt rows then
- * reads (compute-bound, where a decode step is bound by reading Wᵀ). Read in place, the slice's
- * rows lie a multiple of 4 KB apart (in_proj's rows are 12 KB) and evict each other from L1.
- */
-inline void f32Cols(int batch, const QMatrix& w, const ActsView& a, float* y, int yStride, int c0, int c1, int prefetchBytes) {
-  if (batch <= kMaxBatch) {
-    for (int k0 = 0; k0 < w.cols; k0 += kF32KBlock) {
-      const int k1 = std::min(w.cols, k0 + kF32KBlock);
-      for (int g = 0; g < batch; g += kF32Group)
-        f32ColsAnyBatch(std::min(kF32Group, batch - g), w, a.from(g), y + size_t(g) * yStride, yStride, c0, c1, k0, k1, g == 0 && prefetchBytes ? kF32KBlock : 0);
-    }
-    return;
-  }
-  constexpr int NV = colsTileVecs(kF32Group);
-  alignas(64) float pack[kF32PackRows * kF32Panel];
-  const size_t ld = size_t(w.rows);
-  for (int p = c0; p < c1; p += kF32Panel) {
-    const int p1 = std::min(c1, p + kF32Panel);
-    if (p1 - p < kF32Panel) {  // a last, narrower panel: read in place
-      for (int g = 0; g < batch; g += kF32Group) f32ColsAnyBatch(std::min(kF32Group, batch - g), w, a.from(g), y + size_t(g) * yStride, yStride, p, p1, 0, w.cols, 0);
-      continue;
-    }
-    for (int k0 = 0; k0 < w.cols; k0 += kF32PackRows) {
-      const int k1 = std::min(w.cols, k0 + kF32PackRows);
-      for (int k = k0; k < k1; k++) std::memcpy(pack + size_t(k - k0) * kF32Panel, w.floats() + size_t(k) * ld + p, sizeof(float) * kF32Panel);
-      const float* bias = k1 == w.cols && w.bias ? w.bias + p : nullptr;
-      int g = 0;
-      for (; g + kF32Group <= batch; g += kF32Group) f32ColsTile<kF32Group, NV>(pack, kF32Panel, bias, a.from(g), k0, k1, y + size_t(g) * yStride + p, yStride, 0);
-      if (g < batch) f32PanelTile(batch - g, pack, bias, a.from(g), k0, k1, y + size_t(g) * yStride + p, yStride);
-    }
-  }
-}
 
 /** One strip's tiles for B activation rows: as many vectors of its columns a tile as B leaves registers for. */
 template <int B>
@@ -685,6 +628,55 @@ inline void f32StripTilesAnyBatch(int batch, const float* w0, const float* bias,
 }
 
 /**
+ * Rows [k0, k1) of one kStrip-wide slice of Wᵀ laid out as a strip (`w0`: its row k0, rows
+ * kStrip floats apart; a strip of the strips file, or a slice copied into a buffer) for every
+ * group of kF32Group of the `batch` activation rows; `y` at the slice's first column.
+ */
+inline void f32StripGroups(int batch, const float* w0, const float* bias, const ActsView& a, int k0, int k1, float* y, int yStride, int pfRows) {
+  for (int g = 0; g < batch; g += kF32Group)
+    f32StripTilesAnyBatch(std::min(kF32Group, batch - g), w0, bias, a.from(g), k0, k1, y + size_t(g) * yStride, yStride, g == 0 ? pfRows : 0);
+}
+
+/**
+ * Columns [c0, c1) of y for any number of activation rows, Wᵀ stored as the build stores it
+ * (the engine's x_proj and dt_proj; in_proj and out_proj come in strips, f32Strips below).
+ *
+ * A decode step's batch (up to kMaxBatch rows) goes through Wᵀ in blocks of kF32KBlock rows,
+ * every group of rows and every column of the range in each block, so that each row of Wᵀ is
+ * read from one end of the range to the other while the next block's are prefetched.
+ *
+ * A prompt goes by panels of kStrip columns: each panel's slice of kF32PackRows rows of Wᵀ is
+ * copied into a buffer laid out as a strip (in L1), which every group of kF32Group prompt rows
+ * then reads as it reads the strips file (compute-bound, where a decode step is bound by
+ * reading Wᵀ). Read in place, the slice's rows lie a multiple of 4 KB apart (in_proj's rows
+ * are 12 KB) and evict each other from L1.
+ */
+inline void f32Cols(int batch, const QMatrix& w, const ActsView& a, float* y, int yStride, int c0, int c1, int prefetchBytes) {
+  if (batch <= kMaxBatch) {
+    for (int k0 = 0; k0 < w.cols; k0 += kF32KBlock) {
+      const int k1 = std::min(w.cols, k0 + kF32KBlock);
+      for (int g = 0; g < batch; g += kF32Group)
+        f32ColsAnyBatch(std::min(kF32Group, batch - g), w, a.from(g), y + size_t(g) * yStride, yStride, c0, c1, k0, k1, g == 0 && prefetchBytes ? kF32KBlock : 0);
+    }
+    return;
+  }
+  alignas(64) float pack[kF32PackRows * kStrip];
+  const size_t ld = size_t(w.rows);
+  for (int p = c0; p < c1; p += kStrip) {
+    const int p1 = std::min(c1, p + kStrip);
+    if (p1 - p < kStrip) {  // a last, narrower panel: read in place
+      for (int g = 0; g < batch; g += kF32Group) f32ColsAnyBatch(std::min(kF32Group, batch - g), w, a.from(g), y + size_t(g) * yStride, yStride, p, p1, 0, w.cols, 0);
+      continue;
+    }
+    for (int k0 = 0; k0 < w.cols; k0 += kF32PackRows) {
+      const int k1 = std::min(w.cols, k0 + kF32PackRows);
+      for (int k = k0; k < k1; k++) std::memcpy(pack + size_t(k - k0) * kStrip, w.floats() + size_t(k) * ld + p, sizeof(float) * kStrip);
+      f32StripGroups(batch, pack, k1 == w.cols && w.bias ? w.bias + p : nullptr, a, k0, k1, y + p, yStride, 0);
+    }
+  }
+}
+
+/**
  * Columns [c0, c1) of y for f32 Wᵀ stored as column strips (c0 a strip's first column), any
  * number of activation rows in groups of kF32Group. A strip is contiguous down all its rows, so
  * a decode step reads one stream a thread, strip after strip, the sums of a strip in registers
@@ -697,28 +689,27 @@ inline void f32StripTilesAnyBatch(int batch, const float* w0, const float* bias,
 inline void f32Strips(int batch, const QMatrix& w, const ActsView& a, float* y, int yStride, int c0, int c1, int prefetchBytes) {
   const bool decode = batch <= kMaxBatch;
   const int pfRows = decode && prefetchBytes ? std::max(1, prefetchBytes / (kStrip * 4)) : 0;
-  alignas(64) float rest[kF32Group * kStrip];
+  // Down all rows at once where one tile holds the strip for every row (the sums in registers
+  // throughout); else 128 rows at a time, which the tiles and groups then find in L1.
   const bool oneTile = batch <= kF32Group && colsTileVecs(batch) >= kStrip / V::W;
+  const int kc = oneTile ? w.cols : kF32PackRows;
+  alignas(64) float rest[kF32Group * kStrip];
   for (int n = c0; n < c1; n += kStrip) {
     const float* strip = w.floats() + size_t(n / kStrip) * w.cols * kStrip;
     const int valid = std::min(kStrip, w.rows - n);
-    // Down all rows at once where one tile holds the strip for every row (the sums in registers
-    // throughout); else 128 rows at a time, which the tiles and groups then find in L1.
-    const int kc = oneTile || valid < kStrip ? w.cols : kF32PackRows;
-    for (int k0 = 0; k0 < w.cols; k0 += kc) {
-      const int k1 = std::min(w.cols, k0 + kc);
-      const float* bias = k1 == w.cols && w.bias && valid == kStrip ? w.bias + n : nullptr;
+    if (valid < kStrip) {  // down all rows into the buffer, a group at a time, then the valid columns and their bias
       for (int g = 0; g < batch; g += kF32Group) {
         const int rows = std::min(kF32Group, batch - g);
-        float* out = y + size_t(g) * yStride + n;
-        if (valid == kStrip) {
-          f32StripTilesAnyBatch(rows, strip + size_t(k0) * kStrip, bias, a.from(g), k0, k1, out, yStride, g == 0 ? pfRows : 0);
-          continue;
-        }
         f32StripTilesAnyBatch(rows, strip, nullptr, a.from(g), 0, w.cols, rest, kStrip, g == 0 ? pfRows : 0);
+        float* out = y + size_t(g) * yStride + n;
         for (int b = 0; b < rows; b++)
           for (int j = 0; j < valid; j++) out[size_t(b) * yStride + j] = w.bias ? rest[b * kStrip + j] + w.bias[n + j] : rest[b * kStrip + j];
       }
+      continue;
+    }
+    for (int k0 = 0; k0 < w.cols; k0 += kc) {
+      const int k1 = std::min(w.cols, k0 + kc);
+      f32StripGroups(batch, strip + size_t(k0) * kStrip, k1 == w.cols && w.bias ? w.bias + n : nullptr, a, k0, k1, y + n, yStride, pfRows);
     }
   }
 }
@@ -871,6 +862,9 @@ inline void convTokens(const Dims& s, const Layer& L, int c, int T, const float*
  * layer's state rows hs [N, D] updated in place, y written. The decode step and prefill both
  * call it: their arithmetic is one, so a prompt leaves exactly what as many steps leave.
  */
+/** One state element's update, h·exp(dt·(−exp A)) + dt·x·B: scanToken's and scanChannels' one arithmetic. */
+inline V::F stateUpdate(V::F h, V::F dt, V::F negA, V::F dtx, V::F B) { return V::fmadd(h, expV(V::mul(dt, negA)), V::mul(dtx, B)); }
+
 inline void scanToken(const Dims& s, const Layer& L, int c, const float* dtRaw, const float* x, const float* xdbl, const float* z, float* hs, float* y) {
   const V::F dt = softplusV(V::load(dtRaw + c));
   const V::F xv = V::load(x + c);
@@ -878,8 +872,7 @@ inline void scanToken(const Dims& s, const Layer& L, int c, const float* dtRaw, 
   V::F acc = V::mul(V::load(L.Dskip + c), xv);
   for (int n = 0; n < s.N; n++) {
     float* hp = hs + n * s.D + c;
-    const V::F decay = expV(V::mul(dt, V::load(L.negAT + n * s.D + c)));
-    const V::F h = V::fmadd(V::load(hp), decay, V::mul(dtx, V::set1(xdbl[s.R + n])));
+    const V::F h = stateUpdate(V::load(hp), dt, V::load(L.negAT + n * s.D + c), dtx, V::set1(xdbl[s.R + n]));
     V::store(hp, h);
     acc = V::fmadd(h, V::set1(xdbl[s.R + s.N + n]), acc);
   }
@@ -911,8 +904,7 @@ inline void scanChannels(const Dims& s, const Layer& L, int c0, int c1, const fl
     float* row = hs + n * s.D;
     const float* negA = L.negAT + n * s.D;
     for (int c = c0; c < c1; c += V::W) {
-      const V::F decay = expV(V::mul(V::load(dts + c), V::load(negA + c)));
-      const V::F h = V::fmadd(V::load(row + c), decay, V::mul(V::load(dtxs + c), Bn));
+      const V::F h = stateUpdate(V::load(row + c), V::load(dts + c), V::load(negA + c), V::load(dtxs + c), Bn);
       V::store(row + c, h);
       V::store(y + c, V::fmadd(h, Cn, V::load(y + c)));
     }
