@@ -203,11 +203,12 @@ export async function planNativeKernels(r: NativeKernelsRequest): Promise<{ plan
     try {
       const strips = await ensureF32Strips(dirname(r.modelPath), weightsPath, sources);
       stripsPath = strips.path;
+      // The projection's bias stays where the build has it.
+      const fromStrips = (m: MatrixRanges, name: string): MatrixRanges => ({ strips: strips.ranges.get(name)!, ...(m.bias ? { bias: m.bias } : {}) });
       layers.forEach((l, i) => {
         const n = mambaLayerWeightNames(i);
-        const inBias = (l.inProj as { bias?: Range }).bias, outBias = (l.outProj as { bias?: Range }).bias;
-        l.inProj = { strips: strips.ranges.get(n.inProj)!, ...(inBias ? { bias: inBias } : {}) };
-        l.outProj = { strips: strips.ranges.get(n.outProj)!, ...(outBias ? { bias: outBias } : {}) };
+        l.inProj = fromStrips(l.inProj, n.inProj);
+        l.outProj = fromStrips(l.outProj, n.outProj);
       });
     } catch (err) {
       return refuse(`the f32 strips file could not be made (${err instanceof Error ? err.message : String(err)})`);
