@@ -15,7 +15,11 @@
 //   alternating between rounds, so a neighbour's burst on a shared machine favours neither.
 //   Figures are the median over rounds (and the spread); decode figures per round are the
 //   median step.
-// - Bandwidth: bench/memory-bandwidth.ts's vector-load probe on all threads, before and after.
+// - Bandwidth: bench/memory-bandwidth.ts's vector-load probe on all threads, before and after
+//   the run, and in every round right before the batch-1 decode pair: "decode batch 1 ÷ bound"
+//   is the median over rounds of each round's tok/s against that round's probe. On a shared VM
+//   the read bandwidth moves by a third within minutes (host E, 2026-12-01: 15–30 GB/s), so a
+//   ratio of figures taken ten minutes apart said more about the neighbours than the engine.
 import { fork, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -176,6 +180,11 @@ interface DtypeResult {
   rssEnd: { ours: number; theirs: number };
   /** `${measure}|theirs` -> the signal or exit code that ended llama.cpp in that measurement. */
   crashed: Map<string, string>;
+  /** Each round's probe (bytes/s: median and fastest repetition), taken right before its batch-1 decode pair. */
+  roundBandwidth: number[];
+  roundBestBandwidth: number[];
+  /** Each round's batch-1 decode tok/s × weight bytes ÷ that round's probe. */
+  reached: Figures;
 }
 type Side = 'ours' | 'theirs';
 
@@ -247,6 +256,10 @@ for (const dtype of dtypes) {
       theirs: (await peers.theirs.ask<{ peakRssBytes: number }>({ op: 'rss' })).peakRssBytes,
     });
     let rss: DtypeResult['rss'] | undefined;
+    const roundBandwidth: number[] = [];
+    const roundBestBandwidth: number[] = [];
+    const reached: Figures = { ours: [], theirs: [] };
+    const weightBytes: Record<Side, number> = { ours: oursWeightBytes, theirs: theirsWeightBytes };
     // Round -1 warms both sides up (first-use costs: page faults, llama.cpp's first batch of a
     // sequence) and is not counted.
     for (let r = -1; r < rounds; r++) {
@@ -262,11 +275,20 @@ for (const dtype of dtypes) {
       }
       for (const B of DECODE_BATCHES) {
         const key = `decode batch ${B}, tok/s (median step)`;
+        // Batch 1 is judged against the bound: the probe runs right before the pair (both sides idle).
+        const probed = B === 1 && counting ? await measureReadBandwidth(threads) : undefined;
+        const probe = probed?.bytesPerSecond;
+        if (probed) {
+          roundBandwidth.push(probed.bytesPerSecond);
+          roundBestBandwidth.push(probed.bestBytesPerSecond);
+        }
         for (const side of order) {
           await settle();
           const times = (await measure<{ stepsMs: number[] }>(side, key, { op: 'decode', batch: B, steps }))?.stepsMs ?? [];
-          add(measures, key, side, times.length ? [(1000 * B) / median(times)] : []);
+          const tokPerS = times.length ? (1000 * B) / median(times) : undefined;
+          add(measures, key, side, tokPerS === undefined ? [] : [tokPerS]);
           add(stepsAll, `decode batch ${B}`, side, times);
+          if (probe !== undefined && tokPerS !== undefined) reached[side].push((tokPerS * weightBytes[side]) / probe);
         }
       }
       // Peak RSS once every measurement has run once (the warm-up round). node-llama-cpp's process keeps growing with
@@ -275,7 +297,7 @@ for (const dtype of dtypes) {
       if (r === -1) rss = await peakRss();
       console.log(`${dtype}: ${r === -1 ? 'warm-up round' : `round ${r + 1}/${rounds}`} done`);
     }
-    results.push({ dtype, peer: peerDtype, oursWeightBytes, theirsWeightBytes, logits, measures, steps: stepsAll, rss: rss!, rssEnd: await peakRss(), crashed });
+    results.push({ dtype, peer: peerDtype, oursWeightBytes, theirsWeightBytes, logits, measures, steps: stepsAll, rss: rss!, rssEnd: await peakRss(), crashed, roundBandwidth, roundBestBandwidth, reached });
   } finally {
     await peers.ours.stop();
     await peers.theirs.stop();
@@ -286,6 +308,7 @@ const bandwidth = (bandwidthBefore.bytesPerSecond + bandwidthAfter.bytesPerSecon
 
 // ---- report -----------------------------------------------------------------------------------
 
+const weightBytesOf = (r: DtypeResult, side: Side) => (side === 'ours' ? r.oursWeightBytes : r.theirsWeightBytes);
 const MB = (b: number) => `${(b / 1e6).toFixed(0)} MB`;
 const spread = (xs: number[], digits = 0) => `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)})`;
 console.log(
@@ -307,15 +330,30 @@ for (const r of results) {
   }
   console.log(`| peak RSS (load and the warm-up round: every measurement once) | ${MB(r.rss.ours)} | ${MB(r.rss.theirs)} | ${(r.rss.ours / r.rss.theirs).toFixed(2)} |`);
   console.log(`| peak RSS at the end of all rounds | ${MB(r.rssEnd.ours)} | ${MB(r.rssEnd.theirs)} | ${(r.rssEnd.ours / r.rssEnd.theirs).toFixed(2)} |`);
+  // Each round against its own probe; the run's before/after mean is shown for comparison.
+  const pct = (xs: number[]) => `${(100 * median(xs)).toFixed(0)} % (${(100 * Math.min(...xs)).toFixed(0)}–${(100 * Math.max(...xs)).toFixed(0)})`;
+  const reachedOurs = median(r.reached.ours);
   const b1 = median(r.measures.get('decode batch 1, tok/s (median step)')!.ours);
-  const bound = bandwidth / r.oursWeightBytes;
   const theirsB1 = r.measures.get('decode batch 1, tok/s (median step)')!.theirs;
-  const theirsReached = theirsB1.length ? `${((100 * median(theirsB1) * r.theirsWeightBytes) / bandwidth).toFixed(0)} %` : 'crashed';
-  console.log(`| decode batch 1: bound of its weight bytes (bandwidth ÷ ${MB(r.oursWeightBytes)}) | ${bound.toFixed(0)} tok/s; reached ${((100 * b1) / bound).toFixed(0)} % | ${(bandwidth / r.theirsWeightBytes).toFixed(0)} tok/s; reached ${theirsReached} | |`);
+  const probes = r.roundBandwidth.map((b) => (b / 1e9).toFixed(1)).join(', ');
+  console.log(
+    `| decode batch 1 ÷ bound of its weight bytes (${MB(r.oursWeightBytes)} / ${MB(r.theirsWeightBytes)}), each round against the probe right before it (${probes} GB/s) | ${pct(r.reached.ours)} | ${r.reached.theirs.length ? pct(r.reached.theirs) : 'crashed'} | |`,
+  );
+  // Least disturbed: a neighbour only ever slows a step or a probe repetition down, so the
+  // fastest 10 % of all steps against the fastest probe repetition compare what the machine can
+  // do. For information; the goal is judged on the medians above.
+  const bestProbe = Math.max(...r.roundBestBandwidth);
+  const fastB1 = (side: Side) => {
+    const xs = r.steps.get('decode batch 1')![side];
+    return xs.length ? `${((100 * (1000 / quantile(xs, 0.1)) * weightBytesOf(r, side)) / bestProbe).toFixed(0)} %` : 'crashed';
+  };
+  console.log(`| (least disturbed: the fastest 10 % of steps against the fastest probe repetition, ${(bestProbe / 1e9).toFixed(1)} GB/s) | ${fastB1('ours')} | ${fastB1('theirs')} | |`);
+  const theirsReachedRun = theirsB1.length ? `${((100 * median(theirsB1) * r.theirsWeightBytes) / bandwidth).toFixed(0)} %` : 'crashed';
+  console.log(`| (the same against the run's before/after probes, ${(bandwidth / 1e9).toFixed(1)} GB/s) | ${((100 * b1 * r.oursWeightBytes) / bandwidth).toFixed(0)} % | ${theirsReachedRun} | |`);
   console.log(`\nlogits: max |ours − llama.cpp| ${r.logits.oursVsTheirs.toExponential(2)} (logit range ${r.logits.range.toFixed(1)}; same argmax: ${r.logits.argmaxAgree})` +
     (r.logits.oursVsF32 !== undefined ? `; vs our f32 logits: ours ${r.logits.oursVsF32.toExponential(2)}, llama.cpp ${r.logits.theirsVsF32!.toExponential(2)}` : '') + '\n');
 
-  goals.push([`${r.dtype}: decode batch 1 ≥ 80 % of the bound of its weight bytes`, b1 >= 0.8 * bound, `${((100 * b1) / bound).toFixed(0)} %`]);
+  goals.push([`${r.dtype}: decode batch 1 ≥ 80 % of the bound of its weight bytes (median over rounds)`, reachedOurs >= 0.8, `${(100 * reachedOurs).toFixed(0)} %`]);
   if (r.dtype !== 'f32') {
     for (const B of DECODE_BATCHES) {
       const name = `decode batch ${B}, tok/s (median step)`;
@@ -353,6 +391,9 @@ const json = {
     theirs_weight_bytes: r.theirsWeightBytes,
     logits: r.logits,
     measures: Object.fromEntries([...r.measures].map(([k, f]) => [k, { ours: f.ours, theirs: f.theirs }])),
+    round_bandwidth_gbs: r.roundBandwidth.map((b) => b / 1e9),
+    round_best_bandwidth_gbs: r.roundBestBandwidth.map((b) => b / 1e9),
+    decode_b1_reached: r.reached,
     peak_rss: r.rss,
     peak_rss_end: r.rssEnd,
     llama_cpp_crashed: Object.fromEntries([...r.crashed].map(([k, how]) => [k.replace(/\|theirs$/, ''), how])),
