@@ -18,8 +18,9 @@
 // - Bandwidth: bench/memory-bandwidth.ts's vector-load probe on all threads, before and after
 //   the run, and in every round right before the batch-1 decode pair: "decode batch 1 ÷ bound"
 //   is the median over rounds of each round's tok/s against that round's probe. On a shared VM
-//   the read bandwidth moves by a third within minutes (host E, 2026-12-01: 15–30 GB/s), so a
-//   ratio of figures taken ten minutes apart said more about the neighbours than the engine.
+//   the read bandwidth moves by a third within minutes (host E, 2026-12-01: 22–34 GB/s between
+//   one run's rounds), so a ratio of figures taken ten minutes apart said more about the
+//   neighbours than about the engine.
 import { fork, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
