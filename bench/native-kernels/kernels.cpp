@@ -466,8 +466,8 @@ int main(int argc, char** argv) {
   }
 
   std::vector<double> ms;
-  // --profile: wall time by phase, read by the team's first thread after each phase's barrier
-  // (a phase includes the single-threaded norm and quantization before its matmul).
+  // --profile: wall time by phase, read by the team's first thread as it ends each (its own
+  // work, then apart the wait at the barrier after it: mamba_cpu.h's Phase).
   struct Clock : PhaseClock {
     double ms[kPhases] = {};
     std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
@@ -477,7 +477,8 @@ int main(int argc, char** argv) {
       last = now;
     }
   } clock;
-  const char* const phaseNames[kPhases] = {"embed", "norm+in_proj", "conv", "x_proj+dt_proj+scan", "out_proj", "final norm+head"};
+  const char* const phaseNames[kPhases] = {"embed",   "norm",    "in_proj", "(wait)", "conv+quantize", "(wait)",   "x_proj",
+                                            "dt_proj", "scan+quantize", "(wait)", "out_proj", "(wait)", "final norm+head"};
 #pragma omp parallel
   for (int i = 0; i < args.steps + 3; i++) {
 #pragma omp single
@@ -490,7 +491,7 @@ int main(int argc, char** argv) {
     if (i >= 3) ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count());
   }
   if (args.profile) {
-    std::fprintf(stderr, "ms a step by phase (mean of %d steps, warm-up included):", args.steps + 3);
+    std::fprintf(stderr, "ms a step by phase on the first thread, all layers (mean of %d steps, warm-up included; (wait): at the barrier after the phase before it):", args.steps + 3);
     for (int p = 0; p < kPhases; p++) std::fprintf(stderr, " %s %.3f", phaseNames[p], clock.ms[p] / (args.steps + 3));
     std::fprintf(stderr, "\n");
   }

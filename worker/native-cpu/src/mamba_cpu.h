@@ -834,8 +834,12 @@ inline void addNormQuantize(const Dims& s, int r0, int r1, float* resid, const f
   quantizeRows(normed, s.d, r0, r1, s.d, acts, next);
 }
 
-/** Optional wall time by phase, read by the team's first thread after each phase's barrier. */
-enum Phase { kEmbed, kInProj, kConv, kScan, kOutProj, kHead, kPhases };
+/**
+ * Optional wall time by phase (bench/native-kernels' `kernels --profile`), read by the team's
+ * first thread as it ends each: its own work in a phase, and apart from it the wait at the
+ * barrier that follows (where the other threads' longer share, or a slower core, shows).
+ */
+enum Phase { kEmbed, kNorm, kInProj, kInProjWait, kConv, kConvWait, kXProj, kDtProj, kScan, kScanWait, kOutProj, kOutProjWait, kHead, kPhases };
 struct PhaseClock {
   virtual void mark(Phase) = 0;
   virtual ~PhaseClock() = default;
@@ -1000,27 +1004,34 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
   for (int li = 0; li < s.layers; li++) {
     const Layer& L = m.layers[li];
     addNormQuantize(s, 0, batch, my.resid, t.h, li > 0, my.hn, L.norm, my.actsd, L.inProj);
+    mark(kNorm);
     matmul(batch, L.inProj, my.actsd, t.xz, 2 * s.D, pf);
-#pragma omp barrier
     mark(kInProj);
+#pragma omp barrier
+    mark(kInProjWait);
     // The conv over the window [state rows 1..K−1, x], which becomes the new state; then SiLU.
     for (int b = 0; b < batch; b++)
       for (int c = c0; c < c1; c += V::W) convTokens(s, L, c, 1, t.xz + size_t(b) * 2 * s.D, 2 * s.D, st.conv[b * s.layers + li], t.xc + b * s.D, s.D);
     quantizeRange(t.xc, s.D, 0, batch, s.D, k0, k1, t.actsX, L.xProj);
-#pragma omp barrier
     mark(kConv);
+#pragma omp barrier
+    mark(kConvWait);
     matmulRange(batch, L.xProj, t.actsX, my.xdbl, xdblCols, 0, L.xProj.rows, pf);
+    mark(kXProj);
     quantizeRows(my.xdbl, xdblCols, 0, batch, s.R, my.actsR, L.dtProj);
     matmulRange(batch, L.dtProj, my.actsR, t.dt, s.D, c0, c1, pf);
+    mark(kDtProj);
     // The selective-scan step and the gate, a row of the state at a time.
     for (int b = 0; b < batch; b++)
       if (c0 < c1) scanChannels(s, L, c0, c1, t.dt + b * s.D, t.xc + b * s.D, my.xdbl + b * xdblCols, t.xz + size_t(b) * 2 * s.D + s.D, st.ssm[b * s.layers + li], t.y + b * s.D, my.scan);
     quantizeRange(t.y, s.D, 0, batch, s.D, k0, k1, t.actsY, L.outProj);
-#pragma omp barrier
     mark(kScan);
-    matmul(batch, L.outProj, t.actsY, t.h, s.d, pf);
 #pragma omp barrier
+    mark(kScanWait);
+    matmul(batch, L.outProj, t.actsY, t.h, s.d, pf);
     mark(kOutProj);
+#pragma omp barrier
+    mark(kOutProjWait);
   }
   addNormQuantize(s, 0, batch, my.resid, t.h, true, my.hn, m.normF, my.actsd, m.head);
   matmul(batch, m.head, my.actsd, logits, int(logitsStride), pf);
