@@ -13,6 +13,7 @@
 // and is trusted when its size is the layout's. The engine then maps it instead of those
 // projections' bytes in weights.bin: the weights are still held once (those bytes of the build
 // are never read). The price is disk: the projections' bytes again (mamba-130m: 340 MB).
+import { randomBytes } from 'node:crypto';
 import { open, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
@@ -89,7 +90,8 @@ export async function ensureF32Strips(buildDir: string, weightsPath: string, sou
   const { ranges, size } = stripsLayout(sources);
   const present = await stat(path).catch(() => null);
   if (present?.size === size) return { path, ranges, made: false };
-  const tmp = `${path}.tmp-${process.pid}-${Date.now()}`;
+  // Its own name, even beside another engine loading in this process.
+  const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   try {
     const from = await open(weightsPath, 'r');
     try {
