@@ -64,6 +64,27 @@ describe.skipIf(skip)('the native kernels in the engine', () => {
     }
   });
 
+  // A step's threads meet at TeamBarrier (mamba_cpu.h), which spins and then sleeps: its memory
+  // order is what lets each thread read what the others wrote. Every value is computed by the
+  // same arithmetic whichever thread takes it, so any team decodes the same floats; 3 threads on
+  // a 2-vCPU machine (CI) sleep at every barrier instead of spinning.
+  it.each(builds.map((b) => [b.isa, b.addon] as const))('%s build: teams of 1, 2 and 3 threads decode the same floats, step after step', async (_isa, addon) => {
+    for (const dtype of ['int8', 'int4', 'f32'] as const) {
+      const engines = await Promise.all([1, 2, 3].map((intraOpThreads) => load({ weightsDtype: dtype, nativeKernels: 'on', nativeKernelsAddon: addon, intraOpThreads })));
+      try {
+        const histories = Array.from({ length: 3 }, (_, i) => tokensFor(2 + i, ckpt.config.vocabSize, 70 + i));
+        const states = await Promise.all(engines.map((e) => prefilledStates(e, histories)));
+        for (let step = 0; step < 12; step++) {
+          const tokens = histories.map((_, i) => (i * 29 + step * 7) % ckpt.config.vocabSize);
+          const [one, ...more] = await Promise.all(engines.map((e, k) => e.decode(states[k]!.map((state, i) => ({ state, token: tokens[i]! })))));
+          for (const got of more) expect(maxAbsDiff(got.data, one!.data)).toBe(0);
+        }
+      } finally {
+        await Promise.all(engines.map((e) => e.close()));
+      }
+    }
+  });
+
   // The kernels' arithmetic is the decode step's token for token, so a prompt matches its own
   // steps exactly. Against ONNX Runtime's graph, whose float sums run in another order, it
   // matches to rounding (1e-5 here), but over a long prompt such a difference now and then moves

@@ -25,9 +25,13 @@
 #pragma once
 
 #include <immintrin.h>
+#include <linux/futex.h>
 #include <omp.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -36,6 +40,10 @@
 #include <new>
 #include <utility>
 #include <vector>
+
+#ifndef MAMBA_CPU_BARRIER_SPINS
+#define MAMBA_CPU_BARRIER_SPINS 1024
+#endif
 
 namespace mamba_cpu {
 
@@ -929,6 +937,52 @@ inline void scanChannels(const Dims& s, const Layer& L, int c0, int c1, const fl
 }
 
 /**
+ * The decode step's barrier for its team (inside an OpenMP parallel region, in place of `omp
+ * barrier`): the last thread to arrive starts a new generation; the others spin until they see
+ * it, and after a while sleep on it (a futex) until woken. Its atomics order memory as OpenMP's
+ * barrier does: what any thread wrote before it, every thread reads after it. A step waits at
+ * 97 of them (mamba-130m); libgomp's barrier took 1.6–1.9 µs for two threads on host F (a 2-vCPU
+ * VM), this one 0.3–0.4 (scratch programs, back to back): the kernels program's int4 step at
+ * batch 1 went from 1.65–1.75 to 1.48–1.59 ms in quiet minutes (alternating processes; within
+ * noise in slow ones, and with the cores shared). Sleeping, not spinning on, is what
+ * keeps a team that shares its cores (more threads than vCPUs, or the event loop and other
+ * processes taking one) from waiting on a thread that cannot run.
+ */
+class TeamBarrier {
+ public:
+  void wait(int team) {
+    if (team <= 1) return;
+    const uint32_t generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == team - 1) {
+      arrived_.store(0, std::memory_order_relaxed);  // before the new generation frees the others
+      generation_.store(generation + 1, std::memory_order_seq_cst);
+      if (sleepers_.load(std::memory_order_seq_cst) > 0) futex(FUTEX_WAKE_PRIVATE, INT32_MAX);
+      return;
+    }
+    // More threads than processors: the one awaited may be waiting for this one's core.
+    const int spinLimit = team <= processors_ ? kSpins : 0;
+    for (int spins = 0; spins < spinLimit; spins++) {
+      if (generation_.load(std::memory_order_acquire) != generation) return;
+      _mm_pause();
+    }
+    // A sleeper counts itself before it looks again, and the last arrival looks for sleepers
+    // after the new generation (both sequentially consistent): one of the two sees the other.
+    sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    while (generation_.load(std::memory_order_seq_cst) == generation) futex(FUTEX_WAIT_PRIVATE, generation);
+    sleepers_.fetch_sub(1, std::memory_order_relaxed);
+  }
+
+ private:
+  /** ~20–50 µs of pauses (-D to experiment): longer than a step's threads usually wait for each other. */
+  static constexpr int kSpins = MAMBA_CPU_BARRIER_SPINS;
+  const int processors_ = omp_get_num_procs();
+  void futex(int op, uint32_t value) { syscall(SYS_futex, reinterpret_cast<uint32_t*>(&generation_), op, value, nullptr, nullptr, 0); }
+  alignas(64) std::atomic<int> arrived_{0};
+  alignas(64) std::atomic<uint32_t> generation_{0};
+  std::atomic<int> sleepers_{0};
+};
+
+/**
  * A decode step's working memory for up to kMaxBatch sequences: the arrays the team shares, and
  * what each thread computes for itself (see step()).
  */
@@ -953,6 +1007,7 @@ struct StepScratch {
   float *h, *xz, *xc, *dt, *y;
   QActs actsX, actsY;  // xc for x_proj, y for out_proj
   std::vector<std::unique_ptr<Own>> own;
+  TeamBarrier barrier;
   /** For teams of up to `threads` threads (or OpenMP's default team size, if larger); `f32`: for f32 weights. */
   StepScratch(const Dims& s, int threads, bool f32 = false)
       : h(alignedArray<float>(size_t(kMaxBatch) * s.d)),
@@ -976,10 +1031,10 @@ struct StepScratch {
  * `logitsStride` apart) out, states updated in place. Called inside a parallel region by
  * every thread of the team.
  *
- * Four barriers a layer. A barrier costs ~1.5 µs on a 2-vCPU VM, and a step of the first
- * design had ten a layer, with a thread idle through each single-threaded part: what is cheap
- * is computed by every thread for itself instead (its own copy of the residual stream and its
- * norm, x_proj whole), and each thread owns whole blocks of 128 channels, so that it quantizes
+ * Four barriers a layer (TeamBarrier's, ~0.4 µs; libgomp's cost ~1.5 on a 2-vCPU VM), where a
+ * step of the first design had ten, with a thread idle through each single-threaded part: what
+ * is cheap is computed by every thread for itself instead (its own copy of the residual stream
+ * and its norm, x_proj whole), and each thread owns whole blocks of 128 channels, so that it quantizes
  * its own conv and scan outputs and computes dt for its own channels with no one waiting:
  *   in_proj (rows split) | conv, quantize | x_proj (whole), dt_proj, scan, quantize | out_proj
  * Every value is computed by the same arithmetic as before (the kernels are row by row), so a
@@ -1007,14 +1062,14 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
     mark(kNorm);
     matmul(batch, L.inProj, my.actsd, t.xz, 2 * s.D, pf);
     mark(kInProj);
-#pragma omp barrier
+    t.barrier.wait(team);
     mark(kInProjWait);
     // The conv over the window [state rows 1..K−1, x], which becomes the new state; then SiLU.
     for (int b = 0; b < batch; b++)
       for (int c = c0; c < c1; c += V::W) convTokens(s, L, c, 1, t.xz + size_t(b) * 2 * s.D, 2 * s.D, st.conv[b * s.layers + li], t.xc + b * s.D, s.D);
     quantizeRange(t.xc, s.D, 0, batch, s.D, k0, k1, t.actsX, L.xProj);
     mark(kConv);
-#pragma omp barrier
+    t.barrier.wait(team);
     mark(kConvWait);
     matmulRange(batch, L.xProj, t.actsX, my.xdbl, xdblCols, 0, L.xProj.rows, pf);
     mark(kXProj);
@@ -1026,16 +1081,16 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
       if (c0 < c1) scanChannels(s, L, c0, c1, t.dt + b * s.D, t.xc + b * s.D, my.xdbl + b * xdblCols, t.xz + size_t(b) * 2 * s.D + s.D, st.ssm[b * s.layers + li], t.y + b * s.D, my.scan);
     quantizeRange(t.y, s.D, 0, batch, s.D, k0, k1, t.actsY, L.outProj);
     mark(kScan);
-#pragma omp barrier
+    t.barrier.wait(team);
     mark(kScanWait);
     matmul(batch, L.outProj, t.actsY, t.h, s.d, pf);
     mark(kOutProj);
-#pragma omp barrier
+    t.barrier.wait(team);
     mark(kOutProjWait);
   }
   addNormQuantize(s, 0, batch, my.resid, t.h, true, my.hn, m.normF, my.actsd, m.head);
   matmul(batch, m.head, my.actsd, logits, int(logitsStride), pf);
-#pragma omp barrier
+  t.barrier.wait(team);
   mark(kHead);
 }
 
