@@ -944,9 +944,9 @@ inline void scanChannels(const Dims& s, const Layer& L, int c0, int c1, const fl
  * 97 of them (mamba-130m); libgomp's barrier took 1.6–1.9 µs for two threads on host F (a 2-vCPU
  * VM), this one 0.3–0.4 (scratch programs, back to back): the kernels program's int4 step at
  * batch 1 went from 1.65–1.75 to 1.48–1.59 ms in quiet minutes (alternating processes; within
- * noise in slow ones, and with the cores shared). Sleeping, not spinning on, is what
- * keeps a team that shares its cores (more threads than vCPUs, or the event loop and other
- * processes taking one) from waiting on a thread that cannot run.
+ * noise in slow ones, and with the cores shared). Sleeping, not spinning on, is what keeps a
+ * team that shares its cores (more threads than vCPUs, or the event loop and other processes
+ * taking one) from waiting on a thread that cannot run.
  */
 class TeamBarrier {
  public:
@@ -1034,8 +1034,9 @@ struct StepScratch {
  * Four barriers a layer (TeamBarrier's, ~0.4 µs; libgomp's cost ~1.5 on a 2-vCPU VM), where a
  * step of the first design had ten, with a thread idle through each single-threaded part: what
  * is cheap is computed by every thread for itself instead (its own copy of the residual stream
- * and its norm, x_proj whole), and each thread owns whole blocks of 128 channels, so that it quantizes
- * its own conv and scan outputs and computes dt for its own channels with no one waiting:
+ * and its norm, x_proj whole), and each thread owns whole blocks of 128 channels, so that it
+ * quantizes its own conv and scan outputs and computes dt for its own channels with no one
+ * waiting:
  *   in_proj (rows split) | conv, quantize | x_proj (whole), dt_proj, scan, quantize | out_proj
  * Every value is computed by the same arithmetic as before (the kernels are row by row), so a
  * step equals a prefill token for token still.
