@@ -434,12 +434,18 @@ inline void quantizeActs(const float* x, int stride, int batch, int cols, QActs&
  * while it was a float correction) read at 35–43 (batch 1, bench/native-kernels' program,
  * three runs; batch 2: 3.2 against 4.3 ms a step with 2 rows at a time).
  */
-template <int B, int Bits>
+template <int B, int Bits, bool Padded = false>
 inline void matmulRow(const QMatrix& w, const ActsView& a, float* y, int yStride, int r, int prefetchBytes) {
   // int8 codes on AVX2 are centred before the products (V::dotCentred): no zero point then.
   constexpr bool kCentred = Bits == 8 && V::kInt8Centred;
   constexpr int kZero = kCentred ? 0 : 1 << (Bits - 1);
   constexpr int kVecs = kBlock / V::kBytes;  // activation vectors a block
+  // Padded: the row's last block ends in zero padding (dt_proj: 48 columns of 128), where the
+  // activation codes are 0, so the vectors wholly past the columns are left out: the same
+  // integer sums with fewer products (int8, and int4 on AVX2; AVX-512 loads a whole int4 block
+  // at once). A weight load of int4 holds 2 · kBytes columns, of int8 kBytes.
+  constexpr int kColsPerLoad = Bits == 4 ? 2 * V::kBytes : V::kBytes;
+  const int lastLoads = Padded ? (w.cols - (w.blocks - 1) * kBlock + kColsPerLoad - 1) / kColsPerLoad : 0;
   V::F acc[B];
   for (int b = 0; b < B; b++) acc[b] = V::zero();
   const uint8_t* row = w.data + size_t(r) * w.blocks * w.blockBytes;
@@ -451,10 +457,14 @@ inline void matmulRow(const QMatrix& w, const ActsView& a, float* y, int yStride
     // row at a time (a step's weights stream through in row order, so ahead is the next rows).
     for (int line = 0; line < w.blockBytes; line += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + prefetchBytes + line), _MM_HINT_T0);
     V::I wv[kVecs];  // weight codes, in the order of the activation vectors
+    // Activation vectors this block takes: all, but in a padded row's last block those with columns.
+    const int vecs = Padded && k == w.blocks - 1 ? (Bits == 4 ? 2 * lastLoads : lastLoads) : kVecs;
     if (Bits == 8) {
-      for (int v = 0; v < kVecs; v++) wv[v] = V::loadBytes(blk + v * V::kBytes);
+      for (int v = 0; v < kVecs; v++)
+        if (!Padded || v < vecs) wv[v] = V::loadBytes(blk + v * V::kBytes);
     } else {
       for (int v = 0; v < kVecs; v += 2) {
+        if (Padded && v >= vecs) break;
         const V::I packed = V::loadBytes(blk + (v / 2) * V::kBytes);
         wv[v] = V::low4(packed);
         wv[v + 1] = V::high4(packed);
@@ -467,9 +477,13 @@ inline void matmulRow(const QMatrix& w, const ActsView& a, float* y, int yStride
       // The zero point comes off in integers: the block's sum starts at −zero · Σ codes.
       V::I dot = kZero ? V::lane0(-kZero * a.sum[at]) : V::zeroI();
       if constexpr (Bits == 4) {
-        dot = V::dotInt4<kVecs>(dot, wv, xq);
+        // int4 blocks are 2 AVX-512 vectors or 4 AVX2 ones: a padded one takes 2 or all.
+        static_assert(kVecs == 2 || kVecs == 4, "int4: 2 or 4 activation vectors a block");
+        if (kVecs == 2 || vecs == kVecs) dot = V::dotInt4<kVecs>(dot, wv, xq);
+        else dot = V::dotInt4<2>(dot, wv, xq);
       } else {
-        for (int v = 0; v < kVecs; v++) dot = dotStep<V, kCentred>(dot, wv[v], V::loadBytes(xq + v * V::kBytes));
+        for (int v = 0; v < kVecs; v++)
+          if (!Padded || v < vecs) dot = dotStep<V, kCentred>(dot, wv[v], V::loadBytes(xq + v * V::kBytes));
       }
       // The two scales multiply as scalars: one vector multiply a block fewer, which int4 at
       // batch 1 on AVX2 notices (it computes about as fast as memory streams its weights:
@@ -507,9 +521,12 @@ inline void f32RowsRow(const QMatrix& w, const ActsView& a, float* y, int yStrid
 
 template <int B, int Bits>
 inline void matmulRows(const QMatrix& w, const ActsView& a, float* y, int yStride, int r0, int r1, int prefetchBytes) {
-  for (int r = r0; r < r1; r++) {
-    if constexpr (Bits == 32) f32RowsRow<B>(w, a, y, yStride, r, prefetchBytes);
-    else matmulRow<B, Bits>(w, a, y, yStride, r, prefetchBytes);
+  if constexpr (Bits == 32) {
+    for (int r = r0; r < r1; r++) f32RowsRow<B>(w, a, y, yStride, r, prefetchBytes);
+  } else if (w.cols % kBlock != 0) {
+    for (int r = r0; r < r1; r++) matmulRow<B, Bits, true>(w, a, y, yStride, r, prefetchBytes);
+  } else {
+    for (int r = r0; r < r1; r++) matmulRow<B, Bits>(w, a, y, yStride, r, prefetchBytes);
   }
 }
 
