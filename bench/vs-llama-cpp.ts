@@ -20,7 +20,9 @@
 //   is the median over rounds of each round's tok/s against that round's probe. On a shared VM
 //   the read bandwidth moves by a third within minutes (host E, 2026-12-01: 22–34 GB/s between
 //   one run's rounds), so a ratio of figures taken ten minutes apart said more about the
-//   neighbours than about the engine.
+//   neighbours than about the engine. A probe that reads low in some rounds lifts the median
+//   the other way: a verdict more than 15 points above the least disturbed figure is marked
+//   suspect.
 import { fork, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -344,9 +346,13 @@ for (const r of results) {
   // fastest 10 % of all steps against the fastest probe repetition compare what the machine can
   // do. For information; the goal is judged on the medians above.
   const bestProbe = Math.max(...r.roundBestBandwidth);
-  const fastB1 = (side: Side) => {
+  const leastDisturbed = (side: Side) => {
     const xs = r.steps.get('decode batch 1')![side];
-    return xs.length ? `${((100 * (1000 / quantile(xs, 0.1)) * weightBytesOf(r, side)) / bestProbe).toFixed(0)} %` : 'crashed';
+    return xs.length ? ((1000 / quantile(xs, 0.1)) * weightBytesOf(r, side)) / bestProbe : undefined;
+  };
+  const fastB1 = (side: Side) => {
+    const reached = leastDisturbed(side);
+    return reached === undefined ? 'crashed' : `${(100 * reached).toFixed(0)} %`;
   };
   console.log(`| (least disturbed: the fastest 10 % of steps against the fastest probe repetition, ${(bestProbe / 1e9).toFixed(1)} GB/s) | ${fastB1('ours')} | ${fastB1('theirs')} | |`);
   const theirsReachedRun = theirsB1.length ? `${((100 * median(theirsB1) * r.theirsWeightBytes) / bandwidth).toFixed(0)} %` : 'crashed';
@@ -354,7 +360,17 @@ for (const r of results) {
   console.log(`\nlogits: max |ours − llama.cpp| ${r.logits.oursVsTheirs.toExponential(2)} (logit range ${r.logits.range.toFixed(1)}; same argmax: ${r.logits.argmaxAgree})` +
     (r.logits.oursVsF32 !== undefined ? `; vs our f32 logits: ours ${r.logits.oursVsF32.toExponential(2)}, llama.cpp ${r.logits.theirsVsF32!.toExponential(2)}` : '') + '\n');
 
-  goals.push([`${r.dtype}: decode batch 1 ≥ 80 % of the bound of its weight bytes (median over rounds)`, reachedOurs >= 0.8, `${(100 * reachedOurs).toFixed(0)} %`]);
+  // A probe that reads low in some rounds (host F, 2026-12-01: 34–44 GB/s in three rounds of
+  // five, 66 in another, while our decode held its rate) lifts those rounds' figures, and the
+  // median with them, far above what the least disturbed steps reach: say so beside the verdict.
+  const leastOurs = leastDisturbed('ours');
+  const probeReadLow = leastOurs !== undefined && reachedOurs - leastOurs > 0.15;
+  if (probeReadLow) console.log(`warning: ${r.dtype}'s decode batch 1 reached ${(100 * reachedOurs).toFixed(0)} % by the rounds' probes but ${(100 * leastOurs!).toFixed(0)} % least disturbed: some probes read low (${probes} GB/s); the verdict below is not to be trusted\n`);
+  goals.push([
+    `${r.dtype}: decode batch 1 ≥ 80 % of the bound of its weight bytes (median over rounds)`,
+    reachedOurs >= 0.8,
+    `${(100 * reachedOurs).toFixed(0)} %${probeReadLow ? ` (**suspect**: ${(100 * leastOurs!).toFixed(0)} % least disturbed; some probes read low)` : ''}`,
+  ]);
   if (r.dtype !== 'f32') {
     for (const B of DECODE_BATCHES) {
       const name = `decode batch ${B}, tok/s (median step)`;
