@@ -190,6 +190,8 @@ interface DtypeResult {
   reached: Figures;
 }
 type Side = 'ours' | 'theirs';
+/** A side's weight bytes (of a result, or of the pair being measured). */
+const weightBytesOf = (r: Pick<DtypeResult, 'oursWeightBytes' | 'theirsWeightBytes'>, side: Side) => (side === 'ours' ? r.oursWeightBytes : r.theirsWeightBytes);
 
 const LOGITS_PROMPT = Array.from({ length: 64 }, (_, i) => (i * 7919 + 5) % 50000);
 const maxAbsDiff = (a: number[], b: number[]) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
@@ -262,7 +264,6 @@ for (const dtype of dtypes) {
     const roundBandwidth: number[] = [];
     const roundBestBandwidth: number[] = [];
     const reached: Figures = { ours: [], theirs: [] };
-    const weightBytes: Record<Side, number> = { ours: oursWeightBytes, theirs: theirsWeightBytes };
     // Round -1 warms both sides up (first-use costs: page faults, llama.cpp's first batch of a
     // sequence) and is not counted.
     for (let r = -1; r < rounds; r++) {
@@ -291,7 +292,7 @@ for (const dtype of dtypes) {
           const tokPerS = times.length ? (1000 * B) / median(times) : undefined;
           add(measures, key, side, tokPerS === undefined ? [] : [tokPerS]);
           add(stepsAll, `decode batch ${B}`, side, times);
-          if (probe !== undefined && tokPerS !== undefined) reached[side].push((tokPerS * weightBytes[side]) / probe);
+          if (probe !== undefined && tokPerS !== undefined) reached[side].push((tokPerS * weightBytesOf({ oursWeightBytes, theirsWeightBytes }, side)) / probe);
         }
       }
       // Peak RSS once every measurement has run once (the warm-up round). node-llama-cpp's process keeps growing with
@@ -311,7 +312,6 @@ const bandwidth = (bandwidthBefore.bytesPerSecond + bandwidthAfter.bytesPerSecon
 
 // ---- report -----------------------------------------------------------------------------------
 
-const weightBytesOf = (r: DtypeResult, side: Side) => (side === 'ours' ? r.oursWeightBytes : r.theirsWeightBytes);
 const MB = (b: number) => `${(b / 1e6).toFixed(0)} MB`;
 const spread = (xs: number[], digits = 0) => `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)})`;
 console.log(

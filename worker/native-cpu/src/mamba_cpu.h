@@ -1065,6 +1065,12 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
   auto mark = [&](Phase p) {
     if (clock && me == 0) clock->mark(p);
   };
+  // The end of a phase: its own time, the team's barrier, and the wait there.
+  auto meet = [&](Phase done, Phase waited) {
+    mark(done);
+    t.barrier.wait(team);
+    mark(waited);
+  };
   StepScratch::Own& my = *t.own[size_t(me)];
   // This thread's whole blocks of channels: [c0, c1), blocks [k0, k1).
   const int channelBlocks = (s.D + kBlock - 1) / kBlock;
@@ -1079,16 +1085,12 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
     addNormQuantize(s, 0, batch, my.resid, t.h, li > 0, my.hn, L.norm, my.actsd, L.inProj);
     mark(kNorm);
     matmul(batch, L.inProj, my.actsd, t.xz, 2 * s.D, pf);
-    mark(kInProj);
-    t.barrier.wait(team);
-    mark(kInProjWait);
+    meet(kInProj, kInProjWait);
     // The conv over the window [state rows 1..K−1, x], which becomes the new state; then SiLU.
     for (int b = 0; b < batch; b++)
       for (int c = c0; c < c1; c += V::W) convTokens(s, L, c, 1, t.xz + size_t(b) * 2 * s.D, 2 * s.D, st.conv[b * s.layers + li], t.xc + b * s.D, s.D);
     quantizeRange(t.xc, s.D, 0, batch, s.D, k0, k1, t.actsX, L.xProj);
-    mark(kConv);
-    t.barrier.wait(team);
-    mark(kConvWait);
+    meet(kConv, kConvWait);
     matmulRange(batch, L.xProj, t.actsX, my.xdbl, xdblCols, 0, L.xProj.rows, pf);
     mark(kXProj);
     quantizeRows(my.xdbl, xdblCols, 0, batch, s.R, my.actsR, L.dtProj);
@@ -1098,13 +1100,9 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
     for (int b = 0; b < batch; b++)
       if (c0 < c1) scanChannels(s, L, c0, c1, t.dt + b * s.D, t.xc + b * s.D, my.xdbl + b * xdblCols, t.xz + size_t(b) * 2 * s.D + s.D, st.ssm[b * s.layers + li], t.y + b * s.D, my.scan);
     quantizeRange(t.y, s.D, 0, batch, s.D, k0, k1, t.actsY, L.outProj);
-    mark(kScan);
-    t.barrier.wait(team);
-    mark(kScanWait);
+    meet(kScan, kScanWait);
     matmul(batch, L.outProj, t.actsY, t.h, s.d, pf);
-    mark(kOutProj);
-    t.barrier.wait(team);
-    mark(kOutProjWait);
+    meet(kOutProj, kOutProjWait);
   }
   addNormQuantize(s, 0, batch, my.resid, t.h, true, my.hn, m.normF, my.actsd, m.head);
   matmul(batch, m.head, my.actsd, logits, int(logitsStride), pf);
