@@ -149,9 +149,8 @@ std::vector<double> quantizedLikeKernels(const std::vector<double>& x) {
   for (size_t start = 0; start < x.size(); start += kBlock) {
     const int n = int(std::min<size_t>(kBlock, x.size() - start));
     alignas(64) int8_t q[kBlock];
-    float scale;
-    int32_t sum;
-    quantizeBlock(xf.data() + start, n, q, scale, sum, false);
+    float scale, scaledSum;
+    quantizeBlock(xf.data() + start, n, q, scale, scaledSum, false);
     for (int i = 0; i < n; i++) out[start + i] = double(q[i]) * scale;
   }
   return out;

@@ -169,6 +169,8 @@ struct Avx512 {
   using I = __m512i;
   static F zero() { return _mm512_setzero_ps(); }
   static F load(const float* p) { return _mm512_loadu_ps(p); }
+  /** The first n < W floats at p, the other lanes 0 (nothing past them is read). */
+  static F loadFirst(const float* p, int n) { return _mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p); }
   static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
   static F set1(float v) { return _mm512_set1_ps(v); }
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
@@ -186,8 +188,6 @@ struct Avx512 {
   static float maxOf(F v) { return _mm512_reduce_max_ps(v); }
   static I loadBytes(const void* p) { return _mm512_loadu_si512(p); }
   static I zeroI() { return _mm512_setzero_si512(); }
-  /** v in lane 0, the other lanes 0. */
-  static I lane0(int32_t v) { return _mm512_zextsi128_si512(_mm_cvtsi32_si128(v)); }
   static I low4(I v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0f)); }
   static I high4(I v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f)); }
   /** acc + Σ over each 4 bytes of w (unsigned) · x (signed). */
@@ -218,6 +218,10 @@ struct Avx2 {
   using I = __m256i;
   static F zero() { return _mm256_setzero_ps(); }
   static F load(const float* p) { return _mm256_loadu_ps(p); }
+  /** The first n < W floats at p, the other lanes 0 (nothing past them is read). */
+  static F loadFirst(const float* p, int n) {
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+  }
   static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
   static F set1(float v) { return _mm256_set1_ps(v); }
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
@@ -245,7 +249,6 @@ struct Avx2 {
   }
   static I loadBytes(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
   static I zeroI() { return _mm256_setzero_si256(); }
-  static I lane0(int32_t v) { return _mm256_zextsi128_si256(_mm_cvtsi32_si128(v)); }
   static I low4(I v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0f)); }
   static I high4(I v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f)); }
   /** acc + Σ over each 4 bytes of w (unsigned, < 128: int4 codes) · x (signed). */
@@ -305,14 +308,15 @@ inline typename Isa::I dotStep(typename Isa::I acc, typename Isa::I w, typename 
 }
 
 /**
- * A matmul's activations, per row: quantized per block (int8 codes, one scale and the codes'
- * sum per block) for quantized weights, or, for f32 weights (`floats`), the values as they are.
+ * A matmul's activations, per row: quantized per block (int8 codes, one scale, and the scale
+ * times the codes' sum for the weights' zero point) for quantized weights, or, for f32 weights
+ * (`floats`), the values as they are.
  */
 struct QActs {
   int rows = 0, blocks = 0;
   int8_t* q = nullptr;     // [rows, blocks * 128]
   float* scale = nullptr;  // [rows, blocks]
-  int32_t* sum = nullptr;  // [rows, blocks]
+  float* scaledSum = nullptr;  // [rows, blocks]: scale · Σ codes
   float* f = nullptr;      // [rows, blocks * 128], f32 weights' (zero past the columns)
   QActs(int maxCols, int rows_, bool floats = false) : rows(rows_), blocks((maxCols + kBlock - 1) / kBlock) {
     if (floats) {
@@ -321,14 +325,14 @@ struct QActs {
     }
     q = alignedArray<int8_t>(size_t(rows) * blocks * kBlock);
     scale = alignedArray<float>(size_t(rows) * blocks);
-    sum = alignedArray<int32_t>(size_t(rows) * blocks);
+    scaledSum = alignedArray<float>(size_t(rows) * blocks);
   }
   QActs(const QActs&) = delete;
   QActs& operator=(const QActs&) = delete;
   ~QActs() {
     std::free(q);
     std::free(scale);
-    std::free(sum);
+    std::free(scaledSum);
     std::free(f);
   }
 };
@@ -338,9 +342,9 @@ struct ActsView {
   int blocks;
   const int8_t* q;
   const float* scale;
-  const int32_t* sum;
+  const float* scaledSum;
   const float* f;
-  ActsView(const QActs& a, int row = 0) : blocks(a.blocks), q(a.q), scale(a.scale), sum(a.sum), f(a.f) { *this = from(row); }
+  ActsView(const QActs& a, int row = 0) : blocks(a.blocks), q(a.q), scale(a.scale), scaledSum(a.scaledSum), f(a.f) { *this = from(row); }
   /** Floats from one row to the next (f). */
   size_t stride() const { return size_t(blocks) * kBlock; }
   ActsView from(int row) const {
@@ -349,7 +353,7 @@ struct ActsView {
     if (q) {
       v.q += size_t(row) * blocks * kBlock;
       v.scale += size_t(row) * blocks;
-      v.sum += size_t(row) * blocks;
+      v.scaledSum += size_t(row) * blocks;
     }
     if (f) v.f += size_t(row) * stride();
     return v;
@@ -362,7 +366,7 @@ struct ActsView {
  * them: a load of V::kBytes weight bytes holds elements 2j (low nibbles) and 2j + 1 (high) of
  * 2 · V::kBytes elements, so those go evens first, then odds.
  */
-inline void quantizeBlock(const float* x, int n, int8_t* q, float& scale, int32_t& sum, bool nibbleOrder) {
+inline void quantizeBlock(const float* x, int n, int8_t* q, float& scale, float& scaledSum, bool nibbleOrder) {
   alignas(64) int8_t codes[kBlock];
   float amax = 0.f;
   if (n == kBlock) {
@@ -402,7 +406,7 @@ inline void quantizeBlock(const float* x, int n, int8_t* q, float& scale, int32_
     std::memcpy(q, codes, kBlock);
   }
   scale = s;
-  sum = total;
+  scaledSum = s * float(total);
 }
 
 /**
@@ -419,7 +423,7 @@ inline void quantizeRange(const float* x, int stride, int r0, int r1, int cols, 
         std::memset(a.f + at * kBlock + n, 0, size_t(kBlock - n) * 4);
         continue;
       }
-      quantizeBlock(x + size_t(b) * stride + start, n, a.q + at * kBlock, a.scale[at], a.sum[at], w.bits == 4);
+      quantizeBlock(x + size_t(b) * stride + start, n, a.q + at * kBlock, a.scale[at], a.scaledSum[at], w.bits == 4);
     }
 }
 
@@ -429,10 +433,11 @@ inline void quantizeRows(const float* x, int stride, int r0, int r1, int cols, Q
 inline void quantizeActs(const float* x, int stride, int batch, int cols, QActs& a, const QMatrix& w) { quantizeRows(x, stride, 0, batch, cols, a, w); }
 
 /**
- * One weight row against B rows of activations: y[b][r] for b < B. A row at a time: with the
- * zero point taken off in integers, one row read at 57 GB/s where 4 rows at a time (the best
- * while it was a float correction) read at 35–43 (batch 1, bench/native-kernels' program,
- * three runs; batch 2: 3.2 against 4.3 ms a step with 2 rows at a time).
+ * One weight row against B rows of activations: y[b][r] for b < B. A row at a time: one row
+ * read at 57 GB/s where 4 rows at a time (with a float zero-point correction in every block)
+ * read at 35–43 (batch 1, bench/native-kernels' program, three runs; batch 2: 3.2 against 4.3
+ * ms a step with 2 rows at a time). A block costs what the weights' unpacking, its integer dot
+ * product, and one conversion and multiply-add cost; the zero point comes off once a row (below).
  */
 template <int B, int Bits, bool Padded = false>
 inline void matmulRow(const QMatrix& w, const ActsView& a, float* y, int yStride, int r, int prefetchBytes) {
@@ -440,6 +445,9 @@ inline void matmulRow(const QMatrix& w, const ActsView& a, float* y, int yStride
   constexpr bool kCentred = Bits == 8 && V::kInt8Centred;
   constexpr int kZero = kCentred ? 0 : 1 << (Bits - 1);
   constexpr int kVecs = kBlock / V::kBytes;  // activation vectors a block
+  // A block's bytes as a constant (w.blockBytes): the prefetch below is then one or two
+  // instructions, not a loop of its own in every block.
+  constexpr int kBlockBytes = kBlock * Bits / 8;
   // Padded: the row's last block ends in zero padding (dt_proj: 48 columns of 128), where the
   // activation codes are 0, so the vectors wholly past the columns are left out: the same
   // integer sums with fewer products (int8, and int4 on AVX2; AVX-512 loads a whole int4 block
@@ -448,14 +456,14 @@ inline void matmulRow(const QMatrix& w, const ActsView& a, float* y, int yStride
   const int lastLoads = Padded ? (w.cols - (w.blocks - 1) * kBlock + kColsPerLoad - 1) / kColsPerLoad : 0;
   V::F acc[B];
   for (int b = 0; b < B; b++) acc[b] = V::zero();
-  const uint8_t* row = w.data + size_t(r) * w.blocks * w.blockBytes;
+  const uint8_t* row = w.data + size_t(r) * w.blocks * kBlockBytes;
   const float* scales = w.scales + size_t(r) * w.blocks;
   for (int k = 0; k < w.blocks; k++) {
-    const uint8_t* blk = row + size_t(k) * w.blockBytes;
+    const uint8_t* blk = row + size_t(k) * kBlockBytes;
     // The hardware prefetcher alone left the loads waiting (perf: most samples on the
     // instructions behind them): 4 KB ahead took 7-10 % off a step, 8 KB a little more with a
     // row at a time (a step's weights stream through in row order, so ahead is the next rows).
-    for (int line = 0; line < w.blockBytes; line += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + prefetchBytes + line), _MM_HINT_T0);
+    for (int line = 0; line < kBlockBytes; line += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + prefetchBytes + line), _MM_HINT_T0);
     V::I wv[kVecs];  // weight codes, in the order of the activation vectors
     // Activation vectors this block takes: all, but in a padded row's last block those with columns.
     const int vecs = Padded && k == w.blocks - 1 ? (Bits == 4 ? 2 * lastLoads : lastLoads) : kVecs;
@@ -474,8 +482,7 @@ inline void matmulRow(const QMatrix& w, const ActsView& a, float* y, int yStride
     for (int b = 0; b < B; b++) {
       const size_t at = size_t(b) * a.blocks + k;
       const int8_t* xq = a.q + at * kBlock;
-      // The zero point comes off in integers: the block's sum starts at −zero · Σ codes.
-      V::I dot = kZero ? V::lane0(-kZero * a.sum[at]) : V::zeroI();
+      V::I dot = V::zeroI();
       if constexpr (Bits == 4) {
         // int4 blocks are 2 AVX-512 vectors or 4 AVX2 ones: a padded one takes 2 or all.
         static_assert(kVecs == 2 || kVecs == 4, "int4: 2 or 4 activation vectors a block");
@@ -489,6 +496,26 @@ inline void matmulRow(const QMatrix& w, const ActsView& a, float* y, int yStride
       // batch 1 on AVX2 notices (it computes about as fast as memory streams its weights:
       // host E, alternating steps in one process, 0.2–3.6 % off a step).
       acc[b] = V::fmadd(V::toFloat(dot), V::set1(a.scale[at] * ws), acc[b]);
+    }
+  }
+  if constexpr (kZero != 0) {
+    // The zero point comes off once a row: Σ_k ws_k · xs_k · (Σ w·x − zero · Σ x) is the sums
+    // above less zero · Σ_k ws_k · (xs_k · Σ x), a vector dot product of the row's scales with
+    // the activations' scaled sums. Taken off in each block's integers instead (−zero · Σ x
+    // moved into a vector as the sum's start), it cost 5 instructions a block, a GPR-to-vector
+    // move among them. With that and the constant block size above, an int4 block at batch 1
+    // went from 1.55 to 1.30 ns (in_proj's rows), 1.38 to 1.07 (out_proj's) and 1.65 to 1.41
+    // (the head's), on host F with the rows in L2 (a scratch program, alternating builds); the
+    // kernels program's int4 step, 4–20 % faster in 6 alternating pairs (AVX2 build 8–12 %).
+    // Both integer sums are exact in float (< 2^24), so the results differ by float rounding
+    // of the products (the float64 check: 2.8e-7 of the largest output, as before).
+    for (int b = 0; b < B; b++) {
+      const float* zs = a.scaledSum + size_t(b) * a.blocks;
+      V::F corr = V::zero();
+      int k = 0;
+      for (; k + V::W <= w.blocks; k += V::W) corr = V::fmadd(V::load(scales + k), V::load(zs + k), corr);
+      if (k < w.blocks) corr = V::fmadd(V::loadFirst(scales + k, w.blocks - k), V::loadFirst(zs + k, w.blocks - k), corr);
+      acc[b] = V::fmadd(V::set1(-float(kZero)), corr, acc[b]);
     }
   }
   const float bias = w.bias ? w.bias[r] : 0.f;
