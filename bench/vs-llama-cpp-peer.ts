@@ -96,7 +96,9 @@ async function oursSide(): Promise<Side> {
     },
     async decode(batch, steps) {
       const states = await sessionsOf(engine, batch);
-      return timeSteps(steps, (i) => engine.decode(states.map((state, b) => ({ state, token: tokenAt(i, b + 1) }))));
+      // As the scheduler decodes: the logits are read before the next step (reuseOutput), as
+      // llama.cpp's context keeps its logits in a buffer of its own.
+      return timeSteps(steps, (i) => engine.decode(states.map((state, b) => ({ state, token: tokenAt(i, b + 1) })), { reuseOutput: true }));
     },
   };
 }

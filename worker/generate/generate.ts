@@ -41,6 +41,7 @@ export async function* generate(
       };
       return;
     }
-    logits = (await engine.decode([{ state, token: step.token }])).data;
+    // Read (decoder.next) before the next decode: the engine may reuse its buffer.
+    logits = (await engine.decode([{ state, token: step.token }], { reuseOutput: true })).data;
   }
 }

@@ -150,7 +150,11 @@ export class BatchScheduler {
     const batch = this.decoding.slice();
     let out;
     try {
-      out = await this.engine.decode(batch.map((s) => ({ state: s.state, token: s.pending })));
+      // Every row is sampled below before the next step: the engine may reuse its buffer.
+      out = await this.engine.decode(
+        batch.map((s) => ({ state: s.state, token: s.pending })),
+        { reuseOutput: true },
+      );
     } catch (e) {
       for (const s of batch) this.remove(s);
       for (const s of batch) s.reject(e);

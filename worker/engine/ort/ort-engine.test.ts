@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { StateFormatError } from '../../../shared/mstate.ts';
 import { openCheckpoint, type Checkpoint } from '../../model/checkpoint.ts';
 import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../../model/testing/random-checkpoint.ts';
-import { EngineError } from '../engine.ts';
+import { EngineError, type StateHandle } from '../engine.ts';
 import { ReferenceEngine } from '../reference/reference-engine.ts';
 import { maxAbsDiff, prefilledStates, stepLogits, tokensFor } from '../testing/compare.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
@@ -118,6 +118,36 @@ describe.each(paths.flatMap(([path, pathOptions]) => layouts.map(([name, options
     const solo0 = await ort.decode([{ state: soloStates[0]!, token: 6 }]);
     expect(maxAbsDiff(sub.data.subarray(0, V), solo2.data)).toBeLessThan(1e-5);
     expect(maxAbsDiff(sub.data.subarray(V), solo0.data)).toBeLessThan(1e-5);
+  });
+
+  // reuseOutput: the rows come in the engine's shared buffer (two slots taken in turn, a larger
+  // buffer when a batch outgrows them), equal to a plain decode's, and a result stays intact
+  // through the next such decode.
+  it('decode with reuseOutput returns the rows a plain decode does, in its own buffer, intact until the decode after the next', async () => {
+    const histories = [2, 9, 4, 1, 7].map((n, i) => tokensFor(n, ckpt.config.vocabSize, 50 + i));
+    const reused = await prefilledStates(ort, histories);
+    const plain: StateHandle[] = [];
+    for (const s of reused) plain.push(await ort.cloneState(s));
+    const V = ckpt.vocabRows;
+    const step = async (rows: number[], token: number) => {
+      const got = await ort.decode(rows.map((i) => ({ state: reused[i]!, token: token + i })), { reuseOutput: true });
+      const want = await ort.decode(rows.map((i) => ({ state: plain[i]!, token: token + i })));
+      expect(got.rows).toBe(rows.length);
+      expect(got.data.length).toBe(rows.length * V);
+      expect(maxAbsDiff(got.data, want.data)).toBe(0);
+      return { got, copy: got.data.slice() };
+    };
+    const first = await step([0, 1, 2], 3);
+    const second = await step([1], 4);
+    expect(second.got.data.buffer).toBe(first.got.data.buffer);
+    expect(maxAbsDiff(first.got.data, first.copy)).toBe(0);
+    // Five rows outgrow the slots (of four rows): a larger buffer, the earlier results untouched.
+    const third = await step([4, 3, 2, 1, 0], 5);
+    expect(third.got.data.buffer).not.toBe(first.got.data.buffer);
+    expect(maxAbsDiff(second.got.data, second.copy)).toBe(0);
+    const fourth = await step([2, 0], 6);
+    expect(fourth.got.data.buffer).toBe(third.got.data.buffer);
+    expect(maxAbsDiff(third.got.data, third.copy)).toBe(0);
   });
 });
 

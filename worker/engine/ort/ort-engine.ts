@@ -10,6 +10,7 @@ import type { Checkpoint } from '../../model/checkpoint.ts';
 import {
   checkTokens,
   EngineError,
+  type DecodeOptions,
   type DecodeStep,
   type Engine,
   type ExportMeta,
@@ -165,6 +166,13 @@ export class OrtEngine implements Engine {
   private nextState = 1;
   private readonly pending = new Map<number, Pending>();
   private closed: Error | undefined;
+  /**
+   * Decode's logits with reuseOutput: a buffer shared with the thread, two slots of
+   * `slotFloats` that steps take in turn, so the thread writes into memory it wrote before
+   * (no new array, no page faults) and nothing crosses back but a small message. `sent`: the
+   * thread holds this buffer (it is sent along with the first decode that uses it).
+   */
+  private shared: { buffer: SharedArrayBuffer; slotFloats: number; next: number; sent: boolean } | undefined;
 
   /** Mamba layers (all layers but a hybrid's attention layers): the conv/ssm tensors' first axis. */
   private readonly mambaLayers: number;
@@ -381,20 +389,39 @@ export class OrtEngine implements Engine {
     return { rows: options.allLogits ? tokens.length : 1, vocab: this.model.vocabRows, data: logits };
   }
 
-  async decode(steps: readonly DecodeStep[]): Promise<Logits> {
+  async decode(steps: readonly DecodeStep[], options?: DecodeOptions): Promise<Logits> {
     const states = steps.map((st) => this.live(st.state));
     if (new Set(states).size !== states.length) throw new EngineError('state_foreign', 'a state appears twice in one decode batch');
     const tokens = steps.map((st) => st.token);
     checkTokens(tokens, this.model.vocabRows);
-    if (steps.length === 0) return { rows: 0, vocab: this.model.vocabRows, data: new Float32Array(0) };
-    const { logits } = await this.call<{ logits: Float32Array }>({
+    const V = this.model.vocabRows;
+    if (steps.length === 0) return { rows: 0, vocab: V, data: new Float32Array(0) };
+    const into = options?.reuseOutput ? this.sharedSlot(steps.length * V) : undefined;
+    const { logits } = await this.call<{ logits: Float32Array | null }>({
       op: 'decode',
       sids: states.map((s) => s.sid),
       tokens,
       positions: states.map((s) => s.tokensAbsorbed),
+      ...(into ? { into: { offset: into.offset }, ...(into.send ? { shared: into.buffer } : {}) } : {}),
     });
     for (const s of states) s.tokensAbsorbed += 1;
-    return { rows: steps.length, vocab: this.model.vocabRows, data: logits };
+    const data = into ? new Float32Array(into.buffer, into.offset * 4, steps.length * V) : logits!;
+    return { rows: steps.length, vocab: V, data };
+  }
+
+  /** The shared buffer's next slot for `floats` logits (a larger buffer when they do not fit: rows rounded up to a power of two). */
+  private sharedSlot(floats: number): { buffer: SharedArrayBuffer; offset: number; send: boolean } {
+    if (!this.shared || this.shared.slotFloats < floats) {
+      const V = this.model.vocabRows;
+      const slotFloats = 2 ** Math.ceil(Math.log2(floats / V)) * V;
+      this.shared = { buffer: new SharedArrayBuffer(2 * slotFloats * 4), slotFloats, next: 0, sent: false };
+    }
+    const s = this.shared;
+    const offset = s.next * s.slotFloats;
+    s.next ^= 1;
+    const send = !s.sent;
+    s.sent = true;
+    return { buffer: s.buffer, offset, send };
   }
 
   async close(): Promise<void> {

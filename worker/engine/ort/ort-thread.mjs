@@ -140,7 +140,28 @@ if (nativeKernels) {
   }
 }
 
-function decodeNative({ sids, tokens }) {
+/**
+ * The engine's buffer for decode's logits with reuseOutput (ort-engine.ts, sharedSlot): the
+ * latest one it sent, kept here for the decodes after it.
+ * @type {SharedArrayBuffer | null}
+ */
+let sharedLogits = null;
+
+/**
+ * Where a decode writes its `n` logits: the shared buffer's slot the request names (nothing
+ * to transfer back), or a new array of its own (transferred).
+ */
+function logitsOut({ into }, n) {
+  if (!into) return new Float32Array(n);
+  if (!sharedLogits) throw new Error('decode into a shared buffer the engine never sent');
+  return new Float32Array(sharedLogits, into.offset * 4, n);
+}
+
+/** A decode's reply: the logits themselves, or none when they were written into the shared buffer. */
+const decodeResult = (logits, msg) => (msg.into ? { result: { logits: null } } : { result: { logits }, transfer: [logits.buffer] });
+
+function decodeNative(msg) {
+  const { sids, tokens } = msg;
   detachBatch();
   const conv = [];
   const ssm = [];
@@ -149,9 +170,9 @@ function decodeNative({ sids, tokens }) {
     conv.push(...s.conv);
     ssm.push(...s.ssm);
   }
-  const logits = new Float32Array(sids.length * nativeKernels.decoder.dims.V);
+  const logits = logitsOut(msg, sids.length * nativeKernels.decoder.dims.V);
   decoder.decode(Int32Array.from(tokens), conv, ssm, logits);
-  return { result: { logits }, transfer: [logits.buffer] };
+  return decodeResult(logits, msg);
 }
 
 /** The whole prompt in one call: the kernels run it in chunks of their own (mamba_cpu.h, kPrefillChunk). */
@@ -202,8 +223,11 @@ function gather(sids, kind, size, n = layers) {
   });
 }
 
-async function decode({ sids, tokens, positions }) {
-  if (decoder) return decodeNative({ sids, tokens });
+async function decode(msg) {
+  // Kept before anything can fail: the engine sends a buffer once.
+  if (msg.shared) sharedLogits = msg.shared;
+  if (decoder) return decodeNative(msg);
+  const { sids, tokens, positions } = msg;
   const B = sids.length;
   let conv;
   let ssm;
@@ -233,8 +257,10 @@ async function decode({ sids, tokens, positions }) {
     states.set(sid, member);
   });
   batch = { sids: [...sids], conv: out.conv, ssm: out.ssm, k, v };
-  const logits = raw.logits.data.slice();
-  return { result: { logits }, transfer: [logits.buffer] };
+  // Copies (into a new array or the shared slot) are ours; ORT's output buffers are not.
+  const logits = logitsOut(msg, raw.logits.data.length);
+  logits.set(raw.logits.data);
+  return decodeResult(logits, msg);
 }
 
 const handlers = {
