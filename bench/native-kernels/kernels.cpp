@@ -122,6 +122,7 @@ Model randomModel(int bits, uint32_t seed, int layers) {
   m.normF = randomVector(rng, s.d, 1.f, 0.05f);
   m.head = randomMatrix(rng, s.V, s.d, bits, false, 1.f, F32Layout::kRows);
   m.embed = m.head;  // tied
+  prepareModel(m);
   return m;
 }
 
@@ -399,6 +400,28 @@ int main(int argc, char** argv) {
           double err = 0, top = 0;
           for (int r = 0; r < w->rows; r++) {
             err = std::max(err, std::fabs(want[r] - y[size_t(b) * w->rows + r]));
+            top = std::max(top, std::fabs(want[r]));
+          }
+          matmulErr = std::max(matmulErr, err / top);
+        }
+      }
+      // dt_proj by columns (dtProjChannels: what the step and prefill compute dt with), its
+      // activation codes in their own order.
+      if (L.dtCols) {
+        const QMatrix& w = L.dtProj;
+        std::vector<float> x(size_t(args.batch) * w.cols);
+        for (float& v : x) v = n(rng);
+        QActs a(w.cols, args.batch);
+        quantizeRowsInOrder(x.data(), w.cols, 0, args.batch, w.cols, a);
+        std::vector<float> y(size_t(args.batch) * w.rows);
+        for (int b = 0; b < args.batch; b++) dtProjChannelsAny(w, L.dtCols, ActsView(a, b), 0, w.rows, y.data() + size_t(b) * w.rows);
+        for (int b = 0; b < args.batch; b++) {
+          std::vector<double> xq(w.cols);
+          for (int c = 0; c < w.cols; c++) xq[c] = double(a.q[(size_t(b) * a.blocks + c / kBlock) * kBlock + c % kBlock]) * a.scale[size_t(b) * a.blocks + c / kBlock];
+          const std::vector<double> want = refMatmul(w, xq);
+          double err = 0, top = 0;
+          for (int r = 0; r < w.rows; r++) {
+            err = std::max(err, std::fabs(want[r] - y[size_t(b) * w.rows + r]));
             top = std::max(top, std::fabs(want[r]));
           }
           matmulErr = std::max(matmulErr, err / top);

@@ -108,6 +108,7 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
       L.outProj = matrix(env, l.Get("outProj"), s.d, s.D, true, true, at + "outProj");
       model_.layers.push_back(L);
     }
+    prepareModel(model_);
     scratch_ = std::make_unique<StepScratch>(s, threads_, bits_ == 32);
   }
 

@@ -120,6 +120,20 @@ struct Dims {
   float eps = 1e-5f;
 };
 
+/**
+ * A quantized dt_proj ([D, R]: one short row a channel, R = 48 columns of one 128-value block
+ * for mamba-130m) by columns, for dtProjChannels: codes [ceil(R / 4)][D][4], each channel's
+ * codes of 4 consecutive columns side by side (a vector of them is W channels' worth, as
+ * VNNI's 4-byte dot products take them), as stored (0..15 or 0..255); scales [blocks][D].
+ * Made once from the build's matrix (an owned copy: 74 KB a layer for mamba-130m). Empty for
+ * f32 weights, which keep the row kernel.
+ */
+struct DtColumns {
+  std::shared_ptr<uint8_t> codes;
+  std::shared_ptr<float> scales;
+  explicit operator bool() const { return bool(codes); }
+};
+
 struct Layer {
   const float* norm = nullptr;    // [d]
   QMatrix inProj;                 // [2D, d]
@@ -127,6 +141,7 @@ struct Layer {
   const float* convB = nullptr;   // [D] or null
   QMatrix xProj;                  // [R + 2N, D]
   QMatrix dtProj;                 // [D, R], its bias the dt bias
+  DtColumns dtCols;               // dtProj by columns (quantized weights; prepareModel)
   const float* negAT = nullptr;   // [N, D] = −exp(A_log)ᵀ
   const float* Dskip = nullptr;   // [D]
   QMatrix outProj;                // [d, D]
@@ -148,6 +163,30 @@ T* alignedArray(size_t n) {
   if (!p) throw std::bad_alloc();
   std::memset(p, 0, bytes);
   return static_cast<T*>(p);
+}
+
+/** dt_proj by columns (DtColumns), from its quantized rows. */
+/** Blocks of dt_proj's columns dtProjChannels takes (R up to 1024; the row kernel beyond). */
+constexpr int kDtMaxBlocks = 8;
+
+inline DtColumns makeDtColumns(const QMatrix& w) {
+  DtColumns t;
+  if (w.bits == 32 || w.blocks > kDtMaxBlocks) return t;
+  const int D = w.rows, quads = (w.cols + 3) / 4;
+  t.codes = std::shared_ptr<uint8_t>(alignedArray<uint8_t>(size_t(quads) * D * 4), std::free);
+  t.scales = std::shared_ptr<float>(alignedArray<float>(size_t(w.blocks) * D), std::free);
+  uint8_t* codes = t.codes.get();
+  float* scales = t.scales.get();
+  for (int c = 0; c < D; c++) {
+    for (int j = 0; j < w.cols; j++) codes[(size_t(j / 4) * D + c) * 4 + j % 4] = uint8_t(w.code(c, j));
+    for (int k = 0; k < w.blocks; k++) scales[size_t(k) * D + c] = w.scales[size_t(c) * w.blocks + k];
+  }
+  return t;
+}
+
+/** What the kernels make once from a loaded model's weights: dt_proj by columns. */
+inline void prepareModel(Model& m) {
+  for (Layer& L : m.layers) L.dtCols = makeDtColumns(L.dtProj);
 }
 
 
@@ -188,6 +227,8 @@ struct Avx512 {
   static float maxOf(F v) { return _mm512_reduce_max_ps(v); }
   static I loadBytes(const void* p) { return _mm512_loadu_si512(p); }
   static I zeroI() { return _mm512_setzero_si512(); }
+  static I set1I(int32_t v) { return _mm512_set1_epi32(v); }
+  static I subI(I a, I b) { return _mm512_sub_epi32(a, b); }
   static I low4(I v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0f)); }
   static I high4(I v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f)); }
   /** acc + Σ over each 4 bytes of w (unsigned) · x (signed). */
@@ -249,6 +290,8 @@ struct Avx2 {
   }
   static I loadBytes(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
   static I zeroI() { return _mm256_setzero_si256(); }
+  static I set1I(int32_t v) { return _mm256_set1_epi32(v); }
+  static I subI(I a, I b) { return _mm256_sub_epi32(a, b); }
   static I low4(I v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0f)); }
   static I high4(I v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f)); }
   /** acc + Σ over each 4 bytes of w (unsigned, < 128: int4 codes) · x (signed). */
@@ -778,6 +821,64 @@ inline void matmulRange(int batch, const QMatrix& w, const ActsView& a, float* y
   else matmulRowsAnyBatch<32>(batch, w, a, y, yStride, r0, r1, prefetchBytes);
 }
 
+/**
+ * Rows [r0, r1) of x (`cols` used) quantized per block as quantizeRows does, the codes in
+ * their own order (what dtProjChannels reads; quantizeRows orders them for int4 weight loads).
+ */
+inline void quantizeRowsInOrder(const float* x, int stride, int r0, int r1, int cols, QActs& a) {
+  for (int b = r0; b < r1; b++)
+    for (int k = 0; k < a.blocks; k++) {
+      const int start = k * kBlock, n = std::min(cols, start + kBlock) - start;
+      const size_t at = size_t(b) * a.blocks + k;
+      if (n <= 0) continue;
+      quantizeBlock(x + size_t(b) * stride + start, n, a.q + at * kBlock, a.scale[at], a.scaledSum[at], false);
+    }
+}
+
+/**
+ * dt before softplus for the channels [c0, c1) of one token (one row of `a`, quantized by
+ * quantizeRowsInOrder): dt_proj by columns (DtColumns), W channels at a time. As a row kernel
+ * (matmulRow) each channel was one short row of one block: a horizontal sum, the zero point
+ * and a store a channel, 3.6 ns a channel on host F with the weights in L2, the phase 0.09 ms
+ * of an int4 step. Here a vector holds W channels' sums: one 4-byte dot product a 4 columns
+ * (the activation codes broadcast), the zero point off in integers once a block, one
+ * conversion and multiply-add a block. The same integer products as the row kernel, so the
+ * floats differ by their rounding; decode and prefill both take this path, so a prompt still
+ * equals its steps.
+ */
+template <int Bits>
+inline void dtProjChannels(const QMatrix& w, const DtColumns& t, const ActsView& a, int c0, int c1, float* dt) {
+  constexpr bool kCentred = Bits == 8 && V::kInt8Centred;
+  constexpr int kZero = kCentred ? 0 : 1 << (Bits - 1);
+  const int D = w.rows, quads = (w.cols + 3) / 4;
+  // zero · Σ codes, a block.
+  int32_t zeroSums[kDtMaxBlocks];
+  for (int k = 0; k < w.blocks; k++) {
+    int32_t sum = 0;
+    for (int j = 0; j < std::min(kBlock, w.cols - k * kBlock); j++) sum += a.q[size_t(k) * kBlock + j];
+    zeroSums[k] = kZero * sum;
+  }
+  for (int c = c0; c < c1; c += V::W) {
+    V::F out = w.bias ? V::load(w.bias + c) : V::zero();
+    for (int k = 0; k < w.blocks; k++) {
+      V::I dot = V::zeroI();
+      for (int p = k * (kBlock / 4); p < std::min(quads, (k + 1) * (kBlock / 4)); p++) {
+        int32_t four;
+        std::memcpy(&four, a.q + size_t(p) * 4, 4);
+        dot = dotStep<V, kCentred>(dot, V::loadBytes(t.codes.get() + (size_t(p) * D + c) * 4), V::set1I(four));
+      }
+      if (kZero) dot = V::subI(dot, V::set1I(zeroSums[k]));
+      out = V::fmadd(V::toFloat(dot), V::mul(V::load(t.scales.get() + size_t(k) * D + c), V::set1(a.scale[k])), out);
+    }
+    V::store(dt + c, out);
+  }
+}
+
+inline void dtProjChannelsAny(const QMatrix& w, const DtColumns& t, const ActsView& a, int c0, int c1, float* dt) {
+  if (w.bits == 8) dtProjChannels<8>(w, t, a, c0, c1, dt);
+  else dtProjChannels<4>(w, t, a, c0, c1, dt);
+}
+
 /** Weight rows a prefill matmul takes at a time: all its token groups read them from L1/L2 (-D to experiment). */
 #ifndef MAMBA_CPU_PANEL_ROWS
 #define MAMBA_CPU_PANEL_ROWS 16
@@ -1120,8 +1221,14 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
     meet(kConv, kConvWait);
     matmulRange(batch, L.xProj, t.actsX, my.xdbl, xdblCols, 0, L.xProj.rows, pf);
     mark(kXProj);
-    quantizeRows(my.xdbl, xdblCols, 0, batch, s.R, my.actsR, L.dtProj);
-    matmulRange(batch, L.dtProj, my.actsR, t.dt, s.D, c0, c1, pf);
+    if (L.dtCols) {
+      quantizeRowsInOrder(my.xdbl, xdblCols, 0, batch, s.R, my.actsR);
+      for (int b = 0; b < batch; b++)
+        if (c0 < c1) dtProjChannelsAny(L.dtProj, L.dtCols, ActsView(my.actsR, b), c0, c1, t.dt + b * s.D);
+    } else {
+      quantizeRows(my.xdbl, xdblCols, 0, batch, s.R, my.actsR, L.dtProj);
+      matmulRange(batch, L.dtProj, my.actsR, t.dt, s.D, c0, c1, pf);
+    }
     mark(kDtProj);
     // The selective-scan step and the gate, a row of the state at a time.
     for (int b = 0; b < batch; b++)
@@ -1178,9 +1285,15 @@ inline void prefill(const Model& m, int T, const int* tokens, float* const* conv
 #pragma omp barrier
     matmul(T, L.xProj, t.actsD, t.xdbl, xdblCols, pf);
 #pragma omp barrier
-    quantizeRows(t.xdbl, xdblCols, t0, t1, s.R, t.actsR, L.dtProj);
+    if (L.dtCols) {
+      quantizeRowsInOrder(t.xdbl, xdblCols, t0, t1, s.R, t.actsR);
 #pragma omp barrier
-    matmul(T, L.dtProj, t.actsR, t.dt, s.D, pf);
+      for (int j = 0; j < T; j++) dtProjChannelsAny(L.dtProj, L.dtCols, ActsView(t.actsR, j), v0, v1, t.dt + size_t(j) * s.D);
+    } else {
+      quantizeRows(t.xdbl, xdblCols, t0, t1, s.R, t.actsR, L.dtProj);
+#pragma omp barrier
+      matmul(T, L.dtProj, t.actsR, t.dt, s.D, pf);
+    }
 #pragma omp barrier
     // The selective scan over time and the gate, a vector of channels at a time.
     for (int c = v0; c < v1; c += V::W)
