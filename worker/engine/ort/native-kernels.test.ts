@@ -64,6 +64,35 @@ describe.skipIf(skip)('the native kernels in the engine', () => {
     }
   });
 
+  // dt_proj runs by columns (mamba_cpu.h, dtProjChannels), its blocks of 128 columns one after
+  // another: a dt rank of 130 (mamba-2.8b's is 160) takes a full block and 2 columns of a second.
+  it.each(builds.map((b) => [b.isa, b.addon] as const))('%s build: a dt rank of more than one block (130) decodes and prefills as ONNX Runtime does', async (_isa, addon) => {
+    const dir = join(root, 'wide-dt-rank');
+    await writeRandomCheckpoint(dir, { seed: 23, hiddenSize: 32, numLayers: 2, vocabSize: 150, timeStepRank: 130 });
+    const wide = await openCheckpoint(dir);
+    for (const dtype of ['int8', 'int4'] as const) {
+      const options = { cacheDir: join(root, 'cache'), intraOpThreads: 2, weightsDtype: dtype };
+      const native = await OrtEngine.load(wide, { ...options, nativeKernels: 'on', nativeKernelsAddon: addon });
+      const graph = await OrtEngine.load(wide, { ...options, nativeKernels: 'off' });
+      try {
+        const tokens = tokensFor(9, wide.config.vocabSize, 5);
+        const a = await native.newState();
+        const b = await graph.newState();
+        expect(maxAbsDiff((await native.prefill(a, tokens, { allLogits: true })).data, (await graph.prefill(b, tokens, { allLogits: true })).data)).toBeLessThan(1e-4);
+        for (let step = 0; step < 3; step++) {
+          const got = await native.decode([{ state: a, token: 7 + step }]);
+          expect(maxAbsDiff(got.data, (await graph.decode([{ state: b, token: 7 + step }])).data)).toBeLessThan(1e-4);
+        }
+        // And a prompt leaves what its steps leave.
+        const stepped = await native.newState();
+        expect(maxAbsDiff((await native.prefill(await native.newState(), tokens, { allLogits: true })).data, await stepLogits(native, tokens, stepped))).toBe(0);
+      } finally {
+        await native.close();
+        await graph.close();
+      }
+    }
+  });
+
   // A step's threads meet at TeamBarrier (mamba_cpu.h), which spins and then sleeps: its memory
   // order is what lets each thread read what the others wrote. Every value is computed by the
   // same arithmetic whichever thread takes it, so any team decodes the same floats; 3 threads on
