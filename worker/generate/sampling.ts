@@ -3,6 +3,7 @@
 // tokenizer's vocabSize are the embedding's padding rows (50277 → 50280 for GPT-NeoX
 // vocabularies): they decode to nothing and are never picked.
 import { Rng } from '../../shared/rng.ts';
+import { nativeExpRow, type ExpRow } from './native-exp.ts';
 
 export interface SamplingParams {
   /** 0 = greedy (argmax, ties to the lowest id). */
@@ -37,14 +38,25 @@ export function validateSamplingParams(p: SamplingParams): void {
 let scratchCand = new Int32Array(0);
 let scratchProbs = new Float64Array(0);
 
+export interface SamplerOptions {
+  /**
+   * The softmax numerators of a row: by default the native addon's where it runs here
+   * (native-exp.ts), else Math.exp; null: always Math.exp.
+   */
+  readonly expRow?: ExpRow | null;
+}
+
 export class Sampler {
   private readonly rng: Rng;
+  private readonly expRow: ExpRow | undefined;
 
   constructor(
     readonly params: SamplingParams,
     readonly vocabSize: number,
+    options: SamplerOptions = {},
   ) {
     validateSamplingParams(params);
+    this.expRow = options.expRow === undefined ? nativeExpRow() : (options.expRow ?? undefined);
     if (!Number.isInteger(vocabSize) || vocabSize <= 0) throw new SamplingParamsError(`vocabSize must be a positive whole number, got ${vocabSize}`);
     // Unseeded samplers still use our RNG (seeded from Math.random) so there is one code path.
     this.rng = new Rng(params.seed ?? Math.floor(Math.random() * 0x100000000));
@@ -72,12 +84,16 @@ export class Sampler {
     if (max === Infinity) return argmax(logits, V);
     const invT = 1 / this.params.temperature;
     let total = 0;
-    let finite = 0;
-    for (let i = 0; i < V; i++) {
-      const p = Math.exp((logits[i]! - max) * invT);
-      probs[i] = p;
-      total += p;
-      if (p > 0) finite++; // a token whose probability underflows to 0 cannot be drawn anyway
+    let finite = 0; // a token whose probability underflows to 0 cannot be drawn anyway
+    if (this.expRow) {
+      ({ total, positive: finite } = this.expRow(logits, V, max, invT, probs));
+    } else {
+      for (let i = 0; i < V; i++) {
+        const p = Math.exp((logits[i]! - max) * invT);
+        probs[i] = p;
+        total += p;
+        if (p > 0) finite++;
+      }
     }
     const { topK, topP } = this.params;
     if (!((topK > 0 && topK < finite) || topP < 1)) {

@@ -19,6 +19,9 @@
 //     one sequence absorbs a prompt: conv[i] / ssm[i] its layer i, updated in place; logits
 //     [T, V] (allLogits) or the last token's [1, V] written
 //   decoder.close()   unmaps the file; later calls throw
+//   expRow(logits: Float32Array, n, max, invT, out: Float64Array) -> [total, positive]
+//     the sampler's softmax numerators (softmax_exp.h): out[i] = exp((logits[i] − max) · invT)
+//     for i < n, their sum and how many are above 0
 //
 // Errors are JavaScript Errors whose `code` says what was wrong: native_weights_invalid (a
 // range or size that does not fit the file or the dims), native_weights_unreadable (the file
@@ -35,6 +38,7 @@
 #include <string>
 
 #include "mamba_cpu.h"
+#include "softmax_exp.h"
 
 namespace {
 
@@ -269,8 +273,30 @@ class Decoder : public Napi::ObjectWrap<Decoder> {
   std::unique_ptr<PrefillScratch> prefillScratch_;
 };
 
+Napi::Value ExpRow(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto bad = [&](const char* what) { return codedError(env, "native_decode_invalid", std::string("expRow: ") + what); };
+  if (info.Length() != 5) throw bad("expected (logits, n, max, invT, out)");
+  const Napi::Value x = info[0], out = info[4];
+  if (!x.IsTypedArray() || x.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) throw bad("logits must be a Float32Array");
+  if (!out.IsTypedArray() || out.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) throw bad("out must be a Float64Array");
+  if (!info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsNumber()) throw bad("n, max and invT must be numbers");
+  const int64_t n = info[1].As<Napi::Number>().Int64Value();
+  const double max = info[2].As<Napi::Number>().DoubleValue(), invT = info[3].As<Napi::Number>().DoubleValue();
+  const Napi::Float32Array logits = x.As<Napi::Float32Array>();
+  Napi::Float64Array probs = out.As<Napi::Float64Array>();
+  if (n < 0 || size_t(n) > logits.ElementLength() || size_t(n) > probs.ElementLength()) throw bad("n must fit both arrays");
+  if (!std::isfinite(max) || !std::isfinite(invT) || invT <= 0) throw bad("max must be finite and invT finite and positive");
+  const ExpRowResult r = expRow(logits.Data(), n, max, invT, probs.Data());
+  Napi::Array result = Napi::Array::New(env, 2);
+  result.Set(uint32_t(0), Napi::Number::New(env, r.total));
+  result.Set(uint32_t(1), Napi::Number::New(env, double(r.positive)));
+  return result;
+}
+
 Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
   exports.Set("Decoder", Decoder::Init(env));
+  exports.Set("expRow", Napi::Function::New(env, ExpRow, "expRow"));
   // The instruction set the kernels were compiled for (support.ts names the CPU flags it needs).
 #if defined(MAMBA_CPU_AVX2)
   exports.Set("isa", Napi::String::New(env, "avx2"));
