@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { argmax, Sampler, SamplingParamsError } from './sampling.ts';
+import { argmax, Sampler, SamplingParamsError, selectFirst } from './sampling.ts';
 
 const row = (...v: number[]) => Float32Array.from(v);
 
@@ -146,5 +146,41 @@ describe('Sampler', () => {
     const logits = Float32Array.from({ length: 1000 }, (_, i) => i);
     const s = new Sampler({ temperature: 0.001, topP: 0.9, topK: 40, seed: 1 }, 1000);
     expect(s.sample(logits)).toBe(999);
+  });
+});
+
+describe('selectFirst (the kept tokens of top_k / top_p)', () => {
+  /** What sorting keeps: the first m in order of p (ties: lowest id), m as selectFirst defines it. */
+  function bySort(ids: number[], p: Float64Array, limit: number, target: number): number[] {
+    const order = [...ids].sort((a, b) => p[b]! - p[a]! || a - b);
+    let acc = 0;
+    let m = 0;
+    while (m < Math.min(limit, order.length)) {
+      acc += p[order[m]!]!;
+      m++;
+      if (acc >= target) break;
+    }
+    return order.slice(0, m).sort((a, b) => a - b);
+  }
+
+  it('keeps the set a sort keeps, with ties, at any top_k and top_p mass', () => {
+    let s = 12345;
+    const next = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+    for (let trial = 0; trial < 300; trial++) {
+      const n = 1 + Math.floor(next() * 200);
+      // Dyadic probabilities, many equal: every sum is exact, so the boundary is one answer.
+      const p = Float64Array.from({ length: n + 5 }, () => 2 ** -Math.floor(next() * 6));
+      const ids = Array.from({ length: n }, (_, i) => i + (trial % 5)); // a head need not start at 0
+      const total = ids.reduce((t, id) => t + p[id]!, 0);
+      const limit = next() < 0.3 ? n : 1 + Math.floor(next() * n);
+      const target = next() < 0.2 ? Infinity : next() * total;
+      const arr = Int32Array.from(ids);
+      const m = selectFirst(arr, n, p, limit, target);
+      const want = bySort(ids, p, limit, target);
+      expect(m).toBe(want.length);
+      expect([...arr.subarray(0, m)].sort((a, b) => a - b)).toEqual(want);
+      // Nothing lost or repeated: the rest are the others.
+      expect([...arr].sort((a, b) => a - b)).toEqual([...ids].sort((a, b) => a - b));
+    }
   });
 });
