@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { argmax, Sampler, SamplingParamsError, selectFirst } from './sampling.ts';
+import { argmax, headOf, Sampler, SamplingParamsError, selectFirst } from './sampling.ts';
 
 const row = (...v: number[]) => Float32Array.from(v);
 
@@ -181,6 +181,33 @@ describe('selectFirst (the kept tokens of top_k / top_p)', () => {
       expect([...arr.subarray(0, m)].sort((a, b) => a - b)).toEqual(want);
       // Nothing lost or repeated: the rest are the others.
       expect([...arr].sort((a, b) => a - b)).toEqual([...ids].sort((a, b) => a - b));
+    }
+  });
+});
+
+describe('headOf (where the kept tokens are looked for)', () => {
+  it('holds every token top_k and top_p keep, and every token at least as likely as any it holds, over 1e-300 and below', () => {
+    let s = 777;
+    const next = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+    for (let trial = 0; trial < 200; trial++) {
+      const V = 1 + Math.floor(next() * 3000);
+      // The most likely token is 1, as the sampler scales them; the rest spread over 2^-1070..1
+      // (subnormals included), some 0, or (every third row) peaked within 1e-3 of it.
+      const p = Float64Array.from({ length: V }, () => (next() < 0.05 ? 0 : trial % 3 === 0 ? 1 - next() * 0.999 : 2 ** (-next() * 1070)));
+      p[Math.floor(next() * V)] = 1;
+      const positive = p.filter((v) => v > 0).length;
+      const total = p.reduce((t, v) => t + v, 0);
+      const need = next() < 0.5 ? 0 : 1 + Math.floor(next() * positive);
+      const target = next() < 0.3 ? 0 : next() * total;
+      const out = new Int32Array(V);
+      const n = headOf(p, V, need, target, out);
+      const head = new Set(out.subarray(0, n));
+      const least = Math.min(...[...head].map((i) => p[i]!));
+      for (let i = 0; i < V; i++) if (p[i]! > 0 && p[i]! >= least) expect(head.has(i)).toBe(true);
+      expect([...head].every((i) => p[i]! > 0)).toBe(true);
+      const inHead = [...head].reduce((t, i) => t + p[i]!, 0);
+      expect(n).toBeGreaterThanOrEqual(Math.max(need, 1));
+      expect(inHead).toBeGreaterThanOrEqual(target);
     }
   });
 });

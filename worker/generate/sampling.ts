@@ -108,25 +108,13 @@ export class Sampler {
       return last; // rounding left u a hair above zero
     }
 
-    // Truncation keeps the most likely tokens (ties: lowest id first). Sorting all 50k ids
-    // costs ~10 ms a token, so sort only the likely head: the tokens above a probability
-    // floor, lowered until the head provably holds the top-k and the top-p mass.
+    // Truncation keeps the most likely tokens (ties: lowest id first), from a head that
+    // provably holds them: every token above a power of two, the highest one under which the
+    // head has top_k tokens and the top_p mass (headOf).
     const target = topP * total;
     const need = topK > 0 ? Math.min(topK, finite) : 0;
     const cand = scratchCand;
-    let n = 0;
-    for (let floor = 1e-3; ; floor = floor > 1e-300 ? floor * 0.1 : 0) {
-      n = 0;
-      let mass = 0;
-      for (let i = 0; i < V; i++) {
-        const p = probs[i]!;
-        if (p >= floor && p > 0) {
-          cand[n++] = i;
-          mass += p;
-        }
-      }
-      if (floor === 0 || n >= finite || (n >= need && (topP >= 1 || mass >= target))) break;
-    }
+    const n = headOf(probs, V, need, topP < 1 ? target : 0, cand);
     // The kept tokens: the head's first in order of probability (ties: lowest id first), as
     // many as top_k allows and no more than the top_p mass needs (at least one). Selected,
     // not sorted: a heavy-tailed row's head is most of the vocabulary (a Zipf row of 50k at
@@ -141,6 +129,62 @@ export class Sampler {
     }
     return cand[keep - 1]!;
   }
+}
+
+/** Buckets by binary exponent (headOf): tokens, and their mass. */
+const bucketCount = new Int32Array(2048);
+const bucketMass = new Float64Array(2048);
+const littleEndian = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
+
+/**
+ * The head of a row of probabilities p[0, V) (the largest 1, some above 0) that holds its first
+ * `need` tokens and `target` of its mass: into out, the ids of every p at or above a floor;
+ * returns how many. First the tokens above 1e-3, one pass, enough for a peaked row. Else two
+ * passes: one counts tokens and mass by binary exponent (read from the float64's bits), one
+ * collects those at or above the highest exponent that holds enough. (A floor lowered tenfold
+ * until the head was big enough took a pass per step: 7 ms a draw at temperature 0.02 with
+ * top_k 1000, whose 1000th token is ~1e-300 of the first.)
+ */
+export function headOf(p: Float64Array, V: number, need: number, target: number, out: Int32Array): number {
+  // The mass is summed in another order than the draw's, so ask for a hair more: at worst a
+  // few more tokens in the head.
+  const want = target * (1 + 1e-12);
+  let n = 0;
+  let mass = 0;
+  for (let i = 0; i < V; i++) {
+    const v = p[i]!;
+    if (v >= 1e-3) {
+      out[n++] = i;
+      mass += v;
+    }
+  }
+  if (n > 0 && n >= need && mass >= want) return n;
+  bucketCount.fill(0);
+  bucketMass.fill(0);
+  const bits = new Uint32Array(p.buffer, p.byteOffset, 2 * V);
+  const hiWord = littleEndian ? 1 : 0;
+  for (let i = 0; i < V; i++) {
+    const v = p[i]!;
+    if (v > 0) {
+      const e = (bits[2 * i + hiWord]! >>> 20) & 0x7ff;
+      bucketCount[e]!++;
+      bucketMass[e]! += v;
+    }
+  }
+  let floor = 0;
+  let count = 0;
+  mass = 0;
+  for (let e = 2047; e >= 0; e--) {
+    count += bucketCount[e]!;
+    mass += bucketMass[e]!;
+    if (count > 0 && count >= need && mass >= want) {
+      floor = e;
+      break;
+    }
+  }
+  n = 0;
+  for (let i = 0; i < V; i++) if (p[i]! > 0 && ((bits[2 * i + hiWord]! >>> 20) & 0x7ff) >= floor) out[n++] = i;
+  return n;
 }
 
 /**
