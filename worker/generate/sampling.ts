@@ -109,8 +109,8 @@ export class Sampler {
     }
 
     // Truncation keeps the most likely tokens (ties: lowest id first), from a head that
-    // provably holds them: every token above a power of two, the highest one under which the
-    // head has top_k tokens and the top_p mass (headOf).
+    // provably holds them: every token above a floor under which there are top_k tokens and
+    // the top_p mass (headOf).
     const target = topP * total;
     const need = topK > 0 ? Math.min(topK, finite) : 0;
     const cand = scratchCand;
