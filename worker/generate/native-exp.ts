@@ -6,7 +6,7 @@
 // Both give the same numbers to ~3e-16, so a seeded draw is the same either way unless it lands
 // within that of a boundary between two tokens.
 import { createRequire } from 'node:module';
-import { nativeCpuAddonCurrent, nativeCpuBuildFor } from '../native-cpu/support.ts';
+import { nativeCpuAddonReady } from '../native-cpu/support.ts';
 
 /** out[i] = exp((logits[i] − max) · invT) for i < n; their sum, and how many are above 0. */
 export type ExpRow = (logits: Float32Array, n: number, max: number, invT: number, out: Float64Array) => { total: number; positive: number };
@@ -26,12 +26,10 @@ export function nativeExpUnavailable(): string | undefined {
 }
 
 function load(): { expRow: ExpRow | undefined; reason?: string } {
-  const cpu = nativeCpuBuildFor();
-  if ('reason' in cpu) return { expRow: undefined, reason: cpu.reason };
-  const { addon } = cpu.build;
-  if (!nativeCpuAddonCurrent(addon)) return { expRow: undefined, reason: `the native kernels are not built from these sources (npm run build:cpu builds ${addon})` };
+  const ready = nativeCpuAddonReady();
+  if ('reason' in ready) return { expRow: undefined, reason: ready.reason };
   try {
-    const native = createRequire(import.meta.url)(addon) as { expRow(logits: Float32Array, n: number, max: number, invT: number, out: Float64Array): [number, number] };
+    const native = createRequire(import.meta.url)(ready.build.addon) as { expRow(logits: Float32Array, n: number, max: number, invT: number, out: Float64Array): [number, number] };
     return {
       expRow: (logits, n, max, invT, out) => {
         const [total, positive] = native.expRow(logits, n, max, invT, out);

@@ -102,3 +102,16 @@ export function nativeCpuAddonCurrent(addon: string): boolean {
   const stamp = `${addon}.source`;
   return existsSync(addon) && existsSync(stamp) && readFileSync(stamp, 'utf8').trim() === nativeCpuSourceHash();
 }
+
+/**
+ * The build this CPU runs, when it is built and matches the sources; else why not. What the
+ * engine loads (native-kernels.ts) and the sampler's exponentials (worker/generate/native-exp.ts).
+ */
+export function nativeCpuAddonReady(): { build: NativeCpuBuild } | { reason: string } {
+  const cpu = nativeCpuBuildFor();
+  if ('reason' in cpu) return cpu;
+  const { addon } = cpu.build;
+  if (!existsSync(addon)) return { reason: `the native kernels are not built (npm run build:cpu builds ${addon})` };
+  if (!nativeCpuAddonCurrent(addon)) return { reason: 'the native kernels were built from older sources (npm run build:cpu builds it again)' };
+  return cpu;
+}

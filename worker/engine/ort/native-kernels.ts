@@ -13,7 +13,7 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import onnxProto from 'onnx-proto';
-import { nativeCpuAddonCurrent, nativeCpuBuildFor, NATIVE_CPU_BUILDS, type NativeCpuIsa } from '../../native-cpu/support.ts';
+import { nativeCpuAddonReady, nativeCpuBuildFor, NATIVE_CPU_BUILDS, type NativeCpuIsa } from '../../native-cpu/support.ts';
 import type { MambaConfig } from '../../model/mamba-config.ts';
 import { f32LinearNames, nbitsNames } from './linear.ts';
 import { ensureF32Strips, type StripSource } from './native-strips.ts';
@@ -114,16 +114,15 @@ function chooseAddon(r: NativeKernelsRequest): { addonPath: string; isa: NativeK
   if (r.executionProvider !== 'cpu') return { reason: 'the CUDA execution provider runs on the GPU' };
   if (r.config.hybrid) return { reason: 'hybrid models run on ONNX Runtime (the native kernels have no attention layers)' };
   if (r.config.intermediateSize % 16 !== 0) return { reason: `d_inner ${r.config.intermediateSize} is not a multiple of 16` };
-  const cpu = nativeCpuBuildFor();
-  if ('reason' in cpu) return cpu;
   if (r.addonPath) {
+    const cpu = nativeCpuBuildFor();
+    if ('reason' in cpu) return cpu;
     if (!existsSync(r.addonPath)) return { reason: `${r.addonPath} does not exist` };
     return { addonPath: r.addonPath, isa: NATIVE_CPU_BUILDS.find((b) => b.addon === r.addonPath)?.isa ?? 'given' };
   }
-  const { addon, isa } = cpu.build;
-  if (!existsSync(addon)) return { reason: `the native kernels are not built (npm run build:cpu builds ${addon})` };
-  if (!nativeCpuAddonCurrent(addon)) return { reason: 'the native kernels were built from older sources (npm run build:cpu builds it again)' };
-  return { addonPath: addon, isa };
+  const ready = nativeCpuAddonReady();
+  if ('reason' in ready) return ready;
+  return { addonPath: ready.build.addon, isa: ready.build.isa };
 }
 
 /**
