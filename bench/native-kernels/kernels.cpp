@@ -376,6 +376,16 @@ int main(int argc, char** argv) {
       std::mt19937 rng(99);
       std::normal_distribution<float> n(0.f, 1.f);
       const Layer& L = model.layers[0];
+      // Row b of y against the float64 sums of w over the activations xq: the largest error, relative to the largest sum.
+      auto worst = [&](const QMatrix& w, const std::vector<double>& xq, const std::vector<float>& y, int b) {
+        const std::vector<double> want = refMatmul(w, xq);
+        double err = 0, top = 0;
+        for (int r = 0; r < w.rows; r++) {
+          err = std::max(err, std::fabs(want[r] - y[size_t(b) * w.rows + r]));
+          top = std::max(top, std::fabs(want[r]));
+        }
+        matmulErr = std::max(matmulErr, err / top);
+      };
       for (const QMatrix* w : std::initializer_list<const QMatrix*>{&L.inProj, &L.xProj, &L.dtProj, &L.outProj, &model.head}) {
         std::vector<float> x(size_t(args.batch) * w->cols);
         for (float& v : x) v = n(rng);
@@ -396,13 +406,7 @@ int main(int argc, char** argv) {
             const int at = w->bits == 4 ? g + (jj % 2 ? G + jj / 2 : jj / 2) : j;
             xq[c] = double(a.q[(size_t(b) * a.blocks + c / kBlock) * kBlock + at]) * a.scale[size_t(b) * a.blocks + c / kBlock];
           }
-          const std::vector<double> want = refMatmul(*w, xq);
-          double err = 0, top = 0;
-          for (int r = 0; r < w->rows; r++) {
-            err = std::max(err, std::fabs(want[r] - y[size_t(b) * w->rows + r]));
-            top = std::max(top, std::fabs(want[r]));
-          }
-          matmulErr = std::max(matmulErr, err / top);
+          worst(*w, xq, y, b);
         }
       }
       // dt_proj by columns (dtProjChannels: what the step and prefill compute dt with), its
@@ -418,13 +422,7 @@ int main(int argc, char** argv) {
         for (int b = 0; b < args.batch; b++) {
           std::vector<double> xq(w.cols);
           for (int c = 0; c < w.cols; c++) xq[c] = double(a.q[(size_t(b) * a.blocks + c / kBlock) * kBlock + c % kBlock]) * a.scale[size_t(b) * a.blocks + c / kBlock];
-          const std::vector<double> want = refMatmul(w, xq);
-          double err = 0, top = 0;
-          for (int r = 0; r < w.rows; r++) {
-            err = std::max(err, std::fabs(want[r] - y[size_t(b) * w.rows + r]));
-            top = std::max(top, std::fabs(want[r]));
-          }
-          matmulErr = std::max(matmulErr, err / top);
+          worst(w, xq, y, b);
         }
       }
     }

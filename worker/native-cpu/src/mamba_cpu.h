@@ -165,10 +165,10 @@ T* alignedArray(size_t n) {
   return static_cast<T*>(p);
 }
 
-/** dt_proj by columns (DtColumns), from its quantized rows. */
 /** Blocks of dt_proj's columns dtProjChannels takes (R up to 1024; the row kernel beyond). */
 constexpr int kDtMaxBlocks = 8;
 
+/** dt_proj by columns (DtColumns), from its quantized rows; empty for f32 or a wider dt rank. */
 inline DtColumns makeDtColumns(const QMatrix& w) {
   DtColumns t;
   if (w.bits == 32 || w.blocks > kDtMaxBlocks) return t;
@@ -343,6 +343,13 @@ using V = Avx2;
 using V = Avx512;
 #endif
 
+/** Whether `Bits`-bit weight codes are centred before the products (int8 on AVX2: V::dotCentred). */
+template <int Bits>
+constexpr bool kCodesCentred = Bits == 8 && V::kInt8Centred;
+/** The zero point taken off the products of `Bits`-bit codes (none when they are centred). */
+template <int Bits>
+constexpr int kZeroPoint = kCodesCentred<Bits> ? 0 : 1 << (Bits - 1);
+
 /** One step of a block's integer dot product: centred int8 codes (AVX2) or zero-point ones. */
 template <class Isa, bool Centred>
 inline typename Isa::I dotStep(typename Isa::I acc, typename Isa::I w, typename Isa::I x) {
@@ -454,20 +461,26 @@ inline void quantizeBlock(const float* x, int n, int8_t* q, float& scale, float&
 
 /**
  * Blocks [k0, k1) of rows [r0, r1) of x (rows `stride` apart, `cols` used) into the same rows and
- * blocks of `a`, in the order `w`'s blocks want.
+ * blocks of `a`: as they are (`floats`, for f32 weights), or quantized, the codes in their own
+ * order or (`nibbleOrder`) as int4 weight loads meet them.
  */
-inline void quantizeRange(const float* x, int stride, int r0, int r1, int cols, int k0, int k1, QActs& a, const QMatrix& w) {
+inline void quantizeRangeAs(const float* x, int stride, int r0, int r1, int cols, int k0, int k1, QActs& a, bool floats, bool nibbleOrder) {
   for (int b = r0; b < r1; b++)
     for (int k = k0; k < k1; k++) {
       const int start = k * kBlock, n = std::min(cols, start + kBlock) - start;
       const size_t at = size_t(b) * a.blocks + k;
-      if (w.bits == 32) {  // f32 weights take the values as they are
+      if (floats) {
         std::memcpy(a.f + at * kBlock, x + size_t(b) * stride + start, size_t(n) * 4);
         std::memset(a.f + at * kBlock + n, 0, size_t(kBlock - n) * 4);
         continue;
       }
-      quantizeBlock(x + size_t(b) * stride + start, n, a.q + at * kBlock, a.scale[at], a.scaledSum[at], w.bits == 4);
+      quantizeBlock(x + size_t(b) * stride + start, n, a.q + at * kBlock, a.scale[at], a.scaledSum[at], nibbleOrder);
     }
+}
+
+/** Blocks [k0, k1) of rows [r0, r1) of x into `a`, in the form `w`'s kernel reads them. */
+inline void quantizeRange(const float* x, int stride, int r0, int r1, int cols, int k0, int k1, QActs& a, const QMatrix& w) {
+  quantizeRangeAs(x, stride, r0, r1, cols, k0, k1, a, w.bits == 32, w.bits == 4);
 }
 
 /** Rows [r0, r1) of x, every block. */
@@ -484,14 +497,14 @@ inline void quantizeActs(const float* x, int stride, int batch, int cols, QActs&
  */
 template <int B, int Bits, bool Padded = false>
 inline void matmulRow(const QMatrix& w, const ActsView& a, float* y, int yStride, int r, int prefetchBytes) {
-  // int8 codes on AVX2 are centred before the products (V::dotCentred): no zero point then.
-  constexpr bool kCentred = Bits == 8 && V::kInt8Centred;
-  constexpr int kZero = kCentred ? 0 : 1 << (Bits - 1);
+  constexpr bool kCentred = kCodesCentred<Bits>;
+  constexpr int kZero = kZeroPoint<Bits>;
   constexpr int kVecs = kBlock / V::kBytes;  // activation vectors a block
   // A block's bytes as a constant (w.blockBytes): the prefetch below is then one or two
   // instructions, not a loop of its own in every block.
   constexpr int kBlockBytes = kBlock * Bits / 8;
-  // Padded: the row's last block ends in zero padding (dt_proj: 48 columns of 128), where the
+  // Padded: the row's last block ends in zero padding (a dt rank or a width that is not a
+  // multiple of 128, as the tests' small models have), where the
   // activation codes are 0, so the vectors wholly past the columns are left out: the same
   // integer sums with fewer products (int8, and int4 on AVX2; AVX-512 loads a whole int4 block
   // at once). A weight load of int4 holds 2 · kBytes columns, of int8 kBytes.
@@ -826,13 +839,7 @@ inline void matmulRange(int batch, const QMatrix& w, const ActsView& a, float* y
  * their own order (what dtProjChannels reads; quantizeRows orders them for int4 weight loads).
  */
 inline void quantizeRowsInOrder(const float* x, int stride, int r0, int r1, int cols, QActs& a) {
-  for (int b = r0; b < r1; b++)
-    for (int k = 0; k < a.blocks; k++) {
-      const int start = k * kBlock, n = std::min(cols, start + kBlock) - start;
-      const size_t at = size_t(b) * a.blocks + k;
-      if (n <= 0) continue;
-      quantizeBlock(x + size_t(b) * stride + start, n, a.q + at * kBlock, a.scale[at], a.scaledSum[at], false);
-    }
+  quantizeRangeAs(x, stride, r0, r1, cols, 0, (cols + kBlock - 1) / kBlock, a, false, false);
 }
 
 /**
@@ -848,8 +855,8 @@ inline void quantizeRowsInOrder(const float* x, int stride, int r0, int r1, int 
  */
 template <int Bits>
 inline void dtProjChannels(const QMatrix& w, const DtColumns& t, const ActsView& a, int c0, int c1, float* dt) {
-  constexpr bool kCentred = Bits == 8 && V::kInt8Centred;
-  constexpr int kZero = kCentred ? 0 : 1 << (Bits - 1);
+  constexpr bool kCentred = kCodesCentred<Bits>;
+  constexpr int kZero = kZeroPoint<Bits>;
   const int D = w.rows, quads = (w.cols + 3) / 4;
   // zero · Σ codes, a block.
   int32_t zeroSums[kDtMaxBlocks];
@@ -877,6 +884,12 @@ inline void dtProjChannels(const QMatrix& w, const DtColumns& t, const ActsView&
 inline void dtProjChannelsAny(const QMatrix& w, const DtColumns& t, const ActsView& a, int c0, int c1, float* dt) {
   if (w.bits == 8) dtProjChannels<8>(w, t, a, c0, c1, dt);
   else dtProjChannels<4>(w, t, a, c0, c1, dt);
+}
+
+/** Rows [r0, r1) of the dt-rank values x (R of them) into `a`, as layer L's dt_proj kernel reads them. */
+inline void quantizeForDtProj(const Layer& L, const float* x, int stride, int r0, int r1, int R, QActs& a) {
+  if (L.dtCols) quantizeRowsInOrder(x, stride, r0, r1, R, a);
+  else quantizeRows(x, stride, r0, r1, R, a, L.dtProj);
 }
 
 /** Weight rows a prefill matmul takes at a time: all its token groups read them from L1/L2 (-D to experiment). */
@@ -1221,14 +1234,11 @@ inline void step(const Model& m, int batch, const int* tokens, const StateRefs& 
     meet(kConv, kConvWait);
     matmulRange(batch, L.xProj, t.actsX, my.xdbl, xdblCols, 0, L.xProj.rows, pf);
     mark(kXProj);
-    if (L.dtCols) {
-      quantizeRowsInOrder(my.xdbl, xdblCols, 0, batch, s.R, my.actsR);
+    quantizeForDtProj(L, my.xdbl, xdblCols, 0, batch, s.R, my.actsR);
+    if (!L.dtCols) matmulRange(batch, L.dtProj, my.actsR, t.dt, s.D, c0, c1, pf);
+    else
       for (int b = 0; b < batch; b++)
         if (c0 < c1) dtProjChannelsAny(L.dtProj, L.dtCols, ActsView(my.actsR, b), c0, c1, t.dt + b * s.D);
-    } else {
-      quantizeRows(my.xdbl, xdblCols, 0, batch, s.R, my.actsR, L.dtProj);
-      matmulRange(batch, L.dtProj, my.actsR, t.dt, s.D, c0, c1, pf);
-    }
     mark(kDtProj);
     // The selective-scan step and the gate, a row of the state at a time.
     for (int b = 0; b < batch; b++)
@@ -1285,15 +1295,11 @@ inline void prefill(const Model& m, int T, const int* tokens, float* const* conv
 #pragma omp barrier
     matmul(T, L.xProj, t.actsD, t.xdbl, xdblCols, pf);
 #pragma omp barrier
-    if (L.dtCols) {
-      quantizeRowsInOrder(t.xdbl, xdblCols, t0, t1, s.R, t.actsR);
+    quantizeForDtProj(L, t.xdbl, xdblCols, t0, t1, s.R, t.actsR);
 #pragma omp barrier
+    if (!L.dtCols) matmul(T, L.dtProj, t.actsR, t.dt, s.D, pf);
+    else
       for (int j = 0; j < T; j++) dtProjChannelsAny(L.dtProj, L.dtCols, ActsView(t.actsR, j), v0, v1, t.dt + size_t(j) * s.D);
-    } else {
-      quantizeRows(t.xdbl, xdblCols, t0, t1, s.R, t.actsR, L.dtProj);
-#pragma omp barrier
-      matmul(T, L.dtProj, t.actsR, t.dt, s.D, pf);
-    }
 #pragma omp barrier
     // The selective scan over time and the gate, a vector of channels at a time.
     for (int c = v0; c < v1; c += V::W)
