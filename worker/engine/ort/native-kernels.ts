@@ -2,10 +2,11 @@
 // and decode run on our own AVX-512 or AVX2 kernels (worker/native-cpu/, `npm run build:cpu`)
 // instead of the ONNX graph, and the engine then creates no ONNX Runtime session at all: the
 // kernels read the graph build's weights file (mapped, not copied: the int8 and int4 blocks are
-// MatMulNBits' bytes, the f32 projections the MatMuls' Wᵀ) and the thread's state arrays in
+// MatMulNBits' bytes, the f32 projections the MatMuls' Wᵀ) and the engine's state arrays in
 // place (the graph's [K, D] and [N, D] layouts). Faster, and one copy of the weights in memory
-// (docs/cpu-engine.md, "The native kernels"). ONNX Runtime's graph stays the portable path:
-// hybrid models, other CPUs, the CUDA provider, and wherever the addon is not built.
+// (docs/cpu-engine.md, "The native kernels"); native-engine.ts runs them. ONNX Runtime's graph
+// stays the portable path: hybrid models, other CPUs, the CUDA provider, and wherever the addon
+// is not built.
 //
 // This module decides whether that path can run and describes the weights to it: it reads the
 // graph build's initializers (their byte ranges in weights.bin) from model.onnx.

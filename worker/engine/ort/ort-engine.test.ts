@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { StateFormatError } from '../../../shared/mstate.ts';
 import { openCheckpoint, type Checkpoint } from '../../model/checkpoint.ts';
 import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../../model/testing/random-checkpoint.ts';
-import { EngineError, type StateHandle } from '../engine.ts';
+import { EngineError, type Engine, type StateHandle } from '../engine.ts';
 import { ReferenceEngine } from '../reference/reference-engine.ts';
 import { maxAbsDiff, prefilledStates, stepLogits, tokensFor } from '../testing/compare.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
@@ -47,7 +47,7 @@ const paths: [string, Partial<OrtEngineOptions>][] = [
 describe.each(paths.flatMap(([path, pathOptions]) => layouts.map(([name, options]) => [path, name, options, pathOptions] as const)))('ORT engine (%s) vs reference: %s', (path, name, options, pathOptions) => {
   let ckpt: Checkpoint;
   let ref: ReferenceEngine;
-  let ort: OrtEngine;
+  let ort: Engine;
   const L = 23;
 
   beforeAll(async () => {
@@ -157,7 +157,7 @@ describe.each(paths.flatMap(([path, pathOptions]) => layouts.map(([name, options
 describe.each(layouts.slice(0, 2))('ORT engine with weights not pre-packed vs reference: %s', (name, options) => {
   let ckpt: Checkpoint;
   let ref: ReferenceEngine;
-  let ort: OrtEngine;
+  let ort: Engine;
 
   beforeAll(async () => {
     const dir = join(root, `unpacked-${name.replace(/[^a-z0-9]+/gi, '-')}`);
@@ -195,7 +195,7 @@ describe.each(layouts.slice(0, 2))('ORT engine with weights not pre-packed vs re
 // On ONNX Runtime's graph: its spin settings and prompt chunks are its own.
 describe('ORT engine behaviour', () => {
   let ckpt: Checkpoint;
-  let ort: OrtEngine;
+  let ort: Engine;
   const cacheDir = () => join(root, 'cache-behaviour');
   const load = (c: Checkpoint, options: Partial<OrtEngineOptions>) => OrtEngine.load(c, { cacheDir: cacheDir(), intraOpThreads: 1, nativeKernels: 'off', ...options });
 

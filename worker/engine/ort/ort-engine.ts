@@ -1,6 +1,8 @@
 // The portable engine: the checkpoint compiled to one ONNX graph (see mamba-graph.ts) and
 // run by onnxruntime-node on a worker thread (see ort-thread.mjs for why a thread). States
-// live on that thread; handles here are ids.
+// live on that thread; handles here are ids. Where the native kernels apply (pure Mamba builds
+// on x86-64 with the addon built: native-kernels.ts), `OrtEngine.load` returns their engine
+// instead (native-engine.ts), which runs no ONNX Runtime and no thread.
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
@@ -25,6 +27,7 @@ import { layersOfType } from '../../model/mamba-config.ts';
 import { modelInfoFromCheckpoint } from '../model-info.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
 import type { NBitsActivations } from './linear.ts';
+import { NativeKernelsEngine } from './native-engine.ts';
 import { NativeKernelsUnavailableError, planNativeKernels, type NativeKernelsSetting } from './native-kernels.ts';
 import { discardPackedModel, ensurePackedModel, PackedWeightsError } from './packed-weights.ts';
 import { WeightsDtypeError, type WeightsDtype } from './quantize.ts';
@@ -199,7 +202,7 @@ export class OrtEngine implements Engine {
     thread.on('exit', (code) => fail(new Error(`exit code ${code}`)));
   }
 
-  static async load(ckpt: Checkpoint, options: OrtEngineOptions): Promise<OrtEngine> {
+  static async load(ckpt: Checkpoint, options: OrtEngineOptions): Promise<Engine> {
     const weightsDtype = options.weightsDtype ?? 'f32';
     const prepack = options.prepackWeights ?? true;
     if (!prepack && weightsDtype !== 'f32') {
@@ -228,7 +231,21 @@ export class OrtEngine implements Engine {
       executionProvider: options.executionProvider ?? 'cpu',
       ...(options.nativeKernelsAddon ? { addonPath: options.nativeKernelsAddon } : {}),
     });
-    const nativeKernels = 'plan' in planned ? planned.plan : null;
+    if ('plan' in planned) {
+      const plan = planned.plan;
+      try {
+        const engine = NativeKernelsEngine.open(info, plan);
+        log.info('prefill and decode run on the native kernels (no ONNX Runtime session)', { weights: weightsDtype, threads, isa: plan.isa });
+        return engine;
+      } catch (err) {
+        const e = err as { code?: unknown; message?: unknown };
+        const error = `${typeof e?.code === 'string' ? `${e.code}: ` : ''}${String(e?.message ?? err)}`;
+        if (options.nativeKernels === 'on') throw new NativeKernelsUnavailableError(`ORT_NATIVE_KERNELS=on, but the native kernels did not load: ${error}`);
+        log.warn('native kernels did not load: running on ONNX Runtime', { code: 'native_kernels_unavailable', error });
+      }
+    } else if ((options.nativeKernels ?? 'auto') === 'auto') {
+      log.info('prefill and decode run on ONNX Runtime', { weights: weightsDtype, reason: planned.reason });
+    }
     /** The engine on the model at `modelPath` (the build, or its packed-weights model). */
     const start = async (modelPath: string): Promise<OrtEngine> => {
       const thread = new Worker(new URL('./ort-thread.mjs', import.meta.url), {
@@ -241,7 +258,6 @@ export class OrtEngine implements Engine {
           dState,
           attention,
           maxPrefillChunk: options.maxPrefillChunk ?? 256,
-          nativeKernels,
           sessionOptions: {
             executionProviders: [options.executionProvider ?? 'cpu'],
             intraOpNumThreads: threads,
@@ -254,23 +270,11 @@ export class OrtEngine implements Engine {
         },
       });
       const engine = new OrtEngine(info, thread);
-      let ready: { nativeKernelsError?: string };
       try {
-        ready = await engine.request<{ nativeKernelsError?: string }>(0, undefined);
+        await engine.request(0, undefined);
       } catch (err) {
         await thread.terminate();
         throw err;
-      }
-      if (ready.nativeKernelsError !== undefined) {
-        if (options.nativeKernels === 'on') {
-          await engine.close();
-          throw new NativeKernelsUnavailableError(`ORT_NATIVE_KERNELS=on, but the native kernels did not load: ${ready.nativeKernelsError}`);
-        }
-        log.warn('native kernels did not load: running on ONNX Runtime', { code: 'native_kernels_unavailable', error: ready.nativeKernelsError });
-      } else if (nativeKernels) {
-        log.info('prefill and decode run on the native kernels (no ONNX Runtime session)', { weights: weightsDtype, threads, isa: nativeKernels.isa });
-      } else if ((options.nativeKernels ?? 'auto') === 'auto' && 'reason' in planned) {
-        log.info('prefill and decode run on ONNX Runtime', { weights: weightsDtype, reason: planned.reason });
       }
       return engine;
     };
@@ -279,9 +283,7 @@ export class OrtEngine implements Engine {
     // restores MatMulNBits' int8-compute packing from that file wrongly (NaN logits;
     // packed-weights.test.ts keeps checking), so quantized builds pack at load; the file is
     // this CPU's layout, which the CUDA provider does not read.
-    // Not when the native kernels run: they read the build's own weights, and ONNX Runtime then
-    // loads only if their addon fails to (packing at load, then).
-    const usePackedFile = !nativeKernels && prepack && weightsDtype === 'f32' && (options.executionProvider ?? 'cpu') === 'cpu' && (options.packedWeightsFile ?? true);
+    const usePackedFile = prepack && weightsDtype === 'f32' && (options.executionProvider ?? 'cpu') === 'cpu' && (options.packedWeightsFile ?? true);
     if (usePackedFile) {
       let packed: string | undefined;
       try {

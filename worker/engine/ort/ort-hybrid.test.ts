@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openCheckpoint, type Checkpoint } from '../../model/checkpoint.ts';
 import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../../model/testing/random-checkpoint.ts';
-import type { StateHandle } from '../engine.ts';
+import type { Engine, StateHandle } from '../engine.ts';
 import { ReferenceEngine } from '../reference/reference-engine.ts';
 import { maxAbsDiff, prefilledStates, stepLogits, tokensFor, zeroStateAt } from '../testing/compare.ts';
 import { OrtEngine } from './ort-engine.ts';
@@ -39,7 +39,7 @@ const layouts: [string, RandomCheckpointOptions][] = [
 describe.each(layouts)('ORT hybrid vs reference: %s', (name, options) => {
   let ckpt: Checkpoint;
   let ref: ReferenceEngine;
-  let ort: OrtEngine;
+  let ort: Engine;
   const L = 23; // several times every window here but the widest: below W, at W and after wraps
 
   beforeAll(async () => {
@@ -132,7 +132,7 @@ describe.each(layouts)('ORT hybrid vs reference: %s', (name, options) => {
 describe('ORT hybrid: positions, size and mismatches', () => {
   let ckpt: Checkpoint;
   let ref: ReferenceEngine;
-  let ort: OrtEngine;
+  let ort: Engine;
 
   beforeAll(async () => {
     const dir = join(root, 'far');

@@ -15,6 +15,7 @@ import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../../model
 import { ReferenceEngine } from '../reference/reference-engine.ts';
 import { maxAbsDiff, prefilledStates, stepLogits, tokensFor } from '../testing/compare.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
+import type { Engine } from '../engine.ts';
 import { OrtEngine } from './ort-engine.ts';
 import { nativeKernelsUnavailable, testableNativeBuilds } from './testing/native-availability.ts';
 import { quantizedView } from './testing/quantized-view.ts';
@@ -53,7 +54,7 @@ describe.each(['int8', 'int4'] as const)('%s weights', (dtype) => {
   describe.each(layouts.flatMap(([name, options]) => decodePaths(options).map((decode) => [`${name}, on ${decode}`, options, decode] as const)))('%s', (name, options, decode) => {
     let ckpt: Checkpoint;
     let ref: ReferenceEngine;
-    let served: OrtEngine;
+    let served: Engine;
     const L = 19;
 
     beforeAll(async () => {

@@ -7,12 +7,10 @@
 // logits and (on import/export) state bytes with it.
 //
 // Plain JavaScript on purpose: a worker thread does not inherit the TypeScript loader of
-// every runner (tsx, vitest), and this file needs nothing but onnxruntime-node or the native
-// kernels' addon.
+// every runner (tsx, vitest), and this file needs nothing but onnxruntime-node.
 //
-// Where the engine planned the native kernels (native-kernels.ts) and their addon loads, they
-// run prefill and decode, and this thread never loads onnxruntime-node nor creates a session:
-// the process then holds the weights once, as the addon's read-only mapping of the build's file.
+// Pure Mamba builds on the native kernels (native-kernels.ts) do not come here: their engine
+// (native-engine.ts) calls the kernels on the main thread, one piece of a prompt at a time.
 //
 // A state is one array per layer and kind (conv [K, D], ssm [N, D] per Mamba layer; a hybrid's
 // key and value rings [KV, W, hd] per attention layer), matching the graph's per-layer inputs
@@ -20,11 +18,10 @@
 // not graph outputs: the graph returns each call's new keys and values, and this thread
 // writes them into the rings in place (window-inputs.mjs), so a decode step copies one row
 // per attention layer, not a whole window.
-import { createRequire } from 'node:module';
 import { parentPort, workerData } from 'node:worker_threads';
 import { hybridPrefillChunk, ropeInvFreq, ropeTables, windowMask, writeRing } from './window-inputs.mjs';
 
-const { modelPath, layers, dInner, dConv, dState, attention, sessionOptions, maxPrefillChunk, nativeKernels } = workerData;
+const { modelPath, layers, dInner, dConv, dState, attention, sessionOptions, maxPrefillChunk } = workerData;
 const convLayer = dConv * dInner;
 const ssmLayer = dState * dInner;
 /** Attention layers (0 for a pure Mamba model) and the floats of one ring. */
@@ -120,25 +117,9 @@ function writeRings(out, b, L, rings, start) {
   }
 }
 
-/** onnxruntime-node and the session, loaded only where the native kernels do not run. */
+/** onnxruntime-node and the session. */
 let ort;
 let session;
-
-/**
- * The native kernels (native-kernels.ts, worker/native-cpu/): when the engine planned them and
- * the addon loaded, prefill and decode run on them, synchronously on this thread and its OpenMP
- * team, reading and writing the states' layer arrays in place.
- */
-let decoder = null;
-let nativeKernelsError;
-if (nativeKernels) {
-  try {
-    const { Decoder } = createRequire(import.meta.url)(nativeKernels.addonPath);
-    decoder = new Decoder(nativeKernels.decoder);
-  } catch (err) {
-    nativeKernelsError = `${err?.code ? `${err.code}: ` : ''}${String(err?.message ?? err)}`;
-  }
-}
 
 /**
  * The engine's buffer for decode's logits with reuseOutput (ort-engine.ts, sharedSlot): the
@@ -160,32 +141,8 @@ function logitsOut({ into }, n) {
 /** A decode's reply: the logits themselves, or none when they were written into the shared buffer. */
 const decodeResult = (logits, msg) => (msg.into ? { result: { logits: null } } : { result: { logits }, transfer: [logits.buffer] });
 
-function decodeNative(msg) {
-  const { sids, tokens } = msg;
-  detachBatch();
-  const conv = [];
-  const ssm = [];
-  for (const sid of sids) {
-    const s = state(sid);
-    conv.push(...s.conv);
-    ssm.push(...s.ssm);
-  }
-  const logits = logitsOut(msg, sids.length * nativeKernels.decoder.dims.V);
-  decoder.decode(Int32Array.from(tokens), conv, ssm, logits);
-  return decodeResult(logits, msg);
-}
-
-/** The whole prompt in one call: the kernels run it in chunks of their own (mamba_cpu.h, kPrefillChunk). */
-function prefillNative({ sid, tokens, allLogits }) {
-  const s = state(sid);
-  const logits = new Float32Array((allLogits ? tokens.length : 1) * nativeKernels.decoder.dims.V);
-  decoder.prefill(Int32Array.from(tokens), s.conv, s.ssm, logits, allLogits);
-  return { result: { logits }, transfer: [logits.buffer] };
-}
-
 async function prefill({ sid, tokens, allLogits, position }) {
   detachBatch();
-  if (decoder) return prefillNative({ sid, tokens, allLogits });
   const s = state(sid);
   const total = tokens.length;
   const rowsOut = [];
@@ -226,7 +183,6 @@ function gather(sids, kind, size, n = layers) {
 async function decode(msg) {
   // Kept before anything can fail: the engine sends a buffer once.
   if (msg.shared) sharedLogits = msg.shared;
-  if (decoder) return decodeNative(msg);
   const { sids, tokens, positions } = msg;
   const B = sids.length;
   let conv;
@@ -310,8 +266,6 @@ const handlers = {
   async close() {
     batch = null;
     states.clear();
-    decoder?.close();
-    decoder = null;
     await session?.release();
     session = undefined;
     return { result: null };
@@ -332,11 +286,9 @@ parentPort.on('message', (msg) => {
 });
 
 try {
-  if (!decoder) {
-    ort = await import('onnxruntime-node');
-    session = await ort.InferenceSession.create(modelPath, sessionOptions);
-  }
-  parentPort.postMessage({ id: 0, ok: true, result: { ready: true, ...(nativeKernelsError !== undefined ? { nativeKernelsError } : {}) } });
+  ort = await import('onnxruntime-node');
+  session = await ort.InferenceSession.create(modelPath, sessionOptions);
+  parentPort.postMessage({ id: 0, ok: true, result: { ready: true } });
 } catch (err) {
   parentPort.postMessage({ id: 0, ok: false, error: String(err?.message ?? err) });
 }

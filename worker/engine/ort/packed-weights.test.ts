@@ -13,6 +13,7 @@ import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../../model
 import { maxAbsDiff, prefilledStates, tokensFor } from '../testing/compare.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
 import { stateInput } from './mamba-graph.ts';
+import type { Engine } from '../engine.ts';
 import { OrtEngine, type OrtEngineOptions } from './ort-engine.ts';
 import { dropRepeatedSubgraphInitializers } from './packed-model-fix.mjs';
 import { discardPackedModel, ensurePackedModel, PackedMeta } from './packed-weights.ts';
@@ -45,7 +46,7 @@ function subgraphInitializerNames(bytes: Uint8Array): string[][] {
 }
 
 /** All-position prefill logits, then three batched decode steps, of a fresh engine. */
-async function transcript(engine: OrtEngine, vocab: number): Promise<Float32Array[]> {
+async function transcript(engine: Engine, vocab: number): Promise<Float32Array[]> {
   const out: Float32Array[] = [];
   out.push((await engine.prefill(await engine.newState(), tokensFor(13, vocab, 3), { allLogits: true })).data);
   const states = await prefilledStates(engine, [tokensFor(5, vocab, 4), tokensFor(9, vocab, 5)]);

@@ -1,7 +1,8 @@
 // The ORT engine's native kernels as a Node addon (Node-API, node-addon-api): a Decoder maps
 // the graph build's weights file read-only and runs prefill and decode steps on it with
 // mamba_cpu.h's kernels, on the calling thread and an OpenMP team. Built by `npm run build:cpu`
-// (worker/native-cpu/build.ts); loaded by worker/engine/ort/ort-thread.mjs.
+// (worker/native-cpu/build.ts); loaded by worker/engine/ort/native-engine.ts (and
+// worker/generate/native-exp.ts for expRow).
 //
 //   new Decoder({ weightsPath, stripsPath?, bits, threads, prefetchBytes, dims: { d, layers, D, N, R, K, V, eps },
 //                 embed: QM, head: QM, normF: R,
