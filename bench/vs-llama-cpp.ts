@@ -23,6 +23,12 @@
 //   neighbours than about the engine. A probe that reads low in some rounds lifts the median
 //   the other way: a verdict more than 15 points above the least disturbed figure is marked
 //   suspect.
+// - Arithmetic: bench/compute-probe.ts's dot-product probe runs beside each round's read probe.
+//   A decode step is not only a weight read (~0.3 ms of int4's ~1.4 ms is arithmetic: the scan,
+//   conv, the small projections), and the VM's arithmetic rate moves on its own (host F,
+//   2026-12-01: an hour with prefill 20–30 % slow and the read probe as usual). Each round's
+//   figure is printed beside the verdict, and a run whose rounds' median sits more than 15 % below
+//   the run's own best repetition is marked compute-slow: its verdict says more about the hour.
 import { fork, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -35,6 +41,7 @@ import { writeRandomCheckpoint } from '../worker/model/testing/random-checkpoint
 import { ensureGraphBuild } from '../worker/engine/ort/graph-cache.ts';
 import type { WeightsDtype } from '../worker/engine/ort/quantize.ts';
 import { writeMambaGguf, type GgufDtype } from './gguf-mamba.ts';
+import { measureComputeRate } from './compute-probe.ts';
 import { measureReadBandwidth } from './memory-bandwidth.ts';
 import { median, quantile } from './stats.ts';
 
@@ -164,6 +171,8 @@ await mkdir(join(cacheDir, 'gguf'), { recursive: true });
 
 const bandwidthBefore = await measureReadBandwidth(threads);
 console.log(`read bandwidth (vector loads, ${threads} threads): ${(bandwidthBefore.bytesPerSecond / 1e9).toFixed(1)} GB/s`);
+const computeBefore = await measureComputeRate(threads);
+console.log(`compute probe (16-bit dot products, ${threads} threads): ${(computeBefore.dotsPerSecond / 1e9).toFixed(2)} G/s`);
 
 interface Figures {
   ours: number[];
@@ -186,6 +195,9 @@ interface DtypeResult {
   /** Each round's probe (bytes/s: median and fastest repetition), taken right before its batch-1 decode pair. */
   roundBandwidth: number[];
   roundBestBandwidth: number[];
+  /** Each round's compute probe (dot products/s: median and fastest repetition), taken right before its read probe. */
+  roundCompute: number[];
+  roundBestCompute: number[];
   /** Each round's batch-1 decode tok/s × weight bytes ÷ that round's probe. */
   reached: Figures;
 }
@@ -263,6 +275,8 @@ for (const dtype of dtypes) {
     let rss: DtypeResult['rss'] | undefined;
     const roundBandwidth: number[] = [];
     const roundBestBandwidth: number[] = [];
+    const roundCompute: number[] = [];
+    const roundBestCompute: number[] = [];
     const reached: Figures = { ours: [], theirs: [] };
     // Round -1 warms both sides up (first-use costs: page faults, llama.cpp's first batch of a
     // sequence) and is not counted.
@@ -279,7 +293,12 @@ for (const dtype of dtypes) {
       }
       for (const B of DECODE_BATCHES) {
         const key = `decode batch ${B}, tok/s (median step)`;
-        // Batch 1 is judged against the bound: the probe runs right before the pair (both sides idle).
+        // Batch 1 is judged against the bound: the probes run right before the pair (both sides idle).
+        const computed = B === 1 && counting ? await measureComputeRate(threads) : undefined;
+        if (computed) {
+          roundCompute.push(computed.dotsPerSecond);
+          roundBestCompute.push(computed.bestDotsPerSecond);
+        }
         const probed = B === 1 && counting ? await measureReadBandwidth(threads) : undefined;
         const probe = probed?.bytesPerSecond;
         if (probed) {
@@ -301,7 +320,7 @@ for (const dtype of dtypes) {
       if (r === -1) rss = await peakRss();
       console.log(`${dtype}: ${r === -1 ? 'warm-up round' : `round ${r + 1}/${rounds}`} done`);
     }
-    results.push({ dtype, peer: peerDtype, oursWeightBytes, theirsWeightBytes, logits, measures, steps: stepsAll, rss: rss!, rssEnd: await peakRss(), crashed, roundBandwidth, roundBestBandwidth, reached });
+    results.push({ dtype, peer: peerDtype, oursWeightBytes, theirsWeightBytes, logits, measures, steps: stepsAll, rss: rss!, rssEnd: await peakRss(), crashed, roundBandwidth, roundBestBandwidth, roundCompute, roundBestCompute, reached });
   } finally {
     await peers.ours.stop();
     await peers.theirs.stop();
@@ -366,10 +385,15 @@ for (const r of results) {
   const leastOurs = leastDisturbed('ours');
   const probeReadLow = leastOurs !== undefined && reachedOurs - leastOurs > 0.15;
   if (probeReadLow) console.log(`warning: ${r.dtype}'s decode batch 1 reached ${(100 * reachedOurs).toFixed(0)} % by the rounds' probes but ${(100 * leastOurs!).toFixed(0)} % least disturbed: some probes read low (${probes} GB/s); the verdict below is not to be trusted\n`);
+  // The arithmetic the rounds had, against the best this run saw (its start and every round).
+  const computes = r.roundCompute.map((c) => (c / 1e9).toFixed(2)).join(', ');
+  const bestCompute = Math.max(computeBefore.bestDotsPerSecond, ...r.roundBestCompute);
+  const computeSlow = median(r.roundCompute) < 0.85 * bestCompute;
+  console.log(`compute probe in the rounds: ${computes} G dot products/s (the run's best repetition ${(bestCompute / 1e9).toFixed(2)})${computeSlow ? '; **compute-slow**: the rounds had less than 85 % of it' : ''}\n`);
   goals.push([
     `${r.dtype}: decode batch 1 ≥ 80 % of the bound of its weight bytes (median over rounds)`,
     reachedOurs >= 0.8,
-    `${(100 * reachedOurs).toFixed(0)} %${probeReadLow ? ` (**suspect**: ${(100 * leastOurs!).toFixed(0)} % least disturbed; some probes read low)` : ''}`,
+    `${(100 * reachedOurs).toFixed(0)} %${probeReadLow ? ` (**suspect**: ${(100 * leastOurs!).toFixed(0)} % least disturbed; some probes read low)` : ''}${computeSlow ? ' (compute-slow rounds)' : ''}`,
   ]);
   if (r.dtype !== 'f32') {
     for (const B of DECODE_BATCHES) {
@@ -401,6 +425,7 @@ const json = {
   llama_cpp: `node-llama-cpp@${args['llama-version']}`,
   ours_spinning: args.spinning,
   bandwidth_gbs: bandwidth / 1e9,
+  compute_gdots_before: computeBefore.dotsPerSecond / 1e9,
   results: results.map((r) => ({
     dtype: r.dtype,
     peer: r.peer,
@@ -410,6 +435,8 @@ const json = {
     measures: Object.fromEntries([...r.measures].map(([k, f]) => [k, { ours: f.ours, theirs: f.theirs }])),
     round_bandwidth_gbs: r.roundBandwidth.map((b) => b / 1e9),
     round_best_bandwidth_gbs: r.roundBestBandwidth.map((b) => b / 1e9),
+    round_compute_gdots: r.roundCompute.map((c) => c / 1e9),
+    round_best_compute_gdots: r.roundBestCompute.map((c) => c / 1e9),
     decode_b1_reached: r.reached,
     peak_rss: r.rss,
     peak_rss_end: r.rssEnd,
