@@ -3,6 +3,10 @@
 import { describe, expect, it } from 'vitest';
 import { CHAINS, computeModule, measureComputeRate, UNROLL } from './compute-probe.ts';
 
+// Node's WebAssembly global (this project's TypeScript libs declare no DOM types).
+type Wasm = { Module: new (bytes: Uint8Array) => unknown; Instance: new (module: unknown) => { exports: { spin(trips: number): number } } };
+const wasm = (globalThis as unknown as { WebAssembly: Wasm }).WebAssembly;
+
 /** One chain's 32-bit lane after `steps` steps of acc + dot_i16x8(acc, y), y's 16-bit halves 1 (low) and 3 (high). */
 function chainLane(start: number, steps: number): number {
   let acc = start | 0;
@@ -16,7 +20,7 @@ function chainLane(start: number, steps: number): number {
 
 describe('the compute probe', () => {
   it('computes its chains as plain integer arithmetic does', () => {
-    const { exports } = new WebAssembly.Instance(new WebAssembly.Module(computeModule())) as { exports: { spin(trips: number): number } };
+    const { exports } = new wasm.Instance(new wasm.Module(computeModule()));
     for (const trips of [1, 2, 7, 1000]) {
       let want = 0;
       for (let c = 0; c < CHAINS; c++) want ^= chainLane(c + 1, trips * UNROLL);

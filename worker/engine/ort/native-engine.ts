@@ -28,13 +28,15 @@ import {
   type StateHandle,
 } from '../engine.ts';
 import { exportHostState, HostState, importHostState } from '../host-state.ts';
+import { LogitsSlots } from './logits-slots.ts';
 import type { NativeDecoderOptions, NativeKernelsPlan } from './native-kernels.ts';
 import { transposeLast2 } from './transpose.ts';
 
 /**
  * Tokens of a prompt run in one call before the engine yields to the event loop: the kernels'
  * own chunk (mamba_cpu.h, kPrefillChunk), so the pieces split the work where the kernels do. On
- * the 2-vCPU hosts of docs/cpu-engine.md a piece is ~70 ms (int4) to ~150 ms (f32) of mamba-130m.
+ * host F of docs/cpu-engine.md (2 vCPUs) a piece of mamba-130m is 80–125 ms in any dtype
+ * (prefill 1000–1700 tok/s).
  */
 export const PREFILL_PIECE = 128;
 
@@ -71,12 +73,8 @@ class NativeState implements StateHandle {
 export class NativeKernelsEngine implements Engine {
   readonly kind = 'ort' as const;
   private closed: EngineError | undefined;
-  /**
-   * Decode's logits with reuseOutput: one buffer of two slots of `slotFloats` that steps take
-   * in turn, so a step writes into memory written before (no new array, no page faults) and a
-   * result stays intact through the next step.
-   */
-  private reused: { buffer: Float32Array; slotFloats: number; next: number } | undefined;
+  /** Decode's logits with reuseOutput (logits-slots.ts). */
+  private readonly logitsSlots: LogitsSlots<ArrayBuffer>;
   /** The head's row of a prompt piece whose logits nobody asked for. */
   private readonly discard: Float32Array;
   private readonly dims: NativeDecoderOptions['dims'];
@@ -88,6 +86,7 @@ export class NativeKernelsEngine implements Engine {
   ) {
     this.dims = dims;
     this.discard = new Float32Array(dims.V);
+    this.logitsSlots = new LogitsSlots(dims.V, (bytes) => new ArrayBuffer(bytes));
   }
 
   /** Load the plan's addon and map its weights; throws (the addon's coded errors) where it cannot. */
@@ -178,7 +177,7 @@ export class NativeKernelsEngine implements Engine {
     const V = this.dims.V;
     const B = steps.length;
     if (B === 0) return { rows: 0, vocab: V, data: new Float32Array(0) };
-    const logits = options?.reuseOutput ? this.reusedSlot(B * V) : new Float32Array(B * V);
+    const logits = options?.reuseOutput ? this.logitsSlots.next(B * V).view : new Float32Array(B * V);
     const conv: Float32Array[] = [];
     const ssm: Float32Array[] = [];
     for (const s of states) {
@@ -190,23 +189,9 @@ export class NativeKernelsEngine implements Engine {
     return { rows: B, vocab: V, data: logits };
   }
 
-  /** The next reused slot, as `floats` logits (a larger buffer when they do not fit: rows rounded up to a power of two). */
-  private reusedSlot(floats: number): Float32Array {
-    if (!this.reused || this.reused.slotFloats < floats) {
-      const V = this.dims.V;
-      const slotFloats = 2 ** Math.ceil(Math.log2(floats / V)) * V;
-      this.reused = { buffer: new Float32Array(2 * slotFloats), slotFloats, next: 0 };
-    }
-    const r = this.reused;
-    const offset = r.next * r.slotFloats;
-    r.next ^= 1;
-    return r.buffer.subarray(offset, offset + floats);
-  }
-
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = new EngineError('engine_closed', 'engine is closed');
     this.decoder.close();
-    this.reused = undefined;
   }
 }

@@ -27,6 +27,7 @@ import { layersOfType } from '../../model/mamba-config.ts';
 import { modelInfoFromCheckpoint } from '../model-info.ts';
 import { ensureGraphBuild } from './graph-cache.ts';
 import type { NBitsActivations } from './linear.ts';
+import { LogitsSlots } from './logits-slots.ts';
 import { NativeKernelsEngine } from './native-engine.ts';
 import { NativeKernelsUnavailableError, planNativeKernels, type NativeKernelsSetting } from './native-kernels.ts';
 import { discardPackedModel, ensurePackedModel, PackedWeightsError } from './packed-weights.ts';
@@ -169,13 +170,8 @@ export class OrtEngine implements Engine {
   private nextState = 1;
   private readonly pending = new Map<number, Pending>();
   private closed: Error | undefined;
-  /**
-   * Decode's logits with reuseOutput: a buffer shared with the thread, two slots of
-   * `slotFloats` that steps take in turn, so the thread writes into memory it wrote before
-   * (no new array, no page faults) and nothing crosses back but a small message. `sent`: the
-   * thread holds this buffer (it is sent along with the first decode that uses it).
-   */
-  private shared: { buffer: SharedArrayBuffer; slotFloats: number; next: number; sent: boolean } | undefined;
+  /** Decode's logits with reuseOutput: two slots in a buffer shared with the thread (sent along with the first decode that uses it); the reply then carries nothing. */
+  private readonly logitsSlots: LogitsSlots<SharedArrayBuffer>;
 
   /** Mamba layers (all layers but a hybrid's attention layers): the conv/ssm tensors' first axis. */
   private readonly mambaLayers: number;
@@ -185,6 +181,7 @@ export class OrtEngine implements Engine {
     private readonly thread: Worker,
   ) {
     this.mambaLayers = layersOfType(model.config, 'mamba').length;
+    this.logitsSlots = new LogitsSlots(model.vocabRows, (bytes) => new SharedArrayBuffer(bytes));
     thread.on('message', (msg: { id: number; ok: boolean; result?: unknown; error?: string }) => {
       const p = this.pending.get(msg.id);
       if (!p) return;
@@ -398,32 +395,17 @@ export class OrtEngine implements Engine {
     checkTokens(tokens, this.model.vocabRows);
     const V = this.model.vocabRows;
     if (steps.length === 0) return { rows: 0, vocab: V, data: new Float32Array(0) };
-    const into = options?.reuseOutput ? this.sharedSlot(steps.length * V) : undefined;
+    const into = options?.reuseOutput ? this.logitsSlots.next(steps.length * V) : undefined;
     const { logits } = await this.call<{ logits: Float32Array | null }>({
       op: 'decode',
       sids: states.map((s) => s.sid),
       tokens,
       positions: states.map((s) => s.tokensAbsorbed),
-      ...(into ? { into: { offset: into.offset }, ...(into.send ? { shared: into.buffer } : {}) } : {}),
+      ...(into ? { into: { offset: into.offset }, ...(into.fresh ? { shared: into.buffer } : {}) } : {}),
     });
     for (const s of states) s.tokensAbsorbed += 1;
-    const data = into ? new Float32Array(into.buffer, into.offset * 4, steps.length * V) : logits!;
+    const data = into ? into.view : logits!;
     return { rows: steps.length, vocab: V, data };
-  }
-
-  /** The shared buffer's next slot for `floats` logits (a larger buffer when they do not fit: rows rounded up to a power of two). */
-  private sharedSlot(floats: number): { buffer: SharedArrayBuffer; offset: number; send: boolean } {
-    if (!this.shared || this.shared.slotFloats < floats) {
-      const V = this.model.vocabRows;
-      const slotFloats = 2 ** Math.ceil(Math.log2(floats / V)) * V;
-      this.shared = { buffer: new SharedArrayBuffer(2 * slotFloats * 4), slotFloats, next: 0, sent: false };
-    }
-    const s = this.shared;
-    const offset = s.next * s.slotFloats;
-    s.next ^= 1;
-    const send = !s.sent;
-    s.sent = true;
-    return { buffer: s.buffer, offset, send };
   }
 
   async close(): Promise<void> {

@@ -122,7 +122,7 @@ let ort;
 let session;
 
 /**
- * The engine's buffer for decode's logits with reuseOutput (ort-engine.ts, sharedSlot): the
+ * The engine's buffer for decode's logits with reuseOutput (ort-engine.ts and logits-slots.ts): the
  * latest one it sent, kept here for the decodes after it.
  * @type {SharedArrayBuffer | null}
  */
