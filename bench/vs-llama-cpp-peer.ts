@@ -14,6 +14,14 @@ import { parseArgs } from 'node:util';
 import { createEngine } from '../worker/engine/create-engine.ts';
 import type { Engine, StateHandle } from '../worker/engine/engine.ts';
 import type { WeightsDtype } from '../worker/engine/ort/quantize.ts';
+import { NATIVE_CPU_BUILDS } from '../worker/native-cpu/support.ts';
+
+/** The native kernels' build of this instruction set. */
+function nativeCpuBuildOf(isa: string) {
+  const build = NATIVE_CPU_BUILDS.find((b) => b.isa === isa);
+  if (!build) throw new Error(`--isa is one of ${NATIVE_CPU_BUILDS.map((b) => b.isa).join(', ')}, not ${isa}`);
+  return build;
+}
 
 const { values: args } = parseArgs({
   options: {
@@ -24,6 +32,8 @@ const { values: args } = parseArgs({
     'cache-dir': { type: 'string', default: '.cache/bench' },
     'llama-module': { type: 'string' },
     spinning: { type: 'boolean', default: false },
+    /** ours: the native kernels' build to run (avx512 or avx2); default the one this CPU runs. */
+    isa: { type: 'string' },
   },
 });
 const threads = Number(args.threads);
@@ -64,6 +74,7 @@ async function oursSide(): Promise<Side> {
     intraOpThreads: threads,
     intraOpSpinning: args.spinning,
     weightsDtype: args.dtype as WeightsDtype,
+    ...(args.isa ? { nativeKernels: 'on' as const, nativeKernelsAddon: nativeCpuBuildOf(args.isa).addon } : {}),
   });
   const sessions = new Map<number, StateHandle[]>();
   const sessionsOf = async (e: Engine, batch: number) => {

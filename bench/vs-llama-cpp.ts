@@ -1,6 +1,9 @@
 // Our ORT engine against llama.cpp on CPU, side by side on the same weights:
 //
-//   npx tsx bench/vs-llama-cpp.ts [--threads N] [--rounds 6] [--steps 32] [--dtypes f32,int8,int4] [--spinning]
+//   npx tsx bench/vs-llama-cpp.ts [--threads N] [--rounds 6] [--steps 32] [--dtypes f32,int8,int4] [--spinning] [--isa avx512|avx2]
+//
+// --isa runs our side on that build of the native kernels (ORT_NATIVE_KERNELS=on): the AVX2
+// build on a CPU with AVX-512 says what the AVX2 kernels do with this machine's memory.
 //
 // - The peer is llama.cpp through the npm package node-llama-cpp (its prebuilt CPU binaries),
 //   installed on first use into .cache/bench/node-llama-cpp with npm, from the npm registry
@@ -56,6 +59,8 @@ const { values: args } = parseArgs({
     json: { type: 'string' },
     /** Our engine with ORT_INTRA_OP_SPINNING=true (as llama.cpp's threads poll by default); default: as served. */
     spinning: { type: 'boolean', default: false },
+    /** Our side on this build of the native kernels (avx512, avx2); default: as served, the build this CPU runs. */
+    isa: { type: 'string' },
   },
 });
 const threads = Number(args.threads);
@@ -224,7 +229,7 @@ for (const dtype of dtypes) {
 
   const common = ['--threads', String(threads), '--cache-dir', cacheDir];
   const peers: Record<Side, Peer> = {
-    ours: await Peer.start('ours', ['--side', 'ours', '--model', modelDir, '--dtype', dtype, ...(args.spinning ? ['--spinning'] : []), ...common]),
+    ours: await Peer.start('ours', ['--side', 'ours', '--model', modelDir, '--dtype', dtype, ...(args.spinning ? ['--spinning'] : []), ...(args.isa ? ['--isa', args.isa] : []), ...common]),
     theirs: await Peer.start('llama.cpp', ['--side', 'llama', '--model', gguf, '--llama-module', llamaModule, ...common]),
   };
   const crashed = new Map<string, string>();
@@ -334,7 +339,7 @@ const bandwidth = (bandwidthBefore.bytesPerSecond + bandwidthAfter.bytesPerSecon
 const MB = (b: number) => `${(b / 1e6).toFixed(0)} MB`;
 const spread = (xs: number[], digits = 0) => `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)})`;
 console.log(
-  `\nours: ORT engine (onnxruntime-node CPU, intra-op spin: ${args.spinning ? "ORT's own" : 'bounded, as served (ORT_INTRA_OP_SPIN_US)'}); theirs: llama.cpp via node-llama-cpp@${args['llama-version']} (CPU); ${threads} threads each; ` +
+  `\nours: ORT engine (${args.isa ? `the native kernels' ${args.isa} build` : 'as served: native kernels where they run, else onnxruntime-node CPU'}, intra-op spin: ${args.spinning ? "ORT's own" : 'bounded, as served (ORT_INTRA_OP_SPIN_US)'}); theirs: llama.cpp via node-llama-cpp@${args['llama-version']} (CPU); ${threads} threads each; ` +
     `median (min–max) over ${rounds} interleaved rounds; decode: the median of ${steps} steps per round; read bandwidth ${(bandwidth / 1e9).toFixed(1)} GB/s (vector loads, ${threads} threads)\n`,
 );
 /** [goal, met (undefined: not measured), figure] */
@@ -424,6 +429,7 @@ const json = {
   steps,
   llama_cpp: `node-llama-cpp@${args['llama-version']}`,
   ours_spinning: args.spinning,
+  ours_isa: args.isa ?? null,
   bandwidth_gbs: bandwidth / 1e9,
   compute_gdots_before: computeBefore.dotsPerSecond / 1e9,
   results: results.map((r) => ({

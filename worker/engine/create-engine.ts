@@ -34,6 +34,8 @@ export interface CreateEngineOptions {
   readonly packedWeightsFile?: boolean;
   /** ORT_NATIVE_KERNELS (default auto): pure Mamba models' prefill and decode (f32, int8, int4) on the native kernels where they can run. */
   readonly nativeKernels?: NativeKernelsSetting;
+  /** Benches and tests: which build of the native kernels to load (default: the one this CPU runs). */
+  readonly nativeKernelsAddon?: string;
   /** Where the ORT engine reports load-time work and degradations (default: its own JSON lines on stderr). */
   readonly log?: Pick<Logger, 'info' | 'warn'>;
 }
@@ -68,6 +70,7 @@ export async function createEngine(options: CreateEngineOptions): Promise<{ engi
         prepackWeights: options.prepackWeights ?? true,
         packedWeightsFile: options.packedWeightsFile ?? true,
         nativeKernels: options.nativeKernels ?? 'auto',
+        ...(options.nativeKernelsAddon ? { nativeKernelsAddon: options.nativeKernelsAddon } : {}),
         ...(options.log ? { log: options.log } : {}),
       });
       return { engine, checkpoint };
