@@ -8,22 +8,8 @@
 // values held in registers, and reports dot products per second.
 //
 //   npx tsx bench/compute-probe.ts
-import { Worker } from 'node:worker_threads';
+import { leb, timeOnThreads, wasmName as name, wasmSection as section } from './probe-threads.ts';
 
-/** unsigned LEB128 */
-function leb(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let b = n & 0x7f;
-    n >>>= 7;
-    if (n) b |= 0x80;
-    out.push(b);
-  } while (n);
-  return out;
-}
-
-const section = (id: number, body: number[]) => [id, ...leb(body.length), ...body];
-const name = (s: string) => [...leb(s.length), ...Buffer.from(s)];
 
 /** Independent dependency chains (enough to keep the vector units busy) and their steps a loop trip. */
 export const CHAINS = 8;
@@ -92,29 +78,9 @@ export async function measureComputeRate(threads: number, options: { trips?: num
   const trips = options.trips ?? 2_000_000;
   const repetitions = options.repetitions ?? 7;
   if (!Number.isInteger(trips) || trips < 1 || trips > 2 ** 31 - 1) throw new RangeError(`trips must be an integer in 1..2^31-1, not ${trips}`);
-  const wasm = computeModule();
-  const workers = Array.from({ length: threads }, () => new Worker(THREAD_CODE, { eval: true, workerData: { wasm } }));
-  const next = (w: Worker) => new Promise((resolve, reject) => w.once('message', resolve).once('error', reject));
-  try {
-    await Promise.all(workers.map(next));
-    const rates: number[] = [];
-    for (let r = 0; r < repetitions; r++) {
-      const started = performance.now();
-      await Promise.all(
-        workers.map((w) => {
-          const done = next(w);
-          w.postMessage(trips);
-          return done;
-        }),
-      );
-      const seconds = (performance.now() - started) / 1000;
-      rates.push((threads * trips * CHAINS * UNROLL) / seconds);
-    }
-    rates.sort((a, b) => a - b);
-    return { threads, dotsPerSecond: rates[Math.floor(rates.length / 2)]!, bestDotsPerSecond: rates[rates.length - 1]! };
-  } finally {
-    await Promise.all(workers.map((w) => w.terminate()));
-  }
+  const seconds = await timeOnThreads(THREAD_CODE, { wasm: computeModule() }, threads, repetitions, trips);
+  const rates = seconds.map((t) => (threads * trips * CHAINS * UNROLL) / t).sort((a, b) => a - b);
+  return { threads, dotsPerSecond: rates[Math.floor(rates.length / 2)]!, bestDotsPerSecond: rates[rates.length - 1]! };
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {

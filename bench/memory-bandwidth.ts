@@ -10,24 +10,10 @@
 //   kind by about 2x).
 //
 //   npx tsx bench/memory-bandwidth.ts
-import { Worker } from 'node:worker_threads';
+import { leb, timeOnThreads, wasmName as name, wasmSection as section } from './probe-threads.ts';
 
 export type BandwidthMethod = 'vector' | 'memcmp';
 
-/** unsigned LEB128 */
-function leb(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let b = n & 0x7f;
-    n >>>= 7;
-    if (n) b |= 0x80;
-    out.push(b);
-  } while (n);
-  return out;
-}
-
-const section = (id: number, body: number[]) => [id, ...leb(body.length), ...body];
-const name = (s: string) => [...leb(s.length), ...Buffer.from(s)];
 
 /**
  * A WebAssembly module exporting `mem` and `read(ptr, end) -> i64`: XOR of every 16-byte word
@@ -95,30 +81,11 @@ export async function measureReadBandwidth(
   const repetitions = options.repetitions ?? 7;
   // memcmp reads two buffers of half the size: the same bytes read per thread either way.
   const bytes = method === 'memcmp' ? bytesPerThread / 2 : bytesPerThread;
-  const wasm = vectorReadModule();
-  const workers = Array.from({ length: threads }, () => new Worker(THREAD_CODE, { eval: true, workerData: { bytes, method, wasm } }));
-  const next = (w: Worker) => new Promise((resolve, reject) => w.once('message', resolve).once('error', reject));
-  try {
-    await Promise.all(workers.map(next));
-    const rates: number[] = [];
-    const perRound = 2;
-    for (let r = 0; r < repetitions; r++) {
-      const started = performance.now();
-      await Promise.all(
-        workers.map((w) => {
-          const done = next(w);
-          w.postMessage(perRound);
-          return done;
-        }),
-      );
-      const seconds = (performance.now() - started) / 1000;
-      rates.push((threads * perRound * bytesPerThread) / seconds);
-    }
-    rates.sort((a, b) => a - b);
-    return { method, threads, bytesPerSecond: rates[Math.floor(rates.length / 2)]!, bestBytesPerSecond: rates[rates.length - 1]! };
-  } finally {
-    await Promise.all(workers.map((w) => w.terminate()));
-  }
+  // Two passes over its buffer a thread a repetition.
+  const perRound = 2;
+  const seconds = await timeOnThreads(THREAD_CODE, { bytes, method, wasm: vectorReadModule() }, threads, repetitions, perRound);
+  const rates = seconds.map((t) => (threads * perRound * bytesPerThread) / t).sort((a, b) => a - b);
+  return { method, threads, bytesPerSecond: rates[Math.floor(rates.length / 2)]!, bestBytesPerSecond: rates[rates.length - 1]! };
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
