@@ -3,7 +3,7 @@
 // tokenizer's vocabSize are the embedding's padding rows (50277 → 50280 for GPT-NeoX
 // vocabularies): they decode to nothing and are never picked.
 import { Rng } from '../../shared/rng.ts';
-import { nativeExpRow, type ExpRow } from './native-exp.ts';
+import { nativeExpRow, nativeRowMax, type ExpRow, type RowMax } from './native-exp.ts';
 
 export interface SamplingParams {
   /** 0 = greedy (argmax, ties to the lowest id). */
@@ -44,11 +44,14 @@ export interface SamplerOptions {
    * (native-exp.ts), else Math.exp; null: always Math.exp.
    */
   readonly expRow?: ExpRow | null;
+  /** A row's largest logit, where it is and its first NaN: by default the native addon's where it runs here, else a loop; null: always the loop. */
+  readonly rowMax?: RowMax | null;
 }
 
 export class Sampler {
   private readonly rng: Rng;
   private readonly expRow: ExpRow | undefined;
+  private readonly rowMax: RowMax;
 
   constructor(
     readonly params: SamplingParams,
@@ -57,6 +60,7 @@ export class Sampler {
   ) {
     validateSamplingParams(params);
     this.expRow = options.expRow === undefined ? nativeExpRow() : (options.expRow ?? undefined);
+    this.rowMax = (options.rowMax === undefined ? nativeRowMax() : options.rowMax) ?? rowMaxLoop;
     if (!Number.isInteger(vocabSize) || vocabSize <= 0) throw new SamplingParamsError(`vocabSize must be a positive whole number, got ${vocabSize}`);
     // Unseeded samplers still use our RNG (seeded from Math.random) so there is one code path.
     this.rng = new Rng(params.seed ?? Math.floor(Math.random() * 0x100000000));
@@ -66,7 +70,8 @@ export class Sampler {
   sample(logits: Float32Array): number {
     const V = this.vocabSize;
     if (logits.length < V) throw new SamplingParamsError(`logits row has ${logits.length} entries, fewer than the vocabulary's ${V}`);
-    if (this.params.temperature === 0) return argmax(logits, V);
+    // Greedy: the first pass alone (a NaN is skipped, as argmax skips it).
+    if (this.params.temperature === 0) return this.rowMax(logits, V).at;
 
     // Unnormalized probabilities by id, relative to the most likely token.
     if (scratchProbs.length < V) {
@@ -74,14 +79,10 @@ export class Sampler {
       scratchCand = new Int32Array(V);
     }
     const probs = scratchProbs;
-    let max = -Infinity;
-    for (let i = 0; i < V; i++) {
-      const v = logits[i]!;
-      if (Number.isNaN(v)) throw new Error(`logit ${i} is NaN`);
-      if (v > max) max = v;
-    }
+    const { max, at, nanAt } = this.rowMax(logits, V);
+    if (nanAt >= 0) throw new Error(`logit ${nanAt} is NaN`);
     if (max === -Infinity) throw new Error('every logit is -Infinity: nothing can be sampled');
-    if (max === Infinity) return argmax(logits, V);
+    if (max === Infinity) return at;
     const invT = 1 / this.params.temperature;
     let total = 0;
     let finite = 0; // a token whose probability underflows to 0 cannot be drawn anyway
@@ -230,7 +231,24 @@ export function selectFirst(ids: Int32Array, n: number, p: Float64Array, limit: 
   return lo;
 }
 
-/** Index of the largest of the first `n` entries; the lowest index on ties. */
+/** rowMax in JavaScript (native-exp.ts, RowMax): where the largest is found as argmax finds it. */
+export function rowMaxLoop(logits: Float32Array, n: number): { max: number; at: number; nanAt: number } {
+  let max = -Infinity;
+  let at = 0;
+  let nanAt = -1;
+  for (let i = 0; i < n; i++) {
+    const v = logits[i]!;
+    if (v > max) {
+      max = v;
+      at = i;
+    } else if (nanAt < 0 && Number.isNaN(v)) {
+      nanAt = i;
+    }
+  }
+  return { max, at, nanAt };
+}
+
+/** Index of the largest of the first `n` entries (NaN skipped); the lowest index on ties, 0 when none is above −∞. */
 export function argmax(logits: Float32Array, n: number): number {
   let best = 0;
   let bestValue = -Infinity;

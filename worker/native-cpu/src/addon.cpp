@@ -2,7 +2,7 @@
 // the graph build's weights file read-only and runs prefill and decode steps on it with
 // mamba_cpu.h's kernels, on the calling thread and an OpenMP team. Built by `npm run build:cpu`
 // (worker/native-cpu/build.ts); loaded by worker/engine/ort/native-engine.ts (and
-// worker/generate/native-exp.ts for expRow).
+// worker/generate/native-exp.ts for the sampler's rowMax and expRow).
 //
 //   new Decoder({ weightsPath, stripsPath?, bits, threads, prefetchBytes, dims: { d, layers, D, N, R, K, V, eps },
 //                 embed: QM, head: QM, normF: R,
@@ -23,6 +23,9 @@
 //   expRow(logits: Float32Array, n, max, invT, out: Float64Array) -> [total, positive]
 //     the sampler's softmax numerators (softmax_exp.h): out[i] = exp((logits[i] − max) · invT)
 //     for i < n, their sum and how many are above 0
+//   rowMax(logits: Float32Array, n) -> [max, at, nanAt]
+//     the sampler's first pass (softmax_exp.h): the largest of logits[0, n) that is not NaN,
+//     the lowest index holding it (0 when it is −∞), the lowest index of a NaN (−1: none)
 //
 // Errors are JavaScript Errors whose `code` says what was wrong: native_weights_invalid (a
 // range or size that does not fit the file or the dims), native_weights_unreadable (the file
@@ -295,9 +298,28 @@ Napi::Value ExpRow(const Napi::CallbackInfo& info) {
   return result;
 }
 
+Napi::Value RowMax(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto bad = [&](const char* what) { return codedError(env, "native_decode_invalid", std::string("rowMax: ") + what); };
+  if (info.Length() != 2) throw bad("expected (logits, n)");
+  const Napi::Value x = info[0];
+  if (!x.IsTypedArray() || x.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) throw bad("logits must be a Float32Array");
+  if (!info[1].IsNumber()) throw bad("n must be a number");
+  const int64_t n = info[1].As<Napi::Number>().Int64Value();
+  const Napi::Float32Array logits = x.As<Napi::Float32Array>();
+  if (n < 0 || size_t(n) > logits.ElementLength()) throw bad("n must fit the array");
+  const RowMaxResult r = rowMax(logits.Data(), n);
+  Napi::Array result = Napi::Array::New(env, 3);
+  result.Set(uint32_t(0), Napi::Number::New(env, double(r.max)));
+  result.Set(uint32_t(1), Napi::Number::New(env, double(r.at)));
+  result.Set(uint32_t(2), Napi::Number::New(env, double(r.nanAt)));
+  return result;
+}
+
 Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
   exports.Set("Decoder", Decoder::Init(env));
   exports.Set("expRow", Napi::Function::New(env, ExpRow, "expRow"));
+  exports.Set("rowMax", Napi::Function::New(env, RowMax, "rowMax"));
   // The instruction set the kernels were compiled for (support.ts names the CPU flags it needs).
 #if defined(MAMBA_CPU_AVX2)
   exports.Set("isa", Napi::String::New(env, "avx2"));
