@@ -83,6 +83,7 @@ describe.skipIf(skip)('the engine on the native kernels', () => {
     const untouched = await engine.cloneState(state);
     await expect(engine.prefill(state, Int32Array.of(1, ckpt.vocabRows))).rejects.toMatchObject({ code: 'token_out_of_range' });
     await expect(engine.decode([{ state, token: -1 }])).rejects.toMatchObject({ code: 'token_out_of_range' });
+    for (const token of [1.5, Number.NaN, 2 ** 32 + 1]) await expect(engine.decode([{ state, token }])).rejects.toMatchObject({ code: 'token_out_of_range' });
     await expect(engine.decode([{ state, token: 1 }, { state, token: 2 }])).rejects.toMatchObject({ code: 'state_foreign' });
     expect(state.tokensAbsorbed).toBe(4);
     const after = await engine.decode([{ state, token: 3 }]);

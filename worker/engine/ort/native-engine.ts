@@ -172,8 +172,9 @@ export class NativeKernelsEngine implements Engine {
   async decode(steps: readonly DecodeStep[], options?: DecodeOptions): Promise<Logits> {
     const states = steps.map((st) => this.live(st.state));
     if (new Set(states).size !== states.length) throw new EngineError('state_foreign', 'a state appears twice in one decode batch');
+    // Checked as given: an Int32Array would turn 1.5 into 1 and NaN into 0.
+    checkTokens(steps.map((st) => st.token), this.model.vocabRows);
     const tokens = Int32Array.from(steps, (st) => st.token);
-    checkTokens(tokens, this.model.vocabRows);
     const V = this.dims.V;
     const B = steps.length;
     if (B === 0) return { rows: 0, vocab: V, data: new Float32Array(0) };
