@@ -231,7 +231,7 @@ export function selectFirst(ids: Int32Array, n: number, p: Float64Array, limit: 
   return lo;
 }
 
-/** rowMax in JavaScript (native-exp.ts, RowMax): where the largest is found as argmax finds it. */
+/** rowMax in JavaScript (native-exp.ts, RowMax): the largest entry that is not NaN (−∞ for none), its lowest index (0 for none), the first NaN's (−1 for none). */
 export function rowMaxLoop(logits: Float32Array, n: number): { max: number; at: number; nanAt: number } {
   let max = -Infinity;
   let at = 0;
@@ -250,14 +250,5 @@ export function rowMaxLoop(logits: Float32Array, n: number): { max: number; at: 
 
 /** Index of the largest of the first `n` entries (NaN skipped); the lowest index on ties, 0 when none is above −∞. */
 export function argmax(logits: Float32Array, n: number): number {
-  let best = 0;
-  let bestValue = -Infinity;
-  for (let i = 0; i < n; i++) {
-    const v = logits[i]!;
-    if (v > bestValue) {
-      best = i;
-      bestValue = v;
-    }
-  }
-  return best;
+  return rowMaxLoop(logits, n).at;
 }

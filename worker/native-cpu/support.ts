@@ -105,7 +105,7 @@ export function nativeCpuAddonCurrent(addon: string): boolean {
 
 /**
  * The build this CPU runs, when it is built and matches the sources; else why not. What the
- * engine loads (native-kernels.ts) and the sampler's exponentials (worker/generate/native-exp.ts).
+ * engine loads (native-kernels.ts) and the sampler's row passes (worker/generate/native-exp.ts).
  */
 export function nativeCpuAddonReady(): { build: NativeCpuBuild } | { reason: string } {
   const cpu = nativeCpuBuildFor();

@@ -122,8 +122,8 @@ let ort;
 let session;
 
 /**
- * The engine's buffer for decode's logits with reuseOutput (ort-engine.ts and logits-slots.ts): the
- * latest one it sent, kept here for the decodes after it.
+ * The engine's buffer for decode's logits with reuseOutput (ort-engine.ts, logits-slots.ts):
+ * the latest one it sent, kept here for the decodes after it.
  * @type {SharedArrayBuffer | null}
  */
 let sharedLogits = null;

@@ -225,6 +225,9 @@ struct Avx512 {
   static F scale2(F p, F n) { return _mm512_scalef_ps(p, n); }
   static float sum(F v) { return _mm512_reduce_add_ps(v); }
   static float maxOf(F v) { return _mm512_reduce_max_ps(v); }
+  /** One bit a lane (lane 0 lowest): where v is NaN; where a equals b (−0 equals +0). */
+  static unsigned nanMask(F v) { return unsigned(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q)); }
+  static unsigned eqMask(F a, F b) { return unsigned(_mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ)); }
   static I loadBytes(const void* p) { return _mm512_loadu_si512(p); }
   static I zeroI() { return _mm512_setzero_si512(); }
   static I set1I(int32_t v) { return _mm512_set1_epi32(v); }
@@ -288,6 +291,8 @@ struct Avx2 {
     const __m128 b = _mm_max_ps(a, _mm_movehl_ps(a, a));
     return _mm_cvtss_f32(_mm_max_ss(b, _mm_movehdup_ps(b)));
   }
+  static unsigned nanMask(F v) { return unsigned(_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q))); }
+  static unsigned eqMask(F a, F b) { return unsigned(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ))); }
   static I loadBytes(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
   static I zeroI() { return _mm256_setzero_si256(); }
   static I set1I(int32_t v) { return _mm256_set1_epi32(v); }

@@ -1,19 +1,22 @@
-// The sampler's softmax numerators in vectors: p[i] = exp((x[i] − max) · invT) in float64, and
-// their sum, for a row of float32 logits (worker/generate/sampling.ts). In JavaScript the row's
-// 50k `Math.exp` calls took 0.5 ms of a temperature draw on host F (a 1.5 ms int4 decode step
-// beside it); here 8 (AVX-512) or 4 (AVX2) lanes at a time.
+// The sampler's passes over a row of float32 logits in vectors (worker/generate/sampling.ts):
+// its first pass (rowMax: the largest logit, where, the first NaN), on mamba_cpu.h's float
+// vectors, and its softmax numerators p[i] = exp((x[i] − max) · invT) in float64 and their
+// sum (expRow), 8 (AVX-512) or 4 (AVX2) lanes at a time. In JavaScript, on host F, the row's
+// 50k `Math.exp` calls took 0.5 ms of a temperature draw (a 1.5 ms int4 decode step beside it).
 //
 // exp(v) = 2^k · e^r with k = round(v / ln 2) and r = v − k · ln 2 (ln 2 in two parts, so r is
 // exact to ~1e-19), e^r by its Taylor series to r^13 (|r| <= ln 2 / 2: the next term is below
 // 2e-17 of the sum). 2^k is applied in two halves, so results down to the subnormals come out
 // as `Math.exp` gives them; below −745.2 both are 0. Measured against `Math.exp` over the range
-// a softmax meets ([−745, 0]): within 3e-16 relative (softmax-exp.test.ts).
+// a softmax meets ([−745, 0]): within 3e-16 relative (worker/generate/native-exp.test.ts).
 #pragma once
 
 #include <immintrin.h>
 
 #include <cmath>
 #include <cstdint>
+
+#include "mamba_cpu.h"
 
 namespace mamba_cpu {
 
@@ -120,29 +123,6 @@ struct RowMaxResult {
   int64_t nanAt = -1;     // the lowest index of a NaN; −1 for none
 };
 
-#if !defined(MAMBA_CPU_AVX2)
-constexpr int kFLanes = 16;
-inline __m512 fLoad(const float* p) { return _mm512_loadu_ps(p); }
-/** max(v, m) lane by lane, keeping m where v is NaN (MAXPS returns its second operand then). */
-inline __m512 fMaxSkipNaN(__m512 v, __m512 m) { return _mm512_max_ps(v, m); }
-inline unsigned fNaNMask(__m512 v) { return unsigned(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q)); }
-inline unsigned fEqMask(__m512 v, float m) { return unsigned(_mm512_cmp_ps_mask(v, _mm512_set1_ps(m), _CMP_EQ_OQ)); }
-inline float fReduceMax(__m512 v) { return _mm512_reduce_max_ps(v); }
-inline __m512 fSet1(float v) { return _mm512_set1_ps(v); }
-#else
-constexpr int kFLanes = 8;
-inline __m256 fLoad(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 fMaxSkipNaN(__m256 v, __m256 m) { return _mm256_max_ps(v, m); }
-inline unsigned fNaNMask(__m256 v) { return unsigned(_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q))); }
-inline unsigned fEqMask(__m256 v, float m) { return unsigned(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(m), _CMP_EQ_OQ))); }
-inline float fReduceMax(__m256 v) {
-  __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  a = _mm_max_ps(a, _mm_movehl_ps(a, a));
-  return _mm_cvtss_f32(_mm_max_ss(a, _mm_shuffle_ps(a, a, 1)));
-}
-inline __m256 fSet1(float v) { return _mm256_set1_ps(v); }
-#endif
-
 /**
  * The sampler's first pass over a row (worker/generate/sampling.ts): its largest value that is
  * not NaN, the lowest index holding it (ties between −0 and +0 count as equal, as `>` does in
@@ -151,17 +131,18 @@ inline __m256 fSet1(float v) { return _mm256_set1_ps(v); }
  */
 inline RowMaxResult rowMax(const float* x, int64_t n) {
   RowMaxResult r;
-  auto vmax = fSet1(-INFINITY);
+  V::F vmax = V::set1(-INFINITY);
   int64_t i = 0;
-  for (; i + kFLanes <= n; i += kFLanes) {
-    const auto v = fLoad(x + i);
+  for (; i + V::W <= n; i += V::W) {
+    const V::F v = V::load(x + i);
     if (r.nanAt < 0) {
-      const unsigned nan = fNaNMask(v);
+      const unsigned nan = V::nanMask(v);
       if (nan) r.nanAt = i + __builtin_ctz(nan);
     }
-    vmax = fMaxSkipNaN(v, vmax);
+    // MAXPS returns its second operand where either is NaN: a NaN lane of v keeps vmax.
+    vmax = V::max(v, vmax);
   }
-  float max = fReduceMax(vmax);
+  float max = V::maxOf(vmax);
   for (; i < n; i++) {
     if (std::isnan(x[i])) {
       if (r.nanAt < 0) r.nanAt = i;
@@ -171,8 +152,9 @@ inline RowMaxResult rowMax(const float* x, int64_t n) {
   }
   r.max = max;
   if (max == -INFINITY) return r;  // nothing above −∞: index 0, as the sampler's argmax gives
-  for (i = 0; i + kFLanes <= n; i += kFLanes) {
-    const unsigned eq = fEqMask(fLoad(x + i), max);
+  const V::F vm = V::set1(max);
+  for (i = 0; i + V::W <= n; i += V::W) {
+    const unsigned eq = V::eqMask(V::load(x + i), vm);
     if (eq) {
       r.at = i + __builtin_ctz(eq);
       return r;
